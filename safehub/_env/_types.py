@@ -1,0 +1,25 @@
+"""What the rest of safehub needs to know about a built environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["PythonEnv"]
+
+
+@dataclass(frozen=True)
+class PythonEnv:
+    """An interpreter the runner can use.
+
+    ``ro_paths`` lists every host path the interpreter must read (the env itself,
+    the base interpreter's prefix, the host site-packages that provide torch). The
+    sandbox binds exactly these read-only.
+    """
+
+    python: Path
+    root: Path
+    ro_paths: tuple[Path, ...]
+    key: str = ""
+    distributions: tuple[str, ...] = field(default_factory=tuple)
+    backend: str = ""  # "uv", "virtualenv" or "host"

@@ -1,0 +1,248 @@
+"""The host end of one sandboxed job: lay out the job folder, run the runner in a
+sandbox backend, and hand back the result document for validation.
+
+Protocol (version 1) between the host and ``runners/safehub_runner.py``::
+
+    <job>/in/request.json        written by the host, read-only for the runner
+        {"protocol": 1, "action": "load" | "list", "repo_dir": str,
+         "entrypoint": str | null, "export": {...}, "confine": {...}}
+    <job>/in/args.pkl            cloudpickle of (args, kwargs)   host -> sandbox only
+    <job>/in/example_inputs.pkl  cloudpickle of example inputs   host -> sandbox only
+    <job>/out/                   the only folder the runner may write
+        result.json              {"protocol": 1, "status": "ok" | "error", ...}
+        spec.json, weights.safetensors   (action "load", see docs/architecture-format.md)
+    <job>/home, <job>/tmp        scratch HOME and TMPDIR, thrown away afterwards
+
+Nothing under ``out/`` is ever unpickled, imported or executed by the host.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._channel._files import read_output_file
+from ._env._types import PythonEnv
+from ._errors import (
+    EntrypointFailedError,
+    EntrypointNotFoundError,
+    ExportError,
+    HubconfError,
+    SandboxError,
+    SandboxLimitError,
+    SandboxTimeoutError,
+    UnsafeSpecError,
+    UnsupportedReturnError,
+    escape_untrusted,
+)
+from ._sandbox import Limits, SandboxBackend, SandboxRequest, SandboxResult
+
+__all__ = ["Job", "run_job", "runner_dir", "PROTOCOL"]
+
+logger = logging.getLogger("safehub")
+
+PROTOCOL = 1
+MAX_RESULT_JSON_BYTES = 4 * 1024 * 1024
+
+
+def runner_dir() -> Path:
+    """The folder holding the runner scripts, located without importing them."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("safehub._runners")
+    if spec is not None and spec.submodule_search_locations:
+        found = Path(list(spec.submodule_search_locations)[0])
+        if (found / "safehub_runner.py").is_file():
+            return found
+    # A source checkout without an install: runners/ sits beside safehub/.
+    here = Path(__file__).resolve().parent.parent / "runners"
+    if (here / "safehub_runner.py").is_file():
+        return here
+    raise SandboxError("safehub's runner scripts are missing", hint="reinstall safehub")
+
+
+@dataclass
+class Job:
+    root: Path
+    result: dict[str, Any]
+    sandbox: SandboxResult
+    out_dir: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.out_dir = self.root / "out"
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> "Job":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+def sandbox_environment(job_root: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The whole environment the runner sees: nothing is inherited from the host,
+    so no token, proxy or cloud credential can leak in."""
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(job_root / "home"),
+        "TMPDIR": str(job_root / "tmp"),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "TORCH_HOME": str(job_root / "home" / ".cache" / "torch"),
+        "OMP_NUM_THREADS": str(min(4, os.cpu_count() or 1)),
+    }
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_job(
+    *,
+    action: str,
+    repo_dir: Path,
+    python_env: PythonEnv,
+    backend: SandboxBackend,
+    hub_dir: Path,
+    entrypoint: str | None = None,
+    args: tuple[Any, ...] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    example_inputs: Any = None,
+    export_options: Mapping[str, Any] | None = None,
+    confine: Mapping[str, Any] | None = None,
+    limits: Limits | None = None,
+    allow_gpu: bool = False,
+) -> Job:
+    """Run one job and return it with its validated ``result.json``.
+
+    Raises a typed error if the runner failed, was killed, or reported an error.
+    The caller must ``cleanup()`` the returned job (it is a context manager).
+    """
+    import cloudpickle
+
+    limits = limits or Limits()
+    jobs = hub_dir / "jobs"
+    jobs.mkdir(parents=True, exist_ok=True)
+    root = jobs / f"job-{secrets.token_hex(8)}"
+    root.mkdir(mode=0o700)
+    try:
+        for sub in ("in", "out", "home", "tmp"):
+            (root / sub).mkdir(mode=0o700)
+        request = {
+            "protocol": PROTOCOL,
+            "action": action,
+            "repo_dir": str(repo_dir),
+            "entrypoint": entrypoint,
+            "export": dict(export_options or {}),
+            "confine": dict(confine or {}),
+        }
+        (root / "in" / "request.json").write_text(json.dumps(request), encoding="utf-8")
+        with open(root / "in" / "args.pkl", "wb") as f:
+            cloudpickle.dump((tuple(args), dict(kwargs or {})), f)
+        if example_inputs is not None:
+            with open(root / "in" / "example_inputs.pkl", "wb") as f:
+                cloudpickle.dump(example_inputs, f)
+
+        rdir = runner_dir()
+        sandbox_request = SandboxRequest(
+            argv=[str(python_env.python), "-I", "-B", str(rdir / "safehub_runner.py"), str(root)],
+            env=sandbox_environment(root),
+            cwd=root / "tmp",
+            ro_paths=(*python_env.ro_paths, repo_dir, rdir, root / "in"),
+            rw_paths=(root / "out", root / "home", root / "tmp"),
+            limits=limits,
+            allow_gpu=allow_gpu,
+        )
+        logger.debug("running %s job for %s in the %s sandbox", action, repo_dir, backend.name)
+        sandbox_result = backend.run(sandbox_request)
+        result = _read_result(root / "out", sandbox_result)
+        job = Job(root=root, result=result, sandbox=sandbox_result)
+        _raise_for_reported_error(job, entrypoint=entrypoint, repo_dir=repo_dir)
+        return job
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
+def _stderr_tail(result: SandboxResult) -> str:
+    return escape_untrusted(result.stderr, limit=3000)
+
+
+def _read_result(out_dir: Path, sandbox: SandboxResult) -> dict[str, Any]:
+    if sandbox.killed_by is not None:
+        limit = sandbox.killed_by
+        message = f"the sandboxed runner was killed: it hit the {limit} limit ({_limit_text(sandbox.limits, limit)})"
+        hint = "raise the limit if this repo legitimately needs more"
+        if limit == "timeout":
+            raise SandboxTimeoutError(message, hint=hint)
+        raise SandboxLimitError(message, limit=limit, hint=hint)
+    if sandbox.returncode != 0:
+        raise SandboxError(
+            f"the sandboxed runner exited with status {sandbox.returncode} before reporting a result "
+            f"({sandbox.backend} backend). Its stderr ends with:\n{_stderr_tail(sandbox)}",
+            hint="if the repo crashed the interpreter, check its native dependencies",
+        )
+    raw = read_output_file(out_dir, "result.json", max_bytes=MAX_RESULT_JSON_BYTES)
+    try:
+        result = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise UnsafeSpecError(f"the runner's result.json is not valid JSON: {escape_untrusted(str(exc), limit=200)}") from None
+    if not isinstance(result, dict) or result.get("protocol") != PROTOCOL or result.get("status") not in ("ok", "error"):
+        raise UnsafeSpecError("the runner's result.json does not follow protocol 1")
+    return result
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _limit_text(limits: Limits, limit: str) -> str:
+    return {
+        "timeout": f"{limits.timeout_s:g} s wall clock",
+        "memory": f"{limits.memory_bytes} bytes of memory",
+        "pids": f"{limits.max_pids} processes",
+        "disk": f"{limits.max_file_bytes} bytes per file / {limits.tmpfs_bytes} bytes of scratch",
+        "cpu": f"{limits.cpu_time_s} s of CPU time",
+    }.get(limit, limit)
+
+
+def _raise_for_reported_error(job: Job, *, entrypoint: str | None, repo_dir: Path) -> None:
+    result = job.result
+    if result["status"] == "ok":
+        return
+    error = result.get("error")
+    if not isinstance(error, dict):
+        raise UnsafeSpecError("the runner reported an error without details")
+    category = str(error.get("category", ""))[:40]
+    remote_type = escape_untrusted(str(error.get("type", "")), limit=200)
+    message = escape_untrusted(str(error.get("message", "")), limit=2000)
+    tb = escape_untrusted(str(error.get("traceback", "")), limit=8000)
+    if category == "hubconf":
+        raise HubconfError(
+            f"importing hubconf.py of {repo_dir} failed inside the sandbox: {remote_type}: {message}\n{tb}",
+            hint="the repo may need a dependency its hubconf does not declare",
+        )
+    if category == "entrypoint" and remote_type == "RuntimeError" and message.startswith("Cannot find callable"):
+        raise EntrypointNotFoundError(message, hint="run safehub.list() on the repo to see its entrypoints")
+    if category == "entrypoint":
+        raise EntrypointFailedError(
+            f"entrypoint {entrypoint!r} raised {remote_type} inside the sandbox: {message}",
+            remote_type=remote_type,
+            remote_traceback=tb,
+            hint="the sandbox traceback is in .remote_traceback",
+        )
+    if category == "unsupported_return":
+        raise UnsupportedReturnError(message, hint="safehub carries nn.Modules and tuples/lists/dicts of them")
+    if category == "export":
+        raise ExportError(f"{message}", hint="pass example_inputs=... or choose export='aten' / 'fx'")
+    raise SandboxError(f"the runner failed ({category or 'unknown'}): {remote_type}: {message}\n{tb}")
