@@ -5,14 +5,75 @@
 
 from __future__ import annotations
 
+from ._api import LoadInfo, help, list, load
 from ._config import get_dir, set_dir
-from ._errors import *  # noqa: F403
-from ._errors import __all__ as _error_names
+from ._errors import (
+    CacheCorruptedError,
+    DisallowedTargetError,
+    EntrypointFailedError,
+    EntrypointNotFoundError,
+    EnvironmentBuildError,
+    ExportError,
+    FetchError,
+    HubconfError,
+    InvalidNameError,
+    InvalidRepoError,
+    MissingHostPackageError,
+    OfflineError,
+    PolicyError,
+    RateLimitError,
+    RepoNotFoundError,
+    SafehubError,
+    SandboxError,
+    SandboxLimitError,
+    SandboxTimeoutError,
+    SandboxUnavailableError,
+    SpecTooLargeError,
+    TensorMismatchError,
+    UnsafeArchiveError,
+    UnsafeSpecError,
+    UnsupportedReturnError,
+    UntrustedRepoError,
+)
+from ._sandbox import Limits
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # torch.hub's API
+    "load",
+    "list",
+    "help",
     "get_dir",
     "set_dir",
-    *_error_names,
+    # safehub's additions
+    "Limits",
+    "LoadInfo",
+    # errors
+    "SafehubError",
+    "CacheCorruptedError",
+    "DisallowedTargetError",
+    "EntrypointFailedError",
+    "EntrypointNotFoundError",
+    "EnvironmentBuildError",
+    "ExportError",
+    "FetchError",
+    "HubconfError",
+    "InvalidNameError",
+    "InvalidRepoError",
+    "MissingHostPackageError",
+    "OfflineError",
+    "PolicyError",
+    "RateLimitError",
+    "RepoNotFoundError",
+    "SandboxError",
+    "SandboxLimitError",
+    "SandboxTimeoutError",
+    "SandboxUnavailableError",
+    "SpecTooLargeError",
+    "TensorMismatchError",
+    "UnsafeArchiveError",
+    "UnsafeSpecError",
+    "UnsupportedReturnError",
+    "UntrustedRepoError",
 ]

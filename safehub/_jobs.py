@@ -50,6 +50,7 @@ logger = logging.getLogger("safehub")
 
 PROTOCOL = 1
 MAX_RESULT_JSON_BYTES = 4 * 1024 * 1024
+MAX_DOWNLOADS = 16
 
 
 def runner_dir() -> Path:
@@ -77,6 +78,21 @@ class Job:
 
     def __post_init__(self) -> None:
         self.out_dir = self.root / "out"
+
+    def needs_download(self) -> list[str]:
+        """URLs the entrypoint asked for (category ``needs_download``), validated; else []."""
+        error = self.result.get("error")
+        if self.result.get("status") != "error" or not isinstance(error, dict):
+            return []
+        if error.get("category") != "needs_download":
+            return []
+        urls = error.get("urls")
+        if not isinstance(urls, list) or not urls or len(urls) > MAX_DOWNLOADS:
+            raise UnsafeSpecError(f"the runner asked for downloads without a list of 1..{MAX_DOWNLOADS} URLs")
+        for url in urls:
+            if not isinstance(url, str) or len(url) > 4096 or not url.startswith(("http://", "https://")):
+                raise UnsafeSpecError("the runner asked for a download that is not an http(s) URL")
+        return list(dict.fromkeys(urls))
 
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -122,6 +138,7 @@ def run_job(
     confine: Mapping[str, Any] | None = None,
     limits: Limits | None = None,
     allow_gpu: bool = False,
+    downloads: Mapping[str, Path] | None = None,
 ) -> Job:
     """Run one job and return it with its validated ``result.json``.
 
@@ -153,12 +170,20 @@ def run_job(
             with open(root / "in" / "example_inputs.pkl", "wb") as f:
                 cloudpickle.dump(example_inputs, f)
 
+        download_paths: list[Path] = []
+        if downloads:
+            # Files the host fetched for this entrypoint, bound read-only at their own path.
+            (root / "in" / "downloads").mkdir()
+            manifest = {url: str(Path(p).resolve()) for url, p in downloads.items()}
+            (root / "in" / "downloads" / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+            download_paths = [Path(p) for p in manifest.values()]
+
         rdir = runner_dir()
         sandbox_request = SandboxRequest(
             argv=[str(python_env.python), "-I", "-B", str(rdir / "safehub_runner.py"), str(root)],
             env=sandbox_environment(root),
             cwd=root / "tmp",
-            ro_paths=(*python_env.ro_paths, repo_dir, rdir, root / "in"),
+            ro_paths=(*python_env.ro_paths, repo_dir, rdir, root / "in", *download_paths),
             rw_paths=(root / "out", root / "home", root / "tmp"),
             limits=limits,
             allow_gpu=allow_gpu,
@@ -218,7 +243,7 @@ def _limit_text(limits: Limits, limit: str) -> str:
 
 def _raise_for_reported_error(job: Job, *, entrypoint: str | None, repo_dir: Path) -> None:
     result = job.result
-    if result["status"] == "ok":
+    if result["status"] == "ok" or job.needs_download():
         return
     error = result.get("error")
     if not isinstance(error, dict):

@@ -1,0 +1,228 @@
+"""The ``safehub`` command line. Every command takes ``--json``.
+
+Exit codes come from the error classes (``SafehubError.exit_code``), as in click.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._errors import SafehubError, escape_untrusted
+
+__all__ = ["main", "demo_repo_dir"]
+
+DEMO_ENTRYPOINT = "tinynet"
+
+
+def demo_repo_dir() -> Path:
+    """The bundled demo hub repo (examples/demo-hub, shipped as safehub/_demo)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("safehub._demo")
+    if spec is not None and spec.submodule_search_locations:
+        found = Path(list(spec.submodule_search_locations)[0])
+        if (found / "hubconf.py").is_file():
+            return found
+    here = Path(__file__).resolve().parent.parent / "examples" / "demo-hub"
+    if (here / "hubconf.py").is_file():
+        return here
+    raise SafehubError("the bundled demo repo is missing", hint="reinstall safehub")
+
+
+def _kwarg(text: str) -> tuple[str, Any]:
+    """``name=value`` where value is JSON (``pretrained=false``), else a plain string."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE")
+    name, raw = text.split("=", 1)
+    if not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"{name!r} is not a keyword-argument name")
+    try:
+        return name, json.loads(raw)
+    except ValueError:
+        return name, raw
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        print(text)
+
+
+def _repo_args(p: argparse.ArgumentParser, *, entry: bool) -> None:
+    p.add_argument("repo", nargs="?", help="owner/repo[:ref] or a local folder (default: the bundled demo repo)")
+    if entry:
+        p.add_argument("entrypoint", nargs="?", help=f"entrypoint name (default for the demo: {DEMO_ENTRYPOINT})")
+    p.add_argument("--source", choices=["github", "local"], help="default: local for folders, github otherwise")
+    p.add_argument("--revision", help="a full 40-hex commit SHA to load exactly")
+    p.add_argument("--trust-repo", choices=["true", "false", "check"], help="as torch.hub's trust_repo")
+    p.add_argument("--force-reload", action="store_true")
+    p.add_argument("--sandbox", choices=["auto", "bwrap", "landlock", "process"])
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _resolve_repo_arg(args: argparse.Namespace) -> tuple[str, str]:
+    if args.repo is None:
+        return str(demo_repo_dir()), "local"
+    source = args.source or ("local" if Path(args.repo).expanduser().is_dir() else "github")
+    return args.repo, source
+
+
+def _trust(args: argparse.Namespace) -> bool | str | None:
+    return {"true": True, "false": False, "check": "check", None: None}[args.trust_repo]
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    import safehub
+
+    repo, source = _resolve_repo_arg(args)
+    entry = args.entrypoint or (DEMO_ENTRYPOINT if args.repo is None else None)
+    if entry is None:
+        raise SafehubError("no entrypoint given", hint="run `safehub list REPO` to see the entrypoints")
+    kwargs = dict(args.kwarg or [])
+    start = time.perf_counter()
+    obj = safehub.load(
+        repo, entry, source=source, trust_repo=_trust(args), force_reload=args.force_reload,
+        verbose=not args.json, revision=args.revision, device=args.device, sandbox=args.sandbox, **kwargs,
+    )
+    seconds = time.perf_counter() - start
+    modules = _describe(obj)
+    info = _first_info(obj)
+    payload = {"repo": repo, "entrypoint": entry, "seconds": round(seconds, 3), "modules": modules,
+               "info": info.as_dict() if info else None}
+    lines = [f"loaded {entry} from {repo} in {seconds:.2f} s"]
+    if info:
+        lines.append(f"  sandbox: {info.backend}   env: {info.env_backend} {info.env_key[:12]}   sha: {info.sha or '-'}")
+    for m in modules:
+        lines.append(f"  {m['path'] or '<root>'}: {m['class']} with {m['parameters']:,} parameters, "
+                     f"{m['graph_nodes']} graph nodes, mode={m['mode']}, training={m['training']}")
+        if m.get("output_shape") is not None:
+            lines.append(f"    forward({m['example_input_shape']}) -> {m['output_shape']}")
+    _emit(args, payload, "\n".join(lines))
+    return 0
+
+
+def _first_info(obj: Any) -> Any:
+    if hasattr(obj, "safehub_info"):
+        return obj.safehub_info
+    items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (tuple, list)) else []
+    for item in items:
+        if hasattr(item, "safehub_info"):
+            return item.safehub_info
+    return None
+
+
+def _describe(obj: Any, path: str = "") -> list[dict[str, Any]]:
+    import torch
+
+    if isinstance(obj, torch.nn.Module):
+        graph = getattr(obj, "graph", None)
+        info = getattr(obj, "safehub_info", None)
+        mode = None
+        if info is not None:
+            mode = (info.summary.get("modules") or {}).get("m0", {}).get("mode") if isinstance(info.summary, dict) else None
+        entry: dict[str, Any] = {
+            "path": path,
+            "class": type(obj).__name__,
+            "parameters": sum(p.numel() for p in obj.parameters()),
+            "graph_nodes": len(graph.nodes) if graph is not None else None,
+            "mode": mode,
+            "training": obj.training,
+            "example_input_shape": None,
+            "output_shape": None,
+        }
+        demo_input = getattr(obj, "safehub_example_input", None)
+        if demo_input is not None:
+            entry["example_input_shape"] = list(demo_input.shape)
+        return [entry]
+    out: list[dict[str, Any]] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out += _describe(v, f"{path}[{k!r}]")
+    elif isinstance(obj, (tuple, list)):
+        for i, v in enumerate(obj):
+            out += _describe(v, f"{path}[{i}]")
+    return out
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    import safehub
+
+    repo, source = _resolve_repo_arg(args)
+    names = safehub.list(repo, force_reload=args.force_reload, trust_repo=_trust(args), verbose=not args.json,
+                         source=source, revision=args.revision, sandbox=args.sandbox)
+    _emit(args, {"repo": repo, "entrypoints": names}, "\n".join(names))
+    return 0
+
+
+def _cmd_help(args: argparse.Namespace) -> int:
+    import safehub
+
+    repo, source = _resolve_repo_arg(args)
+    entry = args.entrypoint or (DEMO_ENTRYPOINT if args.repo is None else None)
+    if entry is None:
+        raise SafehubError("no entrypoint given", hint="usage: safehub help REPO ENTRYPOINT")
+    doc = safehub.help(repo, entry, force_reload=args.force_reload, trust_repo=_trust(args), source=source,
+                       revision=args.revision, sandbox=args.sandbox)
+    # Docstrings are repo text: escape terminal control sequences before printing.
+    _emit(args, {"repo": repo, "entrypoint": entry, "doc": doc}, escape_untrusted(doc or "(no docstring)", limit=65536))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="safehub", description="torch.hub, with the repo's code kept in a sandbox.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("load", help="load an entrypoint in the sandbox and rebuild it here")
+    _repo_args(p, entry=True)
+    p.add_argument("--kwarg", "-k", action="append", type=_kwarg, metavar="NAME=VALUE",
+                   help="keyword argument for the entrypoint; VALUE is JSON if it parses")
+    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
+    p.set_defaults(func=_cmd_load)
+
+    p = sub.add_parser("list", help="list a repo's entrypoints")
+    _repo_args(p, entry=False)
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("help", help="show an entrypoint's docstring")
+    _repo_args(p, entry=True)
+    p.set_defaults(func=_cmd_help)
+
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub: Any) -> None:
+    from ._cli_extra import add_commands
+
+    add_commands(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="safehub: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except SafehubError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": type(exc).__name__, "message": exc.message, "hint": exc.hint,
+                              "exit_code": exc.exit_code}, indent=2))
+        else:
+            print(f"safehub: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

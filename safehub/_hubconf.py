@@ -1,0 +1,282 @@
+"""Reading hubconf.py without running it.
+
+Only :mod:`ast` touches the file. We learn:
+
+* ``dependencies``: must be a literal list (or tuple) of strings, or absent;
+* the public top-level names and whether each is certainly callable, certainly
+  not callable, or unknowable statically (an imported name, ``from x import *``,
+  a computed assignment, anything defined under ``if``/``try``...);
+* for functions and classes defined in the file: their signature text and docstring.
+
+``torch.hub.list`` returns ``dir(hubconf)`` filtered to public callables. When
+every top-level name is certain, the static answer equals it; otherwise the
+caller asks the sandbox (see :attr:`Hubconf.complete`).
+"""
+
+from __future__ import annotations
+
+import ast
+import keyword
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._errors import EntrypointNotFoundError, HubconfError, escape_untrusted
+
+__all__ = ["Entrypoint", "Hubconf", "read_hubconf", "parse_hubconf", "MAX_HUBCONF_BYTES"]
+
+MAX_HUBCONF_BYTES = 2 * 1024 * 1024
+MAX_DEPENDENCIES = 256
+MAX_DEPENDENCY_LEN = 200
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# Names bound by module-level constructs whose callability ast cannot decide.
+_DYNAMIC_CALLS = {"globals", "setattr", "exec", "eval", "__import__", "vars", "locals"}
+
+
+@dataclass(frozen=True)
+class Entrypoint:
+    name: str
+    kind: str  # "function", "class", "imported", "assigned"
+    signature: str | None = None  # e.g. "(pretrained=False, **kwargs)"
+    doc: str | None = None
+    lineno: int | None = None
+
+
+@dataclass
+class Hubconf:
+    path: Path
+    dependencies: list[str]
+    entrypoints: dict[str, Entrypoint]  # certainly callable, or possibly callable
+    certain: set[str] = field(default_factory=set)  # names certainly callable
+    uncertain: set[str] = field(default_factory=set)  # names that may or may not be callable
+    complete: bool = True  # False: dir() may hold names we cannot see (star imports, dynamic code)
+    reasons: list[str] = field(default_factory=list)  # why the static answer is incomplete
+
+    @property
+    def static_list_is_exact(self) -> bool:
+        return self.complete and not self.uncertain
+
+    def names(self) -> list[str]:
+        """The entrypoint names when the static answer is exact, sorted like ``dir()``."""
+        return sorted(self.certain)
+
+    def find(self, model: str) -> Entrypoint | None:
+        return self.entrypoints.get(model)
+
+    def require(self, model: str) -> Entrypoint | None:
+        """Fail early only when the static reading proves ``model`` is absent."""
+        if not isinstance(model, str) or not _IDENT.match(model):
+            raise EntrypointNotFoundError(
+                f"{model!r} is not a valid entrypoint name", hint="entrypoints are Python identifiers"
+            )
+        ep = self.entrypoints.get(model)
+        if ep is None and self.static_list_is_exact:
+            raise EntrypointNotFoundError(
+                f"Cannot find callable {model} in hubconf",
+                hint=f"available entrypoints: {', '.join(self.names()) or '(none)'}",
+            )
+        return ep
+
+
+def read_hubconf(repo_dir: Path) -> Hubconf:
+    path = Path(repo_dir) / "hubconf.py"
+    try:
+        with open(path, "rb") as f:
+            source = f.read(MAX_HUBCONF_BYTES + 1)
+    except FileNotFoundError:
+        raise HubconfError(
+            f"{repo_dir} has no hubconf.py", hint="point safehub at the root folder of a torch.hub repo"
+        ) from None
+    if len(source) > MAX_HUBCONF_BYTES:
+        raise HubconfError(f"{path} is larger than {MAX_HUBCONF_BYTES} bytes; refusing to parse it")
+    return parse_hubconf(source, path)
+
+
+def parse_hubconf(source: bytes | str, path: Path = Path("hubconf.py")) -> Hubconf:
+    try:
+        tree = ast.parse(source, filename=str(path))
+    except (SyntaxError, ValueError) as exc:
+        raise HubconfError(
+            f"{path} is not valid Python: {escape_untrusted(str(exc), limit=300)}",
+            hint="the repo's hubconf.py must parse with this Python version",
+        ) from None
+
+    hub = Hubconf(path=Path(path), dependencies=[], entrypoints={})
+    deps_node: ast.expr | None = None
+    bound: dict[str, str] = {}  # name -> "callable" | "value" | "unknown"
+
+    for stmt in tree.body:
+        _visit_top_level(stmt, hub, bound, conditional=False)
+        if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            if any(isinstance(t, ast.Name) and t.id == "dependencies" for t in targets):
+                deps_node = stmt.value
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _DYNAMIC_CALLS:
+            hub.complete = False
+            hub.reasons.append(f"line {node.lineno}: calls {node.func.id}()")
+        if isinstance(node, ast.Global):
+            hub.complete = False
+            hub.reasons.append(f"line {node.lineno}: a function rebinds module globals")
+
+    if "__getattr__" in bound or "__dir__" in bound:
+        hub.complete = False
+        hub.reasons.append("defines a module-level __getattr__/__dir__")
+
+    for name, state in bound.items():
+        if name.startswith("_"):
+            continue
+        if state == "callable":
+            hub.certain.add(name)
+        elif state == "unknown":
+            hub.uncertain.add(name)
+            hub.entrypoints.setdefault(name, Entrypoint(name=name, kind="imported"))
+        else:
+            hub.entrypoints.pop(name, None)
+
+    hub.dependencies = _read_dependencies(deps_node, path) if deps_node is not None else []
+    return hub
+
+
+def _visit_top_level(stmt: ast.stmt, hub: Hubconf, bound: dict[str, str], *, conditional: bool) -> None:
+    def bind(name: str, state: str) -> None:
+        # A name bound under a condition, or twice with different kinds, is uncertain.
+        if conditional or (name in bound and bound[name] != state):
+            state = "unknown"
+        bound[name] = state
+
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        is_class = isinstance(stmt, ast.ClassDef)
+        bind(stmt.name, "callable")
+        sig = None if is_class else _signature_text(stmt)  # type: ignore[arg-type]
+        if is_class:
+            init = next(
+                (b for b in stmt.body if isinstance(b, ast.FunctionDef) and b.name == "__init__"), None
+            )
+            if init is not None:
+                sig = _signature_text(init, drop_first=True)
+        hub.entrypoints[stmt.name] = Entrypoint(
+            name=stmt.name,
+            kind="class" if is_class else "function",
+            signature=sig,
+            doc=ast.get_docstring(stmt, clean=False),  # __doc__ is not cleaned either
+            lineno=stmt.lineno,
+        )
+    elif isinstance(stmt, ast.Import):
+        for alias in stmt.names:
+            # `import a.b` binds `a`; a module object is never callable.
+            bind(alias.asname or alias.name.split(".")[0], "value")
+    elif isinstance(stmt, ast.ImportFrom):
+        for alias in stmt.names:
+            if alias.name == "*":
+                hub.complete = False
+                hub.reasons.append(f"line {stmt.lineno}: from {stmt.module or '.'} import *")
+                continue
+            bind(alias.asname or alias.name, "unknown")
+    elif isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+        value = stmt.value
+        state = _value_state(value) if value is not None else "value"
+        if isinstance(stmt, ast.AugAssign):
+            state = "unknown"
+        for target in targets:
+            for name in _target_names(target):
+                bind(name, state if isinstance(target, ast.Name) else "unknown")
+    elif isinstance(stmt, (ast.If, ast.Try, ast.For, ast.While, ast.With, ast.AsyncFor, ast.AsyncWith)):
+        for child in _child_statements(stmt):
+            _visit_top_level(child, hub, bound, conditional=True)
+    elif isinstance(stmt, ast.Delete):
+        hub.complete = False
+        hub.reasons.append(f"line {stmt.lineno}: deletes module names")
+    elif isinstance(stmt, ast.Expr) or isinstance(stmt, ast.Pass):
+        pass
+    elif hasattr(ast, "TypeAlias") and isinstance(stmt, getattr(ast, "TypeAlias")):
+        bind(stmt.name.id, "value")  # type: ignore[attr-defined]
+    elif isinstance(stmt, ast.Match):
+        for case in stmt.cases:
+            for child in case.body:
+                _visit_top_level(child, hub, bound, conditional=True)
+
+
+def _child_statements(stmt: ast.stmt) -> list[ast.stmt]:
+    out: list[ast.stmt] = []
+    for attr in ("body", "orelse", "finalbody"):
+        out.extend(getattr(stmt, attr, []) or [])
+    for handler in getattr(stmt, "handlers", []) or []:
+        out.extend(handler.body)
+    return out
+
+
+def _target_names(target: ast.expr) -> list[str]:
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [n for elt in target.elts for n in _target_names(elt)]
+    if isinstance(target, ast.Starred):
+        return _target_names(target.value)
+    return []  # attribute/subscript assignment binds no module name
+
+
+_LITERAL_DISPLAYS = (ast.Constant, ast.List, ast.Tuple, ast.Dict, ast.Set, ast.JoinedStr,
+                     ast.ListComp, ast.DictComp, ast.SetComp, ast.GeneratorExp)
+_OPERATORS = (ast.BinOp, ast.Compare, ast.BoolOp, ast.UnaryOp)
+
+
+def _value_state(value: ast.expr) -> str:
+    if isinstance(value, ast.Lambda):
+        return "callable"
+    if isinstance(value, _LITERAL_DISPLAYS):
+        return "value"  # displays and comprehensions are never callable
+    if isinstance(value, _OPERATORS):
+        # `a | b` on objects may return anything; operators over pure constants may not.
+        exprs = [n for n in ast.walk(value) if isinstance(n, ast.expr)]
+        if all(isinstance(n, (ast.Constant, *_OPERATORS)) for n in exprs):
+            return "value"
+    return "unknown"
+
+
+def _signature_text(fn: ast.FunctionDef | ast.AsyncFunctionDef, drop_first: bool = False) -> str:
+    args = fn.args
+    if drop_first:
+        args = ast.arguments(
+            posonlyargs=args.posonlyargs[1:] if args.posonlyargs else [],
+            args=args.args[1:] if not args.posonlyargs else args.args,
+            vararg=args.vararg,
+            kwonlyargs=args.kwonlyargs,
+            kw_defaults=args.kw_defaults,
+            kwarg=args.kwarg,
+            defaults=args.defaults,
+        )
+    # ast.unparse only renders text; nothing is evaluated.
+    text = ast.unparse(args)
+    return escape_untrusted(f"({text})", limit=2000)
+
+
+def _read_dependencies(node: ast.expr, path: Path) -> list[str]:
+    if not isinstance(node, (ast.List, ast.Tuple)):
+        raise HubconfError(
+            f"{path}: `dependencies` must be a literal list of strings, found {type(node).__name__} "
+            f"at line {getattr(node, 'lineno', '?')}",
+            hint="safehub reads hubconf without running it; write e.g. dependencies = ['torch', 'yaml']",
+        )
+    if len(node.elts) > MAX_DEPENDENCIES:
+        raise HubconfError(f"{path}: `dependencies` lists {len(node.elts)} entries (max {MAX_DEPENDENCIES})")
+    deps: list[str] = []
+    for elt in node.elts:
+        if not (isinstance(elt, ast.Constant) and isinstance(elt.value, str)):
+            raise HubconfError(
+                f"{path}: every entry of `dependencies` must be a string literal "
+                f"(line {getattr(elt, 'lineno', '?')} is not)",
+                hint="computed dependency lists cannot be read without running the repo's code",
+            )
+        value = elt.value.strip()
+        if not value or len(value) > MAX_DEPENDENCY_LEN or any(ord(c) < 32 for c in value):
+            raise HubconfError(f"{path}: dependency {escape_untrusted(value, limit=80)!r} is not a valid name")
+        deps.append(value)
+    return deps
+
+
+def is_identifier(name: str) -> bool:
+    return bool(_IDENT.match(name)) and not keyword.iskeyword(name)
