@@ -76,7 +76,7 @@ def _resolve_repo_arg(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def _trust(args: argparse.Namespace) -> bool | str | None:
-    return {"true": True, "false": False, "check": "check", None: None}[args.trust_repo]
+    return {"true": True, "false": False, "check": "check", None: "check"}[args.trust_repo]
 
 
 def _cmd_load(args: argparse.Namespace) -> int:

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install everything safehub and its test suite need on a fresh machine
+# (Debian/Ubuntu, Python 3.10+). Safe to run again: each step is idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# bubblewrap is the default sandbox backend.
+if ! command -v bwrap >/dev/null 2>&1; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+fi
+
+# Pin torch first so nothing below can pull a different (multi-GB CUDA) build.
+python -m pip install -q --disable-pip-version-check torch==2.13.0
+python -m pip install -q --disable-pip-version-check -e ".[test]"
