@@ -112,6 +112,18 @@ def run(job_dir: str) -> dict:
     _confine.apply(request.get("confine") or {})
 
     action = request["action"]
+    if action == "convert":
+        import _convert  # imports torch
+
+        try:
+            summary = _convert.convert(
+                request["checkpoint"], out_dir, weights_only=bool(request.get("weights_only")),
+                scratch=os.environ.get("TMPDIR", "/tmp"),
+            )
+        except BaseException as exc:  # noqa: BLE001
+            return _error("checkpoint", exc)
+        return {"status": "ok", "summary": summary}
+
     try:
         hub = _import_hubconf(request["repo_dir"])
     except BaseException as exc:  # noqa: BLE001 - everything is reported, nothing escapes

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ._api import LoadInfo, help, list, load
 from ._config import get_dir, set_dir
+from ._hub_io import download_url_to_file, load_state_dict_from_url
 from ._errors import (
     CacheCorruptedError,
     DisallowedTargetError,
@@ -46,6 +47,8 @@ __all__ = [
     "help",
     "get_dir",
     "set_dir",
+    "load_state_dict_from_url",
+    "download_url_to_file",
     # safehub's additions
     "Limits",
     "LoadInfo",

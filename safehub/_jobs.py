@@ -126,7 +126,7 @@ def sandbox_environment(job_root: Path, extra: Mapping[str, str] | None = None) 
 def run_job(
     *,
     action: str,
-    repo_dir: Path,
+    repo_dir: Path | None,
     python_env: PythonEnv,
     backend: SandboxBackend,
     hub_dir: Path,
@@ -139,6 +139,8 @@ def run_job(
     limits: Limits | None = None,
     allow_gpu: bool = False,
     downloads: Mapping[str, Path] | None = None,
+    extra_request: Mapping[str, Any] | None = None,
+    extra_ro_paths: tuple[Path, ...] = (),
 ) -> Job:
     """Run one job and return it with its validated ``result.json``.
 
@@ -158,10 +160,11 @@ def run_job(
         request = {
             "protocol": PROTOCOL,
             "action": action,
-            "repo_dir": str(repo_dir),
+            "repo_dir": str(repo_dir) if repo_dir is not None else None,
             "entrypoint": entrypoint,
             "export": dict(export_options or {}),
             "confine": dict(confine or {}),
+            **dict(extra_request or {}),
         }
         (root / "in" / "request.json").write_text(json.dumps(request), encoding="utf-8")
         with open(root / "in" / "args.pkl", "wb") as f:
@@ -183,7 +186,14 @@ def run_job(
             argv=[str(python_env.python), "-I", "-B", str(rdir / "safehub_runner.py"), str(root)],
             env=sandbox_environment(root),
             cwd=root / "tmp",
-            ro_paths=(*python_env.ro_paths, repo_dir, rdir, root / "in", *download_paths),
+            ro_paths=(
+                *python_env.ro_paths,
+                *([repo_dir] if repo_dir is not None else []),
+                rdir,
+                root / "in",
+                *download_paths,
+                *extra_ro_paths,
+            ),
             rw_paths=(root / "out", root / "home", root / "tmp"),
             limits=limits,
             allow_gpu=allow_gpu,
@@ -268,6 +278,11 @@ def _raise_for_reported_error(job: Job, *, entrypoint: str | None, repo_dir: Pat
         )
     if category == "unsupported_return":
         raise UnsupportedReturnError(message, hint="safehub carries nn.Modules and tuples/lists/dicts of them")
+    if category == "checkpoint":
+        raise SandboxError(
+            f"the checkpoint could not be read inside the sandbox: {remote_type}: {message}",
+            hint="is it a torch.save file? With weights_only=True, objects other than tensors and containers are refused",
+        )
     if category == "export":
         raise ExportError(f"{message}", hint="pass example_inputs=... or choose export='aten' / 'fx'")
     raise SandboxError(f"the runner failed ({category or 'unknown'}): {remote_type}: {message}\n{tb}")

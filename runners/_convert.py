@@ -1,0 +1,89 @@
+"""Turn a pickled checkpoint into data the host can read without unpickling.
+
+Runs inside the sandbox: the checkpoint is unpickled here, never on the host. The
+output is ``weights.safetensors`` (tensors keyed ``t0``, ``t1``, ...) plus
+``checkpoint.json``, the structure around them in tagged literals:
+
+    {"tensor": "t0"}  null  true  1  "text"  {"float": "0.5"}
+    {"list": [...]}  {"tuple": [...]}  {"dict": [[key, value], ...]}   (keys: str or int)
+    {"unsupported": "<type name>"}   anything else, reported by the host as an error
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import zipfile
+
+MAX_DEPTH = 32
+FORMAT = "safehub-checkpoint"
+
+
+def _load(path: str, weights_only: bool, scratch: str):
+    import torch
+
+    # torch.hub's legacy format: a .zip holding exactly one pickled checkpoint.
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            legacy = len(names) == 1 and not names[0].endswith("/") and "data.pkl" not in names[0] \
+                and not any(n.endswith("/data.pkl") for n in names)
+            if legacy:
+                zf.extract(names[0], scratch)
+                path = os.path.join(scratch, names[0])
+    return torch.load(path, map_location="cpu", weights_only=weights_only)
+
+
+def _float(value: float) -> dict:
+    if math.isnan(value):
+        return {"float": "nan"}
+    if math.isinf(value):
+        return {"float": "inf" if value > 0 else "-inf"}
+    return {"float": repr(value)}
+
+
+def convert(path: str, out_dir: str, *, weights_only: bool, scratch: str) -> dict:
+    import torch
+    from safetensors.torch import save_file
+
+    obj = _load(path, weights_only, scratch)
+    tensors: dict[str, torch.Tensor] = {}
+    seen: dict[int, str] = {}
+
+    def encode(value, depth: int):
+        if depth > MAX_DEPTH:
+            raise ValueError("checkpoint nesting is deeper than 32 levels")
+        if isinstance(value, torch.Tensor):
+            if isinstance(value, torch.nn.Parameter):
+                value = value.detach()
+            key = seen.get(id(value))
+            if key is None:
+                key = f"t{len(tensors)}"
+                seen[id(value)] = key
+                # safetensors refuses shared storage: give every tensor its own copy.
+                tensors[key] = value.detach().to("cpu").contiguous().clone()
+            return {"tensor": key}
+        if value is None or isinstance(value, (bool, str)):
+            return value
+        if isinstance(value, int):
+            return value if abs(value) < 2**63 else {"unsupported": "int (too large)"}
+        if isinstance(value, float):
+            return _float(value)
+        if isinstance(value, dict):
+            items = []
+            for k, v in value.items():
+                if not isinstance(k, (str, int)) or isinstance(k, bool):
+                    return {"unsupported": f"dict with {type(k).__name__} keys"}
+                items.append([k, encode(v, depth + 1)])
+            return {"dict": items}
+        if isinstance(value, (list, tuple)):
+            tag = "list" if isinstance(value, list) else "tuple"
+            return {tag: [encode(v, depth + 1) for v in value]}
+        return {"unsupported": type(value).__name__[:100]}
+
+    structure = encode(obj, 0)
+    save_file(tensors, os.path.join(out_dir, "weights.safetensors"))
+    with open(os.path.join(out_dir, "checkpoint.json"), "w", encoding="utf-8") as f:
+        json.dump({"format": FORMAT, "version": 1, "root": structure}, f, allow_nan=False)
+    return {"tensors": len(tensors)}

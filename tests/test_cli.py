@@ -1,0 +1,51 @@
+"""The command line, run as a user would: a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import DEMO, REPOS
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "safehub", *args], capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ))
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_load_with_no_arguments_loads_the_bundled_demo():
+    proc = run_cli("load", "--json")
+    report = json.loads(proc.stdout)
+    assert report["entrypoint"] == "tinynet"
+    (module,) = report["modules"]
+    assert module["parameters"] > 50_000
+    assert module["training"] is False
+    assert report["info"]["backend"] in {"bwrap", "landlock", "process"}
+
+
+def test_load_human_output_and_kwargs():
+    proc = run_cli("load", str(DEMO), "tinynet", "-k", "num_classes=4", "-k", "pretrained=false")
+    assert "loaded tinynet" in proc.stdout
+    assert "sandbox:" in proc.stdout
+
+
+def test_list_and_help_json():
+    listing = json.loads(run_cli("list", str(REPOS / "spine"), "--json").stdout)
+    assert listing["entrypoints"] == ["functional_net", "residual_cnn", "transformer_block"]
+    doc = json.loads(run_cli("help", str(DEMO), "tinynet", "--json").stdout)["doc"]
+    assert "TinyNet" in doc
+
+
+def test_errors_carry_their_exit_code_and_json():
+    proc = run_cli("load", str(REPOS / "spine"), "missing_entry", "--json", check=False)
+    assert proc.returncode == 6
+    err = json.loads(proc.stdout)
+    assert err["error"] == "EntrypointNotFoundError"
+    assert "missing_entry" in err["message"]
+    proc = run_cli("load", str(REPOS / "spine"), "missing_entry", check=False)
+    assert proc.returncode == 6 and "Cannot find callable missing_entry" in proc.stderr
