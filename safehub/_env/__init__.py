@@ -1,7 +1,25 @@
-"""Per-repo virtual environments."""
+"""Per-repo virtual environments.
+
+``ensure_env`` builds (once) and returns the env for a hubconf ``dependencies``
+list; ``host_env`` is the host interpreter for trusted helper jobs;
+``resolve_dependencies`` is the pure name mapping both rely on.
+"""
 
 from __future__ import annotations
 
+from ._build import ensure_env, env_key, key_inputs
+from ._host import host_env, host_info
+from ._resolve import Resolution, Requirement, resolve_dependencies
 from ._types import PythonEnv
 
-__all__ = ["PythonEnv"]
+__all__ = [
+    "PythonEnv",
+    "Resolution",
+    "Requirement",
+    "ensure_env",
+    "env_key",
+    "host_env",
+    "host_info",
+    "key_inputs",
+    "resolve_dependencies",
+]

@@ -1,0 +1,262 @@
+"""What the host interpreter provides: the base Python and the torch family.
+
+Nothing here imports torch: packages are found through ``importlib.metadata``
+and ``importlib.util.find_spec`` (which locates a top-level package without
+running it).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import importlib.util
+import os
+import platform
+import sys
+import sysconfig
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from email.parser import HeaderParser
+from pathlib import Path
+
+from .._errors import MissingHostPackageError, escape_untrusted
+from ._resolve import TORCH_FAMILY, Resolution, canonical
+from ._types import PythonEnv
+
+__all__ = [
+    "HostInfo",
+    "host_info",
+    "host_env",
+    "check_host_requirements",
+    "check_installed_requirements",
+    "minimal_paths",
+]
+
+_IMPORT_NAME = {"torch-tensorrt": "torch_tensorrt", "pytorch-triton": "triton"}
+_MAX_METADATA_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """The parts of the host that shape every env."""
+
+    base_python: Path  # realpath of the base interpreter venvs are made from
+    base_prefixes: tuple[Path, ...]  # realpaths the base interpreter reads (stdlib, libpython)
+    python_version: str
+    implementation: str
+    platform: str
+    packages: Mapping[str, str]  # canonical torch-family name -> version, only those present
+    share_paths: tuple[Path, ...]  # host folders holding the torch family and what it needs
+    constraints: tuple[str, ...]  # what the torch family requires of other packages
+
+
+def _real(p: str | os.PathLike[str]) -> Path:
+    return Path(os.path.realpath(p))
+
+
+def minimal_paths(paths: Iterable[Path]) -> tuple[Path, ...]:
+    """Deduplicate and drop paths inside another listed path (one bind covers them)."""
+    out: list[Path] = []
+    for p in paths:
+        if any(p == q or q in p.parents for q in out):
+            continue
+        out = [q for q in out if p not in q.parents]
+        out.append(p)
+    return tuple(out)
+
+
+def _base_python() -> Path:
+    # In a venv, sys._base_executable is the interpreter the venv was made from.
+    exe = getattr(sys, "_base_executable", None) or sys.executable
+    return _real(exe)
+
+
+def _present(name: str) -> md.Distribution | None:
+    try:
+        dist = md.distribution(name)
+    except md.PackageNotFoundError:
+        return None
+    # Metadata alone is not enough: the package itself must be importable.
+    try:
+        spec = importlib.util.find_spec(_IMPORT_NAME.get(name, name.replace("-", "_")))
+    except (ImportError, ValueError):
+        spec = None
+    return dist if spec is not None else None
+
+
+def _base_requires(dist: md.Distribution) -> list:
+    """Requirements that apply without extras, on this interpreter."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    out = []
+    for line in dist.requires or ():
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if req.marker is None or req.marker.evaluate({"extra": ""}):
+            out.append(req)
+    return out
+
+
+def _dist_folder(dist: md.Distribution) -> Path | None:
+    try:
+        return _real(dist.locate_file(""))
+    except Exception:  # a custom finder may not support it
+        return None
+
+
+def host_info() -> HostInfo:
+    """Inspect the host. Cheap (metadata reads only); called once per ensure_env."""
+    packages: dict[str, str] = {}
+    family: list[md.Distribution] = []
+    for name in sorted(TORCH_FAMILY):
+        dist = _present(name)
+        if dist is not None:
+            packages[name] = dist.version
+            family.append(dist)
+
+    # Folders holding the family and, transitively, what it requires.
+    folders: list[Path] = []
+    constraints: set[str] = set()
+    seen: set[str] = set()
+    queue = list(family)
+    while queue:
+        dist = queue.pop()
+        key = canonical(dist.metadata["Name"] or "")
+        if key in seen:
+            continue
+        seen.add(key)
+        folder = _dist_folder(dist)
+        if folder is not None and folder not in folders:
+            folders.append(folder)
+        for req in _base_requires(dist):
+            name = canonical(req.name)
+            if name in TORCH_FAMILY:
+                continue
+            if key in packages:
+                constraints.add(f"{name}{req.specifier}")
+            try:
+                queue.append(md.distribution(name))
+            except md.PackageNotFoundError:
+                pass
+    # Host sys.path order, so the venv sees them as the host does.
+    order = {_real(p): i for i, p in reversed(list(enumerate(sys.path))) if p}
+    folders.sort(key=lambda f: order.get(f, len(order)))
+
+    prefixes = [_real(sys.base_prefix), _real(sys.base_exec_prefix), _base_python().parent.parent]
+    return HostInfo(
+        base_python=_base_python(),
+        base_prefixes=minimal_paths(prefixes),
+        python_version=platform.python_version(),
+        implementation=sys.implementation.name,
+        platform=f"{sysconfig.get_platform()}-{'-'.join(platform.libc_ver())}",
+        packages=packages,
+        share_paths=tuple(folders),
+        constraints=tuple(sorted(constraints)),
+    )
+
+
+def host_env() -> PythonEnv:
+    """The host interpreter itself, for trusted helper jobs that need no repo packages."""
+    paths = [_real(sys.prefix), _real(sys.exec_prefix)]
+    info = host_info()
+    paths += list(info.base_prefixes)
+    paths += [_real(p) for key in ("purelib", "platlib") if (p := sysconfig.get_paths().get(key))]
+    paths += list(info.share_paths)
+    return PythonEnv(
+        python=Path(sys.executable),  # not resolved: a venv is found through its symlink
+        root=Path(sys.prefix),
+        ro_paths=minimal_paths(p for p in paths if p.exists()),
+        key="host",
+        distributions=(),
+        backend="host",
+    )
+
+
+def _fix_hint(name: str, spec: str, have: str | None) -> str:
+    want = f"{name}{spec}" if spec else name
+    if have is None:
+        return (
+            f"install it on the host (pip install '{want}', matching your torch build); "
+            "safehub shares torch-family packages from the host and never installs them into a repo env"
+        )
+    return (
+        f"install a {name} that satisfies '{spec}' on the host, or load a revision of the repo that "
+        f"works with {name} {have}; safehub never installs torch-family packages into a repo env"
+    )
+
+
+def check_host_requirements(resolution: Resolution, packages: Mapping[str, str]) -> None:
+    """Every torch-family package hubconf names must be on the host at an accepted version."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    for req in resolution.host:
+        have = packages.get(req.distribution)
+        if have is None:
+            raise MissingHostPackageError(
+                f"the repo needs {req.distribution} (hubconf dependency {req.entry!r}), "
+                "but the host Python does not have it",
+                hint=_fix_hint(req.distribution, req.specifier, None),
+            )
+        if req.specifier:
+            try:
+                ok = SpecifierSet(req.specifier).contains(Version(have), prereleases=True)
+            except InvalidVersion:
+                ok = False
+            if not ok:
+                raise MissingHostPackageError(
+                    f"the repo needs {req.distribution}{req.specifier}, but the host has {req.distribution} {have}",
+                    hint=_fix_hint(req.distribution, req.specifier, have),
+                )
+
+
+def _read_metadata(path: Path) -> tuple[str, str, list[str]]:
+    with open(path, "rb") as f:
+        raw = f.read(_MAX_METADATA_BYTES)
+    msg = HeaderParser().parsestr(raw.decode("utf-8", errors="replace"))
+    return str(msg.get("Name", "")), str(msg.get("Version", "")), [str(v) for v in msg.get_all("Requires-Dist") or []]
+
+
+def check_installed_requirements(site_packages: Path, packages: Mapping[str, str]) -> None:
+    """Installers skip the torch family (--excludes) and then accept any torch
+    requirement silently. Read what was installed and check it against the host."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.version import InvalidVersion, Version
+
+    for meta in sorted(site_packages.glob("*.dist-info/METADATA")):
+        name, version, requires = _read_metadata(meta)
+        who = escape_untrusted(f"{name} {version}", limit=200)
+        if canonical(name) in TORCH_FAMILY:
+            have = packages.get(canonical(name))
+            raise MissingHostPackageError(
+                f"installing the repo's dependencies pulled {who} into the env; "
+                + (f"the host has {canonical(name)} {have}, which something rejected" if have else f"the host lacks {canonical(name)}"),
+                hint=_fix_hint(canonical(name), "", have),
+            )
+        for line in requires:
+            try:
+                req = Requirement(line)
+            except InvalidRequirement:
+                continue
+            dep = canonical(req.name)
+            if dep not in TORCH_FAMILY:
+                continue
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue
+            spec = escape_untrusted(str(req.specifier), limit=200)
+            have = packages.get(dep)
+            if have is None:
+                raise MissingHostPackageError(
+                    f"the repo's dependency {who} requires {dep}{spec}, but the host Python does not have {dep}",
+                    hint=_fix_hint(dep, spec, None),
+                )
+            try:
+                ok = req.specifier.contains(Version(have), prereleases=True)
+            except InvalidVersion:
+                ok = False
+            if not ok:
+                raise MissingHostPackageError(
+                    f"the repo's dependency {who} requires {dep}{spec}, but the host has {dep} {have}",
+                    hint=_fix_hint(dep, spec, have),
+                )
