@@ -1,0 +1,232 @@
+"""Sandbox-side producer of the return channel (docs/architecture-format.md).
+
+Called by safehub_runner.py after the entrypoint returned::
+
+    summary = export_object(obj, out_dir, options=..., example_inputs=..., hubconf=..., entrypoint=...)
+
+Writes ``out_dir/spec.json`` and ``out_dir/weights.safetensors``. Runs inside
+the sandbox with stdlib + torch + safetensors only; never imports safehub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+import _export_aten
+import _export_fx
+import _export_state
+import _literals
+
+FORMAT = "safehub-arch"
+VERSION = 1
+MAX_VALUE_DEPTH = 8
+MODES = ("auto", "fx", "aten")
+HUBCONF_EXAMPLES = "example_inputs"  # module-level dict in hubconf.py: {"entry": callable or tuple}
+
+
+class UnsupportedReturn(TypeError):
+    """The entrypoint returned something that is not a module or a container of modules."""
+
+
+class ExportFailed(RuntimeError):
+    """Neither fx nor aten mode could carry a module."""
+
+
+# ---------------------------------------------------------------------------
+# What the entrypoint returned
+
+
+def _describe(obj: Any) -> str:
+    t = type(obj)
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def _walk_value(obj: Any, modules: dict[int, tuple[str, nn.Module]], depth: int = 0) -> dict:
+    if depth > MAX_VALUE_DEPTH:
+        raise UnsupportedReturn(f"the returned value nests containers deeper than {MAX_VALUE_DEPTH}")
+    if isinstance(obj, torch.jit.ScriptModule) or isinstance(obj, torch._C.ScriptModule):
+        raise UnsupportedReturn(
+            f"the entrypoint returned a TorchScript module ({_describe(obj)}); TorchScript is code and cannot cross the sandbox"
+        )
+    if isinstance(obj, (nn.ModuleList, nn.ModuleDict)) and type(obj).forward is nn.Module.forward:
+        obj = list(obj) if isinstance(obj, nn.ModuleList) else dict(obj.items())
+    if isinstance(obj, nn.Module):
+        hit = modules.get(id(obj))
+        if hit is None:
+            hit = (f"m{len(modules)}", obj)
+            modules[id(obj)] = hit
+        return {"module": hit[0]}
+    if isinstance(obj, tuple):
+        return {"tuple": [_walk_value(v, modules, depth + 1) for v in obj]}
+    if isinstance(obj, list):
+        return {"list": [_walk_value(v, modules, depth + 1) for v in obj]}
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str) or len(k) > 256 or any(ord(c) < 32 or ord(c) == 127 for c in k):
+                raise UnsupportedReturn(f"the returned dict has key {k!r}; only short printable string keys are supported")
+            out[k] = _walk_value(v, modules, depth + 1)
+        return {"dict": out}
+    kind = "a plain function" if callable(obj) and not isinstance(obj, type) else "an object"
+    raise UnsupportedReturn(
+        f"the entrypoint returned {kind} of type {_describe(obj)}; safehub can only return torch.nn.Module objects "
+        "and tuples/lists/str-keyed dicts of them"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Example inputs
+
+
+def _as_args(value: Any, where: str) -> tuple:
+    if callable(value):
+        value = value()
+    if isinstance(value, torch.Tensor):
+        return (value,)
+    if isinstance(value, list):
+        value = tuple(value)
+    if not isinstance(value, tuple):
+        raise ExportFailed(f"example inputs from {where} must be a tensor or a tuple of forward arguments, not {_describe(value)}")
+    return value
+
+
+def resolve_example_inputs(example_inputs: Any, hubconf: Any, entrypoint: str) -> tuple | None:
+    """The caller's example_inputs win; otherwise hubconf's ``example_inputs[entrypoint]``."""
+    if example_inputs is not None:
+        return _as_args(example_inputs, "example_inputs=")
+    table = getattr(hubconf, HUBCONF_EXAMPLES, None) if hubconf is not None else None
+    if isinstance(table, dict) and entrypoint in table:
+        return _as_args(table[entrypoint], f"hubconf.{HUBCONF_EXAMPLES}[{entrypoint!r}]")
+    return None
+
+
+def _examples_for(examples: Any, mid: str, n_modules: int, root: dict) -> tuple | None:
+    """One example tuple per module: a single module gets them all; for several
+    modules, a dict keyed by module id or by the returned dict's keys is accepted."""
+    if examples is None:
+        return None
+    if n_modules == 1:
+        return examples
+    return None
+
+
+# ---------------------------------------------------------------------------
+# One module
+
+
+def _export_module(model: nn.Module, mode: str, examples: tuple | None) -> tuple[dict, _export_state.ModuleState, dict]:
+    fx_error = aten_error = None
+    if mode in ("auto", "fx"):
+        try:
+            spec, state, info = _export_fx.export_fx(model, examples)
+            return spec, state, info
+        except (_export_fx.FxExportError, _export_state.StateExportError) as exc:
+            fx_error = exc
+            if mode == "fx":
+                raise ExportFailed(
+                    f"fx mode failed for {_describe(model)}: {exc}. Try mode='aten' with example_inputs=(...)"
+                ) from exc
+    if examples is None:
+        raise ExportFailed(
+            f"cannot export {_describe(model)}: fx tracing failed ({fx_error}); aten mode (torch.export) needs example "
+            "inputs: pass safehub.load(..., example_inputs=(tensor, ...)) or declare them in hubconf.py as "
+            f"{HUBCONF_EXAMPLES} = {{'<entrypoint>': lambda: (torch.randn(2, ...),)}}"
+        )
+    try:
+        spec, state, info = _export_aten.export_aten(model, examples)
+        if fx_error is not None:
+            info["fx_error"] = str(fx_error)[:500]
+        return spec, state, info
+    except (_export_aten.AtenExportError, _export_state.StateExportError) as exc:
+        aten_error = exc
+    prefix = f"fx tracing failed ({fx_error}); " if fx_error is not None else ""
+    raise ExportFailed(
+        f"cannot export {_describe(model)}: {prefix}aten export failed ({aten_error}). Check the example_inputs "
+        "(a tuple of forward arguments with a batch dimension of at least 2), or try mode='fx'/'aten'"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Writing
+
+
+def _write_weights(path: str, modules: dict[str, _export_state.ModuleState]) -> int:
+    from safetensors.torch import save_file
+
+    flat: dict[str, torch.Tensor] = {}
+    storages: set[tuple[str, int]] = set()
+    total = 0
+    for mid, state in modules.items():
+        for tpath, t in state.tensors.items():
+            t = t.detach()
+            if t.device.type != "cpu":
+                t = t.to("cpu")
+            key = (t.device.type, t.untyped_storage().data_ptr())
+            if key in storages and t.numel() > 0:
+                t = t.clone()  # safetensors refuses tensors that share storage
+            else:
+                storages.add(key)
+            if not t.is_contiguous():
+                t = t.contiguous()
+            flat[f"{mid}.{tpath}"] = t
+            total += t.numel() * t.element_size()
+    tmp = path + ".partial"
+    save_file(flat, tmp)
+    os.replace(tmp, path)
+    return total
+
+
+def _write_json(path: str, payload: dict) -> None:
+    tmp = path + ".partial"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, allow_nan=False, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def export_object(
+    obj: Any,
+    out_dir: str,
+    *,
+    options: dict | None = None,
+    example_inputs: Any = None,
+    hubconf: Any = None,
+    entrypoint: str = "",
+) -> dict:
+    """Export what an entrypoint returned; return a small JSON-able summary."""
+    options = dict(options or {})
+    mode = options.get("mode", "auto")
+    if mode not in MODES:
+        raise ExportFailed(f"unknown export mode {mode!r}; use one of {', '.join(MODES)}")
+    found: dict[int, tuple[str, nn.Module]] = {}
+    root = _walk_value(obj, found)
+    examples = resolve_example_inputs(example_inputs, hubconf, entrypoint)
+
+    specs: dict[str, dict] = {}
+    states: dict[str, _export_state.ModuleState] = {}
+    summary_modules: dict[str, dict] = {}
+    for mid, model in found.values():
+        t0 = time.perf_counter()
+        spec, state, info = _export_module(model, mode, _examples_for(examples, mid, len(found), root))
+        specs[mid] = spec
+        states[mid] = state
+        summary_modules[mid] = {
+            "mode": spec["mode"],
+            "graphs": sorted(spec["graphs"]),
+            "tensors": len(state.tensors),
+            "seconds": round(time.perf_counter() - t0, 3),
+            **info,
+        }
+
+    os.makedirs(out_dir, exist_ok=True)
+    nbytes = _write_weights(os.path.join(out_dir, "weights.safetensors"), states)
+    _write_json(
+        os.path.join(out_dir, "spec.json"),
+        {"format": FORMAT, "version": VERSION, "torch_version": torch.__version__, "root": root, "modules": specs},
+    )
+    return {"root": next(iter(root)), "modules": summary_modules, "weight_bytes": nbytes}

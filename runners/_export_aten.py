@@ -1,0 +1,182 @@
+"""aten mode: torch.export inside the sandbox, serialised into our own schema.
+
+The exported program never leaves the sandbox; only its graph (aten targets,
+restricted output structure, no treespec) and its tensors do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+import _export_graph
+import _export_state
+
+
+class AtenExportError(RuntimeError):
+    """torch.export could not carry the model."""
+
+
+def _batched(example_inputs: tuple) -> tuple[tuple, bool]:
+    """Batch 1 specialises under export, so a batch-1 example is repeated to 2."""
+    out, changed = [], False
+    for a in example_inputs:
+        if isinstance(a, torch.Tensor) and a.dim() >= 1 and a.shape[0] == 1:
+            out.append(torch.cat([a, a], dim=0))
+            changed = True
+        else:
+            out.append(a)
+    return tuple(out), changed
+
+
+def _dynamic_shapes(example_inputs: tuple, dynamic: bool) -> tuple | None:
+    if not dynamic:
+        return None
+    from torch.export import Dim
+
+    return tuple({0: Dim.AUTO} if isinstance(a, torch.Tensor) and a.dim() >= 1 else None for a in example_inputs)
+
+
+def _batch_is_dynamic(gm: fx.GraphModule) -> bool:
+    for node in gm.graph.nodes:
+        if node.op != "placeholder":
+            continue
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor) and val.dim() >= 1 and not isinstance(val.shape[0], torch.SymInt):
+            return False
+    return True
+
+
+def _export_once(model: nn.Module, example_inputs: tuple, dynamic: bool) -> fx.GraphModule:
+    ep = torch.export.export(
+        model, example_inputs, dynamic_shapes=_dynamic_shapes(example_inputs, dynamic), strict=False
+    )
+    return ep.module(check_guards=False)
+
+
+def _export_gm(model: nn.Module, example_inputs: tuple) -> tuple[fx.GraphModule, bool]:
+    batched, changed = _batched(example_inputs)
+    gm = _export_once(model, batched, True)
+    dynamic = _batch_is_dynamic(gm)
+    if changed and not dynamic:
+        # The model pins its batch size: export the user's own batch statically.
+        gm = _export_once(model, example_inputs, False)
+    return gm, dynamic
+
+
+def _check_inputs(gm: fx.GraphModule, n_args: int) -> None:
+    from torch.utils import _pytree as pytree
+
+    in_spec = getattr(gm, "_in_spec", None)
+    if in_spec is None:
+        return
+    def kids(spec):
+        return list(spec.children()) if hasattr(spec, "children") else list(spec.children_specs)
+
+    top = kids(in_spec) if in_spec.type is tuple else []
+    ok = (
+        len(top) == 2
+        and top[0].type is tuple
+        and all(c.is_leaf() for c in kids(top[0]))
+        and top[1].num_children == 0
+    )
+    del pytree
+    if not ok:
+        raise AtenExportError("aten mode supports flat positional inputs only (no nested lists/dicts as forward arguments)")
+
+
+def _output_structure(gm: fx.GraphModule):
+    from torch.utils import _pytree as pytree
+
+    out_spec = getattr(gm, "_out_spec", None)
+
+    def value(node: fx.Node) -> Any:
+        flat = node.args[0]
+        if out_spec is None:
+            return flat
+        leaves = list(flat) if isinstance(flat, (tuple, list)) else [flat]
+        return pytree.tree_unflatten(leaves, out_spec)
+
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    return (
+        isinstance(a, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and a.shape == b.shape
+        and a.dtype == b.dtype
+        and bool(torch.equal(a, b))
+    )
+
+
+def _rename_get_attr(graph_spec: dict, old: str, new: str) -> None:
+    for node in graph_spec["nodes"]:
+        if node["op"] == "get_attr" and node["target"] == old:
+            node["target"] = new
+
+
+def _model_flags(model: nn.Module) -> tuple[dict[str, bool], dict[str, bool]]:
+    rg = {k: p.requires_grad for k, p in model.named_parameters(remove_duplicate=False)}
+    nonpers = _export_state._non_persistent(model)
+    pers = {k: k not in nonpers for k, _ in model.named_buffers(remove_duplicate=False)}
+    return rg, pers
+
+
+def export_aten(model: nn.Module, example_inputs: tuple) -> tuple[dict, _export_state.ModuleState, dict]:
+    """Return ``(module spec, state, info)`` or raise AtenExportError."""
+    if not isinstance(example_inputs, tuple):
+        raise AtenExportError("aten mode needs example inputs as a tuple of forward arguments")
+    rg, pers = _model_flags(model)
+    graphs: dict[str, dict] = {}
+    state: _export_state.ModuleState | None = None
+    dynamic_all = True
+    node_count = 0
+    for mode_name, training in (("eval", False), ("train", True)):
+        try:
+            with _export_state.training_mode(model, training):
+                gm, dynamic = _export_gm(model, example_inputs)
+        except Exception as exc:  # noqa: BLE001 - reported with the fx error by the caller
+            raise AtenExportError(f"torch.export failed ({mode_name} mode): {type(exc).__name__}: {exc}") from exc
+        dynamic_all = dynamic_all and dynamic
+        _check_inputs(gm, len(example_inputs))
+        try:
+            spec, get_attrs, _ = _export_graph.serialize_graph(
+                gm.graph, leaves=set(), allow_call_module=False, output_value=_output_structure(gm)
+            )
+        except _export_graph.GraphExportError as exc:
+            raise AtenExportError(str(exc)) from exc
+        gm_state = _export_state.collect_state(gm, requires_grad_of=rg, persistent_of=pers)
+        if state is None:
+            state = gm_state
+        elif set(gm_state.tensors) != set(state.tensors):
+            raise AtenExportError("eval and train exports disagree on the model's parameters and buffers")
+        for path in sorted(get_attrs):
+            if path in gm_state.tensors or path in gm_state.aliases:
+                continue
+            value = _export_state.resolve_attr(gm, path)
+            if path in state.tensors:
+                if _same(state.tensors[path], value):
+                    continue
+                # Train export lifted a different constant under the same name.
+                new = f"{path}_train"
+                _rename_get_attr(spec, path, new)
+                path = new
+            _export_state.add_constant(state, path, value)
+        graphs[mode_name] = spec
+        node_count = max(node_count, len(spec["nodes"]))
+    assert state is not None
+    if graphs["train"] == graphs["eval"]:
+        del graphs["train"]
+    spec = {
+        "mode": "aten",
+        "training": bool(model.training),
+        "tensors": state.infos,
+        "aliases": state.aliases,
+        "leaves": {},
+        "submodules": _export_state.submodule_flags(model, set()),
+        "graphs": graphs,
+    }
+    return spec, state, {"nodes": node_count, "dynamic_batch": dynamic_all}

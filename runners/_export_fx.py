@@ -1,0 +1,152 @@
+"""fx mode: symbolic tracing with standard torch.nn classes as leaves."""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+from typing import Any, Iterator
+
+import torch
+from torch import fx, nn
+
+import _export_graph
+import _export_state
+import _recipes
+
+
+class FxExportError(RuntimeError):
+    """Symbolic tracing could not carry the model."""
+
+
+class _LeafTracer(fx.Tracer):
+    def __init__(self, leaf_ids: set[int]) -> None:
+        super().__init__()
+        self.leaf_ids = leaf_ids
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return id(m) in self.leaf_ids
+
+
+@contextlib.contextmanager
+def _no_fx_wraps() -> Iterator[None]:
+    """Drop torch.fx.wrap() registrations made by model code, so wrapped helpers
+    are traced through instead of appearing as opaque third-party targets."""
+    import torch.fx._symbolic_trace as st
+
+    fns = dict(st._wrapped_fns_to_patch)
+    methods = list(st._wrapped_methods_to_patch)
+    st._wrapped_fns_to_patch.clear()
+    st._wrapped_methods_to_patch.clear()
+    try:
+        yield
+    finally:
+        st._wrapped_fns_to_patch.clear()
+        st._wrapped_fns_to_patch.update(fns)
+        st._wrapped_methods_to_patch[:] = methods
+
+
+def _trace(model: nn.Module, leaf_ids: set[int], training: bool) -> tuple[fx.Graph, dict[str, Any]]:
+    """Trace in one mode; return the graph and the tensor constants FX attached."""
+    before = set(model.__dict__)
+    tracer = _LeafTracer(leaf_ids)
+    try:
+        with _export_state.training_mode(model, training), _no_fx_wraps():
+            graph = tracer.trace(model)
+    finally:
+        added = {k: model.__dict__[k] for k in set(model.__dict__) - before}
+        for k in added:
+            delattr(model, k)
+    return graph, added
+
+
+def _rewrite_private(graph: fx.Graph) -> None:
+    """Replace private torch functions the host does not list with their public
+    decomposition (weight_norm parametrizations call torch._weight_norm)."""
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is torch._weight_norm and not node.kwargs and len(node.args) == 3:
+            v, g, dim = node.args
+            with graph.inserting_before(node):
+                norm = graph.call_function(torch.norm_except_dim, (v, 2, dim))
+                scale = graph.call_function(operator.truediv, (g, norm))
+                out = graph.call_function(operator.mul, (v, scale))
+            node.replace_all_uses_with(out)
+            graph.erase_node(node)
+
+
+def _compare(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and torch.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_compare(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_compare(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def _self_check(model: nn.Module, graph: fx.Graph, constants: dict[str, Any], example_inputs: tuple) -> None:
+    """Run the traced graph and the model on the example inputs (eval mode)."""
+    for k, v in constants.items():
+        setattr(model, k, v)
+    try:
+        gm = fx.GraphModule(model, graph)
+    finally:
+        for k in constants:
+            delattr(model, k)
+    with _export_state.training_mode(model, False), torch.no_grad():
+        gm.eval()
+        expected = model(*example_inputs)
+        got = gm(*example_inputs)
+    if not _compare(expected, got):
+        raise FxExportError("the traced graph's output differs from the model's on the example inputs (the forward depends on values fx cannot see)")
+
+
+def export_fx(model: nn.Module, example_inputs: tuple | None) -> tuple[dict, _export_state.ModuleState, dict]:
+    """Return ``(module spec, state, info)`` or raise FxExportError."""
+    recipes = _recipes.compute_recipes(model)  # before tracing: see _recipes docstring
+    leaf_paths: dict[str, dict] = {}
+    for path, mod in model.named_modules():
+        if id(mod) in recipes and not any(path.startswith(p + ".") for p in leaf_paths):
+            leaf_paths[path] = recipes[id(mod)]
+    leaf_ids = set(recipes)
+
+    graphs: dict[str, dict] = {}
+    state = _export_state.collect_state(model)
+    node_count = 0
+    for mode_name, training in (("eval", False), ("train", True)):
+        try:
+            graph, constants = _trace(model, leaf_ids, training)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller, who may try aten mode
+            raise FxExportError(f"symbolic tracing failed ({mode_name} mode): {type(exc).__name__}: {exc}") from exc
+        _rewrite_private(graph)
+        if mode_name == "eval" and example_inputs is not None:
+            _self_check(model, graph, constants, example_inputs)
+        try:
+            spec, get_attrs, _ = _export_graph.serialize_graph(graph, leaves=set(leaf_paths), allow_call_module=True)
+        except _export_graph.GraphExportError as exc:
+            raise FxExportError(str(exc)) from exc
+        for path in sorted(get_attrs):
+            if path in state.tensors or path in state.aliases:
+                continue
+            value = constants[path] if path in constants else _export_state.resolve_attr(model, path)
+            if path in constants and mode_name == "train" and path in state.tensors:
+                continue
+            _export_state.add_constant(state, path, value)
+        graphs[mode_name] = spec
+        node_count = max(node_count, len(spec["nodes"]))
+    if graphs["train"] == graphs["eval"]:
+        del graphs["train"]
+
+    leaves = {}
+    for path, recipe in leaf_paths.items():
+        mod = model.get_submodule(path)
+        leaves[path] = {"cls": recipe["cls"], "kwargs": recipe["kwargs"], "training": bool(mod.training)}
+    spec = {
+        "mode": "fx",
+        "training": bool(model.training),
+        "tensors": state.infos,
+        "aliases": state.aliases,
+        "leaves": leaves,
+        "submodules": _export_state.submodule_flags(model, set(leaf_paths)),
+        "graphs": graphs,
+    }
+    return spec, state, {"nodes": node_count, "leaves": len(leaves)}

@@ -1,0 +1,371 @@
+"""The sandbox-side producer (runners/_export*.py) on the zoo (tests/zoo).
+
+The producer runs in-process here (it is plain torch code; the sandbox is tested
+elsewhere), plus one run through the real runner in a subprocess. Every written
+spec is checked against docs/architecture-format.md and rebuilt by a test-only
+reference consumer (tests/zoo/_reference_rebuild.py) that resolves targets
+through the host's allowlists, so outputs can be compared with the original.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNNERS = ROOT / "runners"
+ZOO = ROOT / "tests" / "zoo"
+
+for p in (str(RUNNERS), str(ZOO)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import _export  # noqa: E402  (runners/_export.py)
+import _reference_rebuild as ref  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    spec = importlib.util.spec_from_file_location("safehub_test_zoo_hubconf", ZOO / "hubconf.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def export(zoo, name: str, tmp_path: Path, **kw: Any) -> tuple[Any, Path, dict]:
+    obj = getattr(zoo, name)()
+    out = tmp_path / name
+    summary = _export.export_object(
+        obj,
+        str(out),
+        options=kw.pop("options", {}),
+        example_inputs=kw.pop("example_inputs", None),
+        hubconf=zoo,
+        entrypoint=name,
+    )
+    assert not kw
+    return obj, out, summary
+
+
+def close(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    if isinstance(a, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(close(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
+    return a == b
+
+
+def outputs_of(model: torch.nn.Module, inputs: tuple, *, train: bool, seed: int = 0) -> Any:
+    model.train(train)
+    torch.manual_seed(seed)
+    return model(*inputs)
+
+
+def tensors_in(x: Any) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (tuple, list)):
+        return [t for v in x for t in tensors_in(v)]
+    if isinstance(x, dict):
+        return [t for v in x.values() for t in tensors_in(v)]
+    return []
+
+
+def grads(model: torch.nn.Module, out: Any) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    loss = sum((t.float() ** 2).sum() for t in tensors_in(out) if t.is_floating_point())
+    loss.backward()
+    named = {}
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            named[name] = p.grad.detach().clone()
+    return named
+
+
+# One row per single-module zoo entry: inputs for two batch sizes, expected mode.
+ZOO_CASES = {
+    "resnet": ((lambda b: (torch.randn(b, 3, 16, 16),)), "fx"),
+    "mobilenet": ((lambda b: (torch.randn(b, 3, 16, 16),)), "fx"),
+    "unet": ((lambda b: (torch.randn(b, 3, 16, 16),)), "fx"),
+    "vit": ((lambda b: (torch.randn(b, 3, 16, 16),)), "fx"),
+    "swin": ((lambda b: (torch.randn(b, 3, 16, 16),)), "fx"),
+    "transformer": ((lambda b: (torch.randn(b, 5, 32),)), "fx"),
+    "recurrent": ((lambda b: (torch.randn(b, 7, 6),)), "fx"),
+    "tied": ((lambda b: (torch.randint(0, 20, (b, 5)),)), "fx"),
+    "shared": ((lambda b: (torch.randn(b, 6),)), "fx"),
+    "nonpersistent": ((lambda b: (torch.randn(b, 4),)), "fx"),
+    "weightnorm": ((lambda b: (torch.randn(b, 2, 9),)), "fx"),
+    "dict_output": ((lambda b: (torch.randn(b, 5),)), "fx"),
+    "tuple_output": ((lambda b: (torch.randn(b, 3),)), "fx"),
+    "functional": ((lambda b: (torch.randn(b, 6),)), "fx"),
+    "stochastic_depth": ((lambda b: (torch.randn(b, 8),)), "fx"),
+    "data_dependent": ((lambda b: (torch.randn(b, 3, 20),)), "aten"),
+    "unnameable": ((lambda b: (torch.randn(b, 4),)), "aten"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO_CASES))
+def test_zoo_roundtrip(zoo, tmp_path: Path, name: str) -> None:
+    make_inputs, expected_mode = ZOO_CASES[name]
+    original, out, summary = export(zoo, name, tmp_path)
+    assert summary["modules"]["m0"]["mode"] == expected_mode, summary
+    spec, rebuilt = ref.check_and_rebuild(out)
+    assert spec["root"] == {"module": "m0"}
+    assert rebuilt.training == original.training
+    # A copy keeps the original's running statistics for the train-mode comparison.
+    twin = copy.deepcopy(original)
+    for batch in (2, 5):
+        x = make_inputs(batch)
+        with torch.no_grad():
+            assert close(outputs_of(original, x, train=False), outputs_of(rebuilt, x, train=False)), (name, batch)
+    # Train mode with identical seeds: dropout masks, stochastic depth and
+    # BatchNorm batch statistics must all match the original exactly.
+    x = make_inputs(4)
+    y_orig = outputs_of(twin, x, train=True, seed=123)
+    y_new = outputs_of(rebuilt, x, train=True, seed=123)
+    assert close(y_orig, y_new), name
+    g_orig, g_new = grads(twin, y_orig), grads(rebuilt.root, y_new)
+    assert g_orig.keys() <= set(k for k, _ in twin.named_parameters())
+    for k, g in g_orig.items():
+        assert k in g_new or any(ref_alias == k for ref_alias in spec["modules"]["m0"]["aliases"]), (name, k)
+        if k in g_new:
+            assert torch.allclose(g, g_new[k], rtol=1e-4, atol=1e-6), (name, k)
+    # Running statistics were updated the same way.
+    buffers_new = dict(rebuilt.root.named_buffers())
+    for k, b in twin.named_buffers():
+        if k in buffers_new:
+            assert torch.allclose(b.float(), buffers_new[k].float()), (name, k)
+
+
+def test_resnet_spec_shape(zoo, tmp_path: Path) -> None:
+    model, out, summary = export(zoo, "resnet", tmp_path)
+    spec = json.loads((out / "spec.json").read_text())
+    m = spec["modules"]["m0"]
+    assert m["mode"] == "fx"
+    assert m["leaves"]["stem.0"]["cls"] == "Conv2d"
+    assert m["leaves"]["stem.0"]["kwargs"]["kernel_size"] == {"tuple": [3, 3]}
+    assert m["leaves"]["layer1.0.bn1"]["cls"] == "BatchNorm2d"
+    assert m["tensors"]["layer1.0.bn1.num_batches_tracked"] == {
+        "dtype": "int64", "shape": [], "kind": "buffer", "requires_grad": False, "persistent": True,
+    }  # fmt: skip
+    assert m["tensors"]["fc.weight"]["kind"] == "parameter" and m["tensors"]["fc.weight"]["requires_grad"]
+    assert set(m["tensors"]) == set(model.state_dict())
+    assert m["submodules"]["layer1.0"] == {"training": True}
+    # BatchNorm leaves carry the train behaviour, so one graph serves both modes.
+    assert list(m["graphs"]) == ["eval"]
+    assert summary == {
+        "root": "module", "weight_bytes": summary["weight_bytes"],
+        "modules": {"m0": {**summary["modules"]["m0"], "mode": "fx", "graphs": ["eval"], "tensors": len(m["tensors"])}},
+    }  # fmt: skip
+
+
+def test_flags_round_trip(zoo, tmp_path: Path) -> None:
+    model = zoo.resnet()
+    model.eval()
+    model.layer1.train()
+    model.fc.weight.requires_grad_(False)
+    out = tmp_path / "flags"
+    _export.export_object(model, str(out), options={}, example_inputs=None, hubconf=zoo, entrypoint="resnet")
+    spec, rebuilt = ref.check_and_rebuild(out)
+    m = spec["modules"]["m0"]
+    assert m["training"] is False
+    assert m["submodules"]["layer1"]["training"] is True
+    assert m["leaves"]["layer1.0.bn1"]["training"] is True and m["leaves"]["stem.1"]["training"] is False
+    assert m["tensors"]["fc.weight"]["requires_grad"] is False and m["tensors"]["fc.bias"]["requires_grad"] is True
+    assert model.training is False and model.layer1.training is True  # the exporter restored the flags
+
+
+def test_stochastic_depth_has_train_graph(zoo, tmp_path: Path) -> None:
+    _, out, summary = export(zoo, "stochastic_depth", tmp_path)
+    m = json.loads((out / "spec.json").read_text())["modules"]["m0"]
+    assert set(m["graphs"]) == {"eval", "train"}
+    train_targets = {n["target"] for n in m["graphs"]["train"]["nodes"]}
+    eval_targets = {n["target"] for n in m["graphs"]["eval"]["nodes"]}
+    assert "bernoulli_" in train_targets and "bernoulli_" not in eval_targets  # traced through torch.fx.wrap
+    _, rebuilt = ref.check_and_rebuild(out)
+    rebuilt.train()
+    x = torch.randn(4000, 8)
+    torch.manual_seed(0)
+    a = rebuilt(x)
+    b = rebuilt(x)
+    assert not torch.equal(a, b)  # stochastic in train mode
+    rebuilt.eval()
+    assert torch.equal(rebuilt(x), rebuilt(x))
+
+
+def test_tied_weights_become_aliases(zoo, tmp_path: Path) -> None:
+    _, out, _ = export(zoo, "tied", tmp_path)
+    spec, rebuilt = ref.check_and_rebuild(out)
+    m = spec["modules"]["m0"]
+    assert m["aliases"] == {"lm_head.weight": "embed.weight"}
+    assert "lm_head.weight" not in m["tensors"]
+    assert rebuilt.root.lm_head.weight is rebuilt.root.embed.weight
+
+
+def test_shared_submodule(zoo, tmp_path: Path) -> None:
+    _, out, _ = export(zoo, "shared", tmp_path)
+    m = json.loads((out / "spec.json").read_text())["modules"]["m0"]
+    assert "block.0" in m["leaves"] and "again.0" not in m["leaves"]
+    assert m["aliases"] == {"again.0.weight": "block.0.weight", "again.0.bias": "block.0.bias"}
+    calls = [n["target"] for n in m["graphs"]["eval"]["nodes"] if n["op"] == "call_module"]
+    assert calls.count("block.0") == 3
+
+
+def test_nonpersistent_buffers_and_constants(zoo, tmp_path: Path) -> None:
+    model, out, _ = export(zoo, "nonpersistent", tmp_path)
+    m = json.loads((out / "spec.json").read_text())["modules"]["m0"]
+    assert m["tensors"]["scale"]["kind"] == "buffer" and m["tensors"]["scale"]["persistent"] is False
+    assert m["tensors"]["shift"]["persistent"] is True
+    assert m["tensors"]["table"]["kind"] == "constant"
+    assert not any(k.startswith("_tensor_constant") for k in vars(model))  # the model was left untouched
+
+
+def test_weight_norm_exports_original_tensors(zoo, tmp_path: Path) -> None:
+    _, out, _ = export(zoo, "weightnorm", tmp_path)
+    m = json.loads((out / "spec.json").read_text())["modules"]["m0"]
+    assert {"conv.parametrizations.weight.original0", "conv.parametrizations.weight.original1"} <= set(m["tensors"])
+    assert "conv.weight" not in m["tensors"] and not m["leaves"]
+
+
+def test_recurrent_leaves(zoo, tmp_path: Path) -> None:
+    _, out, _ = export(zoo, "recurrent", tmp_path)
+    m = json.loads((out / "spec.json").read_text())["modules"]["m0"]
+    assert m["leaves"]["lstm"] == {
+        "cls": "LSTM",
+        "kwargs": {"input_size": 6, "hidden_size": 8, "num_layers": 2, "batch_first": True, "bidirectional": True},
+        "training": True,
+    }
+    assert m["leaves"]["gru"]["cls"] == "GRU"
+
+
+def test_transformer_leaf_kwargs(zoo, tmp_path: Path) -> None:
+    _, out, _ = export(zoo, "transformer", tmp_path)
+    m = json.loads((out / "spec.json").read_text())["modules"]["m0"]
+    assert m["leaves"]["attn"]["cls"] == "MultiheadAttention"
+    assert m["leaves"]["attn"]["kwargs"]["batch_first"] is True
+    assert m["leaves"]["attn"]["kwargs"]["dropout"] == {"float": "0.1"}
+    assert m["leaves"]["ln2"]["kwargs"]["bias"] is False
+
+
+def test_containers(zoo, tmp_path: Path) -> None:
+    (cnn, head), out, summary = export(zoo, "pair", tmp_path)
+    spec, (r_cnn, r_head) = ref.check_and_rebuild(out)
+    assert spec["root"] == {"tuple": [{"module": "m0"}, {"module": "m1"}]}
+    x = torch.randn(2, 3, 16, 16)
+    cnn.eval(), head.eval(), r_cnn.eval(), r_head.eval()
+    with torch.no_grad():
+        assert close(head(cnn(x)), r_head(r_cnn(x)))
+
+    obj, out, summary = export(zoo, "separator", tmp_path)
+    spec, rebuilt = ref.check_and_rebuild(out)
+    assert spec["root"] == {"dict": {"vocals": {"module": "m0"}, "others": {"list": [{"module": "m1"}, {"module": "m2"}]}}}
+    assert set(summary["modules"]) == {"m0", "m1", "m2"}
+    with torch.no_grad():
+        v = torch.randn(2, 3)
+        assert close(obj["others"][1](v), rebuilt["others"][1](v))
+
+
+def test_same_module_twice_in_container(tmp_path: Path) -> None:
+    lin = torch.nn.Linear(2, 2)
+    _export.export_object((lin, {"again": lin}), str(tmp_path), options={}, example_inputs=None, hubconf=None, entrypoint="x")
+    spec = json.loads((tmp_path / "spec.json").read_text())
+    assert spec["root"] == {"tuple": [{"module": "m0"}, {"dict": {"again": {"module": "m0"}}}]}
+    assert list(spec["modules"]) == ["m0"]
+
+
+@pytest.mark.parametrize("name", ["plain_function", "scripted"])
+def test_unsupported_returns(zoo, tmp_path: Path, name: str) -> None:
+    with pytest.raises(_export.UnsupportedReturn) as info:
+        export(zoo, name, tmp_path)
+    assert isinstance(info.value, TypeError)
+    assert ("function" in str(info.value)) if name == "plain_function" else ("TorchScript" in str(info.value))
+    assert not (tmp_path / name / "spec.json").exists()
+
+
+def test_unsupported_objects_name_their_type(tmp_path: Path) -> None:
+    class Wrapper:
+        pass
+
+    with pytest.raises(_export.UnsupportedReturn, match="Wrapper"):
+        _export.export_object(Wrapper(), str(tmp_path), options={}, example_inputs=None, hubconf=None, entrypoint="x")
+    with pytest.raises(_export.UnsupportedReturn, match="key 3"):
+        _export.export_object({3: torch.nn.Linear(1, 1)}, str(tmp_path), options={}, example_inputs=None, hubconf=None, entrypoint="x")
+
+
+def test_data_dependent_without_examples_explains(tmp_path: Path) -> None:
+    import zoo_models
+
+    with pytest.raises(_export.ExportFailed) as info:
+        _export.export_object(zoo_models.DataDependent(), str(tmp_path), options={}, example_inputs=None, hubconf=None, entrypoint="x")
+    msg = str(info.value)
+    assert "fx tracing failed" in msg and "example_inputs" in msg
+
+
+def test_mode_fx_is_strict(zoo, tmp_path: Path) -> None:
+    with pytest.raises(_export.ExportFailed, match="fx mode failed.*mode='aten'"):
+        export(zoo, "data_dependent", tmp_path, options={"mode": "fx"})
+    with pytest.raises(_export.ExportFailed, match="unknown export mode"):
+        export(zoo, "resnet", tmp_path, options={"mode": "pickle"})
+
+
+def test_aten_mode_cnn_train_graph(zoo, tmp_path: Path) -> None:
+    model, out, summary = export(zoo, "aten_cnn", tmp_path, options={"mode": "aten"})
+    assert summary["modules"]["m0"]["mode"] == "aten" and summary["modules"]["m0"]["dynamic_batch"] is True
+    spec, rebuilt = ref.check_and_rebuild(out)
+    m = spec["modules"]["m0"]
+    assert set(m["graphs"]) == {"eval", "train"} and not m["leaves"]
+    train_targets = {n["target"] for n in m["graphs"]["train"]["nodes"]}
+    assert "aten.add_.Tensor" in train_targets  # num_batches_tracked += 1
+    assert all(n["target"].startswith(("aten.", "operator.", "torch.sym", "output")) or n["op"] in ("placeholder", "get_attr")
+               for g in m["graphs"].values() for n in g["nodes"])  # fmt: skip
+    twin = copy.deepcopy(model)
+    x = torch.randn(3, 3, 16, 16)
+    assert close(outputs_of(twin, x if isinstance(x, tuple) else (x,), train=True), outputs_of(rebuilt, (x,), train=True))
+    assert torch.equal(twin.stem[1].running_mean, rebuilt.root.get_submodule("stem.1").running_mean)
+    assert int(rebuilt.root.get_submodule("stem.1").num_batches_tracked) == 1
+    with torch.no_grad():
+        for b in (1, 7):
+            x = torch.randn(b, 3, 16, 16)
+            assert close(outputs_of(twin, (x,), train=False), outputs_of(rebuilt, (x,), train=False))
+
+
+def test_explicit_example_inputs_win_and_batch_one_is_widened(zoo, tmp_path: Path) -> None:
+    _, out, summary = export(zoo, "data_dependent", tmp_path, example_inputs=(torch.randn(1, 3, 8),))
+    assert summary["modules"]["m0"]["dynamic_batch"] is True
+    spec, rebuilt = ref.check_and_rebuild(out)
+    rebuilt.eval()
+    original = zoo.data_dependent().eval()
+    with torch.no_grad():
+        for b in (1, 4):
+            x = torch.randn(b, 3, 8)  # the short branch: traced with length 8
+            assert close(original(x), rebuilt(x))
+
+
+def test_through_the_runner(tmp_path: Path) -> None:
+    """The real runner script in a fresh interpreter, as the sandbox runs it."""
+    job = tmp_path / "job"
+    (job / "in").mkdir(parents=True)
+    (job / "out").mkdir()
+    (job / "in" / "request.json").write_text(
+        json.dumps({"protocol": 1, "action": "load", "repo_dir": str(ZOO), "entrypoint": "resnet", "export": {}, "confine": {}})
+    )
+    proc = subprocess.run(
+        [sys.executable, "-I", "-B", str(RUNNERS / "safehub_runner.py"), str(job)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((job / "out" / "result.json").read_text())
+    assert result["status"] == "ok", result
+    assert result["summary"]["modules"]["m0"]["mode"] == "fx"
+    spec, rebuilt = ref.check_and_rebuild(job / "out")
+    assert sorted(p.name for p in (job / "out").iterdir()) == ["result.json", "spec.json", "weights.safetensors"]
