@@ -1,0 +1,71 @@
+"""The host end of the return channel: validate what the sandbox wrote, then rebuild.
+
+``rebuild_from_output(out_dir)`` reads exactly ``spec.json`` and
+``weights.safetensors`` (docs/architecture-format.md), checks *everything*
+(caps, names, allowlists, literals, the safetensors header, the leaves built on
+``meta``), and only then loads tensors and builds ``SafehubGraphModule``s.
+Any violation raises an :class:`~safehub._errors.UnsafeSpecError` subclass and
+nothing is built.
+
+This package imports torch lazily: ``import safehub`` stays torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ._limits import ChannelLimits
+
+__all__ = ["rebuild_from_output", "ChannelLimits", "SPEC_FILE", "WEIGHTS_FILE"]
+
+SPEC_FILE = "spec.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLimits | None = None) -> Any:
+    """Rebuild what the entrypoint returned from a job's ``out/`` folder.
+
+    Returns a ``SafehubGraphModule`` (an ``fx.GraphModule``), or a tuple/list/dict
+    of them as recorded in the spec's ``root``. ``device`` is where weights are
+    loaded and what device literals in the graphs point to (None: cpu).
+    """
+    import torch
+
+    from ._build import build_module
+    from ._files import open_output_file, read_output_file
+    from ._leaves import build_leaves_on_meta
+    from ._spec import ModuleRef, parse_spec
+    from ._weights import check_against_spec, load_tensors, read_header
+
+    limits = limits or ChannelLimits()
+    device = torch.device(device if device is not None else "cpu")
+    out_dir = Path(out_dir)
+
+    # 1. Validate everything that needs no tensor data.
+    spec = parse_spec(read_output_file(out_dir, SPEC_FILE, max_bytes=limits.spec_bytes), limits=limits, device=device)
+    fd = open_output_file(out_dir, WEIGHTS_FILE, max_bytes=limits.weights_bytes)
+    try:
+        entries = read_header(fd, limits)
+        check_against_spec(entries, spec)
+        meta_leaves = {mid: build_leaves_on_meta(mspec) for mid, mspec in spec.modules.items()}
+        # 2. Only now read tensor data and build.
+        loaded = load_tensors(fd, entries, device)
+    finally:
+        os.close(fd)
+    built: dict[str, Any] = {}
+    for mid, mspec in spec.modules.items():
+        tensors = {p: loaded.pop(f"{mid}.{p}") for p in mspec.tensors}
+        built[mid] = build_module(mspec, meta_leaves[mid], tensors)
+
+    def materialize(value: Any) -> Any:
+        if isinstance(value, ModuleRef):
+            return built[value.mid]
+        if isinstance(value, tuple):
+            return tuple(materialize(v) for v in value)
+        if isinstance(value, list):
+            return [materialize(v) for v in value]
+        return {k: materialize(v) for k, v in value.items()}
+
+    return materialize(spec.root)

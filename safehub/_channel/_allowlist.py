@@ -1,0 +1,204 @@
+"""Allowlists built on the host from torch itself.
+
+Spec strings are only ever used as *keys* into these dicts/sets. No name from
+the sandbox is resolved by walking ``getattr`` from a module (``torch.os.system``
+and ``torch.ops.load_library`` are reachable that way; sink 13 of
+shared/design/return-channel.md). The one registry lookup is
+``torch.ops.aten.<op>.<overload>`` with both parts validated identifiers, and
+its result must be an ``OpOverload`` in namespace ``aten``.
+
+Re-review the deny lists on every torch upgrade.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import operator
+import re
+from typing import Any, Callable
+
+from .._errors import DisallowedTargetError
+from ._names import show
+
+__all__ = [
+    "function_allowlist",
+    "method_allowlist",
+    "leaf_allowlist",
+    "resolve_aten",
+    "GETATTR_ATTRS",
+    "COUNT_KWARGS",
+    "GETATTR_KEY",
+]
+
+GETATTR_KEY = "builtins.getattr"
+# builtins.getattr(x, name) is allowed for these attribute names only.
+GETATTR_ATTRS = frozenset(
+    {"shape", "dtype", "device", "ndim", "T", "mT", "H", "mH", "is_cuda", "requires_grad", "layout", "real", "imag",
+     "is_sparse", "is_quantized", "is_complex", "is_floating_point", "itemsize", "nbytes"}
+)  # fmt: skip
+
+# Tensor factories that torch.overrides does not list as overridable.
+_FACTORIES = (
+    "empty", "empty_like", "empty_strided", "zeros", "zeros_like", "ones", "ones_like", "full", "full_like",
+    "arange", "linspace", "logspace", "eye", "rand", "rand_like", "randn", "randn_like", "randint",
+    "randint_like", "randperm", "tensor", "as_tensor", "scalar_tensor", "normal", "bernoulli", "tril_indices",
+    "triu_indices", "complex", "polar", "_assert",
+)  # fmt: skip
+_OPERATOR = (
+    "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "neg", "pos", "abs", "invert", "and_",
+    "or_", "xor", "lshift", "rshift", "eq", "ne", "lt", "le", "gt", "ge", "not_", "truth", "is_", "is_not",
+    "getitem", "setitem", "contains", "index", "iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow",
+    "imatmul", "iand", "ior", "ixor", "ilshift", "irshift",
+)  # fmt: skip
+_MATH = (
+    "sqrt", "exp", "log", "log2", "log10", "log1p", "expm1", "floor", "ceil", "trunc", "sin", "cos", "tan",
+    "asin", "acos", "atan", "atan2", "sinh", "cosh", "tanh", "erf", "erfc", "pow", "fabs", "isnan", "isinf",
+    "isfinite", "hypot", "copysign", "gcd", "prod", "fsum", "radians", "degrees",
+)  # fmt: skip
+_FUNCTION_NAMESPACES = ("torch", "torch.functional", "torch.nn.functional", "torch.linalg", "torch.fft", "torch.special")
+
+# Public Tensor methods that touch memory, hooks, storage, other processes or the
+# interpreter, or hand out Python objects.
+_METHOD_DENY = frozenset(
+    {"apply_", "map_", "map2_", "register_hook", "register_post_accumulate_grad_hook", "retain_grad", "backward",
+     "storage", "untyped_storage", "storage_type", "data_ptr", "const_data_ptr", "numpy", "set_", "share_memory_",
+     "record_stream", "item", "tolist", "module_load", "resize", "resize_", "resize_as", "resize_as_",
+     "resize_as_sparse_", "sparse_resize_", "sparse_resize_and_clear_", "as_strided_", "pin_memory", "is_pinned",
+     "is_shared", "type", "cuda", "ipu", "xpu", "mtia", "is_set_to", "hash_tensor"}
+)  # fmt: skip
+# Methods FX graphs use that torch.overrides does not list.
+_METHOD_EXTRA = ("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "new_empty_strided", "dim", "size")
+
+_ATEN_RE = re.compile(r"aten\.([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)")
+_ATEN_DENY = frozenset(
+    {"from_file", "set", "set_", "set_data", "resize", "resize_", "resize_as", "resize_as_", "resize_as_sparse",
+     "resize_as_sparse_", "sparse_resize", "sparse_resize_", "sparse_resize_and_clear", "sparse_resize_and_clear_",
+     "_resize_output", "_resize_output_", "_copy_from_and_resize", "_cufft_set_plan_cache_max_size",
+     "_cufft_clear_plan_cache", "_pin_memory", "pin_memory", "record_stream", "_print", "_test_warn_in_autograd",
+     "as_strided_", "is_set_to", "_cudnn_init_dropout_state"}
+)  # fmt: skip
+
+# Leaf classes whose constructors loop over an int kwarg (bounded by ChannelLimits.count_kwarg).
+COUNT_KWARGS: dict[str, tuple[str, ...]] = {
+    "RNN": ("num_layers",), "LSTM": ("num_layers",), "GRU": ("num_layers",), "RNNBase": ("num_layers",),
+    "Transformer": ("num_encoder_layers", "num_decoder_layers"), "TransformerEncoder": ("num_layers",),
+    "TransformerDecoder": ("num_layers",),
+}  # fmt: skip
+_LEAF_DENY = frozenset(
+    {"Module", "Container", "Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict",
+     # take module instances as constructor arguments, which a literal cannot carry
+     "TransformerEncoder", "TransformerDecoder"}
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=None)
+def function_allowlist() -> dict[str, Callable[..., Any]]:
+    """Exact ``"module.name"`` keys -> callables. A function is listed under every
+    namespace it appears in, and under FX's qualified name for it."""
+    import builtins
+    import importlib
+
+    import torch
+    import torch.fx.node
+    import torch.overrides
+
+    overridable = torch.overrides.get_overridable_functions()
+    allowed_ids: dict[int, Any] = {}
+    for key, funcs in overridable.items():
+        if isinstance(key, type(torch)):  # module namespaces only; torch.Tensor methods are call_method
+            for fn in funcs:
+                allowed_ids[id(fn)] = fn
+    for name in _FACTORIES:
+        fn = getattr(torch, name)
+        allowed_ids[id(fn)] = fn
+    for name in dir(torch):
+        if name.startswith("sym_") or name.startswith("_sym_"):
+            fn = getattr(torch, name)
+            if callable(fn) and not isinstance(fn, type):
+                allowed_ids[id(fn)] = fn
+
+    table: dict[str, Callable[..., Any]] = {}
+    for modname in _FUNCTION_NAMESPACES:
+        mod = importlib.import_module(modname)  # fixed host names
+        for attr, obj in vars(mod).items():
+            if attr.startswith("__") or allowed_ids.get(id(obj)) is not obj:
+                continue
+            table[f"{modname}.{attr}"] = obj
+    for obj in list(table.values()):
+        try:
+            qual = torch.fx.node._get_qualified_name(obj)
+        except Exception:  # noqa: BLE001 - some builtins have no qualified name
+            continue
+        if re.fullmatch(r"torch(\.[A-Za-z_][A-Za-z0-9_]*)+", qual) and "__" not in qual:
+            table.setdefault(qual, obj)
+    for name in _OPERATOR:
+        table[f"operator.{name}"] = getattr(operator, name)
+    for name in _MATH:
+        table[f"math.{name}"] = getattr(math, name)
+    table[GETATTR_KEY] = builtins.getattr
+    return table
+
+
+@functools.lru_cache(maxsize=None)
+def method_allowlist() -> frozenset[str]:
+    import torch
+    import torch.overrides
+
+    names = set(_METHOD_EXTRA)
+    for fn in torch.overrides.get_overridable_functions()[torch.Tensor]:
+        name = getattr(fn, "__name__", None)
+        if isinstance(name, str) and re.fullmatch(r"[a-z][A-Za-z0-9_]*", name) and callable(getattr(torch.Tensor, name, None)):
+            names.add(name)
+    return frozenset(names - _METHOD_DENY)
+
+
+@functools.lru_cache(maxsize=None)
+def leaf_allowlist() -> dict[str, type]:
+    """Class name -> class, for the standard torch.nn layers (no containers,
+    no lazy modules, no private bases)."""
+    import torch.nn as nn
+
+    out: dict[str, type] = {}
+    for name, obj in vars(nn).items():
+        if (
+            isinstance(obj, type)
+            and issubclass(obj, nn.Module)
+            and obj.__module__.startswith("torch.nn.modules.")
+            and not name.startswith("_")
+            and name not in _LEAF_DENY
+            and not issubclass(obj, nn.modules.lazy.LazyModuleMixin)
+        ):
+            out[name] = obj
+    return out
+
+
+def resolve_aten(target: str, where: str) -> Any:
+    """``aten.<op>.<overload>`` -> the OpOverload, via the C++ operator registry."""
+    m = _ATEN_RE.fullmatch(target)
+    if not m or len(target) > 256:
+        raise DisallowedTargetError(f"{where}: {show(target)} is not of the form aten.<op>.<overload>")
+    op, overload = m.groups()
+    if op.startswith("__") or overload.startswith("__"):
+        raise DisallowedTargetError(f"{where}: {show(target)} names a dunder")
+    if op in _ATEN_DENY:
+        raise DisallowedTargetError(
+            f"{where}: aten operator {show(op)} is on safehub's deny list (it touches files, storage or global state)"
+        )
+    import torch
+
+    try:
+        packet = getattr(torch.ops.aten, op)  # _OpNamespace.__getattr__: registry lookup, no import
+    except (AttributeError, RuntimeError):
+        packet = None
+    if not isinstance(packet, torch._ops.OpOverloadPacket) or packet._qualified_op_name != f"aten::{op}":
+        raise DisallowedTargetError(f"{where}: {show(target)} is not an aten operator of this torch")
+    if overload not in packet.overloads():
+        raise DisallowedTargetError(f"{where}: aten operator {show(op)} has no overload {show(overload)}")
+    ov = getattr(packet, overload)
+    if not isinstance(ov, torch._ops.OpOverload) or ov.namespace != "aten" or ov._schema.name != f"aten::{op}":
+        raise DisallowedTargetError(f"{where}: {show(target)} did not resolve to an aten OpOverload")
+    for arg in ov._schema.arguments:
+        if "Storage" in str(arg.type) or (str(arg.type) == "str" and arg.name in ("filename", "path", "file")):
+            raise DisallowedTargetError(f"{where}: aten operator {show(target)} takes a storage or file argument")
+    return ov

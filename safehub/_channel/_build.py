@@ -1,0 +1,128 @@
+"""Build validated modules: the module tree, the tensors, and one fx.Graph per mode.
+
+Input is only what :mod:`._spec`, :mod:`._weights` and :mod:`._leaves` have
+checked. Graph nodes are created with ``Graph.create_node`` from validated
+identifiers, allowlisted callables and decoded literals; no spec string is
+evaluated. There is no ``recompile`` after construction.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._errors import TensorMismatchError, UnsafeSpecError
+from ._literals import NodeRef
+from ._names import show
+from ._spec import GraphSpec, ModuleSpec
+
+__all__ = ["build_module"]
+
+
+def build_module(mspec: ModuleSpec, leaves: dict[str, Any], tensors: dict[str, Any]) -> Any:
+    """``leaves`` are the meta-built leaves, ``tensors`` maps spec paths to loaded
+    tensors (already on the target device)."""
+    import torch
+    from torch import nn
+
+    from ._leaves import leaf_members
+    from ._module import SafehubGraphModule
+
+    # One object per tensor; aliases share it (tied weights stay tied).
+    objects: dict[str, Any] = {}
+    for path, info in mspec.tensors.items():
+        t = tensors[path]
+        objects[path] = nn.Parameter(t, requires_grad=info.requires_grad) if info.kind == "parameter" else t
+    for path, target in mspec.aliases.items():
+        objects[path] = objects[target]
+
+    root = nn.Module()
+
+    def module_at(atoms: list[str] | tuple[str, ...]) -> nn.Module:
+        mod = root
+        for atom in atoms:
+            child = mod._modules.get(atom)
+            if child is None:
+                child = nn.Module()
+                mod.add_module(atom, child)
+            mod = child
+        return mod
+
+    in_leaf: set[str] = set()
+    for path, leaf in leaves.items():
+        lspec = mspec.leaves[path]
+        for rel, (_, kind, _) in leaf_members(leaf).items():
+            full = lspec.members[rel]
+            *owner_atoms, name = rel.split(".")
+            owner = leaf.get_submodule(".".join(owner_atoms)) if owner_atoms else leaf
+            setattr(owner, name, objects[full])  # Module.__setattr__ keeps RNN flat weights in sync
+            in_leaf.add(full)
+        if any(t.is_meta for t in leaf.parameters()) or any(t.is_meta for t in leaf.buffers()):
+            raise TensorMismatchError(f"module {mspec.mid} leaf {show(path)}: a tensor stayed on meta")
+        *parent, name = path.split(".")
+        module_at(parent).add_module(name, leaf)
+
+    for path in (*mspec.tensors, *mspec.aliases):
+        if path in in_leaf:
+            continue
+        *parent_atoms, name = path.split(".")
+        parent = module_at(parent_atoms)
+        obj = objects[path]
+        info = mspec.tensors[mspec.aliases.get(path, path)]
+        if isinstance(obj, nn.Parameter):
+            parent.register_parameter(name, obj)
+        else:
+            parent.register_buffer(name, obj, persistent=info.persistent)
+
+    # Training flags: root first, then submodules from the outside in, then leaves.
+    root.train(mspec.training)
+    for path in sorted(mspec.submodules, key=lambda p: p.count(".")):
+        module_at(path.split(".")).training = mspec.submodules[path]
+    for path, lspec in mspec.leaves.items():
+        leaves[path].train(lspec.training)
+
+    eval_graph = _build_graph(mspec.graphs["eval"], torch)
+    train_spec = mspec.graphs.get("train")
+    train_graph = _build_graph(train_spec, torch) if train_spec is not None else None
+    gm = SafehubGraphModule(root, eval_graph, train_graph)
+    gm.training = mspec.training
+    for name, graph in (("eval", eval_graph), ("train", train_graph)):
+        if graph is None:
+            continue
+        try:
+            graph.lint()
+        except Exception as exc:  # noqa: BLE001 - lint raises RuntimeError and others
+            raise UnsafeSpecError(f"module {mspec.mid} {name} graph failed Graph.lint(): {show(str(exc), 300)}") from None
+    return gm
+
+
+def _build_graph(gspec: GraphSpec, torch: Any) -> Any:
+    from torch import fx
+
+    graph = fx.Graph()
+    env: dict[str, Any] = {}
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, NodeRef):
+            return env[value.name]
+        if isinstance(value, tuple):
+            return tuple(resolve(v) for v in value)
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        if isinstance(value, dict):
+            return {k: resolve(v) for k, v in value.items()}
+        if isinstance(value, slice):
+            return slice(resolve(value.start), resolve(value.stop), resolve(value.step))
+        return value
+
+    for node in gspec.nodes:
+        if node.op == "output":
+            env[node.name] = graph.output(resolve(node.args[0]))
+            continue
+        env[node.name] = graph.create_node(
+            node.op,
+            node.target,
+            args=resolve(node.args),
+            kwargs=resolve(node.kwargs),
+            name=node.name,
+        )
+    return graph

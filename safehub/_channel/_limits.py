@@ -1,0 +1,39 @@
+"""Caps on everything that crosses the return channel.
+
+Every number here bounds work or memory the host spends on hostile input
+*before* anything is built. The defaults fit real models (a 200k-node graph, a
+64 GiB checkpoint) while keeping a malicious spec from costing more than a few
+seconds of parsing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ChannelLimits"]
+
+
+@dataclass(frozen=True)
+class ChannelLimits:
+    spec_bytes: int = 64 * 1024 * 1024
+    weights_bytes: int = 64 * 1024**3
+    header_bytes: int = 100 * 1024 * 1024  # safetensors' own cap on its JSON header
+    modules: int = 1024  # module ids in one spec
+    nodes: int = 200_000  # per graph
+    args: int = 1000  # per node (positional + keyword)
+    tensors: int = 200_000  # per spec, all modules together
+    leaves: int = 100_000  # per module
+    literal_depth: int = 32
+    literal_items: int = 100_000  # items in one tuple/list/dict literal
+    value_depth: int = 8  # the "root" structure
+    string_chars: int = 65_536
+    name_chars: int = 128  # node names, identifiers, path atoms
+    path_chars: int = 1024
+    path_atoms: int = 64
+    dims: int = 16
+    count_kwarg: int = 1024  # e.g. LSTM num_layers: constructor loops on meta are bounded too
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"ChannelLimits.{name} must be a non-negative int, got {value!r}")

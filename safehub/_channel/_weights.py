@@ -1,0 +1,164 @@
+"""``weights.safetensors``: header checks, comparison with the spec, loading.
+
+The header is read and checked here with explicit bounds (length prefix,
+JSON, dtypes, shapes, offsets that tile the data section exactly) before the
+safetensors library sees the file. Loading then goes through safetensors only,
+on the already-opened file descriptor (no second lookup by path).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .._errors import SpecTooLargeError, TensorMismatchError, UnsafeSpecError
+from ._limits import ChannelLimits
+from ._names import show
+from ._spec import ArchSpec, load_json
+
+__all__ = ["HeaderEntry", "read_header", "check_against_spec", "load_tensors", "ST_DTYPES"]
+
+# safetensors dtype code -> (spec dtype name, item size)
+ST_DTYPES: dict[str, tuple[str, int]] = {
+    "F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
+    "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1), "U8": ("uint8", 1),
+    "BOOL": ("bool", 1), "C64": ("complex64", 8),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class HeaderEntry:
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+def _pread_exact(fd: int, n: int, offset: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        chunk = os.pread(fd, n - got, offset + got)
+        if not chunk:
+            raise UnsafeSpecError("weights.safetensors ended early (truncated while being read?)")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def read_header(fd: int, limits: ChannelLimits) -> dict[str, HeaderEntry]:
+    """Parse and check the safetensors header of the open file ``fd``."""
+    size = os.fstat(fd).st_size
+    if size < 8:
+        raise UnsafeSpecError("weights.safetensors is shorter than its 8-byte header length")
+    n = int.from_bytes(_pread_exact(fd, 8, 0), "little")
+    if n > limits.header_bytes:
+        raise SpecTooLargeError(f"weights.safetensors declares a {n}-byte header, over the {limits.header_bytes}-byte cap")
+    if n < 2 or 8 + n > size:
+        raise UnsafeSpecError(f"weights.safetensors declares a {n}-byte header but the file is {size} bytes")
+    header = load_json(_pread_exact(fd, n, 8), "the weights.safetensors header")
+    if not isinstance(header, dict):
+        raise UnsafeSpecError("the weights.safetensors header is not a JSON object")
+    if len(header) > limits.tensors + 1:
+        raise SpecTooLargeError(f"weights.safetensors holds {len(header)} entries, over the cap of {limits.tensors}")
+    data_len = size - 8 - n
+    entries: dict[str, HeaderEntry] = {}
+    for key, raw in header.items():
+        if key == "__metadata__":
+            if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+                raise UnsafeSpecError("weights.safetensors __metadata__ must map strings to strings")
+            continue
+        where = f"weights.safetensors entry {show(key)}"
+        if not isinstance(raw, dict) or set(raw) != {"dtype", "shape", "data_offsets"}:
+            raise UnsafeSpecError(f"{where} must hold exactly dtype, shape and data_offsets")
+        code, shape, offsets = raw["dtype"], raw["shape"], raw["data_offsets"]
+        if code not in ST_DTYPES:
+            raise TensorMismatchError(f"{where}: dtype {show(code)} is not allowed")
+        if not isinstance(shape, list) or len(shape) > limits.dims or not all(type(d) is int and d >= 0 for d in shape):
+            raise UnsafeSpecError(f"{where}: shape must be at most {limits.dims} non-negative ints")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(type(o) is int for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_len
+        ):
+            raise UnsafeSpecError(f"{where}: data_offsets {show(offsets)} fall outside the {data_len}-byte data section")
+        dtype, itemsize = ST_DTYPES[code]
+        numel = 1
+        for d in shape:
+            numel *= d
+        if offsets[1] - offsets[0] != numel * itemsize:
+            raise UnsafeSpecError(f"{where}: data_offsets span {offsets[1] - offsets[0]} bytes but the shape needs {numel * itemsize}")
+        entries[key] = HeaderEntry(dtype, tuple(shape), offsets[0], offsets[1])
+    # The tensors must tile the data section exactly: no gaps, no overlap (the
+    # safetensors format requires it, and it rules out aliased or hidden bytes).
+    position = 0
+    for entry in sorted(entries.values(), key=lambda e: (e.begin, e.end)):
+        if entry.begin != position:
+            raise UnsafeSpecError("weights.safetensors has overlapping or gapped tensor data")
+        position = entry.end
+    if position != data_len:
+        raise UnsafeSpecError(f"weights.safetensors has {data_len - position} trailing bytes after the last tensor")
+    return entries
+
+
+def spec_keys(spec: ArchSpec) -> dict[str, tuple[str, str]]:
+    """safetensors key -> (module id, tensor path)."""
+    return {f"{mid}.{p}": (mid, p) for mid, mod in spec.modules.items() for p in mod.tensors}
+
+
+def check_against_spec(entries: dict[str, HeaderEntry], spec: ArchSpec) -> None:
+    expected = spec_keys(spec)
+    missing = expected.keys() - entries.keys()
+    extra = entries.keys() - expected.keys()
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} (e.g. {show(sorted(missing)[0])})")
+        if extra:
+            parts.append(f"{len(extra)} not in the spec (e.g. {show(sorted(extra)[0])})")
+        raise TensorMismatchError(
+            f"weights.safetensors does not match spec.json: {'; '.join(parts)}",
+            hint="the two files must come from the same export; re-run the load",
+        )
+    for key, (mid, p) in expected.items():
+        info, entry = spec.modules[mid].tensors[p], entries[key]
+        if info.dtype != entry.dtype or info.shape != entry.shape:
+            raise TensorMismatchError(
+                f"tensor {show(key)} is {entry.dtype}{list(entry.shape)} in weights.safetensors "
+                f"but {info.dtype}{list(info.shape)} in spec.json"
+            )
+
+
+def load_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any) -> dict[str, Any]:
+    """Load every tensor through safetensors from the checked, open file."""
+    import torch
+    from safetensors import safe_open
+
+    from ._literals import dtype_table
+
+    dtypes = dtype_table()
+    proc_path = f"/proc/self/fd/{fd}"
+    out: dict[str, Any] = {}
+    if os.path.exists(proc_path):
+        with safe_open(proc_path, framework="pt", device="cpu") as f:
+            if set(f.keys()) != set(entries):
+                raise TensorMismatchError("weights.safetensors changed while being read")
+            for key, entry in entries.items():
+                out[key] = _check_loaded(key, f.get_tensor(key), entry, dtypes, torch, device)
+    else:  # no /proc: read the bytes through the same fd
+        from safetensors.torch import load
+
+        data = _pread_exact(fd, os.fstat(fd).st_size, 0)
+        loaded = load(data)
+        if set(loaded) != set(entries):
+            raise TensorMismatchError("weights.safetensors changed while being read")
+        for key, entry in entries.items():
+            out[key] = _check_loaded(key, loaded.pop(key), entry, dtypes, torch, device)
+    return out
+
+
+def _check_loaded(key: str, t: Any, entry: HeaderEntry, dtypes: dict, torch: Any, device: Any) -> Any:
+    if t.dtype != dtypes[entry.dtype] or tuple(t.shape) != entry.shape:
+        raise TensorMismatchError(f"tensor {show(key)} changed while weights.safetensors was being read")
+    return t.to(device) if device is not None and t.device != torch.device(device) else t
