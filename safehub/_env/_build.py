@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,7 +37,7 @@ from typing import Any
 
 from .._config import is_offline, progress_enabled
 from .._errors import EnvironmentBuildError, MissingHostPackageError, OfflineError, escape_untrusted
-from ._host import HostInfo, check_host_requirements, check_installed_requirements, host_info, minimal_paths
+from ._host import HostInfo, check_host_requirements, sysconfig_ready, check_installed_requirements, host_info, minimal_paths
 from ._resolve import TORCH_FAMILY, Resolution, resolve_dependencies
 from ._types import PythonEnv
 
@@ -94,6 +95,7 @@ _DROP_VARS = frozenset({"PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONSTA
 
 
 def _find_uv(env: Mapping[str, str]) -> Path | None:
+    sysconfig_ready()  # find_uv_bin reads sysconfig
     try:
         from uv import find_uv_bin  # the uv wheel safehub depends on
 
@@ -252,7 +254,14 @@ def _run(argv: list[str], *, env: Mapping[str, str], cwd: Path, what: str) -> su
         raise EnvironmentBuildError(f"could not start {what}: {e}", hint="check that the installer is installed") from None
 
 
-def _fail(proc: subprocess.CompletedProcess[str], what: str, resolution: Resolution, offline: bool) -> Exception:
+_TORCH_CONFLICT = re.compile(
+    r"^\s*(\S+ \S+) depends on ((?:" + "|".join(sorted(TORCH_FAMILY, key=len, reverse=True)) + r")\b[^\s]*)",
+    re.MULTILINE,
+)
+
+
+def _fail(proc: subprocess.CompletedProcess[str], what: str, resolution: Resolution, offline: bool,
+          constraints: Sequence[str] = ()) -> Exception:
     tail = escape_untrusted((proc.stderr or "") + (proc.stdout or ""), limit=3000).strip()
     wanted = ", ".join(resolution.install_lines) or "(nothing)"
     if offline:
@@ -261,17 +270,20 @@ def _fail(proc: subprocess.CompletedProcess[str], what: str, resolution: Resolut
             f"({wanted}).\n{what} said:\n{tail}",
             hint="run the same load once with network access (unset SAFEHUB_OFFLINE) to fill the cache",
         )
-    low = tail.lower()
-    if "resolutionimpossible" in low and any(f" {n}" in low for n in ("torch", "torchvision", "torchaudio")):
+    # pip (which cannot exclude packages) fails to resolve against our pins of the host's torch family.
+    culprit = _TORCH_CONFLICT.search(tail)
+    if culprit is not None:
         return MissingHostPackageError(
-            f"a dependency of the repo ({wanted}) needs a torch-family package the host cannot provide.\n"
-            f"{what} said:\n{tail}",
-            hint="install a compatible torch/torchvision/torchaudio on the host; safehub never installs them into a repo env",
+            f"the repo's dependency {culprit.group(1)} requires {culprit.group(2)}, which the host's "
+            f"torch-family packages do not satisfy.\n{what} said:\n{tail}",
+            hint="install a compatible torch/torchvision/torchaudio on the host, or load a revision of the repo "
+            "that works with the host's; safehub never installs them into a repo env",
         )
     return EnvironmentBuildError(
         f"{what} could not install the repo's dependencies ({wanted}).\n{what} said:\n{tail}",
         hint="safehub installs wheels only (no source builds) from your package index; check that each "
-        "dependency has a wheel for this Python and platform, and that the index is reachable",
+        "dependency has a wheel for this Python and platform, and that the index is reachable. The host "
+        "torch's own requirements are also enforced (" + (", ".join(constraints) or "none") + ")",
     )
 
 
@@ -333,7 +345,7 @@ def _build_uv(uv: Path, tmp: Path, scratch: Path, resolution: Resolution, host: 
         argv.append("--offline")
     proc = _run(argv, env=env, cwd=scratch, what="uv")
     if proc.returncode != 0:
-        raise _fail(proc, "uv", resolution, offline)
+        raise _fail(proc, "uv", resolution, offline, host.constraints)
 
 
 def _build_virtualenv(tmp: Path, scratch: Path, resolution: Resolution, host: HostInfo,
@@ -363,7 +375,7 @@ def _build_virtualenv(tmp: Path, scratch: Path, resolution: Resolution, host: Ho
         argv.append("--no-index")
     proc = _run(argv, env=env, cwd=scratch, what="pip")
     if proc.returncode != 0:
-        raise _fail(proc, "pip", resolution, offline)
+        raise _fail(proc, "pip", resolution, offline, host.constraints)
 
 
 # --- the entry point --------------------------------------------------------------
@@ -395,7 +407,7 @@ def ensure_env(
     inputs = key_inputs(resolution, host, backend_name, env)
     key = env_key(inputs)
 
-    hub = Path(hub_dir)
+    hub = Path(hub_dir).expanduser().resolve()  # real and absolute: it is bound into sandboxes
     envs = hub / "envs"
     final = envs / key[:16]
     marker = _valid(final, key)

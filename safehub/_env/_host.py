@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 import sysconfig
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from email.parser import HeaderParser
@@ -47,6 +48,16 @@ class HostInfo:
     packages: Mapping[str, str]  # canonical torch-family name -> version, only those present
     share_paths: tuple[Path, ...]  # host folders holding the torch family and what it needs
     constraints: tuple[str, ...]  # what the torch family requires of other packages
+
+
+_SYSCONFIG_LOCK = threading.Lock()
+
+
+def sysconfig_ready() -> None:
+    """sysconfig fills its tables lazily and not thread-safely (3.11): two threads
+    can see a half-filled table. Fill it once, under a lock, before any use."""
+    with _SYSCONFIG_LOCK:
+        sysconfig.get_config_vars()
 
 
 def _real(p: str | os.PathLike[str]) -> Path:
@@ -107,6 +118,7 @@ def _dist_folder(dist: md.Distribution) -> Path | None:
 
 def host_info() -> HostInfo:
     """Inspect the host. Cheap (metadata reads only); called once per ensure_env."""
+    sysconfig_ready()
     packages: dict[str, str] = {}
     family: list[md.Distribution] = []
     for name in sorted(TORCH_FAMILY):
@@ -158,6 +170,7 @@ def host_info() -> HostInfo:
 
 def host_env() -> PythonEnv:
     """The host interpreter itself, for trusted helper jobs that need no repo packages."""
+    sysconfig_ready()
     paths = [_real(sys.prefix), _real(sys.exec_prefix)]
     info = host_info()
     paths += list(info.base_prefixes)
