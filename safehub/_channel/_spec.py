@@ -8,6 +8,7 @@ strings, Python literals, torch enum values and allowlisted callables.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -330,9 +331,25 @@ def _parse_tensor_info(p: str, raw: Any, where: str, limits: ChannelLimits) -> T
     return TensorInfo(p, dtype, tuple(shape), kind, requires_grad, persistent)
 
 
-def _parse_leaf(p: str, raw: Any, where: str, limits: ChannelLimits) -> LeafSpec:
+@functools.lru_cache(maxsize=None)
+def _ctor_params(cls: type) -> frozenset[str]:
+    """Keyword names ``cls(...)`` accepts. ``LSTM.__init__(*args, **kwargs)``
+    forwards to ``RNNBase.__init__``, so follow the MRO past ``**kwargs``."""
     import inspect
 
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return frozenset(names)
+
+
+def _parse_leaf(p: str, raw: Any, where: str, limits: ChannelLimits) -> LeafSpec:
     raw = _obj(raw, where, ("cls", "kwargs"), ("training",))
     cls_name = raw["cls"]
     allow = leaf_allowlist()
@@ -342,15 +359,14 @@ def _parse_leaf(p: str, raw: Any, where: str, limits: ChannelLimits) -> LeafSpec
             hint="only standard torch.nn layers (not containers) are rebuilt as leaves",
         )
     cls = allow[cls_name]
-    params = inspect.signature(cls.__init__).parameters
+    params = _ctor_params(cls)
     kwargs: dict[str, Any] = {}
     ctx = LiteralContext(limits, f"{where} kwargs", resolve_ref=None, allow_device=False)
     for key, value in _dict_capped(raw["kwargs"], f"{where} kwargs", limits.args).items():
         check_ident(key, f"{where}: kwarg", limits)
         if key.startswith("_") or key in ("device", "self"):
             raise InvalidNameError(f"{where}: constructor argument {show(key)} is private or not allowed")
-        param = params.get(key)
-        if param is None or param.kind not in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+        if key not in params:
             raise UnsafeSpecError(f"{where}: {cls_name} takes no argument {show(key)}")
         value = decode_literal(value, ctx)
         if key in COUNT_KWARGS.get(cls_name, ()) and not (type(value) is int and 0 <= value <= limits.count_kwarg):
@@ -448,8 +464,6 @@ def _parse_graph(
             check_ident(key, f"{nwhere}: keyword argument", limits)
         target_raw = node.get("target")
         if op == "placeholder":
-            if nodes and nodes[-1].op != "placeholder":
-                raise UnsafeSpecError(f"{nwhere}: placeholders must come first")
             target = check_ident(target_raw, f"{nwhere}: placeholder target", limits)
             if target in placeholders:
                 raise InvalidNameError(f"{nwhere}: argument name {target!r} is used twice")
