@@ -124,10 +124,13 @@ def run(job_dir: str) -> dict:
             return _error("checkpoint", exc)
         return {"status": "ok", "summary": summary}
 
+    import _downloads  # serves host-fetched weight URLs; unlisted ones -> needs_download
+
+    _downloads.install(in_dir)
     try:
         hub = _import_hubconf(request["repo_dir"])
     except BaseException as exc:  # noqa: BLE001 - everything is reported, nothing escapes
-        return _error("hubconf", exc)
+        return _downloads.check() or _error("hubconf", exc)
 
     if action == "list":
         return {"status": "ok", "entrypoints": _list_entrypoints(hub)}
@@ -143,7 +146,9 @@ def run(job_dir: str) -> dict:
         args, kwargs = _read_args(in_dir)
         obj = entry(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001
-        return _error("entrypoint", exc)
+        return _downloads.check() or _error("entrypoint", exc)
+    if _downloads.check():  # the repo swallowed the NeedsDownload: never export without its weights
+        return _downloads.check()
 
     import _export  # imported late: it imports torch
 

@@ -299,7 +299,7 @@ class FakeGitHub:
     def start(self) -> "FakeGitHub":
         for role in ("main", "codeload"):
             srv = _Server(self, role)
-            threading.Thread(target=srv.serve_forever, daemon=True).start()
+            threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
             self._servers.append(srv)
         return self
 

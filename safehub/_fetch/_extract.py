@@ -112,6 +112,8 @@ def _check_name(raw: str, limits: ArchiveLimits) -> list[str]:
     for part in parts:
         if part in ("", ".", ".."):
             raise _fail(raw, "has an empty, '.' or '..' path component")
+        if _DRIVE.match(part):  # the top folder is stripped, so C: could end up first
+            raise _fail(raw, "has a drive letter")
         if len(part.encode("utf-8")) > limits.max_name_bytes:
             raise _fail(raw, f"has a name component longer than {limits.max_name_bytes} bytes")
     if len(parts) > limits.max_depth:
