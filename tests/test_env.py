@@ -460,6 +460,23 @@ def test_a_wheel_pth_file_does_not_run_on_the_host(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["uv", "virtualenv"])
+def test_a_wheel_that_overwrites_the_interpreter_is_refused(tmp_path, backend):
+    # Wheel .data/data files land in the env's root; uv and pip both let them
+    # replace pyvenv.cfg and bin/python.
+    links = tmp_path / "wheels"
+    make_wheel(links, "safehub-test-hijack-probe", "0.1", {
+        "safehub_test_hijack_probe.py": "X = 1\n",
+        "safehub_test_hijack_probe-0.1.data/data/pyvenv.cfg": "home = /nonexistent\n",
+    })
+    env = {**os.environ, "UV_FIND_LINKS": str(links), "PIP_FIND_LINKS": str(links)}
+    hub = tmp_path / "hub"
+    with pytest.raises(EnvironmentBuildError, match=r"replaced the environment's interpreter files \(pyvenv.cfg\)"):
+        ensure_env(["safehub_test_hijack_probe"], hub_dir=hub, env=env, backend=backend, verbose=False)
+    assert [p.name for p in (hub / "envs").iterdir()] == []
+
+
+@pytest.mark.slow
 def test_offline_uses_the_cache_or_says_what_is_missing(tmp_path):
     env = ensure_env(["six"], hub_dir=tmp_path, verbose=False)  # fills the uv cache
     offline = {**os.environ, "SAFEHUB_OFFLINE": "1"}

@@ -292,6 +292,15 @@ def _write_lines(path: Path, lines: Sequence[str]) -> Path:
     return path
 
 
+def _write_fresh(path: Path, text: str) -> None:
+    """Write a file a wheel may have planted (as a file or a link) without following it."""
+    if path.is_symlink() or path.exists():
+        _remove(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
 def _write_pth(site: Path, host: HostInfo) -> None:
     lines = []
     for p in host.share_paths:
@@ -299,7 +308,31 @@ def _write_pth(site: Path, host: HostInfo) -> None:
         if "\n" in text or "\r" in text or text.startswith(("import ", "import\t", "#")):
             raise EnvironmentBuildError(f"host site folder {text!r} cannot be named in a .pth file")
         lines.append(text)
-    _write_lines(site / PTH_NAME, lines)
+    _write_fresh(site / PTH_NAME, "".join(f"{line}\n" for line in lines))
+
+
+def _interpreter_files(root: Path) -> dict[str, str]:
+    """What makes the env's interpreter: pyvenv.cfg and bin/python*. Wheels can
+    overwrite any of them through their .data/ folders (measured: uv and pip both
+    do), so they are compared before and after the install."""
+    out: dict[str, str] = {}
+    for p in [root / "pyvenv.cfg", *sorted((root / "bin").glob("python*"))]:
+        if p.is_symlink():
+            out[p.name] = "link:" + os.readlink(p)
+        elif p.is_file():
+            out[p.name] = "file:" + hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def _check_interpreter(root: Path, before: Mapping[str, str], resolution: Resolution) -> None:
+    after = _interpreter_files(root)
+    if after != before:
+        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        raise EnvironmentBuildError(
+            f"installing the repo's dependencies ({', '.join(resolution.install_lines)}) replaced the "
+            f"environment's interpreter files ({', '.join(changed)}); refusing to use it",
+            hint="a package ships files that overwrite the virtualenv itself; do not trust this repo's dependencies",
+        )
 
 
 def _installed(site: Path) -> list[str]:
@@ -336,6 +369,7 @@ def _build_uv(uv: Path, tmp: Path, scratch: Path, resolution: Resolution, host: 
         raise _fail(proc, "uv venv", resolution, False)
     if not resolution.install:
         return
+    before = _interpreter_files(tmp)
     req = _write_lines(scratch / "requirements.txt", resolution.install_lines)
     excl = _write_lines(scratch / "excludes.txt", sorted(TORCH_FAMILY))
     cons = _write_lines(scratch / "constraints.txt", host.constraints)
@@ -346,6 +380,7 @@ def _build_uv(uv: Path, tmp: Path, scratch: Path, resolution: Resolution, host: 
     proc = _run(argv, env=env, cwd=scratch, what="uv")
     if proc.returncode != 0:
         raise _fail(proc, "uv", resolution, offline, host.constraints)
+    _check_interpreter(tmp, before, resolution)
 
 
 def _build_virtualenv(tmp: Path, scratch: Path, resolution: Resolution, host: HostInfo,
@@ -359,6 +394,7 @@ def _build_virtualenv(tmp: Path, scratch: Path, resolution: Resolution, host: Ho
         raise _fail(proc, "virtualenv", resolution, False)
     if not resolution.install:
         return
+    before = _interpreter_files(tmp)
     # pip cannot exclude packages. Show it the host's packages (through the .pth,
     # read-only: pip never uninstalls outside the env's prefix) and pin the torch
     # family to the host's versions, so a dependency wanting another torch fails
@@ -376,6 +412,7 @@ def _build_virtualenv(tmp: Path, scratch: Path, resolution: Resolution, host: Ho
     proc = _run(argv, env=env, cwd=scratch, what="pip")
     if proc.returncode != 0:
         raise _fail(proc, "pip", resolution, offline, host.constraints)
+    _check_interpreter(tmp, before, resolution)
 
 
 # --- the entry point --------------------------------------------------------------
@@ -478,5 +515,5 @@ def _build(tmp: Path, final: Path, resolution: Resolution, host: HostInfo, backe
         "created": time.time(),
         "pid": os.getpid(),
     }
-    (tmp / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True), encoding="utf-8")
+    _write_fresh(tmp / MARKER, json.dumps(marker, indent=1, sort_keys=True))
     return marker
