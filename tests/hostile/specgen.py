@@ -98,12 +98,13 @@ def _graph(model: nn.Module) -> dict:
 
 def module_spec(model: nn.Module, mid: str = "m0") -> tuple[dict, dict[str, torch.Tensor]]:
     """(module spec dict, safetensors dict) for ``model``."""
-    was_training = model.training
+    flags = {m: m.training for m in model.modules()}
     graphs = {}
     for mode in ("eval", "train"):
         model.train(mode == "train")
         graphs[mode] = _graph(model)
-    model.train(was_training)
+    for m, flag in flags.items():
+        m.training = flag
     leaves, submodules = {}, {}
     for name, m in model.named_modules():
         if not name:
