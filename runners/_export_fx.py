@@ -102,6 +102,9 @@ def _self_check(model: nn.Module, graph: fx.Graph, constants: dict[str, Any], ex
 
 def export_fx(model: nn.Module, example_inputs: tuple | None) -> tuple[dict, _export_state.ModuleState, dict]:
     """Return ``(module spec, state, info)`` or raise FxExportError."""
+    if model._forward_hooks or model._forward_pre_hooks:
+        # Tracer.trace calls root.forward directly: root hooks would be lost silently.
+        raise FxExportError("the model has forward hooks on its root module, which fx tracing would drop")
     recipes = _recipes.compute_recipes(model)  # before tracing: see _recipes docstring
     leaf_paths: dict[str, dict] = {}
     for path, mod in model.named_modules():

@@ -83,12 +83,18 @@ def serialize_graph(
                 fn = node.target
                 label = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
                 raise GraphExportError(f"{where}: function {label} has no canonical torch/operator/math name")
+            why = None if name.startswith("aten.") else _literals.host_refuses_function(name, node.target, node.args)
+            if why:
+                raise GraphExportError(f"{where}: {why}")
             entry["target"] = name
         elif node.op == "call_method":
             if not isinstance(node.target, str) or not _literals.is_ident(node.target) or node.target.startswith("_"):
                 raise GraphExportError(f"{where}: method {node.target!r} is not a public Tensor method")
             if not hasattr(torch.Tensor, node.target):
                 raise GraphExportError(f"{where}: method {node.target!r} is not a torch.Tensor method")
+            why = _literals.host_refuses_method(node.target)
+            if why:
+                raise GraphExportError(f"{where}: {why}")
             entry["target"] = node.target
         elif node.op == "output":
             n_out += 1
@@ -101,6 +107,8 @@ def serialize_graph(
             continue
         else:
             raise GraphExportError(f"{where}: unknown node kind")
+        if len(node.args) > 1000:
+            raise GraphExportError(f"{where}: more than 1000 arguments")
         if node.op in ("call_module", "call_function", "call_method"):
             entry["args"] = [enc(a, where) for a in node.args]
             kwargs = {}

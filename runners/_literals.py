@@ -194,3 +194,60 @@ def canonical_name(fn: Any) -> str | None:
     if hit is not None and hit[1] is fn:
         return hit[0]
     return None
+
+
+# ---------------------------------------------------------------------------
+# What the host will accept (mirrors docs/architecture-format.md). Checked in the
+# sandbox so that an fx graph the host would refuse falls back to aten mode here
+# instead of failing at load time.
+
+FACTORIES = (
+    "empty", "empty_like", "empty_strided", "zeros", "zeros_like", "ones", "ones_like", "full", "full_like",
+    "arange", "linspace", "logspace", "eye", "rand", "rand_like", "randn", "randn_like", "randint",
+    "randint_like", "randperm", "tensor", "as_tensor", "scalar_tensor", "normal", "bernoulli", "tril_indices",
+    "triu_indices", "complex", "polar", "_assert",
+)  # fmt: skip
+GETATTR_ATTRS = frozenset(
+    {"shape", "dtype", "device", "ndim", "T", "mT", "H", "mH", "is_cuda", "requires_grad", "layout", "real", "imag"}
+)
+METHOD_DENY = frozenset(
+    {"apply_", "map_", "map2_", "register_hook", "register_post_accumulate_grad_hook", "retain_grad", "backward",
+     "storage", "untyped_storage", "storage_type", "data_ptr", "const_data_ptr", "numpy", "set_", "share_memory_",
+     "record_stream", "item", "tolist", "resize", "resize_", "resize_as", "resize_as_", "as_strided_",
+     "pin_memory", "is_pinned", "is_shared", "type", "cuda", "is_set_to"}
+)  # fmt: skip
+_OVERRIDABLE: set[int] | None = None
+
+
+def _overridable_ids() -> set[int]:
+    global _OVERRIDABLE
+    if _OVERRIDABLE is None:
+        ids: set[int] = set()
+        for key, fns in torch.overrides.get_overridable_functions().items():
+            if isinstance(key, type(torch)):
+                ids.update(id(f) for f in fns)
+        for name in FACTORIES:
+            ids.add(id(getattr(torch, name)))
+        _OVERRIDABLE = ids
+    return _OVERRIDABLE
+
+
+def host_refuses_function(name: str, fn: Any, args: tuple) -> str | None:
+    """Why the host's allowlist would refuse this call_function, or None."""
+    if name.startswith(("torch.sym_", "torch._sym_")) or name == "torch._assert":
+        return None
+    if name.startswith("torch."):
+        if id(fn) not in _overridable_ids():
+            return f"{name} is not on the host's list of torch functions"
+        return None
+    if name == "builtins.getattr":
+        attr = args[1] if len(args) > 1 else None
+        if attr not in GETATTR_ATTRS:
+            return f"getattr(..., {attr!r}) reads an attribute the host does not allow"
+    return None
+
+
+def host_refuses_method(name: str) -> str | None:
+    if name in METHOD_DENY:
+        return f"Tensor.{name}() is on the host's deny list (it leaves the graph or touches memory)"
+    return None

@@ -390,3 +390,73 @@ def test_through_the_runner(tmp_path: Path) -> None:
     assert result["summary"]["modules"]["m0"]["mode"] == "fx"
     spec, rebuilt = ref.check_and_rebuild(job / "out")
     assert sorted(p.name for p in (job / "out").iterdir()) == ["result.json", "spec.json", "weights.safetensors"]
+
+
+class _ItemScale(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.lin(x) * 2.0
+
+
+def test_host_refused_method_falls_back_to_aten(tmp_path: Path) -> None:
+    class UsesItem(_ItemScale):
+        def forward(self, x):
+            return self.lin(x) * x.abs().max().item()
+
+    model = UsesItem()
+    with pytest.raises(_export.ExportFailed, match="item"):
+        _export.export_object(model, str(tmp_path / "a"), options={"mode": "fx"}, example_inputs=None, hubconf=None, entrypoint="x")
+    x = torch.randn(2, 3)
+    summary = _export.export_object(model, str(tmp_path / "b"), options={}, example_inputs=(x,), hubconf=None, entrypoint="x")
+    assert summary["modules"]["m0"]["mode"] == "aten" and "item" in summary["modules"]["m0"]["fx_error"]
+    _, rebuilt = ref.check_and_rebuild(tmp_path / "b")
+    with torch.no_grad():
+        assert close(model(x), rebuilt(x))
+
+
+def test_root_forward_hooks_are_not_dropped(tmp_path: Path) -> None:
+    model = _ItemScale()
+    model.register_forward_hook(lambda mod, args, out: out + 100.0)
+    x = torch.randn(2, 3)
+    with pytest.raises(_export.ExportFailed, match="hooks"):
+        _export.export_object(model, str(tmp_path / "a"), options={}, example_inputs=None, hubconf=None, entrypoint="x")
+    _export.export_object(model, str(tmp_path / "b"), options={}, example_inputs=(x,), hubconf=None, entrypoint="x")
+    _, rebuilt = ref.check_and_rebuild(tmp_path / "b")
+    with torch.no_grad():
+        assert close(model(x), rebuilt(x))
+
+
+def test_leaf_hooks_trace_through(tmp_path: Path) -> None:
+    model = _ItemScale()
+    model.lin.register_forward_hook(lambda mod, args, out: out * 0.0 + 7.0)
+    _export.export_object(model, str(tmp_path), options={}, example_inputs=None, hubconf=None, entrypoint="x")
+    spec, rebuilt = ref.check_and_rebuild(tmp_path)
+    assert "lin" not in spec["modules"]["m0"]["leaves"]
+    with torch.no_grad():
+        x = torch.randn(2, 3)
+        assert close(model(x), rebuilt(x))
+
+
+def test_non_default_dtype_leaves(tmp_path: Path) -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4)).to(torch.float64)
+    _export.export_object(model, str(tmp_path), options={}, example_inputs=None, hubconf=None, entrypoint="x")
+    spec, rebuilt = ref.check_and_rebuild(tmp_path)
+    assert spec["modules"]["m0"]["leaves"]["0"]["kwargs"]["dtype"] == {"dtype": "float64"}
+    x = torch.randn(2, 4, dtype=torch.float64)
+    with torch.no_grad():
+        assert close(model(x), rebuilt(x))
+
+
+def test_export_leaves_model_state_alone(zoo) -> None:
+    model = zoo.aten_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        _export.export_object(model, d, options={"mode": "aten"}, example_inputs=None, hubconf=zoo, entrypoint="aten_cnn")
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert model.training is True
