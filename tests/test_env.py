@@ -24,8 +24,18 @@ from pathlib import Path
 
 import pytest
 
-from safehub._env import ensure_env, env_key, host_env, host_info, key_inputs, resolve_dependencies
-from safehub._env._build import MARKER, PTH_NAME
+from safehub._env import (
+    ensure_env,
+    env_key,
+    host_env,
+    host_info,
+    key_inputs,
+    list_envs,
+    prune_envs,
+    remove_env,
+    resolve_dependencies,
+)
+from safehub._env._build import MARKER, PTH_NAME, _redacted
 from safehub._env._host import check_host_requirements, check_installed_requirements
 from safehub._env._resolve import TORCH_FAMILY
 from safehub._errors import EnvironmentBuildError, MissingHostPackageError, OfflineError
@@ -245,6 +255,16 @@ def test_cache_key_is_stable_and_tracks_every_input():
     assert base == env_key(key_inputs(res, host, "uv", {"HTTPS_PROXY": "http://proxy:1", "SAFEHUB_OFFLINE": "1"}))
 
 
+def test_index_credentials_stay_out_of_the_marker():
+    env = {"UV_INDEX_URL": "https://alice:s3cret-token@pypi.internal.example/simple"}
+    inputs = key_inputs(resolve_dependencies(["yaml"]), host_info(), "uv", env)
+    shown = json.dumps(_redacted(inputs))
+    assert "s3cret-token" not in shown and "alice" not in shown and "pypi.internal.example" in shown
+    # ...but they still split the cache (a different index can serve different files).
+    other = key_inputs(resolve_dependencies(["yaml"]), host_info(), "uv", {"UV_INDEX_URL": "https://bob:x@pypi.internal.example/simple"})
+    assert env_key(inputs) != env_key(other)
+
+
 def test_host_env_is_the_host_interpreter():
     env = host_env()
     assert env.python == Path(sys.executable) and env.backend == "host"
@@ -309,6 +329,38 @@ def test_empty_dependencies_still_share_torch(tmp_path):
     assert env.distributions == ()
     proc = run_in(env, "import torch, sys; print(torch.__version__)")
     assert proc.returncode == 0 and proc.stdout.strip() == HOST_TORCH, proc.stderr
+
+
+def _bwrap_argv(python_env, code: str) -> list[str]:
+    """Only system libraries plus the env's ro_paths: proves the list is complete."""
+    import shutil
+
+    bwrap = shutil.which("bwrap")
+    assert bwrap, "bubblewrap is required for this test (apt-get install bubblewrap)"
+    argv = [bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr", "--proc", "/proc",
+            "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/root", "--clearenv"]
+    for name in ("lib", "lib64", "lib32", "bin", "sbin"):
+        path = Path("/") / name
+        if path.is_symlink():
+            argv += ["--symlink", os.readlink(path), str(path)]
+        elif path.is_dir():
+            argv += ["--ro-bind", str(path), str(path)]
+    for path in python_env.ro_paths:
+        argv += ["--ro-bind", str(path), str(path)]
+    return argv + [str(python_env.python), "-I", "-B", "-c", code]
+
+
+@pytest.mark.slow
+def test_ro_paths_are_all_the_interpreter_needs(tmp_path):
+    code = "import sys, torch, yaml; print(yaml.__file__); print(float(torch.ones(3).sum()))"
+    env = ensure_env(["yaml"], hub_dir=tmp_path / "hub", verbose=False)
+    proc = subprocess.run(_bwrap_argv(env, code), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    where, total = proc.stdout.split()
+    assert Path(where).is_relative_to(env.root) and total == "3.0"
+    proc = subprocess.run(_bwrap_argv(host_env(), "import torch; print(float(torch.ones(2).sum()))"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "2.0", proc.stderr[-3000:]
 
 
 _CHILD = """
@@ -474,6 +526,26 @@ def test_a_wheel_that_overwrites_the_interpreter_is_refused(tmp_path, backend):
     with pytest.raises(EnvironmentBuildError, match=r"replaced the environment's interpreter files \(pyvenv.cfg\)"):
         ensure_env(["safehub_test_hijack_probe"], hub_dir=hub, env=env, backend=backend, verbose=False)
     assert [p.name for p in (hub / "envs").iterdir()] == []
+
+
+@pytest.mark.slow
+def test_list_remove_and_prune(tmp_path):
+    env = ensure_env(["six"], hub_dir=tmp_path, verbose=False)
+    (tmp_path / "envs" / f".tmp-{env.key[:16]}-deadbeef").mkdir()  # a crashed build
+    (tmp_path / "envs" / "0123456789abcdef").mkdir()  # an env folder without a marker
+    records = list_envs(tmp_path)
+    assert [(r.root.name, r.complete) for r in records] == [("0123456789abcdef", False), (env.root.name, True)]
+    assert records[1].key == env.key and records[1].distributions == env.distributions
+    assert prune_envs(tmp_path) == [".tmp-" + env.key[:16] + "-deadbeef", "0123456789abcdef"]
+    assert [r.root.name for r in list_envs(tmp_path)] == [env.root.name]
+    assert remove_env(tmp_path, env.root.name) is True
+    assert remove_env(tmp_path, env.root.name) is False
+    assert list(p.name for p in (tmp_path / "envs").iterdir()) == []
+    with pytest.raises(ValueError):
+        remove_env(tmp_path, "../etc")
+    # And the next load simply builds it again.
+    again = ensure_env(["six"], hub_dir=tmp_path, verbose=False)
+    assert again.key == env.key and run_in(again, "import six").returncode == 0
 
 
 @pytest.mark.slow

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from ._build import ensure_env, env_key, key_inputs
 from ._host import host_env, host_info
+from ._manage import EnvRecord, list_envs, prune_envs, remove_env
 from ._resolve import Resolution, Requirement, resolve_dependencies
 from ._types import PythonEnv
 
 __all__ = [
+    "EnvRecord",
     "PythonEnv",
     "Resolution",
     "Requirement",
@@ -21,5 +23,8 @@ __all__ = [
     "host_env",
     "host_info",
     "key_inputs",
+    "list_envs",
+    "prune_envs",
+    "remove_env",
     "resolve_dependencies",
 ]

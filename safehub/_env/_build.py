@@ -4,7 +4,7 @@ Layout under the hub dir::
 
     envs/<key[:16]>/                  a finished env; it exists only once complete
     envs/.tmp-<key[:16]>-<random>/    a build in progress (or a crashed one)
-    locks/env-<key>.lock              serialises builds of the same key
+    locks/env-<key[:16]>.lock         serialises builds (and removal) of that env
 
 A build happens in the temp folder and is renamed into place as its last step,
 under the file lock, so a reader never sees half an env and a crash leaves only
@@ -41,7 +41,7 @@ from ._host import HostInfo, check_host_requirements, sysconfig_ready, check_ins
 from ._resolve import TORCH_FAMILY, Resolution, resolve_dependencies
 from ._types import PythonEnv
 
-__all__ = ["ensure_env", "env_key", "key_inputs", "choose_backend", "FORMAT_VERSION", "MARKER"]
+__all__ = ["ensure_env", "env_key", "key_inputs", "choose_backend", "lock_path", "FORMAT_VERSION", "MARKER"]
 
 logger = logging.getLogger("safehub")
 
@@ -153,12 +153,26 @@ def key_inputs(resolution: Resolution, host: HostInfo, backend: str, env: Mappin
     }
 
 
+_USERINFO = re.compile(r"//[^/@\s]*@")
+
+
+def _redacted(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    out = json.loads(json.dumps(inputs))
+    out["index"] = {k: _USERINFO.sub("//***@", v) for k, v in out.get("index", {}).items()}
+    return out
+
+
 def env_key(inputs: Mapping[str, Any]) -> str:
     blob = json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 # --- helpers ------------------------------------------------------------------
+
+
+def lock_path(hub: Path, name: str) -> Path:
+    """The lock guarding ``envs/<name>`` and its temp folders (name = key[:16])."""
+    return hub / "locks" / f"env-{name}.lock"
 
 
 def _child_env(env: Mapping[str, str], offline: bool) -> dict[str, str]:
@@ -453,7 +467,7 @@ def ensure_env(
 
     (hub / "locks").mkdir(parents=True, exist_ok=True)
     envs.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(hub / "locks" / f"env-{key}.lock"))
+    lock = FileLock(str(lock_path(hub, key[:16])))
     try:
         lock.acquire(timeout=LOCK_TIMEOUT_S)
     except Timeout:
@@ -509,7 +523,7 @@ def _build(tmp: Path, final: Path, resolution: Resolution, host: HostInfo, backe
     marker = {
         "format": FORMAT_VERSION,
         "key": key,
-        "inputs": dict(inputs),
+        "inputs": _redacted(inputs),  # the env is mounted into sandboxes: no index credentials here
         "backend": backend,
         "distributions": _installed(site),
         "created": time.time(),

@@ -53,6 +53,7 @@ TORCH_FAMILY: frozenset[str] = frozenset(
 IMPORT_TO_DIST: dict[str, str] = {
     # torch family (import name differs from the canonical dist name)
     "torch_tensorrt": "torch-tensorrt",
+    "pytorch": "torch",  # the PyPI "pytorch" project is a stub that fails on purpose
     # import name != distribution name
     "yaml": "PyYAML",
     "PIL": "pillow",
@@ -160,6 +161,10 @@ class Resolution:
     @property
     def install_lines(self) -> tuple[str, ...]:
         return tuple(str(r) for r in self.install)
+
+    @property
+    def host_lines(self) -> tuple[str, ...]:
+        return tuple(str(r) for r in self.host)
 
 
 def _bad(entry: object, why: str) -> EnvironmentBuildError:

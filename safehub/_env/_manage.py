@@ -1,0 +1,98 @@
+"""Listing and removing built envs (for ``safehub cache`` style commands).
+
+Removal takes the same lock a build takes, and renames the env to a temp name
+before deleting it, so a concurrent ``ensure_env`` either finds the complete env
+or none (and then rebuilds it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._build import MARKER, _read_marker, _remove, lock_path
+
+__all__ = ["EnvRecord", "list_envs", "remove_env", "prune_envs"]
+
+_NAME = re.compile(r"^[0-9a-f]{16}$")
+_TMP = re.compile(r"^\.tmp-([0-9a-f]{16})-")
+
+
+@dataclass(frozen=True)
+class EnvRecord:
+    root: Path
+    key: str  # "" when the marker is missing or does not match the folder
+    backend: str
+    distributions: tuple[str, ...]
+    created: float
+    complete: bool
+
+
+def _record(root: Path) -> EnvRecord:
+    marker = _read_marker(root) or {}
+    key = str(marker.get("key", ""))
+    complete = key[:16] == root.name and (root / "bin" / "python").exists() and (root / MARKER).is_file()
+    dists = marker.get("distributions") if isinstance(marker.get("distributions"), list) else []
+    created = marker.get("created")
+    return EnvRecord(
+        root=root,
+        key=key if complete else "",
+        backend=str(marker.get("backend", "")) if complete else "",
+        distributions=tuple(str(d) for d in dists) if complete else (),
+        created=float(created) if complete and isinstance(created, (int, float)) else 0.0,
+        complete=complete,
+    )
+
+
+def list_envs(hub_dir: Path | str) -> list[EnvRecord]:
+    """Every env folder under ``<hub_dir>/envs`` (temp folders excluded), oldest first."""
+    envs = Path(hub_dir) / "envs"
+    if not envs.is_dir():
+        return []
+    out = [_record(p) for p in envs.iterdir() if _NAME.match(p.name) and p.is_dir() and not p.is_symlink()]
+    return sorted(out, key=lambda r: (r.created, r.root.name))
+
+
+def remove_env(hub_dir: Path | str, name: str, *, timeout: float = 60.0) -> bool:
+    """Delete env ``name`` (its folder name, key[:16]). Returns whether it existed."""
+    from filelock import FileLock
+
+    if not _NAME.match(name):
+        raise ValueError(f"{name!r} is not an env name (16 lowercase hex digits)")
+    hub = Path(hub_dir)
+    root = hub / "envs" / name
+    (hub / "locks").mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock_path(hub, name)), timeout=timeout):
+        if not (root.exists() or root.is_symlink()):
+            return False
+        doomed = root.with_name(f".tmp-{name}-rm{uuid.uuid4().hex[:8]}")
+        os.rename(root, doomed)
+        _remove(doomed)
+        return True
+
+
+def prune_envs(hub_dir: Path | str) -> list[str]:
+    """Remove leftovers: temp folders of crashed builds and incomplete env folders.
+    Skips any whose lock is held (a build in progress). Returns what was removed."""
+    from filelock import FileLock, Timeout
+
+    envs = Path(hub_dir) / "envs"
+    if not envs.is_dir():
+        return []
+    removed = []
+    for p in sorted(envs.iterdir()):
+        m = _TMP.match(p.name)
+        name = m.group(1) if m else (p.name if _NAME.match(p.name) else None)
+        if name is None or (m is None and _record(p).complete):
+            continue
+        try:
+            with FileLock(str(lock_path(Path(hub_dir), name)), timeout=0):
+                if p.exists() or p.is_symlink():
+                    _remove(p)
+                    removed.append(p.name)
+        except Timeout:
+            continue
+    return removed
