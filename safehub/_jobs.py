@@ -166,7 +166,6 @@ def run_job(
             "confine": dict(confine or {}),
             **dict(extra_request or {}),
         }
-        (root / "in" / "request.json").write_text(json.dumps(request), encoding="utf-8")
         with open(root / "in" / "args.pkl", "wb") as f:
             cloudpickle.dump((tuple(args), dict(kwargs or {})), f)
         if example_inputs is not None:
@@ -194,10 +193,15 @@ def run_job(
                 *download_paths,
                 *extra_ro_paths,
             ),
-            rw_paths=(root / "out", root / "home", root / "tmp"),
+            rw_paths=(root / "out",),
+            scratch_paths=(root / "home", root / "tmp"),
             limits=limits,
             allow_gpu=allow_gpu,
         )
+        # What the runner applies to itself before repo code (rlimits, Landlock).
+        request["confine"] = {**backend.confine_config(sandbox_request), **dict(confine or {})}
+        (root / "in" / "request.json").write_text(json.dumps(request), encoding="utf-8")
+        _share_read_only(root / "in")
         logger.debug("running %s job for %s in the %s sandbox", action, repo_dir, backend.name)
         sandbox_result = backend.run(sandbox_request)
         result = _read_result(root / "out", sandbox_result)
@@ -207,6 +211,16 @@ def run_job(
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
+
+
+def _share_read_only(folder: Path) -> None:
+    """in/ is bound read-only into the sandbox, whose uid may differ from ours (as
+    root, bwrap runs the job as a fresh uid): make it readable whatever the umask.
+    The job root above it stays 0700, so nobody else on the host gets in."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o644, follow_symlinks=False)
 
 
 def _stderr_tail(result: SandboxResult) -> str:

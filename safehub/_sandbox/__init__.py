@@ -1,32 +1,89 @@
-"""Sandbox backends. ``get_backend`` picks one; nothing here reads what the job wrote."""
+"""Sandbox backends. ``get_backend`` picks one; nothing here reads what the job wrote.
+
+* ``bwrap``     bubblewrap namespaces (the default where it works)
+* ``landlock``  Landlock self-confinement (where user namespaces are blocked)
+* ``process``   a plain subprocess: no isolation, only on explicit request
+* ``auto``      bwrap, else landlock, else refuse. Never ``process``.
+
+Test and operator switches: ``SAFEHUB_SANDBOX`` picks the backend,
+``SAFEHUB_BWRAP=/nonexistent`` makes bwrap unavailable, ``SAFEHUB_LANDLOCK_ABI=0``
+makes Landlock unavailable.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from .._errors import SandboxUnavailableError
 from ._base import Limits, SandboxBackend, SandboxRequest, SandboxResult
+from ._bwrap import BwrapBackend
+from ._landlock import LandlockBackend
 from ._process import ProcessBackend
 
-__all__ = ["Limits", "SandboxBackend", "SandboxRequest", "SandboxResult", "get_backend"]
+__all__ = [
+    "Limits",
+    "SandboxBackend",
+    "SandboxRequest",
+    "SandboxResult",
+    "get_backend",
+    "BACKENDS",
+    "BwrapBackend",
+    "LandlockBackend",
+    "ProcessBackend",
+]
+
+BACKENDS = ("auto", "bwrap", "landlock", "process")
+
+logger = logging.getLogger("safehub")
+
+# Probing bwrap starts a sandbox (~10 ms); remember the answer per configuration.
+_cache: dict[tuple[str, ...], SandboxBackend] = {}
+
+
+def _make(name: str, env: Mapping[str, str]) -> SandboxBackend:
+    key = (name, env.get("SAFEHUB_BWRAP", ""), env.get("SAFEHUB_SETPRIV", ""), env.get("SAFEHUB_PRLIMIT", ""), env.get("SAFEHUB_LANDLOCK_ABI", ""))
+    if key not in _cache:
+        if name == "bwrap":
+            _cache[key] = BwrapBackend(env=env)
+        elif name == "landlock":
+            _cache[key] = LandlockBackend(env=env)
+        else:
+            _cache[key] = ProcessBackend()
+    return _cache[key]
 
 
 def get_backend(name: str | None = None, env: Mapping[str, str] | None = None) -> SandboxBackend:
-    """Return the backend called ``name`` (or from ``SAFEHUB_SANDBOX``).
+    """Return the backend called ``name`` (default: ``SAFEHUB_SANDBOX``, else "auto").
 
-    Never silently downgrades: an unavailable backend raises SandboxUnavailableError.
+    Never silently downgrades: an unavailable backend raises
+    SandboxUnavailableError saying which layer is missing and how to get it.
     """
     import os
 
     env = os.environ if env is None else env
-    name = name or env.get("SAFEHUB_SANDBOX") or "process"
-    backends: dict[str, SandboxBackend] = {"process": ProcessBackend()}
-    if name not in backends:
+    name = (name or env.get("SAFEHUB_SANDBOX") or "auto").strip().lower()
+    if name not in BACKENDS:
+        raise SandboxUnavailableError(f"unknown sandbox backend {name!r}", hint=f"use one of {', '.join(BACKENDS)}")
+    if name == "process":
+        backend = _make("process", env)
+        logger.warning("sandbox='process' was requested: %s", "repo code will run WITHOUT OS isolation")
+        return backend
+    if name == "auto":
+        problems = []
+        for candidate in ("bwrap", "landlock"):
+            backend = _make(candidate, env)
+            problem = backend.check()
+            if problem is None:
+                return backend
+            problems.append(f"{candidate}: {problem}")
         raise SandboxUnavailableError(
-            f"unknown sandbox backend {name!r}", hint=f"use one of {sorted(backends)}"
+            "no sandbox backend works on this machine:\n  " + "\n  ".join(problems),
+            hint="install bubblewrap, or run on Linux >= 5.13 with Landlock enabled; "
+            "run `safehub doctor` for details. safehub never falls back to running repo code unsandboxed",
         )
-    backend = backends[name]
+    backend = _make(name, env)
     problem = backend.check()
     if problem:
-        raise SandboxUnavailableError(f"sandbox backend {name!r} is unavailable: {problem}")
+        raise SandboxUnavailableError(f"sandbox backend {name!r} is unavailable: {problem}", hint="run `safehub doctor` for details")
     return backend

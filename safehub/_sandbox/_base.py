@@ -35,6 +35,10 @@ class Limits:
     max_file_bytes: int | None = 8 * 1024**3
     cpu_time_s: int | None = None
     tmpfs_bytes: int = 512 * 1024**2
+    # Everything the job may leave on the host's disk (out/ plus, for backends
+    # without tmpfs, the scratch folders) and how many files it may create there.
+    disk_bytes: int | None = 16 * 1024**3
+    max_files: int = 100_000
 
     def as_dict(self) -> dict[str, float | int | None]:
         return {
@@ -44,6 +48,8 @@ class Limits:
             "max_file_bytes": self.max_file_bytes,
             "cpu_time_s": self.cpu_time_s,
             "tmpfs_bytes": self.tmpfs_bytes,
+            "disk_bytes": self.disk_bytes,
+            "max_files": self.max_files,
         }
 
 
@@ -56,6 +62,9 @@ class SandboxRequest:
     rw_paths: Sequence[Path] = ()
     limits: Limits = field(default_factory=Limits)
     allow_gpu: bool = False
+    # Scratch folders (HOME, TMPDIR): a fresh size-capped tmpfs at that path under
+    # bubblewrap, never backed by the host folder; a plain writable folder elsewhere.
+    scratch_paths: Sequence[Path] = ()
 
 
 @dataclass
@@ -81,3 +90,15 @@ class SandboxBackend(abc.ABC):
     @abc.abstractmethod
     def run(self, request: SandboxRequest) -> SandboxResult:
         """Run the request to completion. Raises SandboxUnavailableError if it cannot."""
+
+    def confine_config(self, request: SandboxRequest) -> dict[str, object]:
+        """What the runner must apply to itself before repo code runs (request.json
+        "confine", read by runners/_confine.py): rlimits, fd hygiene, and for
+        Landlock the rule set. JSON-able."""
+        from ._limits import confine_rlimits
+
+        return {"close_fds": True, "no_new_privs": True, "rlimits": confine_rlimits(request.limits)}
+
+    def describe(self) -> dict[str, object]:
+        """What this backend isolates, for load records and ``safehub doctor``."""
+        return {"backend": self.name}

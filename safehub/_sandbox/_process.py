@@ -1,17 +1,27 @@
-"""The plain-subprocess backend: a clean environment, a scratch cwd and a
-watched process tree, but no OS isolation. Used only when asked for explicitly."""
+"""The plain-subprocess backend: a clean environment, a scratch cwd, rlimits and a
+watched, reaped process tree, but NO OS isolation: the job can read every file
+the host user can, use the network and signal the user's processes. Used only
+when asked for explicitly (sandbox="process" or SAFEHUB_SANDBOX=process)."""
 
 from __future__ import annotations
 
+import logging
 import os
-import subprocess
-import tempfile
-import time
 
-from ._base import MAX_CAPTURE_BYTES, SandboxBackend, SandboxRequest, SandboxResult
-from ._tree import kill_tree
+from ._base import SandboxBackend, SandboxRequest, SandboxResult
+from ._limits import confine_rlimits
+from ._paths import normalise_request
+from ._supervised import run_supervised
 
-__all__ = ["ProcessBackend"]
+__all__ = ["ProcessBackend", "WARNING"]
+
+logger = logging.getLogger("safehub")
+
+WARNING = (
+    "safehub is running repo code with the 'process' backend: NO OS isolation. The repo can "
+    "read your files and secrets, use the network and signal your processes. Use it only for "
+    "repos you would run with torch.hub itself."
+)
 
 
 class ProcessBackend(SandboxBackend):
@@ -20,38 +30,19 @@ class ProcessBackend(SandboxBackend):
     def check(self) -> str | None:
         return None
 
+    def describe(self) -> dict[str, object]:
+        return {"backend": self.name, "isolation": "none (clean environment, limits, reaped tree)"}
+
+    def confine_config(self, request: SandboxRequest) -> dict[str, object]:
+        rlimits = confine_rlimits(request.limits)
+        nproc = rlimits.pop("NPROC", None)
+        config: dict[str, object] = {"close_fds": True, "no_new_privs": True, "rlimits": rlimits}
+        if nproc is not None and os.geteuid() != 0:
+            # No user namespace: RLIMIT_NPROC counts all of this user's processes.
+            config["nproc_above_current"] = nproc
+        return config
+
     def run(self, request: SandboxRequest) -> SandboxResult:
-        start = time.monotonic()
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(
-                list(request.argv),
-                env=dict(request.env),
-                cwd=str(request.cwd),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,  # its own process group, so the tree can be killed
-                close_fds=True,
-            )
-            killed_by = None
-            try:
-                proc.wait(timeout=request.limits.timeout_s)
-            except subprocess.TimeoutExpired:
-                killed_by = "timeout"
-            finally:
-                kill_tree(proc)
-            return SandboxResult(
-                returncode=proc.returncode if proc.returncode is not None else -9,
-                stdout=_tail(out),
-                stderr=_tail(err),
-                backend=self.name,
-                limits=request.limits,
-                killed_by=killed_by,
-                wall_s=time.monotonic() - start,
-            )
-
-
-def _tail(f: "tempfile._TemporaryFileWrapper[bytes]") -> bytes:  # type: ignore[name-defined]
-    size = f.seek(0, os.SEEK_END)
-    f.seek(max(0, size - MAX_CAPTURE_BYTES))
-    return f.read(MAX_CAPTURE_BYTES)
+        logger.warning(WARNING)
+        _, rw, scratch = normalise_request(request)
+        return run_supervised(self.name, request, confine=self.confine_config(request), disk_paths=[*rw, *scratch], details=self.describe())

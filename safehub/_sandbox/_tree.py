@@ -33,3 +33,56 @@ def kill_tree(proc: subprocess.Popen[bytes]) -> None:
         pass
     proc.wait()
     psutil.wait_procs(descendants, timeout=5)
+
+
+def wait_gone(pids: list[int], timeout: float = 30.0) -> None:
+    """Wait until none of ``pids`` exists any more (they need not be our children)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                from .._errors import SandboxError
+
+                raise SandboxError(f"sandbox process {pid} did not die after SIGKILL")
+            time.sleep(0.005)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def kill_uid(uid: int, rounds: int = 50) -> int:
+    """SIGKILL every process whose real, effective or saved uid is ``uid`` until
+    none is left; return how many were found. Used with a uid that belongs to
+    one sandbox only, so this takes its whole tree, daemons included."""
+    import time
+
+    import psutil
+
+    seen: set[int] = set()
+    for _ in range(rounds):
+        found = []
+        for proc in psutil.process_iter(["uids"]):
+            uids = proc.info.get("uids")
+            if uids is not None and uid in (uids.real, uids.effective, uids.saved):
+                found.append(proc)
+        found = [p for p in found if _alive(p.pid)]
+        if not found:
+            return len(seen)
+        for proc in found:
+            seen.add(proc.pid)
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        time.sleep(0.01)
+    from .._errors import SandboxError
+
+    raise SandboxError(f"processes of sandbox uid {uid} kept appearing after {rounds} rounds of SIGKILL")

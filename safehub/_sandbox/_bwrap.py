@@ -1,0 +1,300 @@
+"""The bubblewrap backend (the default where ``bwrap`` works).
+
+The job runs in new user, pid, net, ipc, uts and cgroup namespaces, in a new
+session, with an explicit environment. Its file system is an empty read-only
+root with only:
+
+* /usr (and the /bin, /lib* links), /etc/ld.so.cache and a synthetic
+  /etc/passwd, read-only;
+* the request's read-only paths (interpreter, torch, venv, repo, runner, job in/);
+* the request's writable paths (the job's out/) bound read-write;
+* a size-capped tmpfs on /tmp, /dev/shm and each scratch path (HOME, TMPDIR);
+* a fresh /proc (only the sandbox's processes) and a minimal /dev.
+
+No network device but loopback, no GPU device unless asked for. When the host
+runs as root, the job runs as a fresh unprivileged uid (see _userns.py). The
+pid namespace dies with its first process, so nothing the job started outlives
+the run: the host reads results only after that.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from .._errors import SandboxUnavailableError
+from ._base import MAX_CAPTURE_BYTES, SandboxBackend, SandboxRequest, SandboxResult
+from ._capture import TailPipe
+from ._limits import Watchdog, confine_rlimits, killed_by_signal
+from ._paths import ancestors, normalise_request
+from ._tree import kill_uid, wait_gone
+
+__all__ = ["BwrapBackend"]
+
+logger = logging.getLogger("safehub")
+
+SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+GPU_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset", "/dev/dri")
+SHM_BYTES = 64 * 1024**2
+PRLIMIT_NAMES = {"AS": "as", "CORE": "core", "CPU": "cpu", "FSIZE": "fsize", "NPROC": "nproc", "NOFILE": "nofile"}
+INSTALL_HINT = (
+    "install bubblewrap (apt install bubblewrap / dnf install bubblewrap) and allow user "
+    "namespaces (Ubuntu >= 23.10: an AppArmor profile for bwrap, or "
+    "sysctl kernel.apparmor_restrict_unprivileged_userns=0); or use sandbox='landlock'"
+)
+
+
+class BwrapBackend(SandboxBackend):
+    name = "bwrap"
+
+    def __init__(self, bwrap: str | None = None, env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        self.bwrap = bwrap or env.get("SAFEHUB_BWRAP") or shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin") or "bwrap"
+        self.setpriv = env.get("SAFEHUB_SETPRIV") or shutil.which("setpriv", path="/usr/bin:/bin:/usr/sbin") or "setpriv"
+        self.prlimit = env.get("SAFEHUB_PRLIMIT") or shutil.which("prlimit", path="/usr/bin:/bin") or "prlimit"
+        self._checked: str | None | bool = False
+
+    @property
+    def as_root(self) -> bool:
+        return os.geteuid() == 0
+
+    # -- availability -------------------------------------------------------
+
+    def check(self) -> str | None:
+        if self._checked is False:
+            self._checked = self._probe()
+        return self._checked  # type: ignore[return-value]
+
+    def _probe(self) -> str | None:
+        if not (os.path.isfile(self.bwrap) and os.access(self.bwrap, os.X_OK)):
+            return f"bubblewrap is not installed ({self.bwrap} not found); {INSTALL_HINT}"
+        if self.as_root and not (os.path.isfile(self.setpriv) and os.access(self.setpriv, os.X_OK)):
+            return f"running as root needs util-linux setpriv ({self.setpriv} not found) to drop to a sandbox uid"
+        if not (os.path.isfile(self.prlimit) and os.access(self.prlimit, os.X_OK)):
+            return f"util-linux prlimit ({self.prlimit}) is needed to set the sandbox's rlimits; install util-linux"
+        import subprocess
+
+        try:
+            argv, fds, cleanup = self._argv(["/bin/true"], {}, Path("/"), [], [], [], uid=None, rlimits={"CORE": 0})
+        except SandboxUnavailableError as exc:
+            return str(exc)
+        try:
+            done = subprocess.run(argv, pass_fds=fds, capture_output=True, timeout=30, env={}, close_fds=True)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"bubblewrap could not start: {exc}; {INSTALL_HINT}"
+        finally:
+            cleanup()
+        if done.returncode != 0:
+            from .._errors import escape_untrusted
+
+            return f"bubblewrap failed: {escape_untrusted(done.stderr, limit=300).strip()}; {INSTALL_HINT}"
+        return None
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "backend": self.name,
+            "bwrap": self.bwrap,
+            "namespaces": ["user", "pid", "net", "ipc", "uts", "cgroup", "mount"],
+            "sandbox_uid": "fresh unprivileged uid" if self.as_root else "caller's uid",
+        }
+
+    # -- running -------------------------------------------------------------
+
+    def run(self, request: SandboxRequest) -> SandboxResult:
+        problem = self.check()
+        if problem:
+            raise SandboxUnavailableError(f"the bwrap sandbox is unavailable: {problem}")
+        ro, rw, scratch = normalise_request(request)
+        uid = None
+        if self.as_root:
+            from ._userns import pick_sandbox_uid
+
+            uid = pick_sandbox_uid()
+            for path in rw:
+                os.chown(path, uid, uid, follow_symlinks=False)
+        argv, fds, cleanup = self._argv(
+            list(request.argv), dict(request.env), Path(request.cwd), ro, rw, scratch,
+            uid=uid, allow_gpu=request.allow_gpu, tmpfs_bytes=request.limits.tmpfs_bytes,
+            rlimits=confine_rlimits(request.limits),
+        )
+        import subprocess
+
+        out, err = TailPipe(MAX_CAPTURE_BYTES), TailPipe(MAX_CAPTURE_BYTES)
+        start = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out.write_fd, stderr=err.write_fd,
+                pass_fds=fds, close_fds=True, start_new_session=True, env={},
+            )
+        except BaseException:
+            out.close(), err.close()
+            cleanup()
+            raise
+        finally:
+            pass
+        out.start()
+        err.start()
+        cleanup()  # bwrap holds its own copies of the fds now
+
+        pid1: list[int] = []
+
+        def sandbox_init() -> int | None:
+            if not pid1:
+                import psutil
+
+                try:
+                    kids = psutil.Process(proc.pid).children()
+                except psutil.Error:
+                    kids = []
+                if kids:
+                    pid1.append(kids[0].pid)
+                    watchdog.exclude.add(kids[0].pid)
+            return pid1[0] if pid1 else None
+
+        def probes() -> list[tuple[int, int]]:
+            init = sandbox_init()
+            if init is None:
+                return []
+            found = []
+            for path in ("/tmp", "/dev/shm", *map(str, scratch)):
+                try:
+                    st = os.statvfs(f"/proc/{init}/root{path}")
+                except OSError:
+                    continue
+                found.append(((st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize))
+            return found
+
+        def kill() -> None:
+            init = sandbox_init()
+            for pid in ([init] if init else []) + [proc.pid]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+        watchdog = Watchdog(limits=request.limits, root_pid=proc.pid, disk_paths=rw, tmpfs_probes=probes)
+        killed_by = None
+        try:
+            sandbox_init()
+            killed_by = watchdog.run(proc.poll, kill)
+        finally:
+            if proc.poll() is None:
+                kill()
+            proc.wait()
+            # The pid namespace is torn down when its init dies; wait for that.
+            wait_gone(pid1)
+            strays = kill_uid(uid) if uid is not None else 0
+        stdout, stderr = out.result(), err.result()
+        killed_by = killed_by or killed_by_signal(proc.returncode)
+        return SandboxResult(
+            returncode=proc.returncode,
+            stdout=stdout,
+            stderr=stderr,
+            backend=self.name,
+            limits=request.limits,
+            killed_by=killed_by,
+            wall_s=time.monotonic() - start,
+            details={
+                **self.describe(),
+                "peak_pids": watchdog.peak_pids,
+                "peak_rss": watchdog.peak_rss,
+                "stray_processes_killed": strays,
+            },
+        )
+
+    # -- the command line ----------------------------------------------------
+
+    def _argv(
+        self,
+        command: list[str],
+        env: dict[str, str],
+        cwd: Path,
+        ro: list[Path],
+        rw: list[Path],
+        scratch: list[Path],
+        *,
+        uid: int | None,
+        allow_gpu: bool = False,
+        tmpfs_bytes: int = 64 * 1024**2,
+        rlimits: dict[str, int] | None = None,
+    ) -> tuple[list[str], tuple[int, ...], "callable"]:  # type: ignore[valid-type]
+        fds: list[int] = []
+
+        def cleanup() -> None:
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+        args = [self.bwrap]
+        if self.as_root:
+            from ._userns import make_userns, pick_sandbox_uid
+
+            if uid is None:
+                uid = pick_sandbox_uid()
+            userns = make_userns(uid)
+            fds.append(userns)
+            args += ["--userns", str(userns), "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        else:
+            args += ["--unshare-user", "--disable-userns"]
+        args += [
+            "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup",
+            "--die-with-parent", "--new-session", "--hostname", "sandbox", "--clearenv",
+        ]
+        for key, value in env.items():
+            args += ["--setenv", key, value]
+        args += ["--ro-bind", "/usr", "/usr"]
+        for link in SYSTEM_LINKS:
+            if os.path.islink(link):
+                args += ["--symlink", os.readlink(link), link]
+            elif os.path.isdir(link):
+                args += ["--ro-bind", link, link]
+        args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+        home = env.get("HOME", "/")
+        sandbox_uid = uid if uid is not None else os.getuid()
+        sandbox_gid = uid if uid is not None else os.getgid()
+        for name, text in (
+            ("passwd", f"sandbox:x:{sandbox_uid}:{sandbox_gid}:sandbox:{home}:/usr/sbin/nologin\n"),
+            ("group", f"sandbox:x:{sandbox_gid}:\n"),
+        ):
+            fd = os.memfd_create(f"safehub-{name}", os.MFD_CLOEXEC)
+            fds.append(fd)
+            os.write(fd, text.encode())
+            os.lseek(fd, 0, os.SEEK_SET)
+            args += ["--ro-bind-data", str(fd), f"/etc/{name}"]
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        args += ["--size", str(min(SHM_BYTES, tmpfs_bytes)), "--perms", "1777", "--tmpfs", "/dev/shm"]
+        args += ["--size", str(tmpfs_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
+        if allow_gpu:
+            for dev in GPU_DEVICES + tuple(f"/dev/nvidia{i}" for i in range(16)):
+                args += ["--dev-bind-try", dev, dev]
+        # Parent folders of every mount point, traversable but not listable.
+        mounts = [*ro, *rw, *scratch]
+        made = {"/", "/usr", "/tmp", "/dev", "/proc", "/etc", "/dev/shm", *SYSTEM_LINKS}
+        for parent in sorted({a for m in mounts for a in ancestors(m)}, key=lambda p: (p.count("/"), p)):
+            if parent not in made:
+                args += ["--perms", "0711", "--dir", parent]
+                made.add(parent)
+        for path in ro:
+            args += ["--ro-bind", str(path), str(path)]
+        for path in rw:
+            args += ["--bind", str(path), str(path)]
+        for path in scratch:
+            args += ["--size", str(tmpfs_bytes), "--perms", "1777", "--tmpfs", str(path)]
+        args += ["--chdir", str(cwd), "--remount-ro", "/", "--"]
+        if self.as_root:
+            args += [self.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all", "--no-new-privs", "--"]
+        if rlimits:
+            # Set after the user namespace exists: there RLIMIT_NPROC counts only the
+            # sandbox's processes (before it, all of the caller's).
+            args += [self.prlimit, *(f"--{PRLIMIT_NAMES[k]}={v}:{v}" for k, v in sorted(rlimits.items())), "--"]
+        args += command
+        for fd in fds:
+            os.set_inheritable(fd, True)
+        return args, tuple(fds), cleanup

@@ -1,0 +1,109 @@
+"""The Landlock backend: for machines where user namespaces are blocked (Ubuntu
+>= 23.10 without an AppArmor profile for bwrap).
+
+The runner applies a Landlock rule set to itself (runners/_confine.py) before
+anything from the repo runs; every process it starts inherits it:
+
+* files: read+execute on /usr, the /bin and /lib* links, ld.so.cache and the
+  request's read-only paths; everything on its writable and scratch paths;
+  read/write on /dev/null, zero, full, random and urandom; nothing else
+  (no HOME, no /proc, no /tmp, no /dev/shm);
+* network (ABI >= 4): TCP bind and connect denied;
+* scoping (ABI >= 6): no signals to, and no abstract unix sockets of, processes
+  outside the sandbox;
+* no_new_privs, rlimits, and as root every capability dropped.
+
+The tree runs below a subreaper (_reaper.py) so nothing it starts outlives it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from ._base import SandboxBackend, SandboxRequest, SandboxResult
+from ._limits import confine_rlimits
+from ._paths import normalise_request
+from ._supervised import run_supervised
+
+__all__ = ["LandlockBackend", "landlock_abi", "MIN_ABI", "MIN_ABI_ROOT"]
+
+MIN_ABI = 1
+# As root, only signal scoping (ABI 6) stops the job from killing host processes.
+MIN_ABI_ROOT = 6
+SYSTEM_READ = (
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache",
+    # Hardware facts torch reads at import (not secrets; no other /proc or /sys).
+    "/proc/cpuinfo", "/sys/devices/system/cpu",
+)
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+HINT = "Landlock needs Linux >= 5.13 with 'landlock' in the lsm= boot list (check /sys/kernel/security/lsm)"
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version (0: unavailable)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    ret = libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
+    return int(ret) if ret > 0 else 0
+
+
+class LandlockBackend(SandboxBackend):
+    name = "landlock"
+
+    def __init__(self, env: Mapping[str, str] | None = None, abi: int | None = None) -> None:
+        env = os.environ if env is None else env
+        forced = env.get("SAFEHUB_LANDLOCK_ABI")  # tests: pretend the kernel lacks Landlock
+        self.abi = abi if abi is not None else int(forced) if forced else landlock_abi()
+
+    def check(self) -> str | None:
+        if self.abi < MIN_ABI:
+            return f"Landlock is not available on this kernel; {HINT}"
+        if os.geteuid() == 0 and self.abi < MIN_ABI_ROOT:
+            return (
+                f"Landlock ABI {self.abi} cannot stop a job running as root from signalling host "
+                f"processes (needs ABI {MIN_ABI_ROOT}, Linux >= 6.12); run safehub as an unprivileged user"
+            )
+        return None
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "backend": self.name,
+            "landlock_abi": self.abi,
+            "tcp_denied": self.abi >= 4,
+            "scoped_signals_and_abstract_sockets": self.abi >= 6,
+        }
+
+    def confine_config(self, request: SandboxRequest) -> dict[str, object]:
+        ro, rw, scratch = normalise_request(request)
+        rlimits = confine_rlimits(request.limits)
+        nproc = rlimits.pop("NPROC", None)
+        config: dict[str, object] = {
+            "close_fds": True,
+            "no_new_privs": True,
+            "rlimits": rlimits,
+            "landlock": {
+                "abi_min": self.abi,
+                "read": [*SYSTEM_READ, *map(str, ro)],
+                "write": [*map(str, rw), *map(str, scratch)],
+                "devices": list(DEVICES),
+                "deny_tcp": True,
+                "scope": True,
+            },
+        }
+        if os.geteuid() == 0:
+            config["drop_caps"] = True
+        elif nproc is not None:
+            config["nproc_above_current"] = nproc
+        return config
+
+    def run(self, request: SandboxRequest) -> SandboxResult:
+        from .._errors import SandboxUnavailableError
+
+        problem = self.check()
+        if problem:
+            raise SandboxUnavailableError(f"the landlock sandbox is unavailable: {problem}")
+        _, rw, scratch = normalise_request(request)
+        return run_supervised(self.name, request, confine=self.confine_config(request), disk_paths=[*rw, *scratch], details=self.describe())

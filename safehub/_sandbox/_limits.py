@@ -1,0 +1,183 @@
+"""Resource limits: the rlimits the runner sets on itself, and the host-side
+watchdog that enforces the rest on the whole process tree.
+
+Without a delegated cgroup there is no kernel-wide budget for a process tree, so
+limits come in two layers:
+
+* rlimits the runner applies to itself before any repo code runs (inherited by
+  every child): address space as a backstop for memory, file size, CPU time,
+  cores off, and RLIMIT_NPROC. RLIMIT_NPROC counts per user, and root is exempt,
+  so the bubblewrap backend runs the job as a fresh uid of its own in a fresh user
+  namespace, where the count covers exactly the sandbox's processes;
+* a psutil watchdog polling the tree from the host: wall clock, summed memory,
+  process count, and what the job has written to disk. It reports which limit
+  it enforced, so the caller gets a typed error naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._base import Limits
+
+__all__ = ["confine_rlimits", "Watchdog", "killed_by_signal", "tree_usage_bytes"]
+
+# Headroom above the memory limit for RLIMIT_AS: virtual size runs well above
+# resident size (torch maps ~0.7 GB at import; thread stacks), and the watchdog
+# measures resident memory. RLIMIT_AS only stops what the watchdog is too slow for.
+AS_HEADROOM = 2 * 1024**3
+POLL_S = 0.05
+DISK_POLL_S = 0.5
+
+
+def confine_rlimits(limits: Limits) -> dict[str, int]:
+    """The rlimits the runner sets (soft == hard, so repo code cannot raise them)."""
+    out: dict[str, int] = {"CORE": 0}
+    if limits.memory_bytes is not None:
+        out["AS"] = int(limits.memory_bytes) + AS_HEADROOM
+    if limits.max_file_bytes is not None:
+        out["FSIZE"] = int(limits.max_file_bytes)
+    if limits.cpu_time_s is not None:
+        out["CPU"] = int(limits.cpu_time_s)
+    if limits.max_pids is not None:
+        out["NPROC"] = int(limits.max_pids)
+    return out
+
+
+def killed_by_signal(returncode: int | None) -> str | None:
+    """Map a death by an rlimit signal to the limit (bwrap reports 128+sig)."""
+    if returncode is None:
+        return None
+    sig = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else 0
+    if sig == signal.SIGXCPU:
+        return "cpu"
+    if sig == signal.SIGXFSZ:
+        return "disk"
+    return None
+
+
+def tree_usage_bytes(paths: Sequence[Path], max_files: int) -> tuple[int, int]:
+    """Bytes allocated and entries under ``paths``, never following links.
+    Stops counting once ``max_files`` is passed."""
+    total = 0
+    count = 0
+    stack = [str(p) for p in paths]
+    while stack and count <= max_files:
+        top = stack.pop()
+        try:
+            with os.scandir(top) as it:
+                for entry in it:
+                    count += 1
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    total += st.st_blocks * 512
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+        except OSError:
+            continue
+    return total, count
+
+
+@dataclass
+class Watchdog:
+    """Polls one sandboxed tree until its leader exits or a limit is hit.
+
+    ``root_pid`` is the host pid whose descendants are the sandbox (for
+    bubblewrap, the outer bwrap process). ``exclude`` are pids in that tree that
+    are not sandbox processes (they are not counted). ``disk_paths`` are host
+    folders the job writes; ``tmpfs_probes`` returns (used, size) pairs for
+    size-capped tmpfs mounts the host cannot see directly.
+    """
+
+    limits: Limits
+    root_pid: int
+    disk_paths: Sequence[Path] = ()
+    tmpfs_probes: Callable[[], list[tuple[int, int]]] | None = None
+    exclude: set[int] = field(default_factory=set)
+    peak_rss: int = 0
+    peak_pids: int = 0
+
+    def check(self, started: float) -> str | None:
+        """One poll. Returns the limit that was hit, or None."""
+        limits = self.limits
+        if time.monotonic() - started > limits.timeout_s:
+            return "timeout"
+        import psutil
+
+        try:
+            tree = psutil.Process(self.root_pid).children(recursive=True)
+        except psutil.Error:
+            return None
+        tree = [p for p in tree if p.pid not in self.exclude]
+        self.peak_pids = max(self.peak_pids, len(tree))
+        if limits.max_pids is not None and len(tree) >= limits.max_pids:
+            return "pids"
+        if limits.memory_bytes is not None:
+            rss = 0
+            for p in tree:
+                try:
+                    rss += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak_rss = max(self.peak_rss, rss)
+            # Summed RSS counts pages shared after fork once per process; confirm
+            # with PSS (slower, so only when RSS says the limit is crossed).
+            if rss >= limits.memory_bytes and _pss(tree) >= limits.memory_bytes:
+                return "memory"
+        return None
+
+    def check_disk(self) -> str | None:
+        limits = self.limits
+        if self.disk_paths:
+            used, files = tree_usage_bytes(self.disk_paths, limits.max_files)
+            if files > limits.max_files:
+                return "disk"
+            if limits.disk_bytes is not None and used > limits.disk_bytes:
+                return "disk"
+        if self.tmpfs_probes is not None:
+            for used, size in self.tmpfs_probes():
+                # A full tmpfs means the job ran into the cap (ENOSPC inside).
+                if size and used >= size - 64 * 1024:
+                    return "disk"
+        return None
+
+    def run(self, poll: Callable[[], int | None], kill: Callable[[], None]) -> str | None:
+        """Poll until ``poll()`` returns an exit status or a limit is hit; on a
+        limit, call ``kill()`` (which must take the whole tree) and return it."""
+        started = time.monotonic()
+        next_disk = started
+        interval = 0.01
+        while poll() is None:
+            reason = self.check(started)
+            now = time.monotonic()
+            if reason is None and now >= next_disk:
+                reason = self.check_disk()
+                next_disk = now + DISK_POLL_S
+            if reason is not None:
+                kill()
+                return reason
+            time.sleep(interval)
+            interval = min(POLL_S, interval * 2)
+        return None
+
+
+def _pss(tree: list[object]) -> int:
+    import psutil
+
+    total = 0
+    for p in tree:
+        try:
+            total += p.memory_full_info().pss  # type: ignore[attr-defined]
+        except (psutil.Error, AttributeError):
+            try:
+                total += p.memory_info().rss  # type: ignore[attr-defined]
+            except psutil.Error:
+                pass
+    return total

@@ -1,0 +1,101 @@
+"""Running a request under the reaper (backends without a pid namespace).
+
+The command runs below ``_reaper.py`` in a new session with exactly the
+request's environment; the host's watchdog enforces the limits; killing asks the
+reaper to take the whole tree (and SIGKILLs every descendant it can see, in
+case the reaper itself was killed); the result is returned only once the reaper,
+and so everything below it, is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ._base import MAX_CAPTURE_BYTES, SandboxRequest, SandboxResult
+from ._capture import TailPipe
+from ._limits import Watchdog, killed_by_signal
+
+__all__ = ["run_supervised", "REAPER"]
+
+REAPER = Path(__file__).with_name("_reaper.py")
+
+
+def run_supervised(
+    name: str, request: SandboxRequest, *, confine: dict[str, object], disk_paths: list[Path], details: dict[str, object]
+) -> SandboxResult:
+    import json
+
+    import psutil
+
+    from .._jobs import runner_dir
+
+    for path in request.scratch_paths:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    out, err = TailPipe(MAX_CAPTURE_BYTES), TailPipe(MAX_CAPTURE_BYTES)
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            [os.path.realpath(sys.executable), "-I", "-S", "-B", str(REAPER), json.dumps(confine), str(runner_dir()), *request.argv],
+            env=dict(request.env),
+            cwd=str(request.cwd),
+            stdin=subprocess.DEVNULL,
+            stdout=out.write_fd,
+            stderr=err.write_fd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except BaseException:
+        out.close(), err.close()
+        raise
+    out.start()
+    err.start()
+    seen: dict[int, psutil.Process] = {}
+
+    def kill() -> None:
+        try:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                seen[child.pid] = child
+        except psutil.Error:
+            pass
+        try:
+            os.kill(proc.pid, signal.SIGTERM)  # the reaper kills everything below it
+        except OSError:
+            pass
+        for child in seen.values():
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
+
+    watchdog = Watchdog(limits=request.limits, root_pid=proc.pid, disk_paths=disk_paths)
+    killed_by = None
+    try:
+        killed_by = watchdog.run(proc.poll, kill)
+    finally:
+        if proc.poll() is None:
+            kill()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        psutil.wait_procs(list(seen.values()), timeout=10)
+    killed_by = killed_by or killed_by_signal(proc.returncode)
+    if killed_by is None:
+        # A full scratch folder at exit still means the disk limit was reached.
+        killed_by = watchdog.check_disk()
+    return SandboxResult(
+        returncode=proc.returncode,
+        stdout=out.result(),
+        stderr=err.result(),
+        backend=name,
+        limits=request.limits,
+        killed_by=killed_by,
+        wall_s=time.monotonic() - start,
+        details={**details, "peak_pids": watchdog.peak_pids, "peak_rss": watchdog.peak_rss},
+    )
