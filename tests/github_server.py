@@ -345,3 +345,48 @@ class FakeGitHub:
                         branches=dict(parent.branches), tags=dict(parent.tags))
         self.repos[(owner.lower(), parent.name.lower())] = repo
         return repo
+
+
+# --- the torchhub_example fixture (PyTorch's test/test_hub.py) ---------------------
+
+TORCHHUB_EXAMPLE = __import__("pathlib").Path(__file__).resolve().parent / "fixtures" / "torchhub_example"
+SUM_OF_HUB_EXAMPLE = 431080
+
+
+def torchhub_example_assets() -> dict[str, bytes]:
+    """The release assets: MNIST weights, all ones, in the three formats test_hub uses."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("_torchhub_example_model", TORCHHUB_EXAMPLE / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    state = {k: torch.ones_like(v) for k, v in module.Net().state_dict().items()}
+    legacy = io.BytesIO()
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    modern = io.BytesIO()
+    torch.save(state, modern)
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as zf:
+        zf.writestr("mnist_init_ones", legacy.getvalue())
+    return {
+        "mnist_init_ones": legacy.getvalue(),
+        "mnist_init_ones.zip": zipped.getvalue(),
+        "mnist_init_ones_zip_1_6": modern.getvalue(),
+    }
+
+
+def publish_torchhub_example(gh: FakeGitHub, assets: dict[str, bytes] | None = None) -> FakeRepo:
+    """ailzhang/torchhub_example on ``gh``: default branch master, a ci/test_slash branch,
+    release 0.1 with the weights, and hubconf's weight URLs pointing at ``gh``."""
+    files = {p.name: p.read_bytes() for p in sorted(TORCHHUB_EXAMPLE.iterdir()) if p.suffix == ".py"}
+    original = b'RELEASE_BASE = "https://github.com"'
+    assert original in files["hubconf.py"]
+    files["hubconf.py"] = files["hubconf.py"].replace(original, f'RELEASE_BASE = "{gh.url}"'.encode())
+    repo = gh.add_repo("ailzhang", "torchhub_example")
+    master = repo.commit(files, branch="master")
+    repo.commit({**files, "CI.md": b"slash branch\n"}, branch="ci/test_slash", parent=master)
+    for name, data in (assets or torchhub_example_assets()).items():
+        repo.release_asset("0.1", name, data)
+    return repo

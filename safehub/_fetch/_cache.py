@@ -8,7 +8,7 @@ Layout under the hub dir::
     repos/.tmp/                               downloads and extractions in progress
     refs/<host>/<owner>/<name>/<ref>.json     ref -> sha, trusted for a short while
     locks/                                    file locks
-    history.jsonl                             one line per load: repo, ref, sha
+    fetch-history.jsonl                       one line per get_repo: repo, ref asked, sha used
 
 Owner and name are lower-cased (GitHub treats them case-insensitively) and each
 is one path component, so distinct keys never share a folder.
@@ -218,8 +218,9 @@ class RepoCache:
     # --- what each load used ----------------------------------------------------
 
     def record_load(self, record: dict[str, Any]) -> None:
-        path = self.hub_dir / "history.jsonl"
+        path = self.hub_dir / "fetch-history.jsonl"
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             if path.exists() and path.stat().st_size > HISTORY_MAX_BYTES:
                 os.replace(path, path.with_suffix(".jsonl.1"))
             with open(path, "a", encoding="utf-8") as f:
@@ -228,7 +229,7 @@ class RepoCache:
             logger.warning("could not record the load in %s: %s", path, exc)
 
     def history(self) -> list[dict[str, Any]]:
-        path = self.hub_dir / "history.jsonl"
+        path = self.hub_dir / "fetch-history.jsonl"
         out = []
         try:
             with open(path, encoding="utf-8") as f:
