@@ -13,6 +13,7 @@ import hashlib
 import importlib.metadata as md
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,6 +24,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from safehub._env import (
     ensure_env,
@@ -170,6 +173,25 @@ def test_malformed_entries_are_refused(bad):
     with pytest.raises(EnvironmentBuildError) as info:
         resolve_dependencies([bad])
     assert "\x1b" not in str(info.value) and "\n--extra" not in str(info.value)
+
+
+_SAFE_LINE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:(?:===|==|!=|~=|<=|>=|<|>)[A-Za-z0-9.*+!]+)?(?:,(?:===|==|!=|~=|<=|>=|<|>)[A-Za-z0-9.*+!]+)*$")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(
+    st.text(max_size=60),
+    st.from_regex(r"[A-Za-z_][A-Za-z0-9_.-]{0,20}\s*[<>=!~]{1,3}[ -~\n]{0,20}", fullmatch=True),
+))
+def test_whatever_the_entry_only_a_plain_requirement_line_comes_out(entry):
+    # The lines go into a requirements file: a newline or option smuggled through
+    # (--index-url, -r, a URL) would redirect the installer.
+    try:
+        res = resolve_dependencies([entry])
+    except EnvironmentBuildError:
+        return
+    for line in res.install_lines + res.host_lines:
+        assert _SAFE_LINE.match(line), line
 
 
 @pytest.mark.parametrize("bad", [5, None, b"yaml", ["yaml"]])

@@ -362,9 +362,11 @@ def _installed(site: Path) -> list[str]:
 def _compile(tmp: Path, final: Path, site: Path, host: HostInfo, env: Mapping[str, str]) -> None:
     # -I -S: no site, no .pth processing; compileall only parses the files.
     # -s/-p: record the final path in the .pyc, not the temp one.
+    # cwd is the interpreter's own folder: before 3.11, -m puts cwd first on
+    # sys.path, and the env root may hold files a wheel put there (compileall.py...).
     argv = [str(host.base_python), "-I", "-S", "-m", "compileall", "-q", "-j", "0",
             "-s", str(tmp), "-p", str(final), str(site)]
-    proc = _run(argv, env=env, cwd=tmp, what="compileall")
+    proc = _run(argv, env=env, cwd=host.base_python.parent, what="compileall")
     if proc.returncode != 0:  # e.g. a package ships a template with bad syntax; harmless
         logger.debug("safehub: compileall reported problems: %s", escape_untrusted(proc.stdout, limit=500))
 
