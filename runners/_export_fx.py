@@ -18,6 +18,19 @@ class FxExportError(RuntimeError):
     """Symbolic tracing could not carry the model."""
 
 
+# Tensor properties with one answer for every input the host can feed (dense,
+# strided, not nested): answered concretely so library code that checks them
+# (e.g. nn.TransformerEncoder's is_nested) stays traceable.
+_STATIC_ATTRS = {"is_nested": False, "is_sparse": False, "is_quantized": False, "is_mkldnn": False}
+
+
+class _StaticProxy(fx.Proxy):
+    def __getattr__(self, k: str):
+        if k in _STATIC_ATTRS:
+            return _STATIC_ATTRS[k]
+        return super().__getattr__(k)
+
+
 class _LeafTracer(fx.Tracer):
     def __init__(self, leaf_ids: set[int]) -> None:
         super().__init__()
@@ -25,6 +38,50 @@ class _LeafTracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return id(m) in self.leaf_ids
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _StaticProxy(node, self)
+
+
+@contextlib.contextmanager
+def _no_mha_fastpath() -> Iterator[None]:
+    """nn.Transformer*/MultiheadAttention branch on tensor properties to pick an
+    inference fast path; with it disabled they take the plain (equivalent) path,
+    which fx can trace."""
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    old = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(old)
+
+
+@contextlib.contextmanager
+def _traceable_transformer() -> Iterator[None]:
+    """nn.TransformerEncoder computes len(src.size()) only to detect a causal
+    mask; on a traced input it answers None, which makes torch read the size
+    from the mask instead (the same value whenever a mask is given)."""
+    from torch.nn.modules import transformer
+
+    orig = getattr(transformer, "_get_seq_len", None)
+    if orig is None:
+        yield
+        return
+
+    def _get_seq_len(src, batch_first):
+        if isinstance(src, fx.Proxy):
+            return None
+        return orig(src, batch_first)
+
+    transformer._get_seq_len = _get_seq_len
+    try:
+        yield
+    finally:
+        transformer._get_seq_len = orig
 
 
 @contextlib.contextmanager
@@ -50,7 +107,7 @@ def _trace(model: nn.Module, leaf_ids: set[int], training: bool) -> tuple[fx.Gra
     before = set(model.__dict__)
     tracer = _LeafTracer(leaf_ids)
     try:
-        with _export_state.training_mode(model, training), _no_fx_wraps():
+        with _export_state.training_mode(model, training), _no_fx_wraps(), _no_mha_fastpath(), _traceable_transformer():
             graph = tracer.trace(model)
     finally:
         added = {k: model.__dict__[k] for k in set(model.__dict__) - before}

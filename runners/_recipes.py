@@ -69,8 +69,40 @@ def _special(module: nn.Module, name: str) -> tuple[bool, Any]:
     return False, None
 
 
+def _activation_name(fn: Any) -> str:
+    import torch.nn.functional as F
+
+    if fn is F.relu:
+        return "relu"
+    if fn is F.gelu:
+        return "gelu"
+    raise _literals.LiteralError("activation is not relu/gelu")
+
+
+def _transformer_layer_kwargs(module: nn.Module) -> dict[str, Any]:
+    """nn.TransformerEncoderLayer / DecoderLayer store their arguments in submodules."""
+    attn = module.self_attn
+    kwargs: dict[str, Any] = {
+        "d_model": attn.embed_dim,
+        "nhead": attn.num_heads,
+        "dim_feedforward": module.linear1.out_features,
+        "dropout": module.dropout.p,
+        "activation": _activation_name(module.activation),
+        "layer_norm_eps": module.norm1.eps,
+        "batch_first": attn.batch_first,
+        "norm_first": module.norm_first,
+        "bias": module.linear1.bias is not None,
+    }
+    dtype = module.linear1.weight.dtype
+    if dtype != torch.get_default_dtype():
+        kwargs["dtype"] = dtype
+    return kwargs
+
+
 def _recover_kwargs(module: nn.Module) -> dict[str, Any]:
     cls = type(module)
+    if cls in (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer):
+        return _transformer_layer_kwargs(module)
     sig = inspect.signature(cls.__init__)
     params = dict(sig.parameters)
     if isinstance(module, nn.RNNBase) and cls is not nn.RNNBase:
@@ -177,6 +209,9 @@ def recipe_for(module: nn.Module) -> tuple[dict | None, str]:
         return None, "rebuilt attributes differ"
     if set(module.__dict__) != set(rebuilt.__dict__):
         return None, "module carries extra attributes"
+    for k, v in module.__dict__.items():
+        if callable(v) and not isinstance(v, nn.Module) and rebuilt.__dict__[k] is not v:
+            return None, f"attribute {k!r} differs"
     submods = dict(module.named_modules())
     for name, sub in rebuilt.named_modules():
         orig = submods.get(name)

@@ -111,6 +111,8 @@ ZOO_CASES = {
     "stochastic_depth": ((lambda b: (torch.randn(b, 8),)), "fx"),
     "data_dependent": ((lambda b: (torch.randn(b, 3, 20),)), "aten"),
     "unnameable": ((lambda b: (torch.randn(b, 4),)), "aten"),
+    "encoder": ((lambda b: (torch.randn(b, 6, 16),)), "fx"),
+    "seq2seq": ((lambda b: (torch.randn(b, 5, 16), torch.randn(b, 4, 16))), "aten"),
 }
 
 

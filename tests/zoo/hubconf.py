@@ -15,10 +15,12 @@ from zoo_models import (  # noqa: E402
     CNN,
     DataDependent,
     DictOutput,
+    Encoder,
     Functional,
     MobileNetish,
     NonPersistent,
     RecurrentNet,
+    Seq2Seq,
     SharedBlock,
     StochasticDepthNet,
     SwinShuffle,
@@ -162,7 +164,20 @@ def scripted():
     return torch.jit.script(nn.Linear(2, 2))
 
 
+def encoder():
+    """nn.TransformerEncoder: encoder layers are leaves."""
+    torch.manual_seed(19)
+    return Encoder()
+
+
+def seq2seq():
+    """nn.Transformer with two inputs: carried by aten mode from declared example inputs."""
+    torch.manual_seed(20)
+    return Seq2Seq()
+
+
 example_inputs = {
+    "seq2seq": lambda: (torch.randn(2, 5, 16), torch.randn(2, 4, 16)),
     "unnameable": lambda: (torch.randn(3, 4),),
     "data_dependent": lambda: (torch.randn(2, 3, 20),),
     "aten_cnn": lambda: (torch.randn(2, 3, 16, 16),),

@@ -284,3 +284,28 @@ class Unnameable(nn.Module):
 
     def forward(self, x):
         return torch.Tensor.add(self.lin(x), 1.0)
+
+
+class Encoder(nn.Module):
+    """nn.TransformerEncoder (layers become leaves) with a learned position table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.1, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.pos = nn.Embedding(10, 16)
+
+    def forward(self, x):
+        pos = torch.arange(x.size(1), device=x.device)
+        return self.enc(x + self.pos(pos))
+
+
+class Seq2Seq(nn.Module):
+    """nn.Transformer: its forward checks shapes in Python, so fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tr = nn.Transformer(16, 2, 1, 1, 32, dropout=0.0, batch_first=True)
+
+    def forward(self, src, tgt):
+        return self.tr(src, tgt)
