@@ -21,3 +21,7 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("doctor", help="report which sandbox layers this machine can provide")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_doctor)
+
+    from ._fetch import add_cache_commands  # cache ls|rm|verify
+
+    add_cache_commands(sub)
