@@ -10,13 +10,7 @@ A build happens in the temp folder and is renamed into place as its last step,
 under the file lock, so a reader never sees half an env and a crash leaves only
 a temp folder that the next build of that key removes.
 
-Security notes (measured, see design/measurements.md):
-- Wheels only (``--no-build``): no setup.py ever runs on the host.
-- The installer never sees host packages writably: uv ignores packages visible
-  only through our ``.pth``; pip never uninstalls outside the env's prefix.
-- Bytecode is compiled by ``python -I -S -m compileall``, not by the installer:
-  ``uv --compile-bytecode`` starts the env's interpreter with ``site`` enabled,
-  which runs any ``import`` line of a ``.pth`` file a wheel shipped -- on the host.
+How the installers are driven safely: see _installers.py.
 """
 
 from __future__ import annotations
@@ -26,9 +20,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -36,100 +27,32 @@ from pathlib import Path
 from typing import Any
 
 from .._config import is_offline, progress_enabled
-from .._errors import EnvironmentBuildError, MissingHostPackageError, OfflineError, escape_untrusted
-from ._host import HostInfo, check_host_requirements, sysconfig_ready, check_installed_requirements, host_info, minimal_paths
-from ._resolve import TORCH_FAMILY, Resolution, resolve_dependencies
+from .._errors import EnvironmentBuildError, escape_untrusted
+from ._host import HostInfo, check_host_requirements, check_installed_requirements, host_info, minimal_paths
+from ._installers import (
+    BUILD_TIMEOUT_S,
+    INDEX_VARS,
+    PTH_NAME,
+    build_uv,
+    build_virtualenv,
+    child_env,
+    choose_backend,
+    compile_bytecode,
+    remove_tree,
+    site_packages,
+    write_fresh,
+    write_pth,
+)
+from ._resolve import Resolution, resolve_dependencies
 from ._types import PythonEnv
 
-__all__ = ["ensure_env", "env_key", "key_inputs", "choose_backend", "lock_path", "FORMAT_VERSION", "MARKER"]
+__all__ = ["ensure_env", "env_key", "key_inputs", "choose_backend", "lock_path", "FORMAT_VERSION", "MARKER", "PTH_NAME"]
 
 logger = logging.getLogger("safehub")
 
 FORMAT_VERSION = 1
 MARKER = "safehub-env.json"
-PTH_NAME = "zzzz-safehub-host.pth"  # sorts last: the env's own .pth paths come first
-BUILD_TIMEOUT_S = 1800
 LOCK_TIMEOUT_S = BUILD_TIMEOUT_S + 300
-
-# Installer settings that decide *which* packages arrive; part of the cache key.
-_INDEX_VARS = (
-    "UV_INDEX",
-    "UV_INDEX_URL",
-    "UV_DEFAULT_INDEX",
-    "UV_EXTRA_INDEX_URL",
-    "UV_FIND_LINKS",
-    "UV_EXCLUDE_NEWER",
-    "PIP_INDEX_URL",
-    "PIP_EXTRA_INDEX_URL",
-    "PIP_FIND_LINKS",
-)
-# Installer settings passed through (network, index, cache); every other UV_*/PIP_*
-# variable is dropped so a stray UV_COMPILE_BYTECODE or PIP_NO_BINARY cannot undo our choices.
-_PASS_VARS = frozenset(
-    _INDEX_VARS
-    + (
-        "UV_CACHE_DIR",
-        "UV_INDEX_STRATEGY",
-        "UV_KEYRING_PROVIDER",
-        "UV_NATIVE_TLS",
-        "UV_SYSTEM_CERTS",
-        "UV_INSECURE_HOST",
-        "UV_HTTP_TIMEOUT",
-        "UV_HTTP_RETRIES",
-        "UV_CONCURRENT_DOWNLOADS",
-        "UV_OFFLINE",
-        "PIP_TRUSTED_HOST",
-        "PIP_CERT",
-        "PIP_CLIENT_CERT",
-        "PIP_PROXY",
-        "PIP_TIMEOUT",
-        "PIP_RETRIES",
-        "PIP_CACHE_DIR",
-        "PIP_NO_CACHE_DIR",
-    )
-)
-_DROP_VARS = frozenset({"PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONSTARTUP", "VIRTUAL_ENV", "CONDA_PREFIX"})
-
-
-# --- backend choice -----------------------------------------------------------
-
-
-def _find_uv(env: Mapping[str, str]) -> Path | None:
-    sysconfig_ready()  # find_uv_bin reads sysconfig
-    try:
-        from uv import find_uv_bin  # the uv wheel safehub depends on
-
-        return Path(find_uv_bin())
-    except (ImportError, FileNotFoundError):
-        pass
-    found = shutil.which("uv", path=env.get("PATH"))
-    return Path(found) if found else None
-
-
-def choose_backend(backend: str | None, env: Mapping[str, str]) -> tuple[str, Path | None]:
-    """``uv`` when available, else ``virtualenv`` (+ pip). Returns (name, uv binary)."""
-    wanted = (backend or env.get("SAFEHUB_ENV_BACKEND") or "auto").strip().lower()
-    if wanted not in ("auto", "uv", "virtualenv"):
-        raise EnvironmentBuildError(
-            f"unknown environment backend {escape_untrusted(wanted, limit=40)!r}",
-            hint="use backend='uv' or backend='virtualenv' (or SAFEHUB_ENV_BACKEND), or leave it unset",
-        )
-    if wanted in ("auto", "uv"):
-        uv = _find_uv(env)
-        if uv is not None:
-            return "uv", uv
-        if wanted == "uv":
-            raise EnvironmentBuildError("uv was requested but is not installed", hint="pip install uv")
-        logger.info("safehub: uv not found; building environments with virtualenv and pip (slower)")
-    import importlib.util
-
-    if importlib.util.find_spec("virtualenv") is None or importlib.util.find_spec("pip") is None:
-        raise EnvironmentBuildError(
-            "no environment builder is available: neither uv nor virtualenv+pip is installed",
-            hint="pip install uv (recommended) or pip install virtualenv",
-        )
-    return "virtualenv", None
-
 
 # --- the cache key ------------------------------------------------------------
 
@@ -149,7 +72,7 @@ def key_inputs(resolution: Resolution, host: HostInfo, backend: str, env: Mappin
         "constraints": list(host.constraints),
         "requirements": sorted(resolution.install_lines),
         "backend": backend,
-        "index": {k: env[k] for k in _INDEX_VARS if env.get(k)},
+        "index": {k: env[k] for k in INDEX_VARS if env.get(k)},
     }
 
 
@@ -175,25 +98,6 @@ def lock_path(hub: Path, name: str) -> Path:
     return hub / "locks" / f"env-{name}.lock"
 
 
-def _child_env(env: Mapping[str, str], offline: bool) -> dict[str, str]:
-    out = {
-        k: v
-        for k, v in env.items()
-        if k not in _DROP_VARS and (not k.startswith(("UV_", "PIP_")) or k in _PASS_VARS)
-    }
-    out["UV_PYTHON_DOWNLOADS"] = "never"  # never fetch an interpreter behind the user's back
-    out["UV_NO_PROGRESS"] = "1"
-    out["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    if offline:
-        out["UV_OFFLINE"] = "1"
-    return out
-
-
-def _site_packages(root: Path, host: HostInfo) -> Path:
-    major, minor = host.python_version.split(".")[:2]
-    return root / "lib" / f"python{major}.{minor}" / "site-packages"
-
-
 def _read_marker(root: Path) -> dict[str, Any] | None:
     try:
         with open(root / MARKER, "rb") as f:
@@ -211,15 +115,6 @@ def _valid(root: Path, key: str) -> dict[str, Any] | None:
     return marker
 
 
-def _remove(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    if path.exists() or path.is_symlink():
-        try:
-            path.unlink()
-        except OSError:
-            pass
-
-
 def _python_env(root: Path, host: HostInfo, key: str, marker: Mapping[str, Any]) -> PythonEnv:
     root = Path(os.path.realpath(root))
     dists = marker.get("distributions") or []
@@ -233,122 +128,6 @@ def _python_env(root: Path, host: HostInfo, key: str, marker: Mapping[str, Any])
     )
 
 
-def _pdeathsig_hook():
-    """A preexec_fn that makes the installer die with us (Linux), so a killed
-    safehub never leaves it writing into a temp folder the next build removes.
-    Resolved in the parent: importing in a forked child can deadlock."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def hook() -> None:
-        prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
-
-    return hook
-
-
-def _run(argv: list[str], *, env: Mapping[str, str], cwd: Path, what: str) -> subprocess.CompletedProcess[str]:
-    logger.debug("safehub: running %s", argv)
-    try:
-        return subprocess.run(
-            argv, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
-            text=True, errors="replace", timeout=BUILD_TIMEOUT_S, check=False,
-            preexec_fn=_pdeathsig_hook(),
-        )
-    except subprocess.TimeoutExpired:
-        raise EnvironmentBuildError(
-            f"{what} did not finish within {BUILD_TIMEOUT_S} s", hint="check your network or index settings"
-        ) from None
-    except OSError as e:
-        raise EnvironmentBuildError(f"could not start {what}: {e}", hint="check that the installer is installed") from None
-
-
-_TORCH_CONFLICT = re.compile(
-    r"^\s*(\S+ \S+) depends on ((?:" + "|".join(sorted(TORCH_FAMILY, key=len, reverse=True)) + r")\b[^\s]*)",
-    re.MULTILINE,
-)
-
-
-def _fail(proc: subprocess.CompletedProcess[str], what: str, resolution: Resolution, offline: bool,
-          constraints: Sequence[str] = ()) -> Exception:
-    tail = escape_untrusted((proc.stderr or "") + (proc.stdout or ""), limit=3000).strip()
-    wanted = ", ".join(resolution.install_lines) or "(nothing)"
-    if offline:
-        return OfflineError(
-            f"SAFEHUB_OFFLINE=1 is set and the package cache cannot provide the repo's dependencies "
-            f"({wanted}).\n{what} said:\n{tail}",
-            hint="run the same load once with network access (unset SAFEHUB_OFFLINE) to fill the cache",
-        )
-    # pip (which cannot exclude packages) fails to resolve against our pins of the host's torch family.
-    culprit = _TORCH_CONFLICT.search(tail)
-    if culprit is not None:
-        return MissingHostPackageError(
-            f"the repo's dependency {culprit.group(1)} requires {culprit.group(2)}, which the host's "
-            f"torch-family packages do not satisfy.\n{what} said:\n{tail}",
-            hint="install a compatible torch/torchvision/torchaudio on the host, or load a revision of the repo "
-            "that works with the host's; safehub never installs them into a repo env",
-        )
-    return EnvironmentBuildError(
-        f"{what} could not install the repo's dependencies ({wanted}).\n{what} said:\n{tail}",
-        hint="safehub installs wheels only (no source builds) from your package index; check that each "
-        "dependency has a wheel for this Python and platform, and that the index is reachable. The host "
-        "torch's own requirements are also enforced (" + (", ".join(constraints) or "none") + ")",
-    )
-
-
-def _write_lines(path: Path, lines: Sequence[str]) -> Path:
-    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-    return path
-
-
-def _write_fresh(path: Path, text: str) -> None:
-    """Write a file a wheel may have planted (as a file or a link) without following it."""
-    if path.is_symlink() or path.exists():
-        _remove(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-
-
-def _write_pth(site: Path, host: HostInfo) -> None:
-    lines = []
-    for p in host.share_paths:
-        text = str(p)
-        if "\n" in text or "\r" in text or text.startswith(("import ", "import\t", "#")):
-            raise EnvironmentBuildError(f"host site folder {text!r} cannot be named in a .pth file")
-        lines.append(text)
-    _write_fresh(site / PTH_NAME, "".join(f"{line}\n" for line in lines))
-
-
-def _interpreter_files(root: Path) -> dict[str, str]:
-    """What makes the env's interpreter: pyvenv.cfg and bin/python*. Wheels can
-    overwrite any of them through their .data/ folders (measured: uv and pip both
-    do), so they are compared before and after the install."""
-    out: dict[str, str] = {}
-    for p in [root / "pyvenv.cfg", *sorted((root / "bin").glob("python*"))]:
-        if p.is_symlink():
-            out[p.name] = "link:" + os.readlink(p)
-        elif p.is_file():
-            out[p.name] = "file:" + hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
-def _check_interpreter(root: Path, before: Mapping[str, str], resolution: Resolution) -> None:
-    after = _interpreter_files(root)
-    if after != before:
-        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-        raise EnvironmentBuildError(
-            f"installing the repo's dependencies ({', '.join(resolution.install_lines)}) replaced the "
-            f"environment's interpreter files ({', '.join(changed)}); refusing to use it",
-            hint="a package ships files that overwrite the virtualenv itself; do not trust this repo's dependencies",
-        )
-
-
 def _installed(site: Path) -> list[str]:
     from ._host import _read_metadata
 
@@ -357,78 +136,6 @@ def _installed(site: Path) -> list[str]:
         name, version, _ = _read_metadata(meta)
         out.append(escape_untrusted(f"{name}=={version}", limit=200))
     return out
-
-
-def _compile(tmp: Path, final: Path, site: Path, host: HostInfo, env: Mapping[str, str]) -> None:
-    # -I -S: no site, no .pth processing; compileall only parses the files.
-    # -s/-p: record the final path in the .pyc, not the temp one.
-    # cwd is the interpreter's own folder: before 3.11, -m puts cwd first on
-    # sys.path, and the env root may hold files a wheel put there (compileall.py...).
-    argv = [str(host.base_python), "-I", "-S", "-m", "compileall", "-q", "-j", "0",
-            "-s", str(tmp), "-p", str(final), str(site)]
-    proc = _run(argv, env=env, cwd=host.base_python.parent, what="compileall")
-    if proc.returncode != 0:  # e.g. a package ships a template with bad syntax; harmless
-        logger.debug("safehub: compileall reported problems: %s", escape_untrusted(proc.stdout, limit=500))
-
-
-# --- the two backends -----------------------------------------------------------
-
-
-def _build_uv(uv: Path, tmp: Path, scratch: Path, resolution: Resolution, host: HostInfo,
-              env: Mapping[str, str], offline: bool) -> None:
-    proc = _run(
-        [str(uv), "venv", "--no-project", "--no-config", "--quiet", "--relocatable",
-         "--python", str(host.base_python), str(tmp)],
-        env=env, cwd=scratch, what="uv venv",
-    )
-    if proc.returncode != 0:
-        raise _fail(proc, "uv venv", resolution, False)
-    if not resolution.install:
-        return
-    before = _interpreter_files(tmp)
-    req = _write_lines(scratch / "requirements.txt", resolution.install_lines)
-    excl = _write_lines(scratch / "excludes.txt", sorted(TORCH_FAMILY))
-    cons = _write_lines(scratch / "constraints.txt", host.constraints)
-    argv = [str(uv), "pip", "install", "--no-config", "--color", "never", "--python", str(tmp / "bin" / "python"),
-            "--no-build", "--link-mode", "hardlink", "--excludes", str(excl), "-c", str(cons), "-r", str(req)]
-    if offline:
-        argv.append("--offline")
-    proc = _run(argv, env=env, cwd=scratch, what="uv")
-    if proc.returncode != 0:
-        raise _fail(proc, "uv", resolution, offline, host.constraints)
-    _check_interpreter(tmp, before, resolution)
-
-
-def _build_virtualenv(tmp: Path, scratch: Path, resolution: Resolution, host: HostInfo,
-                      env: Mapping[str, str], offline: bool) -> None:
-    proc = _run(
-        [sys.executable, "-I", "-m", "virtualenv", "--no-seed", "--no-download", "--no-periodic-update",
-         "--activators", "", "-p", str(host.base_python), str(tmp)],
-        env=env, cwd=scratch, what="virtualenv",
-    )
-    if proc.returncode != 0:
-        raise _fail(proc, "virtualenv", resolution, False)
-    if not resolution.install:
-        return
-    before = _interpreter_files(tmp)
-    # pip cannot exclude packages. Show it the host's packages (through the .pth,
-    # read-only: pip never uninstalls outside the env's prefix) and pin the torch
-    # family to the host's versions, so a dependency wanting another torch fails
-    # to resolve instead of downloading one.
-    _write_pth(_site_packages(tmp, host), host)
-    pins = [f"{n}=={v}" for n, v in sorted(host.packages.items())]
-    pins += [f"{n}<0" for n in sorted(TORCH_FAMILY - set(host.packages))]  # absent: never installable
-    req = _write_lines(scratch / "requirements.txt", resolution.install_lines)
-    cons = _write_lines(scratch / "constraints.txt", [*host.constraints, *pins])
-    argv = [sys.executable, "-I", "-m", "pip", "--python", str(tmp / "bin" / "python"), "install",
-            "--no-input", "--only-binary", ":all:", "--no-compile", "--no-warn-script-location",
-            "-c", str(cons), "-r", str(req)]
-    if offline:
-        argv.append("--no-index")
-    proc = _run(argv, env=env, cwd=scratch, what="pip")
-    if proc.returncode != 0:
-        raise _fail(proc, "pip", resolution, offline, host.constraints)
-    _check_interpreter(tmp, before, resolution)
 
 
 # --- the entry point --------------------------------------------------------------
@@ -482,9 +189,9 @@ def ensure_env(
         if marker is not None:
             return _python_env(final, host, key, marker)
         for stale in envs.glob(f".tmp-{key[:16]}-*"):  # crashed builds of this key; we hold its lock
-            _remove(stale)
+            remove_tree(stale)
         if final.exists() or final.is_symlink():  # incomplete or foreign: never trusted
-            _remove(final)
+            remove_tree(final)
         tmp = envs / f".tmp-{key[:16]}-{uuid.uuid4().hex[:8]}"
         started = time.monotonic()
         say("safehub: building environment %s (%s) for: %s", key[:16], backend_name,
@@ -493,7 +200,7 @@ def ensure_env(
             marker = _build(tmp, final, resolution, host, backend_name, uv, env, offline, key, inputs)
             os.rename(tmp, final)
         except BaseException:
-            _remove(tmp)
+            remove_tree(tmp)
             raise
         say("safehub: environment %s ready in %.1f s", key[:16], time.monotonic() - started)
         return _python_env(final, host, key, marker)
@@ -503,25 +210,25 @@ def ensure_env(
 
 def _build(tmp: Path, final: Path, resolution: Resolution, host: HostInfo, backend: str, uv: Path | None,
            env: Mapping[str, str], offline: bool, key: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
-    child = _child_env(env, offline)
+    child = child_env(env, offline)
     scratch = Path(str(tmp) + ".in")  # installer inputs, beside the env; matches the stale glob
     scratch.mkdir()
     try:
         if backend == "uv":
             assert uv is not None
-            _build_uv(uv, tmp, scratch, resolution, host, child, offline)
+            build_uv(uv, tmp, scratch, resolution, host, child, offline)
         else:
-            _build_virtualenv(tmp, scratch, resolution, host, child, offline)
+            build_virtualenv(tmp, scratch, resolution, host, child, offline)
     finally:
-        _remove(scratch)
-    site = _site_packages(tmp, host)
+        remove_tree(scratch)
+    site = site_packages(tmp, host)
     if not site.is_dir():
         raise EnvironmentBuildError(f"the new environment has no {site.name} folder at {site}",
                                     hint="report this with your Python and installer versions")
     check_installed_requirements(site, host.packages)
     if resolution.install:
-        _compile(tmp, final, site, host, child)
-    _write_pth(site, host)
+        compile_bytecode(tmp, final, site, host, child)
+    write_pth(site, host)
     marker = {
         "format": FORMAT_VERSION,
         "key": key,
@@ -531,5 +238,5 @@ def _build(tmp: Path, final: Path, resolution: Resolution, host: HostInfo, backe
         "created": time.time(),
         "pid": os.getpid(),
     }
-    _write_fresh(tmp / MARKER, json.dumps(marker, indent=1, sort_keys=True))
+    write_fresh(tmp / MARKER, json.dumps(marker, indent=1, sort_keys=True))
     return marker

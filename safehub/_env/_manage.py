@@ -13,7 +13,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._build import MARKER, _read_marker, _remove, lock_path
+from ._build import MARKER, _read_marker, lock_path
+from ._installers import remove_tree
 
 __all__ = ["EnvRecord", "list_envs", "remove_env", "prune_envs"]
 
@@ -70,7 +71,7 @@ def remove_env(hub_dir: Path | str, name: str, *, timeout: float = 60.0) -> bool
             return False
         doomed = root.with_name(f".tmp-{name}-rm{uuid.uuid4().hex[:8]}")
         os.rename(root, doomed)
-        _remove(doomed)
+        remove_tree(doomed)
         return True
 
 
@@ -91,7 +92,7 @@ def prune_envs(hub_dir: Path | str) -> list[str]:
         try:
             with FileLock(str(lock_path(Path(hub_dir), name)), timeout=0):
                 if p.exists() or p.is_symlink():
-                    _remove(p)
+                    remove_tree(p)
                     removed.append(p.name)
         except Timeout:
             continue
