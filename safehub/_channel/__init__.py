@@ -16,10 +16,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .._errors import UnsafeSpecError
 from ._limits import ChannelLimits
 
 __all__ = ["rebuild_from_output", "ChannelLimits", "SPEC_FILE", "WEIGHTS_FILE"]
 
+_DEFAULT_HINT = (
+    "nothing was built. The repo's model could not be carried out of the sandbox as validated data; "
+    "if the repo is trusted and unmodified, report this message to the safehub maintainers"
+)
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -33,7 +38,7 @@ def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLim
     """
     import torch
 
-    from ._build import build_module
+    from ._build import build_graphs, build_module
     from ._files import open_output_file, read_output_file
     from ._leaves import build_leaves_on_meta
     from ._spec import ModuleRef, parse_spec
@@ -43,21 +48,27 @@ def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLim
     device = torch.device(device if device is not None else "cpu")
     out_dir = Path(out_dir)
 
-    # 1. Validate everything that needs no tensor data.
-    spec = parse_spec(read_output_file(out_dir, SPEC_FILE, max_bytes=limits.spec_bytes), limits=limits, device=device)
-    fd = open_output_file(out_dir, WEIGHTS_FILE, max_bytes=limits.weights_bytes)
     try:
-        entries = read_header(fd, limits)
-        check_against_spec(entries, spec)
-        meta_leaves = {mid: build_leaves_on_meta(mspec) for mid, mspec in spec.modules.items()}
-        # 2. Only now read tensor data and build.
-        loaded = load_tensors(fd, entries, device)
-    finally:
-        os.close(fd)
-    built: dict[str, Any] = {}
-    for mid, mspec in spec.modules.items():
-        tensors = {p: loaded.pop(f"{mid}.{p}") for p in mspec.tensors}
-        built[mid] = build_module(mspec, meta_leaves[mid], tensors)
+        # 1. Validate everything that needs no tensor data.
+        spec = parse_spec(read_output_file(out_dir, SPEC_FILE, max_bytes=limits.spec_bytes), limits=limits, device=device)
+        graphs = {mid: build_graphs(mspec) for mid, mspec in spec.modules.items()}
+        fd = open_output_file(out_dir, WEIGHTS_FILE, max_bytes=limits.weights_bytes)
+        try:
+            entries = read_header(fd, limits)
+            check_against_spec(entries, spec)
+            meta_leaves = {mid: build_leaves_on_meta(mspec) for mid, mspec in spec.modules.items()}
+            # 2. Only now read tensor data and build.
+            loaded = load_tensors(fd, entries, device)
+        finally:
+            os.close(fd)
+        built: dict[str, Any] = {}
+        for mid, mspec in spec.modules.items():
+            tensors = {p: loaded.pop(f"{mid}.{p}") for p in mspec.tensors}
+            built[mid] = build_module(mspec, meta_leaves[mid], tensors, graphs[mid])
+    except UnsafeSpecError as exc:
+        if exc.hint is not None:
+            raise
+        raise type(exc)(exc.message, hint=_DEFAULT_HINT) from None
 
     def materialize(value: Any) -> Any:
         if isinstance(value, ModuleRef):

@@ -10,18 +10,47 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._errors import TensorMismatchError, UnsafeSpecError
+from .._errors import InvalidNameError, TensorMismatchError, UnsafeSpecError
 from ._literals import NodeRef
 from ._names import show
 from ._spec import GraphSpec, ModuleSpec
 
-__all__ = ["build_module"]
+__all__ = ["build_module", "build_graphs"]
 
 
-def build_module(mspec: ModuleSpec, leaves: dict[str, Any], tensors: dict[str, Any]) -> Any:
+def build_graphs(mspec: ModuleSpec) -> dict[str, Any]:
+    """Create the fx.Graphs of one module and check the code FX will generate
+    for them. Needs no tensors, so it runs with the other validation steps."""
+    graphs = {name: _build_graph(gspec) for name, gspec in mspec.graphs.items()}
+    for name, graph in graphs.items():
+        _check_generated_names(graph, mspec.graphs[name], f"module {mspec.mid} {name} graph")
+        try:
+            graph.lint()
+        except Exception as exc:  # noqa: BLE001 - lint raises RuntimeError and others
+            raise UnsafeSpecError(f"module {mspec.mid} {name} graph failed Graph.lint(): {show(str(exc), 300)}") from None
+    return graphs
+
+
+def _check_generated_names(graph: Any, gspec: GraphSpec, where: str) -> None:
+    """Placeholder targets become argument names of the generated ``forward``
+    verbatim. One that equals a name the generated code uses as a global
+    (``torch``, ``getattr``, ``device``...) would shadow it, so that
+    ``torch.relu(...)`` would call an attribute of a caller's argument."""
+    from torch.fx.graph import _custom_builtins
+
+    code = graph.python_code(root_module="self")
+    taken = set(code.globals) | set(_custom_builtins) | {"self", "getattr", "slice", "Ellipsis"}
+    for target in gspec.placeholders:
+        if target in taken:
+            raise InvalidNameError(
+                f"{where}: argument name {show(target)} would shadow {show(target)} in the generated forward",
+                hint="rename that forward() argument in the model",
+            )
+
+
+def build_module(mspec: ModuleSpec, leaves: dict[str, Any], tensors: dict[str, Any], graphs: dict[str, Any]) -> Any:
     """``leaves`` are the meta-built leaves, ``tensors`` maps spec paths to loaded
-    tensors (already on the target device)."""
-    import torch
+    tensors (already on the target device), ``graphs`` come from build_graphs."""
     from torch import nn
 
     from ._leaves import leaf_members
@@ -80,22 +109,20 @@ def build_module(mspec: ModuleSpec, leaves: dict[str, Any], tensors: dict[str, A
     for path, lspec in mspec.leaves.items():
         leaves[path].train(lspec.training)
 
-    eval_graph = _build_graph(mspec.graphs["eval"], torch)
-    train_spec = mspec.graphs.get("train")
-    train_graph = _build_graph(train_spec, torch) if train_spec is not None else None
+    eval_graph, train_graph = graphs["eval"], graphs.get("train")
     gm = SafehubGraphModule(root, eval_graph, train_graph)
     gm.training = mspec.training
     for name, graph in (("eval", eval_graph), ("train", train_graph)):
         if graph is None:
             continue
         try:
-            graph.lint()
+            graph.lint()  # again, now that targets resolve against the module
         except Exception as exc:  # noqa: BLE001 - lint raises RuntimeError and others
             raise UnsafeSpecError(f"module {mspec.mid} {name} graph failed Graph.lint(): {show(str(exc), 300)}") from None
     return gm
 
 
-def _build_graph(gspec: GraphSpec, torch: Any) -> Any:
+def _build_graph(gspec: GraphSpec) -> Any:
     from torch import fx
 
     graph = fx.Graph()

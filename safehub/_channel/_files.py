@@ -21,7 +21,13 @@ def open_output_file(folder: Path, name: str, *, max_bytes: int) -> int:
     The caller owns the fd."""
     if "/" in name or name in {"", ".", ".."}:
         raise UnsafeSpecError(f"output file name {name!r} is not a plain file name")
-    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:  # ENOTDIR/ELOOP: a symlink or a file where the folder should be
+        raise UnsafeSpecError(
+            f"refusing to read sandbox output folder {str(folder)!r}: {exc.strerror}",
+            hint="the output folder must be a real directory, not a link",
+        ) from None
     try:
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
