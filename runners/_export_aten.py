@@ -151,7 +151,8 @@ def export_aten(model: nn.Module, example_inputs: tuple) -> tuple[dict, _export_
         gm_state = _export_state.collect_state(gm, requires_grad_of=rg, persistent_of=pers)
         if state is None:
             state = gm_state
-        elif set(gm_state.tensors) != set(state.tensors):
+            state_keys = set(gm_state.tensors)
+        elif set(gm_state.tensors) != state_keys:
             raise AtenExportError("eval and train exports disagree on the model's parameters and buffers")
         for path in sorted(get_attrs):
             if path in gm_state.tensors or path in gm_state.aliases:

@@ -44,3 +44,21 @@ def test_aten_cnn_through_host_consumer(zoo, tmp_path: Path) -> None:  # noqa: F
         for b in (1, 6):
             x = torch.randn(b, 3, 16, 16)
             assert close(outputs_of(twin, (x,), train=False), outputs_of(rebuilt, (x,), train=False))
+
+
+@pytest.mark.parametrize("name", sorted(ZOO_CASES))
+def test_zoo_in_aten_mode_through_host_consumer(zoo, tmp_path: Path, name: str) -> None:  # noqa: F811
+    """Every zoo model also survives aten mode, with a dynamic batch dimension."""
+    make_inputs, _ = ZOO_CASES[name]
+    model, out, summary = export(zoo, name, tmp_path, options={"mode": "aten"}, example_inputs=make_inputs(2))
+    assert summary["modules"]["m0"]["mode"] == "aten" and summary["modules"]["m0"]["dynamic_batch"] is True
+    _, rebuilt = consumer_rebuild(out)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for b in (1, 3):
+            x = make_inputs(b)
+            assert close(outputs_of(model, x, train=False), outputs_of(rebuilt, x, train=False)), (name, b)
+    x = make_inputs(4)
+    assert close(outputs_of(twin, x, train=True, seed=5), outputs_of(rebuilt, x, train=True, seed=5)), name
+    for k, b in twin.named_buffers():
+        assert torch.allclose(b.float(), rebuilt.get_buffer(k).float()), (name, k)
