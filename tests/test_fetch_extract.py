@@ -251,3 +251,50 @@ def test_tree_hash_sees_every_kind_of_change(tmp_path):
     os.unlink(root / "l")
     os.symlink("d/b.py", root / "l")
     assert tree_hash(root) != h0
+
+
+# --- property: whatever the names, nothing lands outside the destination -------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_COMPONENT = st.sampled_from(["a", "b", "..", ".", "", "C:", "x\\y", "/", "~", "\x00", "é", "top"])
+_NAME = st.lists(_COMPONENT, min_size=1, max_size=5).map("/".join)
+_KIND = st.sampled_from(["file", "dir", "link"])
+_TARGET = st.lists(st.sampled_from(["a", "b", "..", ".", "top", "/tmp"]), min_size=1, max_size=4).map("/".join)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=st.lists(st.tuples(_NAME, _KIND, _TARGET), min_size=1, max_size=6))
+def test_extraction_never_writes_outside(tmp_path_factory, entries):
+    base = tmp_path_factory.mktemp("prop")
+    dest = base / "dest"
+    dest.mkdir()
+    (base / "outside.txt").write_text("same")
+    raw = []
+    for name, kind, target in entries:
+        if "\x00" in name:
+            continue  # zipfile cannot write it; the NUL case has its own test
+        if kind == "dir":
+            raw.append((name.rstrip("/") + "/", b"", DIR))
+        elif kind == "link":
+            raw.append((name, target.encode(), LNK))
+        else:
+            raw.append((name, b"data", REG))
+    if not raw:
+        return
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # duplicate names
+        (base / "a.zip").write_bytes(raw_zip(raw))
+    try:
+        extract_zip(base / "a.zip", dest, ArchiveLimits())
+    except UnsafeArchiveError:
+        assert not any(dest.iterdir()), "a refused archive leaves nothing behind"
+    else:
+        real_dest = dest.resolve()
+        for p in dest.rglob("*"):
+            assert p.resolve().is_relative_to(real_dest) or not p.exists(), p
+    assert sorted(x.name for x in base.iterdir()) == ["a.zip", "dest", "outside.txt"]
+    assert (base / "outside.txt").read_text() == "same"
