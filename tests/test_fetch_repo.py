@@ -112,6 +112,12 @@ def test_fork_commit_is_refused(gh, hub):
     assert not (hub / "repos" / gh.host_key / "pytorch").exists()
     # From the fork itself it is fine.
     assert marker(load(gh, hub, f"mallory/vision:{evil}")) == "evil"
+    # skip_validation=True is the explicit opt-out, and its unchecked resolution or
+    # cache entry is never reused by a later validated load.
+    assert marker(load(gh, hub, f"pytorch/vision:{evil[:7]}", skip_validation=True)) == "evil"
+    for ref in (evil, evil[:7]):
+        with pytest.raises(ValueError, match="If it's a commit from a forked repo"):
+            load(gh, hub, f"pytorch/vision:{ref}")
 
 
 def test_old_commit_on_a_branch_is_accepted(gh, hub):

@@ -186,23 +186,27 @@ class RepoCache:
         key = "@default" if ref is None else quote(ref, safe="")
         return self.refs / host / owner.lower() / name.lower() / f"{key}.json"
 
-    def get_ref(self, host: str, owner: str, name: str, ref: str | None, *, max_age_s: float | None) -> str | None:
+    def get_ref(self, host: str, owner: str, name: str, ref: str | None, *, max_age_s: float | None,
+                require_validated: bool = False) -> str | None:
         path = self._ref_path(host, owner, name, ref)
         try:
             data = _read_json(path)
             sha, when = data["sha"], float(data["resolved_at"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
+        if require_validated and data.get("validated") is not True:
+            return None  # resolved with skip_validation: do the fork check now
         if not isinstance(sha, str) or not SHA_RE.match(sha):
             return None
         if max_age_s is not None and not (0 <= time.time() - when <= max_age_s):
             return None
         return sha
 
-    def put_ref(self, host: str, owner: str, name: str, ref: str | None, sha: str, resolved: str) -> None:
+    def put_ref(self, host: str, owner: str, name: str, ref: str | None, sha: str, resolved: str,
+                *, validated: bool = True) -> None:
         atomic_write_json(
             self._ref_path(host, owner, name, ref),
-            {"ref": ref, "resolved_ref": resolved, "sha": sha, "resolved_at": time.time()},
+            {"ref": ref, "resolved_ref": resolved, "sha": sha, "resolved_at": time.time(), "validated": validated},
         )
 
     def cached_refs(self, host: str, owner: str, name: str) -> dict[str, str]:

@@ -184,18 +184,20 @@ class _Fetcher:
     def resolve(self, ref: str | None, *, force: bool, skip_validation: bool) -> tuple[str | None, str]:
         host = self.host.key
         if self.offline:
-            sha = self.cache.get_ref(host, self.owner, self.name, ref, max_age_s=None)
+            sha = self.cache.get_ref(host, self.owner, self.name, ref, max_age_s=None,
+                                     require_validated=not skip_validation)
             if sha is None:
                 what = f"the commit of {self.slug}:{ref}" if ref else f"the default branch of {self.slug}"
                 raise self._offline_error(what)
             logger.info("offline: using the cached resolution %s -> %s", ref or "default branch", sha)
             return ref, sha
         if not force:
-            sha = self.cache.get_ref(host, self.owner, self.name, ref, max_age_s=ref_ttl(self.env))
+            sha = self.cache.get_ref(host, self.owner, self.name, ref, max_age_s=ref_ttl(self.env),
+                                     require_validated=not skip_validation)
             if sha is not None:
                 return ref, sha
         resolved, sha = self.resolver.resolve(ref, skip_validation=skip_validation)
-        self.cache.put_ref(host, self.owner, self.name, ref, sha, resolved)
+        self.cache.put_ref(host, self.owner, self.name, ref, sha, resolved, validated=not skip_validation)
         logger.info("resolved %s:%s to commit %s", self.slug, resolved, sha)
         return resolved, sha
 
