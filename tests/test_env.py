@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import importlib.metadata as md
 import json
+import logging
 import os
 import re
 import signal
@@ -304,6 +305,17 @@ def test_missing_host_package_fails_before_building(tmp_path):
     assert not (tmp_path / "envs").exists()
 
 
+def test_without_uv_the_virtualenv_backend_is_chosen(monkeypatch):
+    # Simulated absence (this machine has uv): the uv wheel unimportable, no uv on PATH.
+    from safehub._env._installers import choose_backend
+
+    assert choose_backend(None, os.environ)[0] == "uv"
+    monkeypatch.setitem(sys.modules, "uv", None)
+    assert choose_backend(None, {"PATH": "/nonexistent"}) == ("virtualenv", None)
+    with pytest.raises(EnvironmentBuildError, match="uv was requested but is not installed"):
+        choose_backend("uv", {"PATH": "/nonexistent"})
+
+
 def test_unknown_backend_is_refused(tmp_path):
     with pytest.raises(EnvironmentBuildError, match="unknown environment backend"):
         ensure_env(["yaml"], hub_dir=tmp_path, backend="conda")
@@ -346,9 +358,18 @@ def test_uv_env_has_its_packages_and_the_host_torch(tmp_path):
 
 
 @pytest.mark.slow
-def test_empty_dependencies_still_share_torch(tmp_path):
-    env = ensure_env([], hub_dir=tmp_path, verbose=False)
+def test_empty_dependencies_still_share_torch(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="safehub")
+    quiet = {**os.environ, "SAFEHUB_DISABLE_PROGRESS_BARS": "1"}
+    env = ensure_env([], hub_dir=tmp_path, env=quiet)  # verbose, but progress switched off
     assert env.distributions == ()
+    assert [r for r in caplog.records if r.levelno >= logging.INFO] == []
+    assert any("building environment" in r.getMessage() for r in caplog.records)  # still at DEBUG
+    caplog.clear()
+    remove_env(tmp_path, env.root.name)
+    loud = {**os.environ, "SAFEHUB_DISABLE_PROGRESS_BARS": "0"}
+    env = ensure_env([], hub_dir=tmp_path, verbose=True, env=loud)
+    assert any(r.levelno == logging.INFO and "building environment" in r.getMessage() for r in caplog.records)
     proc = run_in(env, "import torch, sys; print(torch.__version__)")
     assert proc.returncode == 0 and proc.stdout.strip() == HOST_TORCH, proc.stderr
 
