@@ -288,6 +288,18 @@ def test_index_credentials_stay_out_of_the_marker():
     assert env_key(inputs) != env_key(other)
 
 
+def test_host_inspection_never_imports_torch(tmp_path):
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "import safehub._env as e\n"
+        "e.host_info(); e.host_env(); e.resolve_dependencies(['torch>=2', 'torchvision'])\n"
+        "e.ensure_env(['torch'], hub_dir=%r, verbose=False)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    ) % (str(REPO), str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_host_env_is_the_host_interpreter():
     env = host_env()
     assert env.python == Path(sys.executable) and env.backend == "host"
