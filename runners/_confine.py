@@ -7,7 +7,8 @@ cannot be applied, :func:`apply` raises and the runner never imports the repo.
 
 Keys (all optional):
   close_fds: bool          close every descriptor above stderr
-  rlimits: {NAME: int}     RLIMIT_NAME soft == hard (NPROC, AS, FSIZE, CPU, CORE)
+  rlimits: {NAME: int | [soft, hard]}  RLIMIT_NAME (NPROC, AS, FSIZE, CPU, CORE);
+                           an int sets soft == hard
   nproc_above_current: int RLIMIT_NPROC = processes this uid runs now + N
                            (for backends without a user namespace of their own)
   no_new_privs: bool       prctl(PR_SET_NO_NEW_PRIVS)
@@ -204,11 +205,12 @@ def _rlimits(limits: dict, above_current: int | None) -> None:
         which = getattr(resource, f"RLIMIT_{name}", None)
         if which is None:
             raise ConfineError(f"this platform has no RLIMIT_{name}")
-        value = int(value)
-        soft, hard = resource.getrlimit(which)
-        if hard != resource.RLIM_INFINITY and value > hard:
-            value = hard  # never raise a limit the host already lowered
-        resource.setrlimit(which, (value, value))
+        soft, hard = (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
+        current = resource.getrlimit(which)[1]
+        if current != resource.RLIM_INFINITY:
+            # Never raise a limit an outer layer already lowered.
+            soft, hard = min(soft, current), min(hard, current)
+        resource.setrlimit(which, (soft, hard))
 
 
 def apply(config: dict) -> None:

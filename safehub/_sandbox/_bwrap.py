@@ -190,7 +190,7 @@ class BwrapBackend(SandboxBackend):
             wait_gone(pid1)
             strays = kill_uid(uid) if uid is not None else 0
         stdout, stderr = out.result(), err.result()
-        killed_by = killed_by or killed_by_signal(proc.returncode)
+        killed_by = killed_by or killed_by_signal(proc.returncode, request.limits, watchdog.peak_cpu_s)
         return SandboxResult(
             returncode=proc.returncode,
             stdout=stdout,
@@ -221,7 +221,7 @@ class BwrapBackend(SandboxBackend):
         uid: int | None,
         allow_gpu: bool = False,
         tmpfs_bytes: int = 64 * 1024**2,
-        rlimits: dict[str, int] | None = None,
+        rlimits: dict[str, int | list[int]] | None = None,
     ) -> tuple[list[str], tuple[int, ...], "callable"]:  # type: ignore[valid-type]
         fds: list[int] = []
 
@@ -293,8 +293,13 @@ class BwrapBackend(SandboxBackend):
         if rlimits:
             # Set after the user namespace exists: there RLIMIT_NPROC counts only the
             # sandbox's processes (before it, all of the caller's).
-            args += [self.prlimit, *(f"--{PRLIMIT_NAMES[k]}={v}:{v}" for k, v in sorted(rlimits.items())), "--"]
+            args += [self.prlimit, *(f"--{PRLIMIT_NAMES[k]}={_pair(v)}" for k, v in sorted(rlimits.items())), "--"]
         args += command
         for fd in fds:
             os.set_inheritable(fd, True)
         return args, tuple(fds), cleanup
+
+
+def _pair(value: int | list[int]) -> str:
+    soft, hard = (value, value) if isinstance(value, int) else value
+    return f"{int(soft)}:{int(hard)}"

@@ -35,22 +35,26 @@ POLL_S = 0.05
 DISK_POLL_S = 0.5
 
 
-def confine_rlimits(limits: Limits) -> dict[str, int]:
-    """The rlimits the runner sets (soft == hard, so repo code cannot raise them)."""
-    out: dict[str, int] = {"CORE": 0}
+def confine_rlimits(limits: Limits) -> dict[str, int | list[int]]:
+    """The rlimits the runner sets: an int is soft == hard (repo code cannot raise
+    it), a pair is [soft, hard]."""
+    out: dict[str, int | list[int]] = {"CORE": 0}
     if limits.memory_bytes is not None:
         out["AS"] = int(limits.memory_bytes) + AS_HEADROOM
     if limits.max_file_bytes is not None:
         out["FSIZE"] = int(limits.max_file_bytes)
     if limits.cpu_time_s is not None:
-        out["CPU"] = int(limits.cpu_time_s)
+        # SIGXCPU at the soft limit (kills unless handled), SIGKILL a second later.
+        out["CPU"] = [int(limits.cpu_time_s), int(limits.cpu_time_s) + 1]
     if limits.max_pids is not None:
         out["NPROC"] = int(limits.max_pids)
     return out
 
 
-def killed_by_signal(returncode: int | None) -> str | None:
-    """Map a death by an rlimit signal to the limit (bwrap reports 128+sig)."""
+def killed_by_signal(returncode: int | None, limits: Limits | None = None, peak_cpu_s: float = 0.0) -> str | None:
+    """Map a death by an rlimit signal to the limit (bwrap and the reaper report
+    128+sig). SIGKILL counts as the CPU limit when the watchdog saw the tree's
+    busiest process near it (the hard limit, for a repo that ignored SIGXCPU)."""
     if returncode is None:
         return None
     sig = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else 0
@@ -58,6 +62,9 @@ def killed_by_signal(returncode: int | None) -> str | None:
         return "cpu"
     if sig == signal.SIGXFSZ:
         return "disk"
+    if sig == signal.SIGKILL and limits is not None and limits.cpu_time_s is not None:
+        if peak_cpu_s >= limits.cpu_time_s - 0.5:
+            return "cpu"
     return None
 
 
@@ -103,6 +110,7 @@ class Watchdog:
     exclude: set[int] = field(default_factory=set)
     peak_rss: int = 0
     peak_pids: int = 0
+    peak_cpu_s: float = 0.0
 
     def check(self, started: float) -> str | None:
         """One poll. Returns the limit that was hit, or None."""
@@ -119,6 +127,13 @@ class Watchdog:
         self.peak_pids = max(self.peak_pids, len(tree))
         if limits.max_pids is not None and len(tree) >= limits.max_pids:
             return "pids"
+        if limits.cpu_time_s is not None:
+            for p in tree:
+                try:
+                    t = p.cpu_times()
+                except psutil.Error:
+                    continue
+                self.peak_cpu_s = max(self.peak_cpu_s, t.user + t.system)
         if limits.memory_bytes is not None:
             rss = 0
             for p in tree:

@@ -85,7 +85,7 @@ def run_supervised(
             proc.kill()
             proc.wait()
         psutil.wait_procs(list(seen.values()), timeout=10)
-    killed_by = killed_by or killed_by_signal(proc.returncode)
+    killed_by = killed_by or killed_by_signal(proc.returncode, request.limits, watchdog.peak_cpu_s)
     if killed_by is None:
         # A full scratch folder at exit still means the disk limit was reached.
         killed_by = watchdog.check_disk()
