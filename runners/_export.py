@@ -126,12 +126,16 @@ def _export_module(model: nn.Module, mode: str, examples: tuple | None) -> tuple
         try:
             spec, state, info = _export_fx.export_fx(model, examples)
             return spec, state, info
+        except _export_fx.BadExampleInputs as exc:
+            raise ExportFailed(f"cannot export {_describe(model)}: {exc}. Check example_inputs") from exc
         except (_export_fx.FxExportError, _export_state.StateExportError) as exc:
             fx_error = exc
             if mode == "fx":
                 raise ExportFailed(
                     f"fx mode failed for {_describe(model)}: {exc}. Try mode='aten' with example_inputs=(...)"
                 ) from exc
+    if type(model).forward is nn.Module.forward:
+        raise ExportFailed(f"cannot export {_describe(model)}: it has no forward(); return the submodule you want instead")
     if examples is None:
         raise ExportFailed(
             f"cannot export {_describe(model)}: fx tracing failed ({fx_error}); aten mode (torch.export) needs example "

@@ -18,6 +18,10 @@ class FxExportError(RuntimeError):
     """Symbolic tracing could not carry the model."""
 
 
+class BadExampleInputs(ValueError):
+    """The model cannot run on the example inputs it was given."""
+
+
 # Tensor properties with one answer for every input the host can feed (dense,
 # strided, not nested): answered concretely so library code that checks them
 # (e.g. nn.TransformerEncoder's is_nested) stays traceable.
@@ -130,6 +134,16 @@ def _rewrite_private(graph: fx.Graph) -> None:
             graph.erase_node(node)
 
 
+def _same_tensor(a: Any, b: Any) -> bool:
+    return (
+        isinstance(a, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and a.shape == b.shape
+        and a.dtype == b.dtype
+        and bool(torch.equal(a, b))
+    )
+
+
 def _compare(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         return a.shape == b.shape and a.dtype == b.dtype and torch.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True)
@@ -151,14 +165,22 @@ def _self_check(model: nn.Module, graph: fx.Graph, constants: dict[str, Any], ex
             delattr(model, k)
     with _export_state.training_mode(model, False), torch.no_grad():
         gm.eval()
-        expected = model(*example_inputs)
-        got = gm(*example_inputs)
+        try:
+            expected = model(*example_inputs)
+        except Exception as exc:  # noqa: BLE001 - the user's inputs, reported as such
+            raise BadExampleInputs(f"the model itself fails on the example inputs: {type(exc).__name__}: {exc}") from exc
+        try:
+            got = gm(*example_inputs)
+        except Exception as exc:  # noqa: BLE001
+            raise FxExportError(f"the traced graph fails on the example inputs: {type(exc).__name__}: {exc}") from exc
     if not _compare(expected, got):
         raise FxExportError("the traced graph's output differs from the model's on the example inputs (the forward depends on values fx cannot see)")
 
 
 def export_fx(model: nn.Module, example_inputs: tuple | None) -> tuple[dict, _export_state.ModuleState, dict]:
     """Return ``(module spec, state, info)`` or raise FxExportError."""
+    if type(model).forward is nn.Module.forward:
+        raise FxExportError(f"{type(model).__qualname__} has no forward(); return the submodule you want instead")
     if model._forward_hooks or model._forward_pre_hooks:
         # Tracer.trace calls root.forward directly: root hooks would be lost silently.
         raise FxExportError("the model has forward hooks on its root module, which fx tracing would drop")
@@ -185,11 +207,13 @@ def export_fx(model: nn.Module, example_inputs: tuple | None) -> tuple[dict, _ex
         except _export_graph.GraphExportError as exc:
             raise FxExportError(str(exc)) from exc
         for path in sorted(get_attrs):
+            value = constants[path] if path in constants else None
             if path in state.tensors or path in state.aliases:
+                if value is not None and not _same_tensor(state.tensors.get(path), value):
+                    raise FxExportError(f"eval and train traces made different constants named {path}")
                 continue
-            value = constants[path] if path in constants else _export_state.resolve_attr(model, path)
-            if path in constants and mode_name == "train" and path in state.tensors:
-                continue
+            if value is None:
+                value = _export_state.resolve_attr(model, path)
             _export_state.add_constant(state, path, value)
         graphs[mode_name] = spec
         node_count = max(node_count, len(spec["nodes"]))

@@ -374,14 +374,22 @@ def test_explicit_example_inputs_win_and_batch_one_is_widened(zoo, tmp_path: Pat
             assert close(original(x), rebuilt(x))
 
 
-def test_through_the_runner(tmp_path: Path) -> None:
-    """The real runner script in a fresh interpreter, as the sandbox runs it."""
+@pytest.mark.parametrize(
+    "entry, example, mode",
+    [("resnet", None, "fx"), ("data_dependent", None, "aten"), ("tuple_output", (torch.randn(2, 3),), "fx")],
+)
+def test_through_the_runner(tmp_path: Path, entry: str, example: Any, mode: str) -> None:
+    """The real runner script in a fresh interpreter, as the sandbox runs it: the
+    hubconf's example_inputs dict (data_dependent) and host-sent example inputs."""
+    import pickle
+
     job = tmp_path / "job"
     (job / "in").mkdir(parents=True)
     (job / "out").mkdir()
-    (job / "in" / "request.json").write_text(
-        json.dumps({"protocol": 1, "action": "load", "repo_dir": str(ZOO), "entrypoint": "resnet", "export": {}, "confine": {}})
-    )
+    request = {"protocol": 1, "action": "load", "repo_dir": str(ZOO), "entrypoint": entry, "export": {}, "confine": {}}
+    (job / "in" / "request.json").write_text(json.dumps(request))
+    if example is not None:
+        (job / "in" / "example_inputs.pkl").write_bytes(pickle.dumps(example))
     proc = subprocess.run(
         [sys.executable, "-I", "-B", str(RUNNERS / "safehub_runner.py"), str(job)],
         capture_output=True, text=True, timeout=300,
@@ -389,9 +397,23 @@ def test_through_the_runner(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     result = json.loads((job / "out" / "result.json").read_text())
     assert result["status"] == "ok", result
-    assert result["summary"]["modules"]["m0"]["mode"] == "fx"
-    spec, rebuilt = ref.check_and_rebuild(job / "out")
+    assert result["summary"]["modules"]["m0"]["mode"] == mode
+    ref.check_and_rebuild(job / "out")
     assert sorted(p.name for p in (job / "out").iterdir()) == ["result.json", "spec.json", "weights.safetensors"]
+
+
+def test_runner_reports_unsupported_return(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    (job / "in").mkdir(parents=True)
+    (job / "out").mkdir()
+    request = {"protocol": 1, "action": "load", "repo_dir": str(ZOO), "entrypoint": "plain_function", "export": {}, "confine": {}}
+    (job / "in" / "request.json").write_text(json.dumps(request))
+    proc = subprocess.run([sys.executable, "-I", "-B", str(RUNNERS / "safehub_runner.py"), str(job)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((job / "out" / "result.json").read_text())
+    assert result["status"] == "error" and result["error"]["category"] == "unsupported_return"
+    assert "function" in result["error"]["message"]
+    assert not (job / "out" / "spec.json").exists()
 
 
 class _ItemScale(torch.nn.Module):
@@ -462,3 +484,40 @@ def test_export_leaves_model_state_alone(zoo) -> None:
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert model.training is True
+
+
+def test_tensors_sharing_storage_are_written_separately(tmp_path: Path) -> None:
+    class Views(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            base = torch.arange(6.0)
+            self.register_buffer("a", base[:3])
+            self.register_buffer("b", base[3:])
+            self.w = torch.nn.Parameter(torch.randn(3, 2))
+            self.register_buffer("wt", self.w.detach().t())  # non-contiguous view of a parameter
+
+        def forward(self, x):
+            return x * self.a + self.b + self.wt.sum()
+
+    model = Views()
+    _export.export_object(model, str(tmp_path), options={}, example_inputs=None, hubconf=None, entrypoint="x")
+    spec, rebuilt = ref.check_and_rebuild(tmp_path)
+    assert spec["modules"]["m0"]["aliases"] == {}
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        assert close(model(x), rebuilt(x))
+
+
+def test_bad_example_inputs_are_reported_as_such(zoo, tmp_path: Path) -> None:
+    with pytest.raises(_export.ExportFailed, match="fails on the example inputs.*example_inputs"):
+        export(zoo, "resnet", tmp_path, example_inputs=(torch.randn(2, 5),))
+
+
+def test_module_without_forward(tmp_path: Path) -> None:
+    class Holder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.netG = torch.nn.Linear(2, 2)
+
+    with pytest.raises(_export.ExportFailed, match="no forward"):
+        _export.export_object(Holder(), str(tmp_path), options={}, example_inputs=None, hubconf=None, entrypoint="x")
