@@ -201,6 +201,11 @@ def test_non_string_entries_are_refused(bad):
         resolve_dependencies([bad])
 
 
+def test_no_dependencies_variable_means_nothing_to_install():
+    assert resolve_dependencies(None) == resolve_dependencies([]) == resolve_dependencies(())
+    assert resolve_dependencies(None).install == ()
+
+
 def test_a_bare_string_is_not_a_list():
     with pytest.raises(EnvironmentBuildError, match="list of strings"):
         resolve_dependencies("yaml")

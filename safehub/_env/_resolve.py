@@ -217,7 +217,7 @@ def _merge(a: str, b: str) -> str:
 
 
 def resolve_dependencies(
-    dependencies: Sequence[str] | Iterable[str],
+    dependencies: Sequence[str] | Iterable[str] | None,
     *,
     stdlib_names: Iterable[str] | None = None,
 ) -> Resolution:
@@ -227,7 +227,7 @@ def resolve_dependencies(
     """
     if isinstance(dependencies, (str, bytes)):
         raise _bad(dependencies, "dependencies must be a list of strings, not one string")
-    entries = list(dependencies)
+    entries = [] if dependencies is None else list(dependencies)  # hubconf without the variable
     if len(entries) > MAX_ENTRIES:
         raise EnvironmentBuildError(
             f"hubconf lists {len(entries)} dependencies; at most {MAX_ENTRIES} are accepted",
