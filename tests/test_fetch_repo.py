@@ -369,3 +369,26 @@ def test_rate_limit_and_404_messages(gh, hub):
     with pytest.raises(RateLimitError, match="rate limit") as info:
         load(gh, hub, "alice/model:main")
     assert "GITHUB_TOKEN" in str(info.value) and "resets at" in str(info.value)
+
+
+def test_progress_bars_follow_verbose_and_the_env_switch(gh, hub, capsys):
+    gh.add_repo("alice", "model").commit({"hubconf.py": hubconf("x"), "w.bin": os.urandom(300_000)})
+    get_repo("alice/model", trust_repo=True, hub_dir=hub, env=gh.env(), verbose=False)
+    assert capsys.readouterr().err == ""
+    get_repo("alice/model", trust_repo=True, hub_dir=hub, env=gh.env(SAFEHUB_DISABLE_PROGRESS_BARS="1"),
+             force_reload=True)
+    assert capsys.readouterr().err == ""
+    get_repo("alice/model", trust_repo=True, hub_dir=hub, env=gh.env(), force_reload=True, verbose=True)
+    assert "100%" in capsys.readouterr().err
+
+
+def test_unreachable_server_is_retried_then_explained(hub):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"SAFEHUB_GITHUB_URL": f"http://127.0.0.1:{port}"}
+    with pytest.raises(FetchError, match="after 3 attempts") as info:
+        get_repo("alice/model:main", trust_repo=True, hub_dir=hub, env=env, verbose=False)
+    assert "SAFEHUB_OFFLINE" in str(info.value)

@@ -134,11 +134,10 @@ class HttpClient:
                 raise self._http_error(url, exc, what) from None
             except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
                 reason = getattr(exc, "reason", exc)
-                if isinstance(reason, (TimeoutError, ConnectionError, OSError)) or isinstance(exc, (TimeoutError, ConnectionError)):
-                    last = exc
-                    self._sleep(attempt, None)
-                    continue
-                raise FetchError(f"cannot reach {_show(url)}: {reason}") from None
+                if not isinstance(reason, OSError):  # e.g. "unknown url type": retrying cannot help
+                    raise FetchError(f"cannot reach {_show(url)}: {reason}") from None
+                last = exc  # refused, reset, timed out, DNS hiccup
+                self._sleep(attempt, None)
         if isinstance(last, urllib.error.HTTPError):
             raise self._http_error(url, last, what) from None
         raise FetchError(
