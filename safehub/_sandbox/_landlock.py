@@ -57,10 +57,12 @@ class LandlockBackend(SandboxBackend):
         env = os.environ if env is None else env
         forced = env.get("SAFEHUB_LANDLOCK_ABI")  # tests: pretend the kernel lacks Landlock
         self.abi = abi if abi is not None else int(forced) if forced else landlock_abi()
+        self.forced = forced is not None and abi is None
 
     def check(self) -> str | None:
         if self.abi < MIN_ABI:
-            return f"Landlock is not available on this kernel; {HINT}"
+            why = " (SAFEHUB_LANDLOCK_ABI says so)" if self.forced else " on this kernel"
+            return f"Landlock is not available{why}; {HINT}"
         if os.geteuid() == 0 and self.abi < MIN_ABI_ROOT:
             return (
                 f"Landlock ABI {self.abi} cannot stop a job running as root from signalling host "

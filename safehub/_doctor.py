@@ -1,0 +1,183 @@
+"""``safehub doctor``: what isolation this machine can give.
+
+Reports, without running any repo code: whether bubblewrap works (by starting
+an empty sandbox with every layer a job gets), whether unprivileged user
+namespaces are allowed, the Landlock ABI and what it covers, whether a delegated
+cgroup v2 is available, and which backend ``sandbox="auto"`` would pick.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["doctor_report", "format_report"]
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def _user_namespaces() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "max_user_namespaces": _read("/proc/sys/user/max_user_namespaces"),
+        "unprivileged_userns_clone": _read("/proc/sys/kernel/unprivileged_userns_clone"),
+        "apparmor_restrict_unprivileged_userns": _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns"),
+    }
+    # The real test: can a process create one (as this user)?
+    code = "import ctypes,sys; l=ctypes.CDLL(None,use_errno=True); sys.exit(0 if l.unshare(0x10000000)==0 else ctypes.get_errno())"
+    try:
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, timeout=20, env={})
+        info["usable"] = done.returncode == 0
+        if done.returncode:
+            info["error"] = os.strerror(done.returncode) if 0 < done.returncode < 200 else f"exit {done.returncode}"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        info["usable"] = False
+        info["error"] = str(exc)
+    return info
+
+
+def _bwrap(env: Mapping[str, str]) -> dict[str, Any]:
+    from ._sandbox import BwrapBackend
+
+    backend = BwrapBackend(env=env)
+    info: dict[str, Any] = {"path": backend.bwrap, "version": None}
+    try:
+        done = subprocess.run([backend.bwrap, "--version"], capture_output=True, timeout=10, env={})
+        info["version"] = done.stdout.decode(errors="replace").strip() or None
+    except OSError:
+        pass
+    problem = backend.check()
+    info["usable"] = problem is None
+    if problem:
+        info["problem"] = problem
+    info["runs_job_as"] = "a fresh unprivileged uid (host is root)" if os.geteuid() == 0 else "the calling user"
+    return info
+
+
+def _landlock(env: Mapping[str, str]) -> dict[str, Any]:
+    from ._sandbox import LandlockBackend
+
+    backend = LandlockBackend(env=env)
+    abi = backend.abi
+    problem = backend.check()
+    info: dict[str, Any] = {
+        "abi": abi,
+        "lsm_list": _read("/sys/kernel/security/lsm"),
+        "filesystem": abi >= 1,
+        "tcp_bind_connect_denied": abi >= 4,
+        "signal_and_abstract_socket_scoping": abi >= 6,
+        "usable": problem is None,
+    }
+    if problem:
+        info["problem"] = problem
+    return info
+
+
+def _cgroup() -> dict[str, Any]:
+    """cgroup v2 and whether this process may manage a subtree of its own."""
+    info: dict[str, Any] = {"v2_mount": None, "own_cgroup": None, "controllers": [], "delegated": False}
+    mounts = _read("/proc/self/mounts") or ""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == "cgroup2":
+            info["v2_mount"] = fields[1]
+            break
+    info["v1_controllers_mounted"] = sorted(
+        {opt for line in mounts.splitlines() if len(line.split()) >= 4 and line.split()[2] == "cgroup"
+         for opt in line.split()[3].split(",") if opt in ("memory", "pids", "cpu", "freezer")}
+    )
+    own = None
+    for line in (_read("/proc/self/cgroup") or "").splitlines():
+        if line.startswith("0::"):
+            own = line[3:]
+    if info["v2_mount"] and own is not None:
+        folder = Path(info["v2_mount"]) / own.lstrip("/")
+        info["own_cgroup"] = str(folder)
+        controllers = (_read(str(folder / "cgroup.controllers")) or "").split()
+        info["controllers"] = controllers
+        info["delegated"] = (
+            {"memory", "pids"} <= set(controllers)
+            and os.access(folder, os.W_OK)
+            and os.access(folder / "cgroup.subtree_control", os.W_OK)
+        )
+    info["used_by_safehub"] = False
+    info["note"] = "limits are rlimits set inside the sandbox plus a watchdog on the whole process tree"
+    return info
+
+
+def doctor_report(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Everything ``safehub doctor --json`` prints. JSON-able."""
+    from ._errors import SandboxUnavailableError
+    from ._sandbox import get_backend
+
+    env = os.environ if env is None else env
+    report: dict[str, Any] = {
+        "platform": {
+            "system": platform.system(),
+            "kernel": platform.release(),
+            "machine": platform.machine(),
+            "python": sys.version.split()[0],
+            "euid": os.geteuid(),
+        },
+        "bwrap": _bwrap(env),
+        "user_namespaces": _user_namespaces(),
+        "landlock": _landlock(env),
+        "cgroup": _cgroup(),
+        "requested": env.get("SAFEHUB_SANDBOX") or "auto",
+    }
+    try:
+        chosen = get_backend(env.get("SAFEHUB_SANDBOX") or "auto", env=env) if report["requested"] != "process" else None
+        report["auto_backend"] = chosen.name if chosen else "process"
+        report["ok"] = chosen is not None
+    except SandboxUnavailableError as exc:
+        report["auto_backend"] = None
+        report["ok"] = False
+        report["problem"] = str(exc)
+    if report["requested"] == "process":
+        report["problem"] = "SAFEHUB_SANDBOX=process: repo code runs WITHOUT OS isolation"
+    return report
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """The human-readable ``safehub doctor`` output."""
+
+    def yes(flag: object) -> str:
+        return "yes" if flag else "no"
+
+    bw, ns, ll, cg = report["bwrap"], report["user_namespaces"], report["landlock"], report["cgroup"]
+    lines = [
+        f"safehub doctor — {report['platform']['system']} {report['platform']['kernel']} ({report['platform']['machine']}), "
+        f"python {report['platform']['python']}, euid {report['platform']['euid']}",
+        "",
+        f"bubblewrap          {yes(bw['usable'])}  ({bw.get('version') or bw['path']})",
+    ]
+    if bw.get("problem"):
+        lines.append(f"                    {bw['problem']}")
+    else:
+        lines.append(f"                    jobs run as {bw['runs_job_as']}")
+    lines.append(f"user namespaces     {yes(ns.get('usable'))}" + (f"  ({ns['error']})" if ns.get("error") else ""))
+    lines.append(
+        f"Landlock            ABI {ll['abi']}: files {yes(ll['filesystem'])}, TCP denied {yes(ll['tcp_bind_connect_denied'])}, "
+        f"signal/abstract-socket scoping {yes(ll['signal_and_abstract_socket_scoping'])}"
+    )
+    if ll.get("problem"):
+        lines.append(f"                    {ll['problem']}")
+    lines.append(
+        f"cgroup v2           {cg['v2_mount'] or 'not mounted'}; delegated with memory+pids: {yes(cg['delegated'])}"
+    )
+    lines.append(f"                    {cg['note']}")
+    lines.append("")
+    if report.get("ok"):
+        lines.append(f"sandbox='{report['requested']}' uses the {report['auto_backend']} backend.")
+    else:
+        lines.append(f"PROBLEM: {report.get('problem')}")
+    return "\n".join(lines)
