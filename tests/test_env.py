@@ -168,6 +168,9 @@ def test_torch_family_goes_to_the_host_not_the_installer():
         "a" * 300,
         "1numpy",
         "numpy=1.0",
+        "_",
+        "_private",
+        "trailing_",
     ],
 )
 def test_malformed_entries_are_refused(bad):

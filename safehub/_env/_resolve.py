@@ -126,6 +126,7 @@ IMPORT_TO_DIST: dict[str, str] = {
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*(?:[.\-][A-Za-z0-9_]+)*"
 _ENTRY = re.compile(rf"^\s*(?P<name>{_NAME})\s*(?P<spec>[<>=!~][^;@\[\]\\]*)?\s*$")
 _SPEC_CHARS = re.compile(r"^[A-Za-z0-9.*+!<>=~, ]*$")
+_DIST_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")  # PEP 508
 
 
 def canonical(name: str) -> str:
@@ -244,6 +245,8 @@ def resolve_dependencies(
             skipped.add(top)
             continue
         dist = _distribution_for(name)
+        if not _DIST_NAME.match(dist):
+            raise _bad(entry, f"{dist!r} cannot be a package name (private modules such as '_x' are not installable)")
         key = canonical(dist)
         bucket = host if key in TORCH_FAMILY else install
         if key in TORCH_FAMILY:
