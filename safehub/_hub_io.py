@@ -73,10 +73,9 @@ def load_checkpoint_file(
     """Read a checkpoint file: safetensors directly, anything else through the sandbox."""
     path = Path(path).resolve()
     if _is_safetensors(path):
-        from ._channel._weights import load_safetensors_checked
+        from ._channel._checkpoint import load_safetensors_checked
 
-        obj: Any = load_safetensors_checked(path.parent, path.name, max_bytes=MAX_CHECKPOINT_BYTES,
-                                            allow_links=True)
+        obj: Any = load_safetensors_checked(path.parent, path.name, max_bytes=MAX_CHECKPOINT_BYTES)
     else:
         obj = _convert_in_sandbox(path, weights_only=weights_only, sandbox=sandbox)
     return _apply_map_location(obj, map_location)

@@ -36,7 +36,9 @@ def test_load_human_output_and_kwargs():
 
 def test_list_and_help_json():
     listing = json.loads(run_cli("list", str(REPOS / "spine"), "--json").stdout)
-    assert listing["entrypoints"] == ["functional_net", "residual_cnn", "transformer_block"]
+    # Like torch.hub.list: the classes hubconf imports are public callables too.
+    assert listing["entrypoints"] == ["FunctionalNet", "ResidualCNN", "TransformerBlock",
+                                      "functional_net", "residual_cnn", "transformer_block"]
     doc = json.loads(run_cli("help", str(DEMO), "tinynet", "--json").stdout)["doc"]
     assert "TinyNet" in doc
 

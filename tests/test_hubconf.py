@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -21,18 +24,20 @@ def _repo(tmp_path: Path, hubconf: str, **files: str) -> Path:
     return repo
 
 
+TORCH_LIST = """
+import json, sys, torch.hub
+repo = sys.argv[1]
+sys.path.insert(0, repo)  # what torch.hub does before importing hubconf
+hub = torch.hub._import_module("hubconf", repo + "/hubconf.py")
+print(json.dumps([f for f in dir(hub) if callable(getattr(hub, f)) and not f.startswith("_")]))
+"""
+
+
 def _torch_list(repo: Path) -> list[str]:
-    import sys
-
-    try:
-        return torch.hub.list(str(repo), source="local")  # type: ignore[call-arg]
-    except TypeError:
-        # torch.hub.list has no `source`; list() on a local dir goes through _get_cache_or_reload.
-        from conftest import torch_hub_load_local  # noqa: F401
-
-        hub_module = torch.hub._import_module("hubconf", str(repo / "hubconf.py"))
-        sys.modules.pop("hubconf", None)
-        return [f for f in dir(hub_module) if callable(getattr(hub_module, f)) and not f.startswith("_")]
+    """torch.hub.list's rule (torch 2.13 `list` has no source="local"), applied in a fresh
+    process so that modules cached by other tests cannot change the answer."""
+    out = subprocess.run([sys.executable, "-c", TORCH_LIST, str(repo)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
 
 
 STATIC_CASES = {

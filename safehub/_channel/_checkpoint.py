@@ -15,7 +15,7 @@ from typing import Any
 from .._errors import SpecTooLargeError, TensorMismatchError, UnsafeSpecError, UnsupportedReturnError, escape_untrusted
 from ._files import open_output_file, read_output_file
 
-__all__ = ["read_converted_checkpoint", "MAX_CHECKPOINT_JSON_BYTES"]
+__all__ = ["read_converted_checkpoint", "load_safetensors_checked", "MAX_CHECKPOINT_JSON_BYTES"]
 
 MAX_CHECKPOINT_JSON_BYTES = 64 * 1024 * 1024
 MAX_DEPTH = 32
@@ -36,8 +36,6 @@ def read_converted_checkpoint(out_dir: Path, *, max_weight_bytes: int) -> Any:
         raise UnsafeSpecError(f"checkpoint.json is not valid JSON: {escape_untrusted(str(exc), limit=200)}") from None
     if not isinstance(doc, dict) or doc.get("format") != "safehub-checkpoint" or doc.get("version") != 1:
         raise UnsafeSpecError("checkpoint.json is not a safehub-checkpoint v1 document")
-
-    from ._weights import load_safetensors_checked
 
     tensors = load_safetensors_checked(out_dir, "weights.safetensors", max_bytes=max_weight_bytes)
     used: set[str] = set()
@@ -102,5 +100,16 @@ def read_converted_checkpoint(out_dir: Path, *, max_weight_bytes: int) -> Any:
     return result
 
 
-def open_weights_fd(out_dir: Path, *, max_bytes: int) -> int:
-    return open_output_file(out_dir, "weights.safetensors", max_bytes=max_bytes)
+def load_safetensors_checked(folder: Path, name: str, *, max_bytes: int) -> dict[str, Any]:
+    """Every tensor of ``folder/name``, after the header passed the channel's bounds checks."""
+    import os
+
+    from ._limits import ChannelLimits
+    from ._weights import load_tensors, read_header
+
+    fd = open_output_file(folder, name, max_bytes=max_bytes)
+    try:
+        entries = read_header(fd, ChannelLimits(weights_bytes=max_bytes))
+        return load_tensors(fd, entries, device=None)
+    finally:
+        os.close(fd)
