@@ -94,6 +94,9 @@ def _cmd_load(args: argparse.Namespace) -> int:
     )
     seconds = time.perf_counter() - start
     modules = _describe(obj)
+    shape = args.input_shape or ([2, 3, 32, 32] if args.repo is None else None)
+    if shape is not None:
+        _try_forward(obj, shape, modules)
     info = _first_info(obj)
     payload = {"repo": repo, "entrypoint": entry, "seconds": round(seconds, 3), "modules": modules,
                "info": info.as_dict() if info else None}
@@ -138,9 +141,6 @@ def _describe(obj: Any, path: str = "") -> list[dict[str, Any]]:
             "example_input_shape": None,
             "output_shape": None,
         }
-        demo_input = getattr(obj, "safehub_example_input", None)
-        if demo_input is not None:
-            entry["example_input_shape"] = list(demo_input.shape)
         return [entry]
     out: list[dict[str, Any]] = []
     if isinstance(obj, dict):
@@ -150,6 +150,28 @@ def _describe(obj: Any, path: str = "") -> list[dict[str, Any]]:
         for i, v in enumerate(obj):
             out += _describe(v, f"{path}[{i}]")
     return out
+
+
+def _try_forward(obj: Any, shape: list[int], modules: list[dict[str, Any]]) -> None:
+    """Run the rebuilt model once on random input, to show it works."""
+    import torch
+
+    if not isinstance(obj, torch.nn.Module) or not modules:
+        return
+    with torch.no_grad():
+        out = obj(torch.randn(*shape))
+    modules[0]["example_input_shape"] = list(shape)
+    modules[0]["output_shape"] = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+
+
+def _shape(text: str) -> list[int]:
+    try:
+        dims = [int(d) for d in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated sizes like 2,3,32,32") from None
+    if not dims or any(d <= 0 or d > 1 << 16 for d in dims):
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes must be between 1 and 65536")
+    return dims
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -186,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kwarg", "-k", action="append", type=_kwarg, metavar="NAME=VALUE",
                    help="keyword argument for the entrypoint; VALUE is JSON if it parses")
     p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
+    p.add_argument("--input-shape", type=_shape, metavar="N,C,H,W",
+                   help="run one forward pass on random input of this shape (the demo does 2,3,32,32)")
     p.set_defaults(func=_cmd_load)
 
     p = sub.add_parser("list", help="list a repo's entrypoints")
