@@ -166,11 +166,11 @@ def test_control_the_process_backend_does_leak_home(canaries, tmp_path, python_e
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_libc_via_ctypes_is_contained(backend, canaries, tmp_path, python_env, caplog):
-    with listeners() as (port, _abstract, seen):
+    with listeners() as ears:
         out = attack(backend, "libc_direct", tmp_path / "hub", python_env, caplog,
-                     paths=canaries["paths"], env_names=canaries["env_names"], port=port)
+                     paths=canaries["paths"], env_names=canaries["env_names"], port=ears.tcp.getsockname()[1])
     assert out.error is None, out.error
-    assert seen == []
+    assert ears.seen == []
     out.assert_clean(*canaries["values"])
 
 
@@ -209,21 +209,37 @@ def test_writes_to_home_site_packages_cache_and_repo_fail(backend, canaries, tmp
 
 
 class listeners:
-    """A TCP listener on 127.0.0.1 and an abstract unix socket, recording connections."""
+    """Host listeners the sandbox must not reach, recording every contact: TCP and
+    UDP on 127.0.0.1, an abstract unix socket and a pathname unix socket (world-
+    writable, like an ssh-agent or docker.sock would be to its owner)."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        import tempfile
+
+        self.folder = Path(tempfile.mkdtemp(dir=folder))
 
     def __enter__(self):
         self.seen: list[str] = []
         self.tcp = socket.create_server(("127.0.0.1", 0))
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", 0))
         self.unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.abstract = b"\0safehub-test-" + secrets.token_hex(8).encode()
         self.unix.bind(self.abstract)
         self.unix.listen()
+        os.chmod(self.folder, 0o777)
+        self.path = str(self.folder / "agent.sock")
+        self.named = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.named.bind(self.path)
+        os.chmod(self.path, 0o777)
+        self.named.listen()
         self.stop = False
         self.threads = [threading.Thread(target=self._accept, args=(s, kind), daemon=True)
-                        for s, kind in ((self.tcp, "tcp"), (self.unix, "unix"))]
+                        for s, kind in ((self.tcp, "tcp"), (self.unix, "unix"), (self.named, "path"))]
+        self.threads.append(threading.Thread(target=self._receive, daemon=True))
         for t in self.threads:
             t.start()
-        return self.tcp.getsockname()[1], self.abstract, self.seen
+        return self
 
     def _accept(self, sock: socket.socket, kind: str) -> None:
         sock.settimeout(0.05)
@@ -235,28 +251,48 @@ class listeners:
             self.seen.append(kind)
             conn.close()
 
+    def _receive(self) -> None:
+        self.udp.settimeout(0.05)
+        while not self.stop:
+            try:
+                self.udp.recv(4096)
+            except (TimeoutError, OSError):
+                continue
+            self.seen.append("udp")
+
     def __exit__(self, *exc: object) -> None:
         self.stop = True
         for t in self.threads:
             t.join(5)
-        self.tcp.close()
-        self.unix.close()
+        for s in (self.tcp, self.udp, self.unix, self.named):
+            s.close()
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_no_connection_reaches_host_listeners(backend, tmp_path, python_env, caplog):
     message = "NETSECRET-" + secrets.token_hex(8)
-    with listeners() as (port, abstract, seen):
+    with listeners() as ears:
         out = attack(backend, "connect", tmp_path / "hub", python_env, caplog,
-                     port=port, abstract=abstract, message=message.encode())
-        # Control: the listeners work for an unconfined client.
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-        deadline = time.monotonic() + 5
-        while "tcp" not in seen and time.monotonic() < deadline:
+                     port=ears.tcp.getsockname()[1], abstract=ears.abstract, message=message.encode(),
+                     udp_port=ears.udp.getsockname()[1], unix_path=ears.path)
+        assert out.error is None, out.error
+        contacts_from_sandbox = list(ears.seen)
+        # Control: every listener does hear an unconfined client.
+        socket.create_connection(ears.tcp.getsockname(), timeout=2).close()
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ears.udp.getsockname())
+        for address in (ears.abstract, ears.path):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+                c.connect(address)
+        deadline = time.monotonic() + 10
+        while len(ears.seen) < 4 and time.monotonic() < deadline:
             time.sleep(0.01)
-    assert out.error is None, out.error
-    assert seen == ["tcp"], f"the sandbox reached a host listener: {seen}"
-    assert b"tcp ok" not in out.out_files["leak.txt"] and b"unix ok" not in out.out_files["leak.txt"]
+    assert contacts_from_sandbox == [], f"the sandbox reached a host listener: {contacts_from_sandbox}"
+    assert sorted(ears.seen) == ["path", "tcp", "udp", "unix"]
+    leak = out.out_files["leak.txt"]
+    assert b"tcp ok" not in leak and b"unix ok" not in leak and b"path ok" not in leak
 
 
 # --- resource limits -----------------------------------------------------------
@@ -358,3 +394,15 @@ def test_inherited_descriptors_carry_nothing(backend, tmp_path, python_env, capl
     out.assert_clean(secret)
     assert str(path).encode() not in out.out_files["leak.txt"]
 
+
+
+def test_control_the_process_backend_reaches_the_listeners(tmp_path, python_env, caplog):
+    """Without OS isolation the same attack gets through: the listeners above do hear."""
+    with listeners() as ears:
+        attack("process", "connect", tmp_path / "hub", python_env, caplog,
+               port=ears.tcp.getsockname()[1], abstract=ears.abstract, message=b"hello",
+               udp_port=ears.udp.getsockname()[1], unix_path=ears.path)
+        deadline = time.monotonic() + 10
+        while len(ears.seen) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert sorted(ears.seen) == ["path", "tcp", "udp", "unix"]

@@ -11,6 +11,9 @@ anything from the repo runs; every process it starts inherits it:
 * network (ABI >= 4): TCP bind and connect denied;
 * scoping (ABI >= 6): no signals to, and no abstract unix sockets of, processes
   outside the sandbox;
+* sockets: socket() refused by a seccomp filter (Landlock does not cover UDP or
+  connecting to pathname unix sockets such as docker.sock or an ssh-agent);
+  socketpair() still works; io_uring refused;
 * no_new_privs, rlimits, and as root every capability dropped.
 
 The tree runs below a subreaper (_reaper.py) so nothing it starts outlives it.
@@ -76,6 +79,7 @@ class LandlockBackend(SandboxBackend):
             "landlock_abi": self.abi,
             "tcp_denied": self.abi >= 4,
             "scoped_signals_and_abstract_sockets": self.abi >= 6,
+            "socket_syscall": "denied (seccomp)",
         }
 
     def confine_config(self, request: SandboxRequest) -> dict[str, object]:
@@ -94,6 +98,8 @@ class LandlockBackend(SandboxBackend):
                 "deny_tcp": True,
                 "scope": True,
             },
+            # Landlock leaves UDP and pathname unix sockets open: refuse socket() itself.
+            "deny_sockets": True,
         }
         if os.geteuid() == 0:
             config["drop_caps"] = True
