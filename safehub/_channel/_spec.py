@@ -50,6 +50,7 @@ _OPS = ("placeholder", "get_attr", "call_function", "call_method", "call_module"
 _KINDS = ("parameter", "buffer", "constant")
 _FLOATING = ("float64", "float32", "float16", "bfloat16", "complex64", "complex128")
 _MAX_DIM = 2**62
+_OPERATOR_ARITY = {"neg": 1, "pos": 1, "abs": 1, "invert": 1, "not_": 1, "truth": 1, "index": 1, "setitem": 3}
 
 
 @dataclass(frozen=True)
@@ -485,8 +486,13 @@ def _parse_graph(
                 raise UnsafeSpecError(f"{nwhere}: get_attr takes no arguments")
             if op == "call_method" and (not args or not isinstance(args[0], NodeRef)):
                 raise UnsafeSpecError(f"{nwhere}: a method call needs the object as its first argument")
+            if op == "call_function" and target_raw.startswith("operator."):
+                # FX prints operators as syntax ("{} * {}"), which needs the exact arity.
+                arity = _OPERATOR_ARITY.get(target_raw[9:], 2)
+                if len(args) != arity or kwargs:
+                    raise UnsafeSpecError(f"{nwhere}: {target_raw} takes exactly {arity} positional arguments")
             if op == "call_function" and target_raw == GETATTR_KEY:
-                if len(args) != 2 or kwargs or not isinstance(args[0], NodeRef) or args[1] not in GETATTR_ATTRS:
+                if len(args) != 2 or kwargs or not isinstance(args[0], NodeRef) or not isinstance(args[1], str) or args[1] not in GETATTR_ATTRS:
                     raise DisallowedTargetError(
                         f"{nwhere}: getattr is allowed only as getattr(node, name) with name in {sorted(GETATTR_ATTRS)}; "
                         f"got attribute {show(args[1] if len(args) > 1 else None)}"

@@ -72,7 +72,7 @@ def read_header(fd: int, limits: ChannelLimits) -> dict[str, HeaderEntry]:
         if not isinstance(raw, dict) or set(raw) != {"dtype", "shape", "data_offsets"}:
             raise UnsafeSpecError(f"{where} must hold exactly dtype, shape and data_offsets")
         code, shape, offsets = raw["dtype"], raw["shape"], raw["data_offsets"]
-        if code not in ST_DTYPES:
+        if not isinstance(code, str) or code not in ST_DTYPES:
             raise TensorMismatchError(f"{where}: dtype {show(code)} is not allowed")
         if not isinstance(shape, list) or len(shape) > limits.dims or not all(type(d) is int and d >= 0 for d in shape):
             raise UnsafeSpecError(f"{where}: shape must be at most {limits.dims} non-negative ints")
