@@ -46,6 +46,12 @@ class _LeafTracer(fx.Tracer):
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _StaticProxy(node, self)
 
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        if not torch.is_grad_enabled():  # inside `with torch.no_grad():` in forward
+            node.meta["safehub_no_grad"] = True
+        return node
+
 
 @contextlib.contextmanager
 def _no_mha_fastpath() -> Iterator[None]:
@@ -112,7 +118,9 @@ def _trace(model: nn.Module, leaf_ids: set[int], training: bool) -> tuple[fx.Gra
     tracer = _LeafTracer(leaf_ids)
     try:
         with _export_state.training_mode(model, training), _no_fx_wraps(), _no_mha_fastpath(), _traceable_transformer():
-            graph = tracer.trace(model)
+            with torch.enable_grad():
+                graph = tracer.trace(model)
+        _detach_no_grad_regions(graph)
     finally:
         added = {k: model.__dict__[k] for k in set(model.__dict__) - before}
         for k in added:
@@ -142,6 +150,42 @@ def _same_tensor(a: Any, b: Any) -> bool:
         and a.dtype == b.dtype
         and bool(torch.equal(a, b))
     )
+
+
+_SIZE_METHODS = {"size", "dim", "numel", "nelement", "ndimension", "stride", "element_size", "get_device"}
+
+
+def _maybe_tensor(node: Any) -> bool:
+    if not isinstance(node, fx.Node):
+        return False
+    if node.op == "call_function" and node.target is getattr:
+        return False
+    if node.op == "call_method" and node.target in _SIZE_METHODS:
+        return False
+    if node.op == "call_function" and node.target is operator.getitem:
+        return _maybe_tensor(node.args[0])
+    if node.op == "call_function" and getattr(node.target, "__module__", None) in ("_operator", "operator"):
+        return any(_maybe_tensor(a) for a in node.args)
+    return True
+
+
+def _detach_no_grad_regions(graph: fx.Graph) -> int:
+    """FX records no grad-mode changes, so values computed under
+    ``torch.no_grad()`` in forward are detached where they leave the region
+    (same gradients as the original). Returns the number of detaches added."""
+    added = 0
+    for node in list(graph.nodes):
+        if not node.meta.get("safehub_no_grad") or node.op not in ("call_function", "call_method", "call_module"):
+            continue
+        outside = [u for u in node.users if not u.meta.get("safehub_no_grad")]
+        if not outside or not _maybe_tensor(node):
+            continue
+        with graph.inserting_after(node):
+            detached = graph.call_method("detach", (node,))
+        for user in outside:
+            user.replace_input_with(node, detached)
+        added += 1
+    return added
 
 
 def _compare(a: Any, b: Any) -> bool:

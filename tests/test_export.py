@@ -521,3 +521,34 @@ def test_module_without_forward(tmp_path: Path) -> None:
 
     with pytest.raises(_export.ExportFailed, match="no forward"):
         _export.export_object(Holder(), str(tmp_path), options={}, example_inputs=None, hubconf=None, entrypoint="x")
+
+
+def test_no_grad_regions_keep_their_gradients(tmp_path: Path) -> None:
+    """fx cannot record `with torch.no_grad()`; values leaving such a region are
+    detached, so gradients match the original (none for the frozen part)."""
+
+    class Frozen(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = torch.nn.Linear(3, 3)
+            self.rnn = torch.nn.GRU(3, 3, batch_first=True)
+            self.head = torch.nn.Linear(3, 3)
+
+        def forward(self, x):
+            with torch.no_grad():
+                feats = self.backbone(x)
+                width = feats.shape[-1]
+                seq, _ = self.rnn(feats.unsqueeze(1))
+            return self.head(feats) * width + seq.squeeze(1)
+
+    model = Frozen()
+    _export.export_object(model, str(tmp_path), options={"mode": "fx"}, example_inputs=None, hubconf=None, entrypoint="x")
+    spec, rebuilt = ref.check_and_rebuild(tmp_path)
+    detaches = [n for n in spec["modules"]["m0"]["graphs"]["eval"]["nodes"] if n["target"] == "detach"]
+    assert len(detaches) == 2  # feats and seq leave the region; width is an int
+    x = torch.randn(2, 3)
+    y_orig, y_new = model(x), rebuilt(x)
+    assert close(y_orig, y_new)
+    g_orig, g_new = grads(model, y_orig), grads(rebuilt.root, y_new)
+    assert set(g_orig) == set(g_new) == {"head.weight", "head.bias"}
+    assert all(torch.allclose(g_orig[k], g_new[k]) for k in g_orig)
