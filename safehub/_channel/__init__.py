@@ -19,7 +19,7 @@ from typing import Any
 from .._errors import UnsafeSpecError
 from ._limits import ChannelLimits
 
-__all__ = ["rebuild_from_output", "ChannelLimits", "SPEC_FILE", "WEIGHTS_FILE"]
+__all__ = ["rebuild_from_output", "ChannelLimits", "SafehubGraphModule", "SPEC_FILE", "WEIGHTS_FILE"]
 
 _DEFAULT_HINT = (
     "nothing was built. The repo's model could not be carried out of the sandbox as validated data; "
@@ -46,6 +46,8 @@ def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLim
 
     limits = limits or ChannelLimits()
     device = torch.device(device if device is not None else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={str(device)!r} was requested but this torch has no usable CUDA device")
     out_dir = Path(out_dir)
 
     try:
@@ -80,3 +82,12 @@ def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLim
         return {k: materialize(v) for k, v in value.items()}
 
     return materialize(spec.root)
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that importing this package does not import torch.
+    if name == "SafehubGraphModule":
+        from ._module import SafehubGraphModule
+
+        return SafehubGraphModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -539,9 +539,7 @@ def _resolve_target(
     fn = functions.get(target)
     if fn is not None:
         return fn
-    if target.startswith("aten."):
-        if mode != "aten":
-            raise DisallowedTargetError(f"{where}: aten operators appear only in aten-mode graphs")
+    if target.startswith("aten."):  # aten mode, or fx mode when a model calls torch.ops.aten.* itself
         return resolve_aten(target, where)
     raise DisallowedTargetError(
         f"{where}: function {show(target)} is not on safehub's allowlist",

@@ -304,9 +304,14 @@ def _(spec, w, c):
     insert_before_output(spec, {"op": "call_function", "name": "pwn", "target": "aten.add.overloads", "args": []})
 
 
-@case("target_aten_in_fx_mode", DisallowedTargetError)
+@case("target_aten_set_in_fx_mode", DisallowedTargetError)
 def _(spec, w, c):
-    insert_before_output(spec, {"op": "call_function", "name": "a", "target": "aten.relu.default", "args": [{"node": "x"}]})
+    insert_before_output(spec, {"op": "call_function", "name": "a", "target": "aten.set_.source_Tensor", "args": [{"node": "x"}, {"node": "x"}]})
+
+
+@case("target_aten_storage_argument", DisallowedTargetError)
+def _(spec, w, c):
+    insert_before_output(spec, {"op": "call_function", "name": "a", "target": "aten.set.source_Storage", "args": [{"node": "x"}, c]})
 
 
 @case("call_module_in_aten_mode", DisallowedTargetError)
