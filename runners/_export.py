@@ -120,7 +120,9 @@ def _examples_for(examples: Any, mid: str, n_modules: int, root: dict) -> tuple 
 # One module
 
 
-def _export_module(model: nn.Module, mode: str, examples: tuple | None) -> tuple[dict, _export_state.ModuleState, dict]:
+def _export_module(
+    model: nn.Module, mode: str, examples: tuple | None, examples_ignored: bool = False
+) -> tuple[dict, _export_state.ModuleState, dict]:
     fx_error = aten_error = None
     if mode in ("auto", "fx"):
         try:
@@ -136,6 +138,11 @@ def _export_module(model: nn.Module, mode: str, examples: tuple | None) -> tuple
                 ) from exc
     if type(model).forward is nn.Module.forward:
         raise ExportFailed(f"cannot export {_describe(model)}: it has no forward(); return the submodule you want instead")
+    if examples is None and examples_ignored:
+        raise ExportFailed(
+            f"cannot export {_describe(model)}: fx tracing failed ({fx_error}); aten mode needs example inputs, "
+            "and example inputs are only used when the entrypoint returns a single module"
+        )
     if examples is None:
         raise ExportFailed(
             f"cannot export {_describe(model)}: fx tracing failed ({fx_error}); aten mode (torch.export) needs example "
@@ -216,7 +223,9 @@ def export_object(
     summary_modules: dict[str, dict] = {}
     for mid, model in found.values():
         t0 = time.perf_counter()
-        spec, state, info = _export_module(model, mode, _examples_for(examples, mid, len(found), root))
+        spec, state, info = _export_module(
+            model, mode, _examples_for(examples, mid, len(found), root), examples is not None and len(found) > 1
+        )
         specs[mid] = spec
         states[mid] = state
         summary_modules[mid] = {
