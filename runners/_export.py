@@ -86,7 +86,10 @@ def _walk_value(obj: Any, modules: dict[int, tuple[str, nn.Module]], depth: int 
 
 def _as_args(value: Any, where: str) -> tuple:
     if callable(value):
-        value = value()
+        try:
+            value = value()
+        except Exception as exc:  # noqa: BLE001 - the repo's code, reported as such
+            raise ExportFailed(f"example inputs from {where} could not be made: {type(exc).__name__}: {exc}") from exc
     if isinstance(value, torch.Tensor):
         return (value,)
     if isinstance(value, list):

@@ -552,3 +552,24 @@ def test_no_grad_regions_keep_their_gradients(tmp_path: Path) -> None:
     g_orig, g_new = grads(model, y_orig), grads(rebuilt.root, y_new)
     assert set(g_orig) == set(g_new) == {"head.weight", "head.bias"}
     assert all(torch.allclose(g_orig[k], g_new[k]) for k in g_orig)
+
+
+def test_module_containers_and_depth(tmp_path: Path) -> None:
+    heads = torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.Linear(2, 3)])
+    table = torch.nn.ModuleDict({"a": torch.nn.Linear(2, 2)})
+    _export.export_object((heads, table), str(tmp_path / "c"), options={}, example_inputs=None, hubconf=None, entrypoint="x")
+    spec = json.loads((tmp_path / "c" / "spec.json").read_text())
+    assert spec["root"] == {"tuple": [{"list": [{"module": "m0"}, {"module": "m1"}]}, {"dict": {"a": {"module": "m2"}}}]}
+    deep: Any = torch.nn.Linear(1, 1)
+    for _ in range(9):
+        deep = [deep]
+    with pytest.raises(_export.UnsupportedReturn, match="deeper than 8"):
+        _export.export_object(deep, str(tmp_path / "d"), options={}, example_inputs=None, hubconf=None, entrypoint="x")
+
+
+def test_hubconf_example_inputs_that_fail(tmp_path: Path) -> None:
+    class Hub:
+        example_inputs = {"entry": lambda: 1 / 0}
+
+    with pytest.raises(_export.ExportFailed, match=r"example_inputs\['entry'\].*ZeroDivisionError"):
+        _export.export_object(torch.nn.Linear(2, 2), str(tmp_path), options={}, example_inputs=None, hubconf=Hub, entrypoint="entry")
