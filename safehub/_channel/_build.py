@@ -38,14 +38,26 @@ def _check_generated_names(graph: Any, gspec: GraphSpec, where: str) -> None:
     ``torch.relu(...)`` would call an attribute of a caller's argument."""
     from torch.fx.graph import _custom_builtins
 
+    def refuse(target: str) -> None:
+        raise InvalidNameError(
+            f"{where}: argument name {show(target)} would shadow {show(target)} in the generated forward",
+            hint="rename that forward() argument in the model",
+        )
+
+    # Names FX emits literally (not through its namespace), and its fixed globals.
+    fixed = set(_custom_builtins) | {"self", "getattr", "slice", "Ellipsis"}
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    for n in placeholders:
+        if n.target in fixed:
+            refuse(n.target)
+    # Codegen registers every node name before it picks names for globals, so an
+    # argument named like its own node cannot collide. Otherwise look at the code.
+    if all(n.name == n.target for n in placeholders):
+        return
     code = graph.python_code(root_module="self")
-    taken = set(code.globals) | set(_custom_builtins) | {"self", "getattr", "slice", "Ellipsis"}
-    for target in gspec.placeholders:
-        if target in taken:
-            raise InvalidNameError(
-                f"{where}: argument name {show(target)} would shadow {show(target)} in the generated forward",
-                hint="rename that forward() argument in the model",
-            )
+    for n in placeholders:
+        if n.target in code.globals:
+            refuse(n.target)
 
 
 def build_module(mspec: ModuleSpec, leaves: dict[str, Any], tensors: dict[str, Any], graphs: dict[str, Any]) -> Any:

@@ -172,6 +172,14 @@ def _(spec, w, c):
     node(spec, "relu").update(op="call_function", target="torch.relu")
 
 
+@case("placeholder_shadows_generated_global", InvalidNameError)
+def _(spec, w, c):
+    # argument "math_sqrt" on a node named "p": FX names the math.sqrt global "math_sqrt" too
+    node(spec, "x").update(name="p", target="math_sqrt")
+    node(spec, "fc")["args"] = [{"node": "p"}]
+    insert_before_output(spec, {"op": "call_function", "name": "s", "target": "math.sqrt", "args": [2]})
+
+
 @case("kwarg_key_code", InvalidNameError)
 def _(spec, w, c):
     node(spec, "relu")["kwargs"] = {f"inplace=__import__('os').system('{shell(c)}')": False}
