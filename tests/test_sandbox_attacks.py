@@ -328,6 +328,20 @@ def test_filling_the_disk_is_stopped(backend, where, tmp_path, python_env, caplo
     assert out.error.limit == "disk"
 
 
+def test_bwrap_private_dev_shm_is_capped(tmp_path, python_env, caplog):
+    out = attack("bwrap", "fill_disk", tmp_path / "hub", python_env, caplog, where="shm")
+    assert isinstance(out.error, SandboxLimitError) and out.error.limit == "disk", out.error
+    assert not list(Path("/dev/shm").glob("fill-*"))  # the host's /dev/shm never saw it
+
+
+def test_bwrap_tmpfs_counts_as_memory(tmp_path, python_env, caplog):
+    """Files in the sandbox's tmpfs live in RAM: they count against the memory limit."""
+    limits = Limits(**dict(SMALL, memory_bytes=150 * 1024**2, tmpfs_bytes=256 * 1024**2))
+    out = attack("bwrap", "fill_disk", tmp_path / "hub", python_env, caplog, limits=limits, where="tmp")
+    assert isinstance(out.error, SandboxLimitError), out.error
+    assert out.error.limit == "memory"
+
+
 # --- processes ----------------------------------------------------------------
 
 

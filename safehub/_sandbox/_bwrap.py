@@ -161,12 +161,18 @@ class BwrapBackend(SandboxBackend):
             if init is None:
                 return []
             found = []
-            for path in ("/tmp", "/dev/shm", *map(str, scratch)):
+            tmpfs_bytes = request.limits.tmpfs_bytes
+            sizes = {"/tmp": tmpfs_bytes, "/dev/shm": min(SHM_BYTES, tmpfs_bytes), **{str(p): tmpfs_bytes for p in scratch}}
+            for path, expected in sizes.items():
                 try:
                     st = os.statvfs(f"/proc/{init}/root{path}")
                 except OSError:
                     continue
-                found.append(((st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize))
+                # Before bwrap's pivot_root, or for a path the job replaced, this is
+                # some other file system: only the capped tmpfs itself counts.
+                if st.f_blocks * st.f_frsize != expected:
+                    continue
+                found.append(((st.f_blocks - st.f_bfree) * st.f_frsize, expected))
             return found
 
         def kill() -> None:

@@ -111,6 +111,7 @@ class Watchdog:
     peak_rss: int = 0
     peak_pids: int = 0
     peak_cpu_s: float = 0.0
+    tmpfs_used: int = 0
 
     def check(self, started: float) -> str | None:
         """One poll. Returns the limit that was hit, or None."""
@@ -141,10 +142,12 @@ class Watchdog:
                     rss += p.memory_info().rss
                 except psutil.Error:
                     pass
+            # Files in the sandbox's tmpfs mounts are memory too (last disk poll).
+            rss += self.tmpfs_used
             self.peak_rss = max(self.peak_rss, rss)
             # Summed RSS counts pages shared after fork once per process; confirm
             # with PSS (slower, so only when RSS says the limit is crossed).
-            if rss >= limits.memory_bytes and _pss(tree) >= limits.memory_bytes:
+            if rss >= limits.memory_bytes and _pss(tree) + self.tmpfs_used >= limits.memory_bytes:
                 return "memory"
         return None
 
@@ -157,7 +160,9 @@ class Watchdog:
             if limits.disk_bytes is not None and used > limits.disk_bytes:
                 return "disk"
         if self.tmpfs_probes is not None:
-            for used, size in self.tmpfs_probes():
+            probes = self.tmpfs_probes()
+            self.tmpfs_used = sum(used for used, _ in probes)
+            for used, size in probes:
                 # A full tmpfs means the job ran into the cap (ENOSPC inside).
                 if size and used >= size - 64 * 1024:
                     return "disk"
