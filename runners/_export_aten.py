@@ -6,6 +6,7 @@ restricted output structure, no treespec) and its tensors do.
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -49,11 +50,66 @@ def _batch_is_dynamic(gm: fx.GraphModule) -> bool:
     return True
 
 
+def _finite_int(v: Any) -> int | None:
+    import sympy
+
+    if isinstance(v, int) or isinstance(v, sympy.Integer):
+        return int(v)
+    return None
+
+
+def _add_input_guards(gm: fx.GraphModule, ranges: dict) -> None:
+    """Fail loudly on inputs the graph was not traced for: ep.module() drops
+    export's input guards (they are generated Python), so a static dim of
+    another size, or a batch outside the range the model's own shape checks
+    allowed, would otherwise run the wrong branch or a truncated loop silently.
+    Emitted as aten.sym_size / operator compare / aten._assert_scalar."""
+    import sympy
+
+    graph = gm.graph
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    if not placeholders:
+        return
+    anchor = placeholders[-1]
+    checks: list[tuple[fx.Node, int, Any, int, str]] = []
+    for ph in placeholders:
+        val = ph.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            continue
+        for d, size in enumerate(val.shape):
+            if isinstance(size, torch.SymInt):
+                expr = size.node.expr
+                vr = ranges.get(expr) if isinstance(expr, sympy.Symbol) else None
+                if vr is None:
+                    continue
+                lo, hi = _finite_int(vr.lower), _finite_int(vr.upper)
+                if lo is not None and lo > 2:  # export assumes >= 2 anyway (0/1 specialisation)
+                    checks.append((ph, d, operator.ge, lo, f"{ph.target} dim {d} must be >= {lo}"))
+                if hi is not None:
+                    checks.append((ph, d, operator.le, hi, f"{ph.target} dim {d} must be <= {hi}"))
+            else:
+                msg = (
+                    f"{ph.target} dim {d} must be {int(size)}, the size in the example inputs "
+                    "(aten mode: only the batch dimension is dynamic; export with example inputs of the size you need)"
+                )
+                checks.append((ph, d, operator.eq, int(size), msg))
+    for ph, d, cmp, bound, msg in reversed(checks):
+        with graph.inserting_after(anchor):
+            size_node = graph.call_function(torch.ops.aten.sym_size.int, (ph, d))
+        with graph.inserting_after(size_node):
+            ok = graph.call_function(cmp, (size_node, bound))
+        with graph.inserting_after(ok):
+            graph.call_function(torch.ops.aten._assert_scalar.default, (ok, msg))
+    graph.lint()
+
+
 def _export_once(model: nn.Module, example_inputs: tuple, dynamic: bool) -> fx.GraphModule:
     ep = torch.export.export(
         model, example_inputs, dynamic_shapes=_dynamic_shapes(example_inputs, dynamic), strict=False
     )
-    return ep.module(check_guards=False)
+    gm = ep.module(check_guards=False)
+    _add_input_guards(gm, dict(ep.range_constraints))
+    return gm
 
 
 def _export_gm(model: nn.Module, example_inputs: tuple) -> tuple[fx.GraphModule, bool]:

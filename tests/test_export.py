@@ -573,3 +573,28 @@ def test_hubconf_example_inputs_that_fail(tmp_path: Path) -> None:
 
     with pytest.raises(_export.ExportFailed, match=r"example_inputs\['entry'\].*ZeroDivisionError"):
         _export.export_object(torch.nn.Linear(2, 2), str(tmp_path), options={}, example_inputs=None, hubconf=Hub, entrypoint="entry")
+
+
+def test_aten_graphs_refuse_inputs_they_were_not_traced_for(zoo, tmp_path: Path) -> None:
+    """export's input guards do not survive ep.module(); the producer re-emits
+    them as graph asserts so the host fails loudly instead of answering wrongly."""
+
+    class BatchBranch(torch.nn.Module):
+        def forward(self, x):
+            if x.shape[0] > 4:
+                return x * 2
+            return x.view(x.shape[0], -1) + 1
+
+    _export.export_object(BatchBranch(), str(tmp_path / "b"), options={"mode": "aten"}, example_inputs=(torch.randn(6, 3),), hubconf=None, entrypoint="x")
+    _, rebuilt = ref.check_and_rebuild(tmp_path / "b")
+    assert close(rebuilt(torch.ones(9, 3)), torch.full((9, 3), 2.0))
+    with pytest.raises(RuntimeError, match="dim 0 must be >= 5"):
+        rebuilt(torch.ones(2, 3))  # the model would take the other branch
+
+    # data_dependent unrolls a loop over the length: another length must not run.
+    _, out, _ = export(zoo, "data_dependent", tmp_path)
+    _, rebuilt = ref.check_and_rebuild(out)
+    rebuilt.eval()
+    assert rebuilt(torch.randn(3, 3, 20)).shape == (3, 2)
+    with pytest.raises(RuntimeError, match="dim 2 must be 20"):
+        rebuilt(torch.randn(3, 3, 30))
