@@ -14,7 +14,7 @@ Keys (all optional):
   no_new_privs: bool       prctl(PR_SET_NO_NEW_PRIVS)
   drop_caps: bool          empty every capability set (landlock as root)
   landlock: {abi_min, read: [paths], write: [paths], devices: [paths],
-             deny_tcp: bool, scope: bool}
+             gpu_devices: [paths], deny_tcp: bool, scope: bool}
   deny_sockets: bool       seccomp: socket() fails with EACCES, io_uring with ENOSYS
 """
 
@@ -127,7 +127,14 @@ def _landlock(config: dict) -> None:
         "landlock_create_ruleset",
     )
     try:
-        for paths, rights in ((config.get("read", ()), read), (config.get("write", ()), write), (config.get("devices", ()), device)):
+        gpu = device | FS_IOCTL_DEV | FS_READ_DIR
+        rules = (
+            (config.get("read", ()), read),
+            (config.get("write", ()), write),
+            (config.get("devices", ()), device),
+            (config.get("gpu_devices", ()), gpu),
+        )
+        for paths, rights in rules:
             for path in paths:
                 try:
                     fd = os.open(path, os.O_PATH | os.O_CLOEXEC)

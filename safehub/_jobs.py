@@ -199,7 +199,8 @@ def run_job(
             allow_gpu=allow_gpu,
         )
         # What the runner applies to itself before repo code (rlimits, Landlock).
-        request["confine"] = {**backend.confine_config(sandbox_request), **dict(confine or {})}
+        # The backend's settings win: a caller may add confinement, never loosen it.
+        request["confine"] = {**dict(confine or {}), **backend.confine_config(sandbox_request)}
         (root / "in" / "request.json").write_text(json.dumps(request), encoding="utf-8")
         _share_read_only(root / "in")
         logger.debug("running %s job for %s in the %s sandbox", action, repo_dir, backend.name)

@@ -278,8 +278,11 @@ class BwrapBackend(SandboxBackend):
         args += ["--size", str(min(SHM_BYTES, tmpfs_bytes)), "--perms", "1777", "--tmpfs", "/dev/shm"]
         args += ["--size", str(tmpfs_bytes), "--perms", "1777", "--tmpfs", "/tmp"]
         if allow_gpu:
+            # GPU mode is outside the security guarantees (see SECURITY.md): the
+            # driver needs its device nodes and reads /sys to find the hardware.
             for dev in GPU_DEVICES + tuple(f"/dev/nvidia{i}" for i in range(16)):
                 args += ["--dev-bind-try", dev, dev]
+            args += ["--ro-bind-try", "/sys", "/sys"]
         # Parent folders of every mount point, traversable but not listable.
         mounts = [*ro, *rw, *scratch]
         made = {"/", "/usr", "/tmp", "/dev", "/proc", "/etc", "/dev/shm", *SYSTEM_LINKS}

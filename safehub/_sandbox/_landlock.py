@@ -40,6 +40,7 @@ SYSTEM_READ = (
     "/proc/cpuinfo", "/sys/devices/system/cpu",
 )
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+GPU_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset", "/dev/dri")
 HINT = "Landlock needs Linux >= 5.13 with 'landlock' in the lsm= boot list (check /sys/kernel/security/lsm)"
 
 
@@ -101,6 +102,10 @@ class LandlockBackend(SandboxBackend):
             # Landlock leaves UDP and pathname unix sockets open: refuse socket() itself.
             "deny_sockets": True,
         }
+        if request.allow_gpu:
+            # Outside the guarantees (SECURITY.md): device nodes with ioctl, and /sys.
+            config["landlock"]["gpu_devices"] = [*GPU_DEVICES, *(f"/dev/nvidia{i}" for i in range(16))]  # type: ignore[index]
+            config["landlock"]["read"].extend(["/sys", "/proc/driver/nvidia"])  # type: ignore[index]
         if os.geteuid() == 0:
             config["drop_caps"] = True
         elif nproc is not None:
