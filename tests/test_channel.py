@@ -249,3 +249,46 @@ def test_small_limits_reject(tmp_path: Path) -> None:
         rebuild_from_output(out, limits=ChannelLimits(nodes=3))
     with pytest.raises(UnsafeSpecError):
         rebuild_from_output(out, limits=ChannelLimits(weights_bytes=100))
+
+
+def test_weights_do_not_follow_the_file_after_loading(tmp_path: Path) -> None:
+    """Loaded tensors own their memory: rewriting or truncating the sandbox's file
+    afterwards changes nothing (a copy-on-write mapping would follow it, or SIGBUS)."""
+    out = specgen.write(tmp_path / "o", *specgen.full_spec(Tied()))
+    rebuilt = rebuild_from_output(out)
+    before = rebuilt.embed.weight.detach().clone()
+    path = out / "weights.safetensors"
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(size - 64)
+        f.write(b"\xff" * 64)
+        f.truncate(16)
+    assert torch.equal(rebuilt.embed.weight.detach(), before)
+
+
+def test_leaf_dtype_kwarg_and_placeholder_default(tmp_path: Path) -> None:
+    graph = {
+        "nodes": [
+            {"op": "placeholder", "name": "x", "target": "x"},
+            {"op": "placeholder", "name": "gain", "target": "gain", "args": [{"float": "2.0"}]},
+            {"op": "call_module", "name": "fc", "target": "fc", "args": [{"node": "x"}]},
+            {"op": "call_function", "name": "mul", "target": "operator.mul", "args": [{"node": "fc"}, {"node": "gain"}]},
+            {"op": "output", "name": "output", "target": "output", "args": [{"node": "mul"}]},
+        ]
+    }  # fmt: skip
+    module = {
+        "mode": "fx", "training": False,
+        "tensors": {
+            "fc.weight": {"dtype": "float16", "shape": [2, 2], "kind": "parameter", "requires_grad": True},
+            "fc.bias": {"dtype": "float16", "shape": [2], "kind": "parameter", "requires_grad": True},
+        },
+        "leaves": {"fc": {"cls": "Linear", "kwargs": {"in_features": 2, "out_features": 2, "dtype": {"dtype": "float16"}}}},
+        "graphs": {"eval": graph},
+    }  # fmt: skip
+    spec = {"format": "safehub-arch", "version": 1, "root": {"module": "m0"}, "modules": {"m0": module}}
+    weights = {"m0.fc.weight": torch.eye(2, dtype=torch.float16), "m0.fc.bias": torch.zeros(2, dtype=torch.float16)}
+    rebuilt = rebuild_from_output(specgen.write(tmp_path / "o", spec, weights))
+    x = torch.tensor([[1.0, 3.0]], dtype=torch.float16)
+    assert torch.equal(rebuilt(x), x * 2)
+    assert torch.equal(rebuilt(x, 0.5), x * 0.5)
+    assert rebuilt.fc.weight.dtype == torch.float16

@@ -161,4 +161,9 @@ def load_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any) -> dict[
 def _check_loaded(key: str, t: Any, entry: HeaderEntry, dtypes: dict, torch: Any, device: Any) -> Any:
     if t.dtype != dtypes[entry.dtype] or tuple(t.shape) != entry.shape:
         raise TensorMismatchError(f"tensor {show(key)} changed while weights.safetensors was being read")
-    return t.to(device) if device is not None and t.device != torch.device(device) else t
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    if target.type == "cpu":
+        # safetensors maps the sandbox's file copy-on-write: untouched pages would
+        # still follow later writes to (or a truncation of) that file. Own the bytes.
+        return t.clone()
+    return t.to(target)
