@@ -122,7 +122,12 @@ def build_module(mspec: ModuleSpec, leaves: dict[str, Any], tensors: dict[str, A
         leaves[path].train(lspec.training)
 
     eval_graph, train_graph = graphs["eval"], graphs.get("train")
-    gm = SafehubGraphModule(root, eval_graph, train_graph)
+    try:
+        gm = SafehubGraphModule(root, eval_graph, train_graph)
+    except Exception as exc:  # noqa: BLE001 - fail closed with a typed error whatever FX raised
+        raise UnsafeSpecError(
+            f"module {mspec.mid}: FX could not compile the validated graphs: {type(exc).__name__}: {show(str(exc), 300)}"
+        ) from None
     gm.training = mspec.training
     for name, graph in (("eval", eval_graph), ("train", train_graph)):
         if graph is None:

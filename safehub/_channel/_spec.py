@@ -437,7 +437,7 @@ def _parse_graph(
     seen: set[str] = set()
     placeholders: list[str] = []
     nodes: list[NodeSpec] = []
-    output_seen = False
+    output_seen = defaults_seen = False
     for index, node in enumerate(nodes_raw):
         nwhere = f"{where} node #{index}"
         node = _obj(node, nwhere, ("op", "name"), ("target", "args", "kwargs"))
@@ -471,6 +471,9 @@ def _parse_graph(
             if len(args_raw) > 1 or kwargs_raw:
                 raise UnsafeSpecError(f"{nwhere}: a placeholder takes at most one default value")
             args = tuple(decode_literal(a, LiteralContext(limits, nwhere, device=device)) for a in args_raw)
+            if not args and defaults_seen:
+                raise UnsafeSpecError(f"{nwhere}: an argument without a default follows one with a default")
+            defaults_seen = defaults_seen or bool(args)
             placeholders.append(target)
             nodes.append(NodeSpec(op, name, target, target, args, {}))
         elif op == "output":

@@ -180,6 +180,12 @@ def _(spec, w, c):
     insert_before_output(spec, {"op": "call_function", "name": "s", "target": "math.sqrt", "args": [2]})
 
 
+@case("placeholder_default_order", UnsafeSpecError)
+def _(spec, w, c):
+    # def forward(self, a=1, x): a SyntaxError when FX execs the generated code
+    nodes(spec).insert(0, {"op": "placeholder", "name": "a", "target": "a", "args": [1]})
+
+
 @case("kwarg_key_code", InvalidNameError)
 def _(spec, w, c):
     node(spec, "relu")["kwargs"] = {f"inplace=__import__('os').system('{shell(c)}')": False}
