@@ -109,14 +109,10 @@ def resolve_example_inputs(example_inputs: Any, hubconf: Any, entrypoint: str) -
     return None
 
 
-def _examples_for(examples: Any, mid: str, n_modules: int, root: dict) -> tuple | None:
-    """One example tuple per module: a single module gets them all; for several
-    modules, a dict keyed by module id or by the returned dict's keys is accepted."""
-    if examples is None:
-        return None
-    if n_modules == 1:
-        return examples
-    return None
+def _examples_for(examples: tuple | None, n_modules: int) -> tuple | None:
+    """Example inputs describe one forward: they apply when exactly one module
+    was returned (containers of modules are exported in fx mode)."""
+    return examples if n_modules == 1 else None
 
 
 # ---------------------------------------------------------------------------
@@ -227,7 +223,7 @@ def export_object(
     for mid, model in found.values():
         t0 = time.perf_counter()
         spec, state, info = _export_module(
-            model, mode, _examples_for(examples, mid, len(found), root), examples is not None and len(found) > 1
+            model, mode, _examples_for(examples, len(found)), examples is not None and len(found) > 1
         )
         specs[mid] = spec
         states[mid] = state

@@ -229,10 +229,8 @@ def export_fx(model: nn.Module, example_inputs: tuple | None) -> tuple[dict, _ex
         # Tracer.trace calls root.forward directly: root hooks would be lost silently.
         raise FxExportError("the model has forward hooks on its root module, which fx tracing would drop")
     recipes = _recipes.compute_recipes(model)  # before tracing: see _recipes docstring
-    leaf_paths: dict[str, dict] = {}
-    for path, mod in model.named_modules():
-        if id(mod) in recipes and not any(path.startswith(p + ".") for p in leaf_paths):
-            leaf_paths[path] = recipes[id(mod)]
+    # compute_recipes never nests leaves; named_modules gives each its first path.
+    leaf_paths = {path: recipes[id(mod)] for path, mod in model.named_modules() if id(mod) in recipes}
     leaf_ids = set(recipes)
 
     graphs: dict[str, dict] = {}
