@@ -13,7 +13,7 @@ Keys (all optional):
                            (for backends without a user namespace of their own)
   no_new_privs: bool       prctl(PR_SET_NO_NEW_PRIVS)
   drop_caps: bool          empty every capability set (landlock as root)
-  landlock: {abi_min, read: [paths], write: [paths], devices: [paths],
+  landlock: {abi_min, abi_max, read: [paths], write: [paths], devices: [paths],
              gpu_devices: [paths], deny_tcp: bool, scope: bool}
   deny_sockets: bool       seccomp: socket() fails with EACCES, io_uring with ENOSYS
 """
@@ -110,6 +110,8 @@ def _landlock(config: dict) -> None:
     need = int(config.get("abi_min", 1))
     if abi < need:
         raise ConfineError(f"Landlock ABI {abi} is below the required {need}")
+    if "abi_max" in config:  # use only the features of an older ABI (what older kernels give)
+        abi = min(abi, int(config["abi_max"]))
     handled = _fs_rights(abi)
     read = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
     write = handled

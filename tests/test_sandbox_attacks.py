@@ -420,3 +420,24 @@ def test_control_the_process_backend_reaches_the_listeners(tmp_path, python_env,
         while len(ears.seen) < 4 and time.monotonic() < deadline:
             time.sleep(0.01)
     assert sorted(ears.seen) == ["path", "tcp", "udp", "unix"]
+
+
+@pytest.mark.parametrize("entry", ["kill_parent", "connect", "scan_proc"])
+def test_landlock_abi4_kernels_are_still_contained(entry, sentinel, tmp_path, python_env, caplog, canaries, monkeypatch):
+    """Ubuntu 24.04's kernel has Landlock ABI 4: no signal or abstract-socket scoping.
+    The pid namespace (as root) and the seccomp socket filter cover those."""
+    from safehub._sandbox import LandlockBackend
+
+    proc, secret = sentinel
+    monkeypatch.setenv("SAFEHUB_LANDLOCK_ABI", "4")
+    assert LandlockBackend().describe()["scoped_signals_and_abstract_sockets"] is False
+    with listeners() as ears:
+        kwargs = {}
+        if entry == "connect":
+            kwargs = dict(port=ears.tcp.getsockname()[1], abstract=ears.abstract, message=b"x",
+                          udp_port=ears.udp.getsockname()[1], unix_path=ears.path)
+        out = attack("landlock", entry, tmp_path / "hub", python_env, caplog, **kwargs)
+    assert out.error is None, out.error
+    assert out.sandbox is not None and out.sandbox.details["landlock_abi"] == 4
+    assert ears.seen == [] and proc.poll() is None
+    out.assert_clean(secret, *canaries["values"])

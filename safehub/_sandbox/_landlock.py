@@ -14,7 +14,10 @@ anything from the repo runs; every process it starts inherits it:
 * sockets: socket() refused by a seccomp filter (Landlock does not cover UDP or
   connecting to pathname unix sockets such as docker.sock or an ssh-agent);
   socketpair() still works; io_uring refused;
-* no_new_privs, rlimits, and as root every capability dropped.
+* no_new_privs, rlimits, and as root every capability dropped;
+* as root, a pid namespace of its own (root needs no user namespace for that):
+  without it a job running as uid 0 could signal every root process on a
+  kernel without Landlock signal scoping (ABI < 6).
 
 The tree runs below a subreaper (_reaper.py) so nothing it starts outlives it.
 """
@@ -29,11 +32,9 @@ from ._limits import confine_rlimits
 from ._paths import normalise_request
 from ._supervised import run_supervised
 
-__all__ = ["LandlockBackend", "landlock_abi", "MIN_ABI", "MIN_ABI_ROOT"]
+__all__ = ["LandlockBackend", "landlock_abi", "MIN_ABI"]
 
 MIN_ABI = 1
-# As root, only signal scoping (ABI 6) stops the job from killing host processes.
-MIN_ABI_ROOT = 6
 SYSTEM_READ = (
     "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache",
     # Hardware facts torch reads at import (not secrets; no other /proc or /sys).
@@ -60,18 +61,16 @@ class LandlockBackend(SandboxBackend):
     def __init__(self, env: Mapping[str, str] | None = None, abi: int | None = None) -> None:
         env = os.environ if env is None else env
         forced = env.get("SAFEHUB_LANDLOCK_ABI")  # tests: pretend the kernel lacks Landlock
-        self.abi = abi if abi is not None else int(forced) if forced else landlock_abi()
+        kernel = landlock_abi()
+        # SAFEHUB_LANDLOCK_ABI / abi= can only lower what the kernel has (to behave as on
+        # an older kernel, or to make Landlock unavailable with 0).
+        self.abi = min(kernel, abi if abi is not None else int(forced) if forced else kernel)
         self.forced = forced is not None and abi is None
 
     def check(self) -> str | None:
         if self.abi < MIN_ABI:
             why = " (SAFEHUB_LANDLOCK_ABI says so)" if self.forced else " on this kernel"
             return f"Landlock is not available{why}; {HINT}"
-        if os.geteuid() == 0 and self.abi < MIN_ABI_ROOT:
-            return (
-                f"Landlock ABI {self.abi} cannot stop a job running as root from signalling host "
-                f"processes (needs ABI {MIN_ABI_ROOT}, Linux >= 6.12); run safehub as an unprivileged user"
-            )
         return None
 
     def describe(self) -> dict[str, object]:
@@ -81,6 +80,8 @@ class LandlockBackend(SandboxBackend):
             "tcp_denied": self.abi >= 4,
             "scoped_signals_and_abstract_sockets": self.abi >= 6,
             "socket_syscall": "denied (seccomp)",
+            # As root the job also gets its own pid namespace (no user namespace needed).
+            "pid_namespace": os.geteuid() == 0,
         }
 
     def confine_config(self, request: SandboxRequest) -> dict[str, object]:
@@ -92,7 +93,8 @@ class LandlockBackend(SandboxBackend):
             "no_new_privs": True,
             "rlimits": rlimits,
             "landlock": {
-                "abi_min": self.abi,
+                "abi_min": MIN_ABI,
+                "abi_max": self.abi,
                 "read": [*SYSTEM_READ, *map(str, ro)],
                 "write": [*map(str, rw), *map(str, scratch)],
                 "devices": list(DEVICES),
@@ -119,4 +121,7 @@ class LandlockBackend(SandboxBackend):
         if problem:
             raise SandboxUnavailableError(f"the landlock sandbox is unavailable: {problem}")
         _, rw, scratch = normalise_request(request)
-        return run_supervised(self.name, request, confine=self.confine_config(request), disk_paths=[*rw, *scratch], details=self.describe())
+        return run_supervised(
+            self.name, request, confine=self.confine_config(request), disk_paths=[*rw, *scratch],
+            details=self.describe(), pid_namespace=os.geteuid() == 0,
+        )

@@ -1,6 +1,6 @@
 """A tiny supervisor for backends without a pid namespace (landlock, process).
 
-Run by the host as ``python -I -S -B _reaper.py CONFINE_JSON RUNNER_DIR COMMAND...``
+Run by the host as ``python -I -S -B _reaper.py CONFINE_JSON RUNNER_DIR pidns|-- COMMAND...``
 (host code, never repo code). Its child applies CONFINE_JSON to itself with
 RUNNER_DIR/_confine.py (rlimits, Landlock, no_new_privs...) and only then execs
 COMMAND, so the confinement holds whatever COMMAND is. It makes itself a child subreaper, so every process the command
@@ -8,7 +8,8 @@ starts, daemons included, stays its descendant. When the command exits, or the
 host sends SIGTERM, or the host dies, it SIGKILLs everything below it and exits
 only once nothing is left: when the host sees it gone, the tree is gone.
 
-Under Landlock ABI >= 6 the sandbox cannot signal this process (signal scoping).
+Under Landlock ABI >= 6 the sandbox cannot signal this process (signal scoping);
+with "pidns" (root only) it cannot even name it.
 """
 
 import ctypes
@@ -18,6 +19,7 @@ import sys
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+CLONE_NEWPID = 0x20000000
 
 
 def _children() -> list:
@@ -76,7 +78,15 @@ def main() -> int:
     sys.path.insert(0, sys.argv[2])
     import _confine
 
-    argv = sys.argv[3:]
+    argv = sys.argv[4:]
+    if sys.argv[3] == "pidns":
+        # The command becomes pid 1 of a new pid namespace: host pids are neither
+        # visible nor signalable from inside, and when it exits the kernel kills
+        # everything else in the namespace. Needs CAP_SYS_ADMIN (root), not a
+        # user namespace.
+        if libc.unshare(CLONE_NEWPID) != 0:
+            print(f"safehub reaper: unshare(CLONE_NEWPID) failed: {os.strerror(ctypes.get_errno())}", file=sys.stderr)
+            return 125
     pid = os.fork()
     if pid == 0:
         try:

@@ -26,7 +26,13 @@ REAPER = Path(__file__).with_name("_reaper.py")
 
 
 def run_supervised(
-    name: str, request: SandboxRequest, *, confine: dict[str, object], disk_paths: list[Path], details: dict[str, object]
+    name: str,
+    request: SandboxRequest,
+    *,
+    confine: dict[str, object],
+    disk_paths: list[Path],
+    details: dict[str, object],
+    pid_namespace: bool = False,
 ) -> SandboxResult:
     import json
 
@@ -40,7 +46,7 @@ def run_supervised(
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
-            [os.path.realpath(sys.executable), "-I", "-S", "-B", str(REAPER), json.dumps(confine), str(runner_dir()), *request.argv],
+            [os.path.realpath(sys.executable), "-I", "-S", "-B", str(REAPER), json.dumps(confine), str(runner_dir()), "pidns" if pid_namespace else "--", *request.argv],
             env=dict(request.env),
             cwd=str(request.cwd),
             stdin=subprocess.DEVNULL,
