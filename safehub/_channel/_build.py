@@ -13,7 +13,8 @@ from typing import Any
 from .._errors import InvalidNameError, TensorMismatchError, UnsafeSpecError
 from ._literals import NodeRef
 from ._names import show
-from ._spec import GraphSpec, ModuleSpec
+from ._graphspec import GraphSpec
+from ._spec import ModuleSpec
 
 __all__ = ["build_module", "build_graphs"]
 

@@ -9,27 +9,15 @@ strings, Python literals, torch enum values and allowlisted callables.
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._errors import (
-    DisallowedTargetError,
-    InvalidNameError,
-    SpecTooLargeError,
-    UnsafeSpecError,
-)
-from ._allowlist import (
-    COUNT_KWARGS,
-    GETATTR_ATTRS,
-    GETATTR_KEY,
-    function_allowlist,
-    leaf_allowlist,
-    method_allowlist,
-    resolve_aten,
-)
+from .._errors import DisallowedTargetError, InvalidNameError, SpecTooLargeError, UnsafeSpecError
+from ._allowlist import COUNT_KWARGS, leaf_allowlist
+from ._graphspec import GraphSpec, NodeSpec, parse_graph
+from ._json import boolean, dict_capped, load_json, obj
 from ._limits import ChannelLimits
-from ._literals import DTYPE_NAMES, LiteralContext, NodeRef, decode_literal
+from ._literals import DTYPE_NAMES, LiteralContext, decode_literal
 from ._names import check_ident, check_path, show
 
 __all__ = [
@@ -46,11 +34,9 @@ __all__ = [
 
 FORMAT = "safehub-arch"
 VERSION = 1
-_OPS = ("placeholder", "get_attr", "call_function", "call_method", "call_module", "output")
 _KINDS = ("parameter", "buffer", "constant")
 _FLOATING = ("float64", "float32", "float16", "bfloat16", "complex64", "complex128")
 _MAX_DIM = 2**62
-_OPERATOR_ARITY = {"neg": 1, "pos": 1, "abs": 1, "invert": 1, "not_": 1, "truth": 1, "index": 1, "setitem": 3}
 
 
 @dataclass(frozen=True)
@@ -80,22 +66,6 @@ class LeafSpec:
 
 
 @dataclass
-class NodeSpec:
-    op: str
-    name: str
-    target: Any  # str for placeholder/get_attr/call_module/call_method/output, a callable for call_function
-    target_text: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-
-
-@dataclass
-class GraphSpec:
-    nodes: list[NodeSpec]
-    placeholders: tuple[str, ...]
-
-
-@dataclass
 class ModuleSpec:
     mid: str
     mode: str
@@ -114,62 +84,6 @@ class ArchSpec:
     modules: dict[str, ModuleSpec]
 
 
-# --- JSON --------------------------------------------------------------------
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed in safehub JSON")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k[:80]!r}")
-        out[k] = v
-    return out
-
-
-def load_json(raw: bytes, what: str) -> Any:
-    """Strict JSON: UTF-8, no NaN/Infinity, no duplicate keys, bounded nesting."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UnsafeSpecError(f"{what} is not UTF-8") from None
-    try:
-        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
-    except RecursionError:
-        raise SpecTooLargeError(f"{what} is nested too deeply to parse") from None
-    except ValueError as exc:  # JSONDecodeError, NaN/Infinity, duplicates, huge ints
-        raise UnsafeSpecError(f"{what} is not valid safehub JSON: {show(str(exc), 200)}") from None
-
-
-def _obj(value: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise UnsafeSpecError(f"{where} must be a JSON object")
-    missing = [k for k in required if k not in value]
-    if missing:
-        raise UnsafeSpecError(f"{where} lacks {', '.join(missing)}")
-    extra = [k for k in value if k not in required and k not in optional]
-    if extra:
-        raise UnsafeSpecError(f"{where} has unknown keys {show(sorted(extra)[:5])}", hint="the producer and host disagree on the format version")
-    return value
-
-
-def _bool(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise UnsafeSpecError(f"{where} must be true or false")
-    return value
-
-
-def _dict_capped(value: Any, where: str, cap: int) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise UnsafeSpecError(f"{where} must be a JSON object")
-    if len(value) > cap:
-        raise SpecTooLargeError(f"{where} has {len(value)} entries, over the cap of {cap}")
-    return value
-
-
 # --- top level ---------------------------------------------------------------
 
 
@@ -178,14 +92,14 @@ def parse_spec(raw: bytes, *, limits: ChannelLimits, device: Any = None) -> Arch
     literals in graphs are re-pointed to."""
     if len(raw) > limits.spec_bytes:
         raise SpecTooLargeError(f"spec.json is {len(raw)} bytes, over the {limits.spec_bytes}-byte cap")
-    doc = _obj(load_json(raw, "spec.json"), "spec.json", ("format", "version", "root", "modules"), ("torch_version",))
+    doc = obj(load_json(raw, "spec.json"), "spec.json", ("format", "version", "root", "modules"), ("torch_version",))
     if doc["format"] != FORMAT or type(doc["version"]) is not int or doc["version"] != VERSION:
         raise UnsafeSpecError(
             f"spec.json is format {show(doc['format'])} version {show(doc['version'])}; this safehub reads {FORMAT} version {VERSION}",
             hint="upgrade safehub on the side that is older",
         )
     torch_version = _check_torch_version(doc.get("torch_version"))
-    modules_raw = _dict_capped(doc["modules"], "spec.json modules", limits.modules)
+    modules_raw = dict_capped(doc["modules"], "spec.json modules", limits.modules)
     total_tensors = 0
     for mid, mod in modules_raw.items():
         if isinstance(mod, dict):
@@ -259,11 +173,11 @@ def _parse_module(mid: str, raw: Any, limits: ChannelLimits, device: Any) -> Mod
     from ._module import reserved_module_attrs, reserved_root_attrs
 
     where = f"module {mid}"
-    raw = _obj(raw, where, ("mode", "training", "tensors", "graphs"), ("aliases", "leaves", "submodules"))
+    raw = obj(raw, where, ("mode", "training", "tensors", "graphs"), ("aliases", "leaves", "submodules"))
     mode = raw["mode"]
     if mode not in ("fx", "aten"):
         raise UnsafeSpecError(f"{where}: mode {show(mode)} is neither 'fx' nor 'aten'")
-    training = _bool(raw["training"], f"{where} training")
+    training = boolean(raw["training"], f"{where} training")
     root_res, mod_res = reserved_root_attrs(), reserved_module_attrs()
 
     def path(p: Any, what: str) -> tuple[str, ...]:
@@ -276,18 +190,18 @@ def _parse_module(mid: str, raw: Any, limits: ChannelLimits, device: Any) -> Mod
         return atoms
 
     tensors: dict[str, TensorInfo] = {}
-    for p, info in _dict_capped(raw["tensors"], f"{where} tensors", limits.tensors).items():
+    for p, info in dict_capped(raw["tensors"], f"{where} tensors", limits.tensors).items():
         path(p, "tensor path")
         tensors[p] = _parse_tensor_info(p, info, f"{where} tensor {show(p)}", limits)
     aliases: dict[str, str] = {}
-    for p, target in _dict_capped(raw.get("aliases", {}), f"{where} aliases", limits.tensors).items():
+    for p, target in dict_capped(raw.get("aliases", {}), f"{where} aliases", limits.tensors).items():
         path(p, "alias path")
         if not isinstance(target, str) or target not in tensors:
             raise UnsafeSpecError(f"{where}: alias {show(p)} points to {show(target)}, which is not a tensor of this module")
         if p in tensors:
             raise UnsafeSpecError(f"{where}: {show(p)} is both a tensor and an alias")
         aliases[p] = target
-    leaves_raw = _dict_capped(raw.get("leaves", {}), f"{where} leaves", limits.leaves)
+    leaves_raw = dict_capped(raw.get("leaves", {}), f"{where} leaves", limits.leaves)
     if mode == "aten" and leaves_raw:
         raise UnsafeSpecError(f"{where}: aten-mode modules have no leaves")
     leaves: dict[str, LeafSpec] = {}
@@ -295,15 +209,15 @@ def _parse_module(mid: str, raw: Any, limits: ChannelLimits, device: Any) -> Mod
         path(p, "leaf path")
         leaves[p] = _parse_leaf(p, leaf, f"{where} leaf {show(p)}", limits)
     submodules: dict[str, bool] = {}
-    for p, sub in _dict_capped(raw.get("submodules", {}), f"{where} submodules", limits.leaves).items():
+    for p, sub in dict_capped(raw.get("submodules", {}), f"{where} submodules", limits.leaves).items():
         path(p, "submodule path")
-        sub = _obj(sub, f"{where} submodule {show(p)}", ("training",))
-        submodules[p] = _bool(sub["training"], f"{where} submodule {show(p)} training")
+        sub = obj(sub, f"{where} submodule {show(p)}", ("training",))
+        submodules[p] = boolean(sub["training"], f"{where} submodule {show(p)} training")
     _check_tree(where, tensors, aliases, leaves, submodules)
 
-    graphs_raw = _obj(raw["graphs"], f"{where} graphs", ("eval",), ("train",))
+    graphs_raw = obj(raw["graphs"], f"{where} graphs", ("eval",), ("train",))
     graphs = {
-        name: _parse_graph(g, f"{where} {name} graph", mode, tensors, aliases, leaves, limits, device)
+        name: parse_graph(g, f"{where} {name} graph", mode, tensors, aliases, leaves, limits, device)
         for name, g in graphs_raw.items()
     }
     if "train" in graphs and graphs["train"].placeholders != graphs["eval"].placeholders:
@@ -312,7 +226,7 @@ def _parse_module(mid: str, raw: Any, limits: ChannelLimits, device: Any) -> Mod
 
 
 def _parse_tensor_info(p: str, raw: Any, where: str, limits: ChannelLimits) -> TensorInfo:
-    raw = _obj(raw, where, ("dtype", "shape", "kind"), ("requires_grad", "persistent"))
+    raw = obj(raw, where, ("dtype", "shape", "kind"), ("requires_grad", "persistent"))
     dtype, shape, kind = raw["dtype"], raw["shape"], raw["kind"]
     if dtype not in DTYPE_NAMES:
         raise UnsafeSpecError(f"{where}: dtype {show(dtype)} is not allowed")
@@ -323,8 +237,8 @@ def _parse_tensor_info(p: str, raw: Any, where: str, limits: ChannelLimits) -> T
             raise UnsafeSpecError(f"{where}: shape entry {show(d)} is not a size")
     if kind not in _KINDS:
         raise UnsafeSpecError(f"{where}: kind {show(kind)} is not one of {', '.join(_KINDS)}")
-    requires_grad = _bool(raw.get("requires_grad", False), f"{where} requires_grad")
-    persistent = _bool(raw.get("persistent", kind != "constant"), f"{where} persistent")
+    requires_grad = boolean(raw.get("requires_grad", False), f"{where} requires_grad")
+    persistent = boolean(raw.get("persistent", kind != "constant"), f"{where} persistent")
     if requires_grad and (kind != "parameter" or dtype not in _FLOATING):
         raise UnsafeSpecError(f"{where}: only floating-point parameters can require grad")
     if kind == "constant":
@@ -351,7 +265,7 @@ def _ctor_params(cls: type) -> frozenset[str]:
 
 
 def _parse_leaf(p: str, raw: Any, where: str, limits: ChannelLimits) -> LeafSpec:
-    raw = _obj(raw, where, ("cls", "kwargs"), ("training",))
+    raw = obj(raw, where, ("cls", "kwargs"), ("training",))
     cls_name = raw["cls"]
     allow = leaf_allowlist()
     if not isinstance(cls_name, str) or cls_name not in allow:
@@ -363,7 +277,7 @@ def _parse_leaf(p: str, raw: Any, where: str, limits: ChannelLimits) -> LeafSpec
     params = _ctor_params(cls)
     kwargs: dict[str, Any] = {}
     ctx = LiteralContext(limits, f"{where} kwargs", resolve_ref=None, allow_device=False)
-    for key, value in _dict_capped(raw["kwargs"], f"{where} kwargs", limits.args).items():
+    for key, value in dict_capped(raw["kwargs"], f"{where} kwargs", limits.args).items():
         check_ident(key, f"{where}: kwarg", limits)
         if key.startswith("_") or key in ("device", "self"):
             raise InvalidNameError(f"{where}: constructor argument {show(key)} is private or not allowed")
@@ -373,7 +287,7 @@ def _parse_leaf(p: str, raw: Any, where: str, limits: ChannelLimits) -> LeafSpec
         if key in COUNT_KWARGS.get(cls_name, ()) and not (type(value) is int and 0 <= value <= limits.count_kwarg):
             raise SpecTooLargeError(f"{where}: {cls_name}({key}={show(value)}) is over the cap of {limits.count_kwarg}")
         kwargs[key] = value
-    training = _bool(raw.get("training", True), f"{where} training")
+    training = boolean(raw.get("training", True), f"{where} training")
     return LeafSpec(p, cls_name, cls, kwargs, training)
 
 
@@ -414,137 +328,3 @@ def _check_tree(where: str, tensors: dict, aliases: dict, leaves: dict[str, Leaf
                 raise UnsafeSpecError(f"{where}: {kind} {show(p)} lies inside {show(leaf or tensor)}")
 
 
-# --- graphs --------------------------------------------------------------------
-
-
-def _parse_graph(
-    raw: Any,
-    where: str,
-    mode: str,
-    tensors: dict,
-    aliases: dict,
-    leaves: dict,
-    limits: ChannelLimits,
-    device: Any,
-) -> GraphSpec:
-    raw = _obj(raw, where, ("nodes",))
-    nodes_raw = raw["nodes"]
-    if not isinstance(nodes_raw, list):
-        raise UnsafeSpecError(f"{where}: nodes must be a list")
-    if len(nodes_raw) > limits.nodes:
-        raise SpecTooLargeError(f"{where} has {len(nodes_raw)} nodes, over the cap of {limits.nodes}")
-    functions, methods = function_allowlist(), method_allowlist()
-    seen: set[str] = set()
-    placeholders: list[str] = []
-    nodes: list[NodeSpec] = []
-    output_seen = defaults_seen = False
-    for index, node in enumerate(nodes_raw):
-        nwhere = f"{where} node #{index}"
-        node = _obj(node, nwhere, ("op", "name"), ("target", "args", "kwargs"))
-        op = node["op"]
-        if op not in _OPS:
-            raise UnsafeSpecError(f"{nwhere}: unknown op {show(op)}")
-        name = check_ident(node["name"], f"{nwhere}: node name", limits)
-        nwhere = f"{where} node {name!r}"
-        if name in seen:
-            raise InvalidNameError(f"{nwhere}: the name is used twice")
-        if output_seen:
-            raise UnsafeSpecError(f"{nwhere}: nodes follow the output node")
-
-        def resolve_ref(ref: str, _nwhere: str = nwhere) -> None:
-            if ref not in seen:
-                raise UnsafeSpecError(f"{_nwhere}: refers to {show(ref)}, which is not an earlier node")
-
-        ctx = LiteralContext(limits, nwhere, resolve_ref=resolve_ref, device=device)
-        args_raw, kwargs_raw = node.get("args", []), node.get("kwargs", {})
-        if not isinstance(args_raw, list) or not isinstance(kwargs_raw, dict):
-            raise UnsafeSpecError(f"{nwhere}: args must be a list and kwargs an object")
-        if len(args_raw) + len(kwargs_raw) > limits.args:
-            raise SpecTooLargeError(f"{nwhere}: more than {limits.args} arguments")
-        for key in kwargs_raw:
-            check_ident(key, f"{nwhere}: keyword argument", limits)
-        target_raw = node.get("target")
-        if op == "placeholder":
-            target = check_ident(target_raw, f"{nwhere}: placeholder target", limits)
-            if target in placeholders:
-                raise InvalidNameError(f"{nwhere}: argument name {target!r} is used twice")
-            if len(args_raw) > 1 or kwargs_raw:
-                raise UnsafeSpecError(f"{nwhere}: a placeholder takes at most one default value")
-            args = tuple(decode_literal(a, LiteralContext(limits, nwhere, device=device)) for a in args_raw)
-            if not args and defaults_seen:
-                raise UnsafeSpecError(f"{nwhere}: an argument without a default follows one with a default")
-            defaults_seen = defaults_seen or bool(args)
-            placeholders.append(target)
-            nodes.append(NodeSpec(op, name, target, target, args, {}))
-        elif op == "output":
-            if len(args_raw) != 1 or kwargs_raw:
-                raise UnsafeSpecError(f"{nwhere}: output takes exactly one argument")
-            nodes.append(NodeSpec(op, name, "output", "output", (decode_literal(args_raw[0], ctx),), {}))
-            output_seen = True
-        else:
-            args = tuple(decode_literal(a, ctx) for a in args_raw)
-            kwargs = {k: decode_literal(v, ctx) for k, v in kwargs_raw.items()}
-            target = _resolve_target(op, target_raw, nwhere, mode, tensors, aliases, leaves, functions, methods, limits)
-            if op == "get_attr" and (args or kwargs):
-                raise UnsafeSpecError(f"{nwhere}: get_attr takes no arguments")
-            if op == "call_method" and (not args or not isinstance(args[0], NodeRef)):
-                raise UnsafeSpecError(f"{nwhere}: a method call needs the object as its first argument")
-            if op == "call_function" and target_raw.startswith("operator."):
-                # FX prints operators as syntax ("{} * {}"), which needs the exact arity.
-                arity = _OPERATOR_ARITY.get(target_raw[9:], 2)
-                if len(args) != arity or kwargs:
-                    raise UnsafeSpecError(f"{nwhere}: {target_raw} takes exactly {arity} positional arguments")
-            if op == "call_function" and target_raw == GETATTR_KEY:
-                if len(args) != 2 or kwargs or not isinstance(args[0], NodeRef) or not isinstance(args[1], str) or args[1] not in GETATTR_ATTRS:
-                    raise DisallowedTargetError(
-                        f"{nwhere}: getattr is allowed only as getattr(node, name) with name in {sorted(GETATTR_ATTRS)}; "
-                        f"got attribute {show(args[1] if len(args) > 1 else None)}"
-                    )
-            nodes.append(NodeSpec(op, name, target, target_raw, args, kwargs))
-        seen.add(name)
-    if not output_seen:
-        raise UnsafeSpecError(f"{where}: the graph has no output node")
-    return GraphSpec(nodes, tuple(placeholders))
-
-
-def _resolve_target(
-    op: str,
-    target: Any,
-    where: str,
-    mode: str,
-    tensors: dict,
-    aliases: dict,
-    leaves: dict,
-    functions: dict,
-    methods: frozenset,
-    limits: ChannelLimits,
-) -> Any:
-    if not isinstance(target, str) or len(target) > limits.path_chars:
-        raise UnsafeSpecError(f"{where}: target must be a string of at most {limits.path_chars} characters")
-    if op == "get_attr":
-        if target not in tensors and target not in aliases:
-            raise UnsafeSpecError(f"{where}: get_attr target {show(target)} is not a tensor of this module")
-        return target
-    if op == "call_module":
-        if mode != "fx":
-            raise DisallowedTargetError(f"{where}: call_module is not allowed in aten mode")
-        if target not in leaves:
-            raise UnsafeSpecError(f"{where}: call_module target {show(target)} is not a leaf of this module")
-        return target
-    if op == "call_method":
-        if target not in methods:
-            raise DisallowedTargetError(
-                f"{where}: Tensor method {show(target)} is not on safehub's allowlist",
-                hint="methods that touch storage, hooks, files or Python objects are refused",
-            )
-        return target
-    # call_function
-    fn = functions.get(target)
-    if fn is not None:
-        return fn
-    if target.startswith("aten."):  # aten mode, or fx mode when a model calls torch.ops.aten.* itself
-        return resolve_aten(target, where)
-    raise DisallowedTargetError(
-        f"{where}: function {show(target)} is not on safehub's allowlist",
-        hint="only torch/functional/linalg/fft/special ops, operator.*, math.* and aten ops are rebuilt",
-    )

@@ -15,7 +15,8 @@ from typing import Any
 from .._errors import SpecTooLargeError, TensorMismatchError, UnsafeSpecError
 from ._limits import ChannelLimits
 from ._names import show
-from ._spec import ArchSpec, load_json
+from ._json import load_json
+from ._spec import ArchSpec
 
 __all__ = ["HeaderEntry", "read_header", "check_against_spec", "load_tensors", "ST_DTYPES"]
 
