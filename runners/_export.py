@@ -119,9 +119,23 @@ def _examples_for(examples: tuple | None, n_modules: int) -> tuple | None:
 # One module
 
 
+def _on_model_device(examples: tuple | None, model: nn.Module) -> tuple | None:
+    """Host-made example tensors are CPU tensors; a model the entrypoint moved
+    to a GPU gets them on its own device."""
+    if examples is None:
+        return None
+    first = next(iter(model.parameters()), None)
+    if first is None:
+        first = next(iter(model.buffers()), None)
+    if first is None or first.device.type in ("cpu", "meta"):
+        return examples
+    return tuple(a.to(first.device) if isinstance(a, torch.Tensor) else a for a in examples)
+
+
 def _export_module(
     model: nn.Module, mode: str, examples: tuple | None, examples_ignored: bool = False
 ) -> tuple[dict, _export_state.ModuleState, dict]:
+    examples = _on_model_device(examples, model)
     fx_error = aten_error = None
     if mode in ("auto", "fx"):
         try:
