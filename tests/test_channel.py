@@ -292,3 +292,11 @@ def test_leaf_dtype_kwarg_and_placeholder_default(tmp_path: Path) -> None:
     assert torch.equal(rebuilt(x), x * 2)
     assert torch.equal(rebuilt(x, 0.5), x * 0.5)
     assert rebuilt.fc.weight.dtype == torch.float16
+
+
+def test_importing_the_channel_does_not_import_torch() -> None:
+    import subprocess
+
+    code = "import sys, safehub._channel as c; assert 'torch' not in sys.modules; c.ChannelLimits(); print('ok')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from safehub._channel import rebuild_from_output
+from safehub._channel._allowlist import function_allowlist
 from safehub._channel._module import SafehubGraphModule
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +53,19 @@ def zoo():
     return mod
 
 
+def assert_only_allowlisted_globals(gm: SafehubGraphModule) -> None:
+    """The code FX generates for both graphs reaches nothing but allowlisted
+    callables, FX's fixed builtins and the torch module itself."""
+    from torch.fx.graph import _custom_builtins
+
+    allowed = {id(fn) for fn in function_allowlist().values()}
+    allowed |= {id(b.obj) for b in _custom_builtins.values()} | {id(torch)}
+    for graph in (gm.graph, gm.train_graph):
+        for name, obj in graph.python_code(root_module="self").globals.items():
+            ok = id(obj) in allowed or (isinstance(obj, torch._ops.OpOverload) and obj.namespace == "aten")
+            assert ok, f"generated code global {name} = {obj!r} is not allowlisted"
+
+
 def close(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -88,6 +102,7 @@ def test_zoo_model_rebuilds_and_matches(zoo, tmp_path: Path, name: str) -> None:
     assert rebuilt.state_dict().keys() == original.state_dict().keys()
     for key, value in original.state_dict().items():
         assert torch.equal(rebuilt.state_dict()[key], value), key
+    assert_only_allowlisted_globals(rebuilt)
     torch.manual_seed(1)
     inputs = INPUTS[name](3)
     for train in (False, True):

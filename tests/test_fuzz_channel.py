@@ -188,3 +188,37 @@ def test_safetensors_header_structured(header: dict, declared: int | None, data:
         assert sum(e.end - e.begin for e in entries.values()) == size - 8 - n
     finally:
         os.close(fd)
+
+
+@pytest.fixture(scope="module")
+def producer_spec(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A real spec written by the sandbox-side producer (runners/_export.py) for
+    the zoo's ResNet, as a larger, realistic base for mutation."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent
+    for p in (str(root / "runners"), str(root / "tests" / "zoo")):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    import _export
+
+    spec = importlib.util.spec_from_file_location("safehub_fuzz_zoo_hubconf", root / "tests" / "zoo" / "hubconf.py")
+    zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zoo)
+    out = tmp_path_factory.mktemp("resnet")
+    _export.export_object(zoo.resnet(), str(out), options={"mode": "fx"}, example_inputs=None, hubconf=zoo, entrypoint="resnet")
+    return json.loads((out / "spec.json").read_text())
+
+
+@settings(FUZZ, max_examples=min(FUZZ.max_examples, 100))
+@given(data=st.data())
+def test_mutated_producer_spec_validates_or_refuses(producer_spec: dict, data: st.DataObject) -> None:
+    paths = _paths(producer_spec)
+    path = data.draw(st.sampled_from(paths))
+    doc = _replace(producer_spec, path, data.draw(JSON))
+    try:
+        spec = parse_spec(json.dumps(doc).encode(), limits=ChannelLimits())
+        for mspec in spec.modules.values():
+            build_graphs(mspec)
+    except UnsafeSpecError:
+        pass
