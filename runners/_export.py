@@ -21,7 +21,6 @@ from torch import nn
 import _export_aten
 import _export_fx
 import _export_state
-import _literals
 
 FORMAT = "safehub-arch"
 VERSION = 1

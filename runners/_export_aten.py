@@ -123,12 +123,11 @@ def _export_gm(model: nn.Module, example_inputs: tuple) -> tuple[fx.GraphModule,
 
 
 def _check_inputs(gm: fx.GraphModule, n_args: int) -> None:
-    from torch.utils import _pytree as pytree
-
     in_spec = getattr(gm, "_in_spec", None)
     if in_spec is None:
         return
-    def kids(spec):
+
+    def kids(spec: Any) -> list:
         return list(spec.children()) if hasattr(spec, "children") else list(spec.children_specs)
 
     top = kids(in_spec) if in_spec.type is tuple else []
@@ -138,7 +137,6 @@ def _check_inputs(gm: fx.GraphModule, n_args: int) -> None:
         and all(c.is_leaf() for c in kids(top[0]))
         and top[1].num_children == 0
     )
-    del pytree
     if not ok:
         raise AtenExportError("aten mode supports flat positional inputs only (no nested lists/dicts as forward arguments)")
 

@@ -192,8 +192,6 @@ def recipe_for(module: nn.Module) -> tuple[dict | None, str]:
         return None, "has hooks"
     if "forward" in module.__dict__:
         return None, "forward is overridden on the instance"
-    if any(isinstance(t, torch.Tensor) and t.is_meta for t in module.state_dict().values()):
-        pass  # meta models still export their structure; the tensor step reports it
     try:
         kwargs = _recover_kwargs(module)
         encoded = {k: _literals.encode(v) for k, v in kwargs.items()}
