@@ -66,11 +66,36 @@ class LandlockBackend(SandboxBackend):
         # an older kernel, or to make Landlock unavailable with 0).
         self.abi = min(kernel, abi if abi is not None else int(forced) if forced else kernel)
         self.forced = forced is not None and abi is None
+        self._pidns: bool | None = None
+
+    @property
+    def pid_namespace(self) -> bool:
+        """As root: whether the job gets its own pid namespace (probed once)."""
+        if os.geteuid() != 0:
+            return False
+        if self._pidns is None:
+            import subprocess
+            import sys
+
+            code = "import ctypes,sys; sys.exit(ctypes.CDLL(None).unshare(0x20000000) != 0)"
+            try:
+                done = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, timeout=20, env={})
+                self._pidns = done.returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                self._pidns = False
+        return self._pidns
 
     def check(self) -> str | None:
         if self.abi < MIN_ABI:
             why = " (SAFEHUB_LANDLOCK_ABI says so)" if self.forced else " on this kernel"
             return f"Landlock is not available{why}; {HINT}"
+        if os.geteuid() == 0 and self.abi < 6 and not self.pid_namespace:
+            # A job running as uid 0 could signal every root process on the host.
+            return (
+                f"running as root, Landlock ABI {self.abi} has no signal scoping (ABI 6) and this "
+                "process cannot create a pid namespace (unshare(CLONE_NEWPID) failed: in a container "
+                "without CAP_SYS_ADMIN?); run safehub as an unprivileged user or on Linux >= 6.12"
+            )
         return None
 
     def describe(self) -> dict[str, object]:
@@ -81,7 +106,7 @@ class LandlockBackend(SandboxBackend):
             "scoped_signals_and_abstract_sockets": self.abi >= 6,
             "socket_syscall": "denied (seccomp)",
             # As root the job also gets its own pid namespace (no user namespace needed).
-            "pid_namespace": os.geteuid() == 0,
+            "pid_namespace": self.pid_namespace,
         }
 
     def confine_config(self, request: SandboxRequest) -> dict[str, object]:
@@ -123,5 +148,5 @@ class LandlockBackend(SandboxBackend):
         _, rw, scratch = normalise_request(request)
         return run_supervised(
             self.name, request, confine=self.confine_config(request), disk_paths=[*rw, *scratch],
-            details=self.describe(), pid_namespace=os.geteuid() == 0,
+            details=self.describe(), pid_namespace=self.pid_namespace,
         )
