@@ -24,7 +24,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from .._errors import SandboxUnavailableError
@@ -135,8 +135,6 @@ class BwrapBackend(SandboxBackend):
             out.close(), err.close()
             cleanup()
             raise
-        finally:
-            pass
         out.start()
         err.start()
         cleanup()  # bwrap holds its own copies of the fds now
@@ -228,7 +226,7 @@ class BwrapBackend(SandboxBackend):
         allow_gpu: bool = False,
         tmpfs_bytes: int = 64 * 1024**2,
         rlimits: dict[str, int | list[int]] | None = None,
-    ) -> tuple[list[str], tuple[int, ...], "callable"]:  # type: ignore[valid-type]
+    ) -> tuple[list[str], tuple[int, ...], Callable[[], None]]:
         fds: list[int] = []
 
         def cleanup() -> None:
@@ -297,6 +295,9 @@ class BwrapBackend(SandboxBackend):
         for path in scratch:
             args += ["--size", str(tmpfs_bytes), "--perms", "1777", "--tmpfs", str(path)]
         args += ["--chdir", str(cwd), "--remount-ro", "/", "--"]
+        # The user-namespace fd stays open across these execs (bwrap cannot close
+        # it); it grants nothing without CAP_SYS_ADMIN there, and the runner closes
+        # every inherited descriptor before repo code runs.
         if self.as_root:
             args += [self.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all", "--no-new-privs", "--"]
         if rlimits:
