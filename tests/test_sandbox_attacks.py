@@ -441,3 +441,23 @@ def test_landlock_abi4_kernels_are_still_contained(entry, sentinel, tmp_path, py
     assert out.sandbox is not None and out.sandbox.details["landlock_abi"] == 4
     assert ears.seen == [] and proc.poll() is None
     out.assert_clean(secret, *canaries["values"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_bomb_next_to_a_normal_job_leaves_it_alone(backend, tmp_path, python_env, caplog):
+    """Two jobs at once: the fork bomb's limit and kill take only its own tree."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def normal():
+        job = run_job(action="list", repo_dir=REPO, python_env=python_env, backend=get_backend(backend),
+                      hub_dir=tmp_path / "hub-normal", limits=Limits(**SMALL))
+        with job:
+            return [e["name"] for e in job.result["entrypoints"]]
+
+    with ThreadPoolExecutor(2) as pool:
+        bomb = pool.submit(attack, backend, "fork_bomb", tmp_path / "hub-bomb", python_env, caplog,
+                           limits=Limits(**dict(SMALL, max_pids=32)))
+        names = pool.submit(normal)
+        assert "steal" in names.result()
+        out = bomb.result()
+    assert isinstance(out.error, SandboxLimitError) and out.error.limit == "pids", out.error
