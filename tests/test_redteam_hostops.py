@@ -1,0 +1,96 @@
+"""Red team: a spec that passes every name/allowlist check but whose *validated*
+graph corrupts host memory when the user runs the model.
+
+The aten allowlist is "any aten OpOverload minus a deny list". The public
+overload ``aten.sparse_coo_tensor.indices_size(indices, values, size,
+is_coalesced=True)`` builds a sparse tensor without checking ``indices``
+against ``size``; ``aten.to_dense`` then writes ``values`` at the unchecked
+offset: an out-of-bounds heap write in the host process, at an offset and with
+a value taken from weights.safetensors. Both ops are reachable in aten mode and
+(as aten call_function targets) in fx mode.
+
+The forge fixture delivers any spec through the real sandbox (see
+test_redteam_channel.py::test_the_forge_really_delivers_crafted_files), so the
+host half is exercised here directly, in a subprocess because the forward
+crashes the interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    import torch
+    from safetensors.torch import save_file
+    from safehub._channel import rebuild_from_output
+    from safehub._errors import SafehubError
+
+    out, mode, index = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    out.mkdir()
+    nodes = [
+        {"op": "placeholder", "name": "x", "target": "x"},
+        {"op": "get_attr", "name": "idx", "target": "idx"},
+        {"op": "get_attr", "name": "vals", "target": "vals"},
+        {"op": "call_function", "name": "sp", "target": "aten.sparse_coo_tensor.indices_size",
+         "args": [{"node": "idx"}, {"node": "vals"}, {"list": [4]}], "kwargs": {"is_coalesced": True}},
+        {"op": "call_function", "name": "dense", "target": "aten.to_dense.default", "args": [{"node": "sp"}]},
+        {"op": "call_function", "name": "add", "target": "aten.add.Tensor", "args": [{"node": "x"}, {"node": "dense"}]},
+        {"op": "output", "name": "output", "target": "output", "args": [{"node": "add"}]},
+    ]
+    const = {"kind": "constant", "requires_grad": False, "persistent": False}
+    spec = {"format": "safehub-arch", "version": 1, "torch_version": torch.__version__, "root": {"module": "m0"},
+            "modules": {"m0": {"mode": mode, "training": False,
+                               "tensors": {"idx": {"dtype": "int64", "shape": [1, 1], **const},
+                                           "vals": {"dtype": "float32", "shape": [1], **const}},
+                               "aliases": {}, "leaves": {}, "submodules": {}, "graphs": {"eval": {"nodes": nodes}}}}}
+    (out / "spec.json").write_text(json.dumps(spec))
+    save_file({"m0.idx": torch.tensor([[index]]), "m0.vals": torch.tensor([1.0])}, str(out / "weights.safetensors"))
+    try:
+        model = rebuild_from_output(out)
+    except SafehubError as exc:
+        print("REFUSED", type(exc).__name__, flush=True)
+        sys.exit(0)
+    print("BUILT", flush=True)
+    print("FORWARD", model(torch.zeros(4)).tolist(), flush=True)
+    """
+)
+
+
+def _run(tmp_path: Path, mode: str, index: int) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "sparse_oob.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, str(script), str(tmp_path / f"out-{mode}-{index}"), mode, str(index)],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_control_in_bounds_sparse_graph_is_what_the_spec_says(tmp_path):
+    """With an in-bounds index the same graph is accepted and computes e_2: the
+    attack below differs from it only in one int64 in weights.safetensors."""
+    proc = _run(tmp_path, "aten", 2)
+    if "REFUSED DisallowedTargetError" in proc.stdout:  # after the fix, refusing sparse ops altogether is fine
+        return
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "FORWARD [0.0, 0.0, 1.0, 0.0]" in proc.stdout
+
+
+@pytest.mark.xfail(strict=True, reason="REDTEAM: aten deny list lets sparse_coo_tensor+to_dense write out of bounds in the host")
+@pytest.mark.parametrize("mode", ["aten", "fx"])
+def test_unchecked_sparse_indices_are_refused_before_build(mode, tmp_path):
+    proc = _run(tmp_path, mode, 1_000_000_000)
+    # Today: "BUILT", then the forward dies with SIGSEGV (rc -11) after writing 4 GB past a 16-byte buffer.
+    assert "REFUSED DisallowedTargetError" in proc.stdout, (
+        f"rc={proc.returncode} stdout={proc.stdout[-500:]!r} stderr={proc.stderr[-500:]!r}"
+    )
