@@ -210,7 +210,7 @@ def producer_spec(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return json.loads((out / "spec.json").read_text())
 
 
-@settings(FUZZ, max_examples=min(FUZZ.max_examples, 100))
+@settings(FUZZ, max_examples=_DEEP or 100)
 @given(data=st.data())
 def test_mutated_producer_spec_validates_or_refuses(producer_spec: dict, data: st.DataObject) -> None:
     paths = _paths(producer_spec)
