@@ -83,7 +83,7 @@ _ATEN_DENY = frozenset(
 COUNT_KWARGS: dict[str, tuple[str, ...]] = {
     "RNN": ("num_layers",), "LSTM": ("num_layers",), "GRU": ("num_layers",), "RNNBase": ("num_layers",),
     "Transformer": ("num_encoder_layers", "num_decoder_layers"), "TransformerEncoder": ("num_layers",),
-    "TransformerDecoder": ("num_layers",),
+    "TransformerDecoder": ("num_layers",), "AdaptiveLogSoftmaxWithLoss": ("cutoffs",),
 }  # fmt: skip
 _LEAF_DENY = frozenset(
     {"Module", "Container", "Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict",

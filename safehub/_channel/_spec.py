@@ -284,8 +284,10 @@ def _parse_leaf(p: str, raw: Any, where: str, limits: ChannelLimits) -> LeafSpec
         if key not in params:
             raise UnsafeSpecError(f"{where}: {cls_name} takes no argument {show(key)}")
         value = decode_literal(value, ctx)
-        if key in COUNT_KWARGS.get(cls_name, ()) and not (type(value) is int and 0 <= value <= limits.count_kwarg):
-            raise SpecTooLargeError(f"{where}: {cls_name}({key}={show(value)}) is over the cap of {limits.count_kwarg}")
+        if key in COUNT_KWARGS.get(cls_name, ()):
+            count = len(value) if isinstance(value, (list, tuple)) else value  # a list: one submodule per item
+            if not (type(count) is int and 0 <= count <= limits.count_kwarg):
+                raise SpecTooLargeError(f"{where}: {cls_name}({key}=...) asks for more than {limits.count_kwarg} layers")
         kwargs[key] = value
     training = boolean(raw.get("training", True), f"{where} training")
     return LeafSpec(p, cls_name, cls, kwargs, training)

@@ -415,6 +415,13 @@ def _(spec, w, c):
     m0(spec)["leaves"]["fc"] = {"cls": "LSTM", "kwargs": {"input_size": 4, "hidden_size": 3, "num_layers": 10**9}}
 
 
+@case("leaf_adaptive_softmax_cutoffs_cap", SpecTooLargeError)
+def _(spec, w, c):
+    # one tail submodule per cutoff, built before any comparison could refuse it
+    cutoffs = {"list": list(range(1, 50_001))}
+    m0(spec)["leaves"]["fc"] = {"cls": "AdaptiveLogSoftmaxWithLoss", "kwargs": {"in_features": 4, "n_classes": 50_002, "cutoffs": cutoffs}}
+
+
 @case("leaf_tensor_not_owned", TensorMismatchError)
 def _(spec, w, c):
     m0(spec)["tensors"]["fc.extra"] = {"dtype": "float32", "shape": [3], "kind": "buffer"}
