@@ -272,7 +272,7 @@ def _attach_info(obj: Any, info: LoadInfo) -> None:
         if isinstance(value, torch.nn.Module):
             # object.__setattr__ keeps it a plain attribute, not a submodule or buffer.
             object.__setattr__(value, "safehub_info", info)
-        elif isinstance(value, (tuple, list)):
+        elif isinstance(value, (tuple, builtins.list)):
             for item in value:
                 visit(item)
         elif isinstance(value, dict):
