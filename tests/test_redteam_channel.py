@@ -88,8 +88,9 @@ XFAIL = {
 _SPURIOUS = "hit the memory limit"
 
 
-def _run_driver(work: Path, cases: list[str]) -> dict[str, dict]:
+def _run_driver(work: Path, cases: list[str], sandbox: str = "") -> dict[str, dict]:
     env = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    env["REDTEAM_SANDBOX"] = sandbox
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
         [sys.executable, str(DRIVER), str(work), *cases],
@@ -108,6 +109,37 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     if again:
         out.update(_run_driver(work, again))
     return out
+
+
+# The filesystem-level attacks again under the Landlock backend (no mount namespace:
+# out/ is a plain folder there, so swapping it must be stopped by Landlock itself).
+LANDLOCK_CASES = ["control_forged_valid", "out_replaced_by_link", "late_writer_daemon", "secrets",
+                  "result_symlink_host_file", "result_fifo", "weights_hardlink", "spec_symlink"]
+
+
+@pytest.fixture(scope="module")
+def landlock_reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    work = tmp_path_factory.mktemp("redteam-landlock")
+    out = _run_driver(work, LANDLOCK_CASES, sandbox="landlock")
+    again = [c for c, r in out.items() if not r["ok"] and r.get("error") == "SandboxLimitError" and _SPURIOUS in r["message"]]
+    if again:
+        out.update(_run_driver(work, again, sandbox="landlock"))
+    return out
+
+
+@pytest.mark.parametrize("case", LANDLOCK_CASES)
+def test_landlock_backend_refuses_or_contains_the_same(case: str, landlock_reports: dict[str, dict]) -> None:
+    rep = landlock_reports[case]
+    expected = EXPECTED[case]
+    allowed = expected if isinstance(expected, tuple) else (expected,)
+    outcome = OK if rep["ok"] else rep["error"]
+    assert outcome in allowed, f"{case}: got {outcome}: {rep.get('message', '')[:1500]}"
+    assert not rep["canary"] and rep["events"] == []
+    if case == "secrets":
+        assert "LOOT" in rep["message"]
+        assert not any(v in rep["message"] + rep["remote"] for v in SECRETS.values())
+    if case == "control_forged_valid":
+        assert rep["state"]["fc.weight"] == [[7.0, 7.0], [7.0, 7.0]]
 
 
 def _params():
