@@ -258,11 +258,51 @@ def load(
             limits=job.sandbox.limits.as_dict(),
             env_key=python_env.key,
             env_backend=python_env.backend,
-            summary=dict(job.result.get("summary") or {}),
+            summary=_clean_summary(job.result.get("summary")),
         )
     _attach_info(obj, info)
     _record(hub_dir, info)
     return obj
+
+
+_SUMMARY_INTS = ("nodes", "tensors", "leaves")
+
+
+def _clean_summary(raw: Any) -> dict[str, Any]:
+    """Keep only the known, typed fields of the runner's summary: it came from the
+    sandbox, and it ends up in logs, the CLI and ``safehub_info``."""
+    out: dict[str, Any] = {"root": None, "modules": {}}
+    if not isinstance(raw, dict):
+        return out
+    if raw.get("root") in ("module", "tuple", "list", "dict"):
+        out["root"] = raw["root"]
+    if isinstance(raw.get("weight_bytes"), int) and not isinstance(raw.get("weight_bytes"), bool):
+        out["weight_bytes"] = raw["weight_bytes"]
+    modules = raw.get("modules")
+    if not isinstance(modules, dict):
+        return out
+    for mid, info in builtins.list(modules.items())[:1024]:
+        if not (isinstance(mid, str) and mid[:1] == "m" and mid[1:].isdigit() and len(mid) <= 8):
+            continue
+        if not isinstance(info, dict):
+            continue
+        clean: dict[str, Any] = {}
+        if info.get("mode") in ("fx", "aten"):
+            clean["mode"] = info["mode"]
+        graphs = info.get("graphs")
+        if isinstance(graphs, builtins.list):
+            clean["graphs"] = [g for g in graphs if g in ("eval", "train")][:2]
+        for key in _SUMMARY_INTS:
+            value = info.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
+                clean[key] = value
+        seconds = info.get("seconds")
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 <= seconds < 1e7:
+            clean["seconds"] = float(seconds)
+        if isinstance(info.get("dynamic_batch"), bool):
+            clean["dynamic_batch"] = info["dynamic_batch"]
+        out["modules"][mid] = clean
+    return out
 
 
 def _attach_info(obj: Any, info: LoadInfo) -> None:

@@ -70,6 +70,12 @@ class Hubconf:
             raise EntrypointNotFoundError(
                 f"{model!r} is not a valid entrypoint name", hint="entrypoints are Python identifiers"
             )
+        if model.startswith("_"):
+            # The runner refuses private names too; fail before building anything.
+            raise EntrypointNotFoundError(
+                f"Cannot find callable {model} in hubconf",
+                hint="entrypoints are hubconf's public callables; names starting with '_' are private",
+            )
         ep = self.entrypoints.get(model)
         if ep is None and self.static_list_is_exact:
             raise EntrypointNotFoundError(
@@ -101,6 +107,18 @@ def parse_hubconf(source: bytes | str, path: Path = Path("hubconf.py")) -> Hubco
             f"{path} is not valid Python: {escape_untrusted(str(exc), limit=300)}",
             hint="the repo's hubconf.py must parse with this Python version",
         ) from None
+    except (RecursionError, MemoryError):
+        raise HubconfError(
+            f"{path} nests expressions too deeply to be read statically",
+            hint="safehub refuses hubconf files built to exhaust the parser",
+        ) from None
+    try:
+        return _read_tree(tree, path)
+    except (RecursionError, MemoryError):
+        raise HubconfError(f"{path} nests expressions too deeply to be read statically") from None
+
+
+def _read_tree(tree: ast.Module, path: Path) -> Hubconf:
 
     hub = Hubconf(path=Path(path), dependencies=[], entrypoints={})
     deps_node: ast.expr | None = None
