@@ -109,8 +109,16 @@ def _cgroup() -> dict[str, Any]:
             and os.access(folder, os.W_OK)
             and os.access(folder / "cgroup.subtree_control", os.W_OK)
         )
-    info["used_by_safehub"] = False
-    info["note"] = "limits are rlimits set inside the sandbox plus a watchdog on the whole process tree"
+    from ._sandbox._cgroup import PidsCgroup
+
+    probe = PidsCgroup.create(1) if os.geteuid() == 0 else None
+    info["pids_cgroup_for_root_jobs"] = probe.version if probe else None
+    if probe is not None:
+        probe.remove()
+    info["note"] = (
+        "limits are rlimits set inside the sandbox plus a watchdog on the whole process tree; "
+        "jobs that run as root (landlock/process as root) also get a pids cgroup"
+    )
     return info
 
 

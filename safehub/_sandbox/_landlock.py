@@ -14,7 +14,8 @@ anything from the repo runs; every process it starts inherits it:
 * sockets: socket() refused by a seccomp filter (Landlock does not cover UDP or
   connecting to pathname unix sockets such as docker.sock or an ssh-agent);
   socketpair() still works; io_uring refused;
-* no_new_privs, rlimits, and as root every capability dropped;
+* no_new_privs, rlimits, and as root every capability dropped and a pids
+  cgroup (RLIMIT_NPROC does not bind root);
 * as root, a pid namespace of its own (root needs no user namespace for that):
   without it a job running as uid 0 could signal every root process on a
   kernel without Landlock signal scoping (ABI < 6).
@@ -28,6 +29,7 @@ import os
 from collections.abc import Mapping
 
 from ._base import SandboxBackend, SandboxRequest, SandboxResult
+from ._cgroup import PidsCgroup
 from ._limits import confine_rlimits
 from ._paths import normalise_request
 from ._supervised import run_supervised
@@ -67,6 +69,16 @@ class LandlockBackend(SandboxBackend):
         self.abi = min(kernel, abi if abi is not None else int(forced) if forced else kernel)
         self.forced = forced is not None and abi is None
         self._pidns: bool | None = None
+        self._cgroup_ok: bool | None = None
+
+    @property
+    def pids_cgroup_ok(self) -> bool:
+        if self._cgroup_ok is None:
+            probe = PidsCgroup.create(1)
+            self._cgroup_ok = probe is not None
+            if probe is not None:
+                probe.remove()
+        return self._cgroup_ok
 
     @property
     def pid_namespace(self) -> bool:
@@ -89,6 +101,12 @@ class LandlockBackend(SandboxBackend):
         if self.abi < MIN_ABI:
             why = " (SAFEHUB_LANDLOCK_ABI says so)" if self.forced else " on this kernel"
             return f"Landlock is not available{why}; {HINT}"
+        if os.geteuid() == 0 and not self.pids_cgroup_ok:
+            return (
+                "running as root, the job's process limit needs a pids cgroup (RLIMIT_NPROC does not "
+                "bind root, and a watchdog alone loses to a fork bomb), and none could be created under "
+                "/sys/fs/cgroup; run safehub as an unprivileged user, or give it a writable cgroup"
+            )
         if os.geteuid() == 0 and self.abi < 6 and not self.pid_namespace:
             # A job running as uid 0 could signal every root process on the host.
             return (
@@ -146,7 +164,17 @@ class LandlockBackend(SandboxBackend):
         if problem:
             raise SandboxUnavailableError(f"the landlock sandbox is unavailable: {problem}")
         _, rw, scratch = normalise_request(request)
-        return run_supervised(
-            self.name, request, confine=self.confine_config(request), disk_paths=[*rw, *scratch],
-            details=self.describe(), pid_namespace=self.pid_namespace,
-        )
+        cgroup = None
+        if os.geteuid() == 0:
+            cgroup = PidsCgroup.create(request.limits.max_pids or 4096)
+            if cgroup is None:
+                raise SandboxUnavailableError("could not create the job's pids cgroup (needed as root)")
+        try:
+            return run_supervised(
+                self.name, request, confine=self.confine_config(request), disk_paths=[*rw, *scratch],
+                details={**self.describe(), "pids_cgroup": cgroup.version if cgroup else None},
+                pid_namespace=self.pid_namespace, cgroup=cgroup,
+            )
+        finally:
+            if cgroup is not None:
+                cgroup.remove()

@@ -107,6 +107,8 @@ class Watchdog:
     root_pid: int
     disk_paths: Sequence[Path] = ()
     tmpfs_probes: Callable[[], list[tuple[int, int]]] | None = None
+    # (processes, a fork was refused) from a pids cgroup, instead of counting the tree.
+    pids_counter: Callable[[], tuple[int, bool]] | None = None
     exclude: set[int] = field(default_factory=set)
     peak_rss: int = 0
     peak_pids: int = 0
@@ -120,13 +122,22 @@ class Watchdog:
             return "timeout"
         import psutil
 
+        if self.pids_counter is not None:
+            count, refused = self.pids_counter()
+            if refused or (limits.max_pids is not None and count >= limits.max_pids):
+                return "pids"
         try:
             tree = psutil.Process(self.root_pid).children(recursive=True)
         except psutil.Error:
             return None
         tree = [p for p in tree if p.pid not in self.exclude]
-        self.peak_pids = max(self.peak_pids, len(tree))
-        if limits.max_pids is not None and len(tree) >= limits.max_pids:
+        count = len(tree)
+        if self.pids_counter is not None:
+            count, refused = self.pids_counter()
+            if refused:
+                return "pids"
+        self.peak_pids = max(self.peak_pids, count)
+        if limits.max_pids is not None and count >= limits.max_pids:
             return "pids"
         if limits.cpu_time_s is not None:
             for p in tree:

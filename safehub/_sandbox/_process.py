@@ -9,6 +9,7 @@ import logging
 import os
 
 from ._base import SandboxBackend, SandboxRequest, SandboxResult
+from ._cgroup import PidsCgroup
 from ._limits import confine_rlimits
 from ._paths import normalise_request
 from ._supervised import run_supervised
@@ -45,4 +46,17 @@ class ProcessBackend(SandboxBackend):
     def run(self, request: SandboxRequest) -> SandboxResult:
         logger.warning(WARNING)
         _, rw, scratch = normalise_request(request)
-        return run_supervised(self.name, request, confine=self.confine_config(request), disk_paths=[*rw, *scratch], details=self.describe())
+        cgroup = None
+        if os.geteuid() == 0:
+            # RLIMIT_NPROC does not bind root: cap the tree with a pids cgroup if we can.
+            cgroup = PidsCgroup.create(request.limits.max_pids or 4096)
+            if cgroup is None:
+                logger.warning("no pids cgroup could be created: this root job's process count is only watched")
+        try:
+            return run_supervised(
+                self.name, request, confine=self.confine_config(request), disk_paths=[*rw, *scratch],
+                details=self.describe(), cgroup=cgroup,
+            )
+        finally:
+            if cgroup is not None:
+                cgroup.remove()

@@ -1,6 +1,8 @@
 """A tiny supervisor for backends without a pid namespace (landlock, process).
 
-Run by the host as ``python -I -S -B _reaper.py CONFINE_JSON RUNNER_DIR pidns|-- COMMAND...``
+Run by the host as ``python -I -S -B _reaper.py CONFINE_JSON RUNNER_DIR OPTIONS_JSON COMMAND...``
+(OPTIONS: "pidns": a pid namespace for the command; "cgroup_procs": the
+cgroup.procs file of a pids cgroup the command joins before anything else)
 (host code, never repo code). Its child applies CONFINE_JSON to itself with
 RUNNER_DIR/_confine.py (rlimits, Landlock, no_new_privs...) and only then execs
 COMMAND, so the confinement holds whatever COMMAND is. It makes itself a child subreaper, so every process the command
@@ -9,7 +11,7 @@ host sends SIGTERM, or the host dies, it SIGKILLs everything below it and exits
 only once nothing is left: when the host sees it gone, the tree is gone.
 
 Under Landlock ABI >= 6 the sandbox cannot signal this process (signal scoping);
-with "pidns" (root only) it cannot even name it.
+in its own pid namespace (root only) it cannot even name it.
 """
 
 import ctypes
@@ -78,8 +80,9 @@ def main() -> int:
     sys.path.insert(0, sys.argv[2])
     import _confine
 
+    options = json.loads(sys.argv[3])
     argv = sys.argv[4:]
-    if sys.argv[3] == "pidns":
+    if options.get("pidns"):
         # The command becomes pid 1 of a new pid namespace: host pids are neither
         # visible nor signalable from inside, and when it exits the kernel kills
         # everything else in the namespace. Needs CAP_SYS_ADMIN (root), not a
@@ -92,6 +95,11 @@ def main() -> int:
         try:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
+            if options.get("cgroup_procs"):
+                # Join the job's pids cgroup ("0": the writing process) before
+                # Landlock hides /sys: every descendant is counted and capped.
+                with open(options["cgroup_procs"], "w") as f:
+                    f.write("0")
             os.setsid()
             _confine.apply(config)
             os.execv(argv[0], argv)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from ._base import MAX_CAPTURE_BYTES, SandboxRequest, SandboxResult
+from ._cgroup import PidsCgroup
 from ._capture import TailPipe
 from ._limits import Watchdog, killed_by_signal
 
@@ -33,6 +34,7 @@ def run_supervised(
     disk_paths: list[Path],
     details: dict[str, object],
     pid_namespace: bool = False,
+    cgroup: PidsCgroup | None = None,
 ) -> SandboxResult:
     import json
 
@@ -46,7 +48,10 @@ def run_supervised(
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
-            [os.path.realpath(sys.executable), "-I", "-S", "-B", str(REAPER), json.dumps(confine), str(runner_dir()), "pidns" if pid_namespace else "--", *request.argv],
+            [os.path.realpath(sys.executable), "-I", "-S", "-B", str(REAPER), json.dumps(confine),
+             str(runner_dir()),
+             json.dumps({"pidns": pid_namespace, "cgroup_procs": cgroup.procs_file if cgroup else None}),
+             *request.argv],
             env=dict(request.env),
             cwd=str(request.cwd),
             stdin=subprocess.DEVNULL,
@@ -68,6 +73,8 @@ def run_supervised(
                 seen[child.pid] = child
         except psutil.Error:
             pass
+        if cgroup is not None:
+            cgroup.kill()
         try:
             os.kill(proc.pid, signal.SIGTERM)  # the reaper kills everything below it
         except OSError:
@@ -78,7 +85,8 @@ def run_supervised(
             except psutil.Error:
                 pass
 
-    watchdog = Watchdog(limits=request.limits, root_pid=proc.pid, disk_paths=disk_paths)
+    watchdog = Watchdog(limits=request.limits, root_pid=proc.pid, disk_paths=disk_paths,
+                        pids_counter=(lambda: (cgroup.current(), cgroup.hit_limit())) if cgroup else None)
     killed_by = None
     try:
         killed_by = watchdog.run(proc.poll, kill)
@@ -91,6 +99,10 @@ def run_supervised(
             proc.kill()
             proc.wait()
         psutil.wait_procs(list(seen.values()), timeout=10)
+        if cgroup is not None:
+            if killed_by is None and cgroup.hit_limit():
+                killed_by = "pids"  # a fork was refused: the job ran into its process limit
+            cgroup.remove()
     killed_by = killed_by or killed_by_signal(proc.returncode, request.limits, watchdog.peak_cpu_s)
     if killed_by is None:
         # A full scratch folder at exit still means the disk limit was reached.
