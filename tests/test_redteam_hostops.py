@@ -37,59 +37,76 @@ SCRIPT = textwrap.dedent(
     from safehub._channel import rebuild_from_output
     from safehub._errors import SafehubError
 
-    out, mode, index = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    out, mode, variant, index = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
     out.mkdir()
-    nodes = [
-        {"op": "placeholder", "name": "x", "target": "x"},
-        {"op": "get_attr", "name": "idx", "target": "idx"},
-        {"op": "get_attr", "name": "vals", "target": "vals"},
-        {"op": "call_function", "name": "sp", "target": "aten.sparse_coo_tensor.indices_size",
-         "args": [{"node": "idx"}, {"node": "vals"}, {"list": [4]}], "kwargs": {"is_coalesced": True}},
-        {"op": "call_function", "name": "dense", "target": "aten.to_dense.default", "args": [{"node": "sp"}]},
-        {"op": "call_function", "name": "add", "target": "aten.add.Tensor", "args": [{"node": "x"}, {"node": "dense"}]},
-        {"op": "output", "name": "output", "target": "output", "args": [{"node": "add"}]},
-    ]
     const = {"kind": "constant", "requires_grad": False, "persistent": False}
+    x = {"op": "placeholder", "name": "x", "target": "x"}
+    if variant == "csr_unsafe":
+        tensors = {"crow": torch.tensor([0, index, 1]), "col": torch.tensor([0]), "vals": torch.tensor([1.0])}
+        build = [{"op": "call_function", "name": "sp", "target": "aten._sparse_csr_tensor_unsafe.default",
+                  "args": [{"node": "crow"}, {"node": "col"}, {"node": "vals"}, {"list": [2, 2]}]}]
+        shape = [2, 2]
+    else:
+        tensors = {"idx": torch.tensor([[index]]), "vals": torch.tensor([1.0])}
+        target, kwargs = {
+            "coo_to_dense": ("aten.sparse_coo_tensor.indices_size", {"is_coalesced": True}),
+            "coo_add": ("aten.sparse_coo_tensor.indices_size", {"is_coalesced": True}),
+            "coo_unsafe": ("aten._sparse_coo_tensor_unsafe.default", {"is_coalesced": True}),
+        }[variant]
+        build = [{"op": "call_function", "name": "sp", "target": target,
+                  "args": [{"node": "idx"}, {"node": "vals"}, {"list": [4]}], "kwargs": kwargs}]
+        shape = [4]
+    gets = [{"op": "get_attr", "name": n, "target": n} for n in tensors]
+    if variant == "coo_add":  # the consumer is a core op: add(dense, sparse) scatters without bounds checks
+        use = [{"op": "call_function", "name": "out", "target": "aten.add.Tensor", "args": [{"node": "x"}, {"node": "sp"}]}]
+    else:
+        use = [{"op": "call_function", "name": "dense", "target": "aten.to_dense.default", "args": [{"node": "sp"}]},
+               {"op": "call_function", "name": "out", "target": "aten.add.Tensor", "args": [{"node": "x"}, {"node": "dense"}]}]
+    nodes = [x, *gets, *build, *use, {"op": "output", "name": "output", "target": "output", "args": [{"node": "out"}]}]
+    infos = {n: {"dtype": str(t.dtype).split(".")[1], "shape": list(t.shape), **const} for n, t in tensors.items()}
     spec = {"format": "safehub-arch", "version": 1, "torch_version": torch.__version__, "root": {"module": "m0"},
-            "modules": {"m0": {"mode": mode, "training": False,
-                               "tensors": {"idx": {"dtype": "int64", "shape": [1, 1], **const},
-                                           "vals": {"dtype": "float32", "shape": [1], **const}},
+            "modules": {"m0": {"mode": mode, "training": False, "tensors": infos,
                                "aliases": {}, "leaves": {}, "submodules": {}, "graphs": {"eval": {"nodes": nodes}}}}}
     (out / "spec.json").write_text(json.dumps(spec))
-    save_file({"m0.idx": torch.tensor([[index]]), "m0.vals": torch.tensor([1.0])}, str(out / "weights.safetensors"))
+    save_file({f"m0.{n}": t for n, t in tensors.items()}, str(out / "weights.safetensors"))
     try:
         model = rebuild_from_output(out)
     except SafehubError as exc:
         print("REFUSED", type(exc).__name__, flush=True)
         sys.exit(0)
     print("BUILT", flush=True)
-    print("FORWARD", model(torch.zeros(4)).tolist(), flush=True)
+    print("FORWARD", model(torch.zeros(shape)).tolist(), flush=True)
     """
 )
 
 
-def _run(tmp_path: Path, mode: str, index: int) -> subprocess.CompletedProcess[str]:
+def _run(tmp_path: Path, mode: str, variant: str, index: int) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "sparse_oob.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, str(script), str(tmp_path / f"out-{mode}-{index}"), mode, str(index)],
-                          capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, str(script), str(tmp_path / f"out-{mode}-{variant}-{index}"), mode, variant, str(index)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
 
 
 def test_control_in_bounds_sparse_graph_is_what_the_spec_says(tmp_path):
     """With an in-bounds index the same graph is accepted and computes e_2: the
     attack below differs from it only in one int64 in weights.safetensors."""
-    proc = _run(tmp_path, "aten", 2)
+    proc = _run(tmp_path, "aten", "coo_to_dense", 2)
     if "REFUSED DisallowedTargetError" in proc.stdout:  # after the fix, refusing sparse ops altogether is fine
         return
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "FORWARD [0.0, 0.0, 1.0, 0.0]" in proc.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="REDTEAM: aten deny list lets sparse_coo_tensor+to_dense write out of bounds in the host")
-@pytest.mark.parametrize("mode", ["aten", "fx"])
-def test_unchecked_sparse_indices_are_refused_before_build(mode, tmp_path):
-    proc = _run(tmp_path, mode, 1_000_000_000)
+
+@pytest.mark.parametrize(
+    "mode,variant",
+    [("aten", "coo_to_dense"), ("fx", "coo_to_dense"), ("aten", "coo_add"), ("aten", "coo_unsafe"), ("aten", "csr_unsafe")],
+)
+def test_unchecked_sparse_indices_are_refused_before_build(mode, variant, tmp_path):
+    proc = _run(tmp_path, mode, variant, 1_000_000_000)
     # Today: "BUILT", then the forward dies with SIGSEGV (rc -11) after writing 4 GB past a 16-byte buffer.
     assert "REFUSED DisallowedTargetError" in proc.stdout, (
         f"rc={proc.returncode} stdout={proc.stdout[-500:]!r} stderr={proc.stderr[-500:]!r}"

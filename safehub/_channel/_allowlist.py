@@ -79,6 +79,23 @@ _ATEN_DENY = frozenset(
      "as_strided_", "is_set_to", "_cudnn_init_dropout_state"}
 )  # fmt: skip
 
+# Whole families of operators that build tensors whose memory layout the kernels
+# then trust without checking (sparse indices, nested offsets, quantized storage,
+# "unsafe" indexing). A validated graph must not be able to build one: e.g.
+# sparse_coo_tensor(indices, values, size, is_coalesced=True).to_dense() writes at
+# an unchecked offset taken from the weights (found by the red-team tests).
+_UNCHECKED_FAMILIES = ("sparse", "_unsafe_index", "_unsafe_masked", "coo", "csr", "csc", "bsr", "bsc",
+                       "nested", "quantize", "mkldnn", "_make_per_", "fbgemm", "_cslt", "int_repr",
+                       "q_per_channel", "q_scale", "q_zero_point", "coalesce", "_indices", "_values")
+# Schema arguments that switch a kernel's own bounds checks off.
+_UNCHECKED_ARGS = frozenset({"unsafe", "check_invariants", "is_coalesced"})
+
+
+def unchecked_family(name: str) -> bool:
+    """True for operator/function/method names in the families above."""
+    return any(part in name for part in _UNCHECKED_FAMILIES)
+
+
 # Leaf classes whose constructors loop over an int kwarg (bounded by ChannelLimits.count_kwarg).
 COUNT_KWARGS: dict[str, tuple[str, ...]] = {
     "RNN": ("num_layers",), "LSTM": ("num_layers",), "GRU": ("num_layers",), "RNNBase": ("num_layers",),
@@ -122,7 +139,7 @@ def function_allowlist() -> dict[str, Callable[..., Any]]:
     for modname in _FUNCTION_NAMESPACES:
         mod = importlib.import_module(modname)  # fixed host names
         for attr, obj in vars(mod).items():
-            if attr.startswith("__") or allowed_ids.get(id(obj)) is not obj:
+            if attr.startswith("__") or allowed_ids.get(id(obj)) is not obj or unchecked_family(attr):
                 continue
             table[f"{modname}.{attr}"] = obj
     for obj in list(table.values()):
@@ -130,7 +147,7 @@ def function_allowlist() -> dict[str, Callable[..., Any]]:
             qual = torch.fx.node._get_qualified_name(obj)
         except Exception:  # noqa: BLE001 - some builtins have no qualified name
             continue
-        if re.fullmatch(r"torch(\.[A-Za-z_][A-Za-z0-9_]*)+", qual) and "__" not in qual:
+        if re.fullmatch(r"torch(\.[A-Za-z_][A-Za-z0-9_]*)+", qual) and "__" not in qual and not unchecked_family(qual):
             table.setdefault(qual, obj)
     for name in _OPERATOR:
         table[f"operator.{name}"] = getattr(operator, name)
@@ -150,7 +167,7 @@ def method_allowlist() -> frozenset[str]:
         name = getattr(fn, "__name__", None)
         if isinstance(name, str) and re.fullmatch(r"[a-z][A-Za-z0-9_]*", name) and callable(getattr(torch.Tensor, name, None)):
             names.add(name)
-    return frozenset(names - _METHOD_DENY)
+    return frozenset(n for n in names - _METHOD_DENY if not unchecked_family(n) and n not in ("indices", "values"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -181,7 +198,7 @@ def resolve_aten(target: str, where: str) -> Any:
     op, overload = m.groups()
     if op.startswith("__") or overload.startswith("__"):
         raise DisallowedTargetError(f"{where}: {show(target)} names a dunder")
-    if op in _ATEN_DENY:
+    if op in _ATEN_DENY or unchecked_family(op):
         raise DisallowedTargetError(
             f"{where}: aten operator {show(op)} is on safehub's deny list (it touches files, storage or global state)"
         )
@@ -199,6 +216,10 @@ def resolve_aten(target: str, where: str) -> Any:
     if not isinstance(ov, torch._ops.OpOverload) or ov.namespace != "aten" or ov._schema.name != f"aten::{op}":
         raise DisallowedTargetError(f"{where}: {show(target)} did not resolve to an aten OpOverload")
     for arg in ov._schema.arguments:
+        if arg.name in _UNCHECKED_ARGS:
+            raise DisallowedTargetError(
+                f"{where}: aten operator {show(target)} has an argument ({arg.name}) that turns its bounds checks off"
+            )
         if "Storage" in str(arg.type) or (str(arg.type) == "str" and arg.name in ("filename", "path", "file")):
             raise DisallowedTargetError(f"{where}: aten operator {show(target)} takes a storage or file argument")
     return ov
