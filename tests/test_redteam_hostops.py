@@ -46,6 +46,20 @@ SCRIPT = textwrap.dedent(
         build = [{"op": "call_function", "name": "sp", "target": "aten._sparse_csr_tensor_unsafe.default",
                   "args": [{"node": "crow"}, {"node": "col"}, {"node": "vals"}, {"list": [2, 2]}]}]
         shape = [2, 2]
+    elif variant == "reshape_alias":  # a view with attacker strides: reads far outside the storage
+        tensors = {"base": torch.zeros(4)}
+        build = [{"op": "call_function", "name": "sp", "target": "aten._reshape_alias.default",
+                  "args": [{"node": "base"}, {"list": [4]}, {"list": [index]}]}]
+        shape = [4]
+    elif variant.startswith("ctc"):  # a target class index far past the classes: CTC reads out of bounds
+        tensors = {"lp": torch.randn(5, 1, 4).log_softmax(2), "tg": torch.tensor([[index, 2]]),
+                   "il": torch.tensor([5]), "tl": torch.tensor([2])}
+        args = [{"node": n} for n in ("lp", "tg", "il", "tl")]
+        if variant == "ctc_leaf":
+            build = [{"op": "call_module", "name": "sp", "target": "ctc", "args": args}]
+        else:
+            build = [{"op": "call_function", "name": "sp", "target": "torch.nn.functional.ctc_loss", "args": args}]
+        shape = [4]
     else:
         tensors = {"idx": torch.tensor([[index]]), "vals": torch.tensor([1.0])}
         target, kwargs = {
@@ -57,16 +71,20 @@ SCRIPT = textwrap.dedent(
                   "args": [{"node": "idx"}, {"node": "vals"}, {"list": [4]}], "kwargs": kwargs}]
         shape = [4]
     gets = [{"op": "get_attr", "name": n, "target": n} for n in tensors]
-    if variant == "coo_add":  # the consumer is a core op: add(dense, sparse) scatters without bounds checks
+    if variant in ("reshape_alias",) or variant.startswith("ctc"):
+        use = [{"op": "call_function", "name": "out", "target": "torch.add" if mode == "fx" else "aten.add.Tensor",
+                "args": [{"node": "x"}, {"node": "sp"}]}]
+    elif variant == "coo_add":  # the consumer is a core op: add(dense, sparse) scatters without bounds checks
         use = [{"op": "call_function", "name": "out", "target": "aten.add.Tensor", "args": [{"node": "x"}, {"node": "sp"}]}]
     else:
         use = [{"op": "call_function", "name": "dense", "target": "aten.to_dense.default", "args": [{"node": "sp"}]},
                {"op": "call_function", "name": "out", "target": "aten.add.Tensor", "args": [{"node": "x"}, {"node": "dense"}]}]
     nodes = [x, *gets, *build, *use, {"op": "output", "name": "output", "target": "output", "args": [{"node": "out"}]}]
     infos = {n: {"dtype": str(t.dtype).split(".")[1], "shape": list(t.shape), **const} for n, t in tensors.items()}
+    leaves = {"ctc": {"cls": "CTCLoss", "kwargs": {}, "training": False}} if variant == "ctc_leaf" else {}
     spec = {"format": "safehub-arch", "version": 1, "torch_version": torch.__version__, "root": {"module": "m0"},
             "modules": {"m0": {"mode": mode, "training": False, "tensors": infos,
-                               "aliases": {}, "leaves": {}, "submodules": {}, "graphs": {"eval": {"nodes": nodes}}}}}
+                               "aliases": {}, "leaves": leaves, "submodules": {}, "graphs": {"eval": {"nodes": nodes}}}}}
     (out / "spec.json").write_text(json.dumps(spec))
     save_file({f"m0.{n}": t for n, t in tensors.items()}, str(out / "weights.safetensors"))
     try:
@@ -101,13 +119,25 @@ def test_control_in_bounds_sparse_graph_is_what_the_spec_says(tmp_path):
 
 
 
+def _assert_refused(proc: subprocess.CompletedProcess[str]) -> None:
+    # Before the fix: "BUILT", then the forward dies with SIGSEGV (rc -11) reading or writing
+    # hundreds of MB past a 16-byte buffer (smaller offsets corrupt memory silently).
+    assert "REFUSED DisallowedTargetError" in proc.stdout, (
+        f"rc={proc.returncode} stdout={proc.stdout[-500:]!r} stderr={proc.stderr[-500:]!r}"
+    )
+
+
 @pytest.mark.parametrize(
     "mode,variant",
     [("aten", "coo_to_dense"), ("fx", "coo_to_dense"), ("aten", "coo_add"), ("aten", "coo_unsafe"), ("aten", "csr_unsafe")],
 )
 def test_unchecked_sparse_indices_are_refused_before_build(mode, variant, tmp_path):
-    proc = _run(tmp_path, mode, variant, 1_000_000_000)
-    # Today: "BUILT", then the forward dies with SIGSEGV (rc -11) after writing 4 GB past a 16-byte buffer.
-    assert "REFUSED DisallowedTargetError" in proc.stdout, (
-        f"rc={proc.returncode} stdout={proc.stdout[-500:]!r} stderr={proc.stderr[-500:]!r}"
-    )
+    _assert_refused(_run(tmp_path, mode, variant, 100_000_000))
+
+
+@pytest.mark.xfail(strict=True, reason="REDTEAM: allowlisted kernels without bounds checks (_reshape_alias, ctc_loss, nn.CTCLoss) read out of bounds in the host")
+@pytest.mark.parametrize("mode,variant", [("aten", "reshape_alias"), ("fx", "ctc_function"), ("fx", "ctc_leaf")])
+def test_kernels_without_bounds_checks_are_refused_before_build(mode, variant, tmp_path):
+    """Outside the refused families: a denylist of families misses these. Only an
+    allowlist of vetted operators (no loss functions, no stride-taking views) closes the class."""
+    _assert_refused(_run(tmp_path, mode, variant, 100_000_000))
