@@ -48,6 +48,7 @@ class LoadInfo:
     env_key: str
     env_backend: str
     summary: dict[str, Any]
+    sandbox_details: dict[str, Any]
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -259,6 +260,7 @@ def load(
             env_key=python_env.key,
             env_backend=python_env.backend,
             summary=_clean_summary(job.result.get("summary")),
+            sandbox_details=dict(job.sandbox.details),  # measured by the host-side watchdog
         )
     _attach_info(obj, info)
     _record(hub_dir, info)

@@ -6,10 +6,12 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# bubblewrap is the default sandbox backend.
-if ! command -v bwrap >/dev/null 2>&1; then
+# bubblewrap is the default sandbox backend; util-linux brings prlimit and setpriv,
+# which set the limits and drop to an unprivileged uid inside it.
+if ! command -v bwrap >/dev/null 2>&1 || ! command -v prlimit >/dev/null 2>&1 \
+        || ! command -v setpriv >/dev/null 2>&1; then
     as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap util-linux >/dev/null
 fi
 
 # Pin torch first so nothing below can pull a different (multi-GB CUDA) build.
