@@ -74,6 +74,7 @@ EXPECTED: dict[str, object] = {
     "spec_pickle_literal": "UnsafeSpecError",
     "out_replaced_by_link": OK,  # contained: out/ is a mount point, the swap fails
     "late_writer_daemon": OK,  # contained: the daemon dies with the sandbox
+    "out_littered": OK,  # extra files in out/ are ignored, and cleaned up
     "secrets": "EntrypointFailedError",
     "list_hostile_names": "UnsafeSpecError",
 }
@@ -179,12 +180,19 @@ def test_the_forge_really_delivers_crafted_files(reports: dict[str, dict]) -> No
     assert rep["state"]["fc.weight"] == [[7.0, 7.0], [7.0, 7.0]]
 
 
-@pytest.mark.parametrize("case", ["out_replaced_by_link", "late_writer_daemon"])
+@pytest.mark.parametrize("case", ["out_replaced_by_link", "late_writer_daemon", "out_littered"])
 def test_contained_attacks_return_the_genuine_model(case: str, reports: dict[str, dict]) -> None:
     rep = reports[case]
     assert rep["ok"], rep.get("message")
     assert sorted(rep["state"]) == ["bias", "weight"]
     assert len(rep["state"]["weight"]) == 2 and len(rep["state"]["weight"][0]) == 2
+
+
+def test_no_job_folder_survives_the_attacks(reports: dict[str, dict]) -> None:
+    """Every job folder (in/, out/ with whatever the repo left there, scratch) is removed,
+    refused or not: locked folders, FIFOs and links in out/ included."""
+    jobs = Path(os.environ["SAFEHUB_HOME"]) / "jobs"
+    assert reports and (not jobs.exists() or sorted(p.name for p in jobs.iterdir()) == [])
 
 
 def test_secrets_do_not_reach_the_sandbox(reports: dict[str, dict]) -> None:
