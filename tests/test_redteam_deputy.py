@@ -1,0 +1,58 @@
+"""Red team: the host's download broker as the repo's deputy.
+
+Repo code in the (offline) sandbox may ask the host to download weight URLs.
+The host sends the user's GitHub token to the configured GitHub host. A hostile
+repo can therefore name a URL of *another*, private repository the user's token
+can read (here ``victim/secret`` on a loopback GitHub), and read the archive in
+the sandbox on the next round. Nothing leaves the machine directly (the sandbox
+is offline), but the repo's code now holds private code it was never given and
+can bake it into the weights it returns. Real loopback GitHub, real sandbox.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import safehub
+from safehub import EntrypointFailedError, FetchError, SafehubError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from github_server import FakeGitHub  # noqa: E402
+
+FORGE = Path(__file__).resolve().parent / "fixtures" / "redteam" / "forge"
+TOKEN = "tok-redteam-deputy"
+
+
+@pytest.fixture
+def github(monkeypatch):
+    with FakeGitHub(token=TOKEN) as gh:
+        secret = gh.add_repo("victim", "secret", private=True)
+        secret.commit({"README.md": b"PRIVATE-CONTENT-of-victim-secret\n"})
+        for key, value in gh.env(SAFEHUB_GITHUB_TOKEN=TOKEN).items():
+            monkeypatch.setenv(key, value)
+        yield gh
+
+
+def test_control_the_victim_archive_is_private(github):
+    """Control: the victim repo really is private on this server."""
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(f"{github.api_url}/repos/victim/secret/zipball/main", timeout=30)
+
+
+@pytest.mark.xfail(strict=True, reason="REDTEAM: download broker sends the GitHub token for any GitHub URL repo code names")
+def test_repo_code_cannot_make_the_host_fetch_other_private_repos(github):
+    url = f"{github.api_url}/repos/victim/secret/zipball/main"
+    try:
+        safehub.load(str(FORGE), "fetch_for_me", source="local", verbose=False, url=url)
+    except EntrypointFailedError as exc:
+        assert "PRIVATE-CONTENT" not in str(exc) + exc.remote_traceback, "the sandbox read a private repo via the host"
+    except (FetchError, SafehubError):
+        pass  # refused: the token was not lent to the repo's request
+    else:
+        pytest.fail("the load succeeded although the entrypoint only raises")
