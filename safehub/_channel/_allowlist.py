@@ -84,7 +84,7 @@ _ATEN_DENY = frozenset(
 # "unsafe" indexing). A validated graph must not be able to build one: e.g.
 # sparse_coo_tensor(indices, values, size, is_coalesced=True).to_dense() writes at
 # an unchecked offset taken from the weights (found by the red-team tests).
-_UNCHECKED_FAMILIES = ("sparse", "_unsafe_index", "_unsafe_masked", "coo", "csr", "csc", "bsr", "bsc",
+_UNCHECKED_FAMILIES = ("ctc_loss", "as_strided", "_reshape_alias", "sparse", "_unsafe_index", "_unsafe_masked", "coo", "csr", "csc", "bsr", "bsc",
                        "nested", "quantize", "mkldnn", "_make_per_", "fbgemm", "_cslt", "int_repr",
                        "q_per_channel", "q_scale", "q_zero_point", "coalesce", "_indices", "_values")
 # Schema arguments that switch a kernel's own bounds checks off.
@@ -105,7 +105,9 @@ COUNT_KWARGS: dict[str, tuple[str, ...]] = {
 _LEAF_DENY = frozenset(
     {"Module", "Container", "Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict",
      # take module instances as constructor arguments, which a literal cannot carry
-     "TransformerEncoder", "TransformerDecoder"}
+     "TransformerEncoder", "TransformerDecoder",
+     # ctc_loss reads out of bounds for a target class past the number of classes
+     "CTCLoss"}
 )  # fmt: skip
 
 
@@ -190,6 +192,57 @@ def leaf_allowlist() -> dict[str, type]:
     return out
 
 
+# Private aten ops (leading underscore) that exported graphs use. Every other private
+# op is refused: private kernels are where unchecked fast paths live.
+_ATEN_PRIVATE_OK = frozenset(
+    {"_assert_scalar", "_assert_tensor_metadata", "_weight_norm", "_unsafe_view", "_to_copy", "_log_softmax",
+     "_softmax", "_native_batch_norm_legit", "_native_batch_norm_legit_functional",
+     "_native_batch_norm_legit_no_training", "_adaptive_avg_pool2d", "_adaptive_avg_pool3d",
+     "_local_scalar_dense", "_scaled_dot_product_flash_attention_for_cpu", "_upsample_bilinear2d_aa",
+     "_upsample_nearest_exact2d"}
+)  # fmt: skip
+
+
+# Public aten ops the method deny list covers for fx graphs, but which torch.export
+# emits as plain scalar extraction (x.max().item() * y).
+_ATEN_PUBLIC_OK = frozenset({"item"})
+
+
+@functools.lru_cache(maxsize=None)
+def aten_public_names() -> frozenset[str]:
+    """aten op names that correspond to an allowlisted torch function or Tensor method
+    (``torch.linalg.vector_norm`` -> ``linalg_vector_norm``, ``Tensor.add_`` -> ``add_``)."""
+    import torch
+    import torch.nn.functional as F
+
+    names: set[str] = set(method_allowlist())
+    for key in function_allowlist():
+        parts = key.split(".")
+        if parts[0] != "torch":
+            continue
+        names.add(parts[-1])
+        if len(parts) == 3 and parts[1] in ("linalg", "fft", "special"):
+            names.add(f"{parts[1]}_{parts[2]}")
+    # Public functional layers whose Python wrappers torch.overrides does not list
+    # (F.hardswish, F.hardtanh_...): their aten forms are the same public kernels.
+    names.update(n for n, obj in vars(F).items() if callable(obj) and not n.startswith("_"))
+    names.update(n for n in dir(torch.Tensor) if not n.startswith("_") and n not in _METHOD_DENY)
+    return frozenset(n for n in names if not n.startswith("_") and not unchecked_family(n))
+
+
+def _aten_allowed(op: str, ov: Any) -> bool:
+    """The aten allowlist: core-ATen ops, ops that are the aten form of an allowlisted
+    public function or method, and a few private ops exporters emit."""
+    import torch
+
+    if op.startswith("_"):
+        return op in _ATEN_PRIVATE_OK
+    if torch.Tag.core in ov.tags or op in aten_public_names() or op in _ATEN_PUBLIC_OK:
+        return True
+    # The in-place form of an allowed op (hardtanh_, relu_) computes the same thing.
+    return op.endswith("_") and op[:-1] in aten_public_names()
+
+
 def resolve_aten(target: str, where: str) -> Any:
     """``aten.<op>.<overload>`` -> the OpOverload, via the C++ operator registry."""
     m = _ATEN_RE.fullmatch(target)
@@ -215,6 +268,12 @@ def resolve_aten(target: str, where: str) -> Any:
     ov = getattr(packet, overload)
     if not isinstance(ov, torch._ops.OpOverload) or ov.namespace != "aten" or ov._schema.name != f"aten::{op}":
         raise DisallowedTargetError(f"{where}: {show(target)} did not resolve to an aten OpOverload")
+    if not _aten_allowed(op, ov):
+        raise DisallowedTargetError(
+            f"{where}: aten operator {show(target)} is not on safehub's aten allowlist "
+            "(core ATen ops, the aten forms of allowlisted torch functions and Tensor methods, "
+            "and a few private ops exporters emit)"
+        )
     for arg in ov._schema.arguments:
         if arg.name in _UNCHECKED_ARGS:
             raise DisallowedTargetError(
