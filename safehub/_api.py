@@ -178,7 +178,9 @@ def _run(
         from ._fetch import prefetch_downloads
 
         logger.info("the entrypoint asked for %d file(s); downloading them on the host", len(needed))
-        downloads.update(prefetch_downloads(needed, hub_dir=hub_dir, verbose=verbose, env=env))
+        owner_name = tuple(repo.name.split("/", 1)) if repo.source == "github" else None
+        downloads.update(prefetch_downloads(needed, hub_dir=hub_dir, verbose=verbose, env=env,
+                                            repo=owner_name))  # type: ignore[arg-type]
     raise SafehubError(
         f"the entrypoint kept asking for new downloads after {MAX_DOWNLOAD_ROUNDS} rounds",
         hint="ship the weights in the repo or as release assets with fixed URLs",

@@ -56,11 +56,17 @@ def test_prefetch_downloads_caches_by_url_not_basename(gh, tmp_path):
 
 def test_prefetch_token_only_for_github_hosts(gh, tmp_path):
     env = gh.env(GITHUB_TOKEN="tok-123")
-    prefetch_downloads([asset(gh)], hub_dir=tmp_path, verbose=False, env=env)
+    prefetch_downloads([asset(gh)], hub_dir=tmp_path, verbose=False, env=env, repo=("alice", "model"))
     main = [e for e in gh.log if e["role"] == "main"]
     codeload = [e for e in gh.log if e["role"] == "codeload"]
     assert main[0]["auth"] == "Bearer tok-123"
     assert codeload and codeload[0]["auth"] is None  # the asset redirect leaves the GitHub host
+    # The token is lent only to the loaded repo's own release assets: not to another
+    # repo's (repo code chooses these URLs), and never for a local repo.
+    for i, repo in enumerate((("mallory", "model"), None)):
+        gh.log.clear()
+        prefetch_downloads([asset(gh, "v2")], hub_dir=tmp_path / f"fresh{i}", verbose=False, env=env, repo=repo)
+        assert gh.log and all(e["auth"] is None for e in gh.log), repo
     # A non-GitHub URL never gets the token (the codeload port is another origin).
     gh.log.clear()
     with pytest.raises(FetchError):

@@ -45,7 +45,7 @@ def test_control_the_victim_archive_is_private(github):
         urllib.request.urlopen(f"{github.api_url}/repos/victim/secret/zipball/main", timeout=30)
 
 
-@pytest.mark.xfail(strict=True, reason="REDTEAM: download broker sends the GitHub token for any GitHub URL repo code names")
+
 def test_repo_code_cannot_make_the_host_fetch_other_private_repos(github):
     url = f"{github.api_url}/repos/victim/secret/zipball/main"
     try:

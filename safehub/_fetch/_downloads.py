@@ -29,15 +29,16 @@ import shutil
 import socket
 import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlparse, urlsplit
 
 from .._config import is_offline, progress_enabled
 from .._errors import FetchError, OfflineError, UnsafeSpecError
 from ._cache import atomic_write_json
 from ._github import github_host, make_client
+from ._http import HttpClient, origin_of
 from ._http import origin_of
 
 __all__ = [
@@ -157,10 +158,35 @@ def checkpoint_path(checkpoints: Path, url: str) -> Path:
     return checkpoints / "by-url" / f"{hashlib.sha256(url.encode()).hexdigest()[:32]}-{base}"
 
 
+def _token_scope(host: Any, repo: tuple[str, str] | None) -> Callable[[str], bool]:
+    """The GitHub token is lent only to release assets of the repo being loaded. Any
+    other URL the repo's code names (another private repo's archive, the API) is
+    fetched without it: the host must not be the repo's deputy."""
+    if repo is None:
+        return lambda url: False
+    owner, name = (part.lower() for part in repo)
+    web = urlparse(host.web)
+    prefix = f"{web.path.rstrip('/')}/{owner}/{name}/releases/download/".lower()
+
+    def allowed(url: str) -> bool:
+        u = urlparse(url)
+        return origin_of(url) == origin_of(host.web) and u.path.lower().startswith(prefix) and ".." not in u.path
+
+    return allowed
+
+
 def prefetch_downloads(
-    urls: Sequence[str], *, hub_dir: Path, verbose: bool = True, env: Mapping[str, str] | None = None
+    urls: Sequence[str],
+    *,
+    hub_dir: Path,
+    verbose: bool = True,
+    env: Mapping[str, str] | None = None,
+    repo: tuple[str, str] | None = None,
 ) -> dict[str, Path]:
-    """Download each URL (once; later calls reuse the file) and return {url: path}."""
+    """Download each URL (once; later calls reuse the file) and return {url: path}.
+
+    ``repo`` is the (owner, name) of the GitHub repo being loaded: the token is sent
+    only for its release assets, and never when ``repo`` is None (local repos)."""
     env = os.environ if env is None else env
     urls = list(dict.fromkeys(validate_url(u) for u in urls))
     if len(urls) > MAX_DOWNLOAD_URLS:
@@ -182,7 +208,11 @@ def prefetch_downloads(
             hint="unset SAFEHUB_OFFLINE once so safehub can fetch them into " + str(checkpoints),
         )
     allowed = _allowed_hosts(env)
-    client = make_client(github_host(env), env, url_check=lambda u: _check_public(u, allowed))
+    host = github_host(env)
+    client = make_client(host, env, url_check=lambda u: _check_public(u, allowed))
+    anonymous = HttpClient(token=None, timeout=float(env.get("SAFEHUB_HTTP_TIMEOUT") or 30),
+                           url_check=lambda u: _check_public(u, allowed))
+    lend_token = _token_scope(host, repo)
     max_bytes = _max_bytes(env)
     for url in missing:
         path = checkpoint_path(checkpoints, url)
@@ -191,7 +221,8 @@ def prefetch_downloads(
         logger.info('Downloading: "%s" to %s', url.split("?")[0], path)
         try:
             with open(tmp, "xb") as f:
-                nbytes, digest = client.download(url, f, max_bytes=max_bytes, progress=progress_enabled(verbose, env))
+                chosen = client if lend_token(url) else anonymous
+                nbytes, digest = chosen.download(url, f, max_bytes=max_bytes, progress=progress_enabled(verbose, env))
             os.replace(tmp, path)
         finally:
             if tmp.exists():
