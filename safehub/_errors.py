@@ -223,7 +223,7 @@ class UnsupportedReturnError(SafehubError, TypeError):
 
 # --- untrusted text ---------------------------------------------------------
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]")
 
 
 def escape_untrusted(text: str | bytes, *, limit: int = 4000) -> str:

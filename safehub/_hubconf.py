@@ -28,7 +28,7 @@ __all__ = ["Entrypoint", "Hubconf", "read_hubconf", "parse_hubconf", "MAX_HUBCON
 MAX_HUBCONF_BYTES = 2 * 1024 * 1024
 MAX_DEPENDENCIES = 256
 MAX_DEPENDENCY_LEN = 200
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # Names bound by module-level constructs whose callability ast cannot decide.
 _DYNAMIC_CALLS = {"globals", "setattr", "exec", "eval", "__import__", "vars", "locals"}
@@ -66,7 +66,7 @@ class Hubconf:
 
     def require(self, model: str) -> Entrypoint | None:
         """Fail early only when the static reading proves ``model`` is absent."""
-        if not isinstance(model, str) or not _IDENT.match(model):
+        if not isinstance(model, str) or not _IDENT.fullmatch(model):
             raise EntrypointNotFoundError(
                 f"{model!r} is not a valid entrypoint name", hint="entrypoints are Python identifiers"
             )
@@ -297,4 +297,4 @@ def _read_dependencies(node: ast.expr, path: Path) -> list[str]:
 
 
 def is_identifier(name: str) -> bool:
-    return bool(_IDENT.match(name)) and not keyword.iskeyword(name)
+    return bool(_IDENT.fullmatch(name)) and not keyword.iskeyword(name)

@@ -38,6 +38,7 @@ from ._errors import (
     SandboxError,
     SandboxLimitError,
     SandboxTimeoutError,
+    SpecTooLargeError,
     UnsafeSpecError,
     UnsupportedReturnError,
     escape_untrusted,
@@ -245,6 +246,8 @@ def _read_result(out_dir: Path, sandbox: SandboxResult) -> dict[str, Any]:
     raw = read_output_file(out_dir, "result.json", max_bytes=MAX_RESULT_JSON_BYTES)
     try:
         result = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except RecursionError:
+        raise SpecTooLargeError("the runner's result.json nests deeper than Python can parse") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise UnsafeSpecError(f"the runner's result.json is not valid JSON: {escape_untrusted(str(exc), limit=200)}") from None
     if not isinstance(result, dict) or result.get("protocol") != PROTOCOL or result.get("status") not in ("ok", "error"):
@@ -273,7 +276,7 @@ def _raise_for_reported_error(job: Job, *, entrypoint: str | None, repo_dir: Pat
     error = result.get("error")
     if not isinstance(error, dict):
         raise UnsafeSpecError("the runner reported an error without details")
-    category = str(error.get("category", ""))[:40]
+    category = escape_untrusted(str(error.get("category", "")), limit=40)
     remote_type = escape_untrusted(str(error.get("type", "")), limit=200)
     message = escape_untrusted(str(error.get("message", "")), limit=2000)
     tb = escape_untrusted(str(error.get("traceback", "")), limit=8000)

@@ -79,11 +79,8 @@ EXPECTED: dict[str, object] = {
     "list_hostile_names": "UnsafeSpecError",
 }
 
-XFAIL = {
-    "result_deep_nesting": "REDTEAM: _jobs._read_result lets RecursionError escape on deeply nested result.json",
-    "result_category_escape": "REDTEAM: _jobs._raise_for_reported_error puts the raw error category in the message",
-    "list_hostile_names": "REDTEAM: _listing._IDENT uses ^...$ with .match, so 'name\\n' passes",
-}
+# Findings awaiting a fix are listed here as {case: "REDTEAM: ..."}; all are fixed now.
+XFAIL: dict[str, str] = {}
 
 # Cases the watchdog may kill as "memory" at sandbox start-up although they allocate
 # nothing (reported: the tmpfs probe can read the host's /tmp before bwrap mounts its

@@ -12,7 +12,7 @@ __all__ = ["validate_listing", "MAX_ENTRYPOINTS", "MAX_DOC_CHARS"]
 
 MAX_ENTRYPOINTS = 10_000
 MAX_DOC_CHARS = 64 * 1024
-_IDENT = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
+_IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 
 
 def validate_listing(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -27,7 +27,7 @@ def validate_listing(result: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(entry, dict) or set(entry) - {"name", "doc"}:
             raise UnsafeSpecError("a listing entry is not {name, doc}")
         name, doc = entry.get("name"), entry.get("doc")
-        if not isinstance(name, str) or not _IDENT.match(name) or keyword.iskeyword(name):
+        if not isinstance(name, str) or not _IDENT.fullmatch(name) or keyword.iskeyword(name):
             raise UnsafeSpecError("the runner listed an entrypoint whose name is not a public identifier")
         if doc is not None and (not isinstance(doc, str) or len(doc) > MAX_DOC_CHARS):
             raise UnsafeSpecError(f"the docstring of {name} is not a string of at most {MAX_DOC_CHARS} characters")
