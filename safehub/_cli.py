@@ -23,16 +23,11 @@ DEMO_ENTRYPOINT = "tinynet"
 
 def demo_repo_dir() -> Path:
     """The bundled demo hub repo (examples/demo-hub, shipped as safehub/_demo)."""
-    import importlib.util
+    from ._resources import shipped_folder
 
-    spec = importlib.util.find_spec("safehub._demo")
-    if spec is not None and spec.submodule_search_locations:
-        found = Path(list(spec.submodule_search_locations)[0])
-        if (found / "hubconf.py").is_file():
-            return found
-    here = Path(__file__).resolve().parent.parent / "examples" / "demo-hub"
-    if (here / "hubconf.py").is_file():
-        return here
+    found = shipped_folder("safehub._demo", "examples/demo-hub", "hubconf.py")
+    if found is not None:
+        return found
     raise SafehubError("the bundled demo repo is missing", hint="reinstall safehub")
 
 

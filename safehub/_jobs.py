@@ -56,17 +56,11 @@ MAX_DOWNLOADS = 16
 
 def runner_dir() -> Path:
     """The folder holding the runner scripts, located without importing them."""
-    import importlib.util
+    from ._resources import shipped_folder
 
-    spec = importlib.util.find_spec("safehub._runners")
-    if spec is not None and spec.submodule_search_locations:
-        found = Path(list(spec.submodule_search_locations)[0])
-        if (found / "safehub_runner.py").is_file():
-            return found
-    # A source checkout without an install: runners/ sits beside safehub/.
-    here = Path(__file__).resolve().parent.parent / "runners"
-    if (here / "safehub_runner.py").is_file():
-        return here
+    found = shipped_folder("safehub._runners", "runners", "safehub_runner.py")
+    if found is not None:
+        return found
     raise SandboxError("safehub's runner scripts are missing", hint="reinstall safehub")
 
 
