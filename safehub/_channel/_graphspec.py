@@ -6,6 +6,8 @@ literals and callables resolved from the host's allowlists only.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +123,8 @@ def parse_graph(
                         f"{nwhere}: getattr is allowed only as getattr(node, name) with name in {sorted(GETATTR_ATTRS)}; "
                         f"got attribute {show(args[1] if len(args) > 1 else None)}"
                     )
+            if op in ("call_function", "call_method"):
+                _check_factory_size(op, target_raw, args, kwargs, nwhere, limits)
             nodes.append(NodeSpec(op, name, target, target_raw, args, kwargs))
         seen.add(name)
     if not output_seen:
@@ -169,3 +173,44 @@ def _resolve_target(
         f"{where}: function {show(target)} is not on safehub's allowlist",
         hint="only torch/functional/linalg/fft/special ops, operator.*, math.* and aten ops are rebuilt",
     )
+
+
+# Factories whose size arguments a spec can write as literals. A validated graph may
+# compute anything its ops can; this bounds the obvious memory bomb
+# (torch.empty(10**12)) before anything is built. Sizes computed at run time
+# (from input shapes) are not bounded here.
+_FACTORY_NAMES = frozenset(
+    {"empty", "empty_strided", "zeros", "ones", "full", "arange", "linspace", "logspace", "eye", "rand", "randn",
+     "randint", "randperm", "normal", "tril_indices", "triu_indices", "new_zeros", "new_ones", "new_full",
+     "new_empty", "new_empty_strided", "scalar_tensor", "expand", "repeat", "tile", "broadcast_to"}
+)  # fmt: skip
+
+
+def _factory_name(op: str, target_raw: str) -> str:
+    if op == "call_method":
+        return target_raw
+    parts = target_raw.split(".")
+    return parts[1] if parts[0] == "aten" and len(parts) == 3 else parts[-1]
+
+
+def _ints(value: Any) -> list[int] | None:
+    if isinstance(value, (tuple, list)) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return list(value)
+    return None
+
+
+def _check_factory_size(op: str, target_raw: str, args: tuple, kwargs: dict, where: str, limits: ChannelLimits) -> None:
+    if _factory_name(op, target_raw) not in _FACTORY_NAMES:
+        return
+    values = [*args, *kwargs.values()]
+    top_ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    estimates = [math.prod(abs(v) for v in top_ints)] if top_ints else []
+    estimates += [math.prod(abs(v) for v in lst) for v in values if (lst := _ints(v))]
+    estimates += [max(abs(v) for v in top_ints)] if top_ints else []  # arange(0, n), randperm(n)
+    biggest = max(estimates, default=0)
+    if biggest > limits.factory_numel:
+        raise SpecTooLargeError(
+            f"{where}: {show(target_raw)} with literal sizes would make about {biggest:.3g} elements, "
+            f"over the cap of {limits.factory_numel}",
+            hint="raise ChannelLimits.factory_numel if this model really allocates that much",
+        )

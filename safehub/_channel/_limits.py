@@ -32,6 +32,7 @@ class ChannelLimits:
     path_atoms: int = 64
     dims: int = 16
     count_kwarg: int = 1024  # e.g. LSTM num_layers: constructor loops on meta are bounded too
+    factory_numel: int = 1 << 31  # elements a literal-sized factory call (torch.empty, aten.full...) may make
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
