@@ -156,16 +156,6 @@ def _output_structure(gm: fx.GraphModule):
     return value
 
 
-def _same(a: Any, b: Any) -> bool:
-    return (
-        isinstance(a, torch.Tensor)
-        and isinstance(b, torch.Tensor)
-        and a.shape == b.shape
-        and a.dtype == b.dtype
-        and bool(torch.equal(a, b))
-    )
-
-
 def _rename_get_attr(graph_spec: dict, old: str, new: str) -> None:
     for node in graph_spec["nodes"]:
         if node["op"] == "get_attr" and node["target"] == old:
@@ -213,7 +203,7 @@ def export_aten(model: nn.Module, example_inputs: tuple) -> tuple[dict, _export_
                 continue
             value = _export_state.resolve_attr(gm, path)
             if path in state.tensors:
-                if _same(state.tensors[path], value):
+                if _export_state.same_tensor(state.tensors[path], value):
                     continue
                 # Train export lifted a different constant under the same name.
                 new = f"{path}_train"

@@ -142,16 +142,6 @@ def _rewrite_private(graph: fx.Graph) -> None:
             graph.erase_node(node)
 
 
-def _same_tensor(a: Any, b: Any) -> bool:
-    return (
-        isinstance(a, torch.Tensor)
-        and isinstance(b, torch.Tensor)
-        and a.shape == b.shape
-        and a.dtype == b.dtype
-        and bool(torch.equal(a, b))
-    )
-
-
 _SIZE_METHODS = {"size", "dim", "numel", "nelement", "ndimension", "stride", "element_size", "get_device"}
 
 
@@ -251,7 +241,7 @@ def export_fx(model: nn.Module, example_inputs: tuple | None) -> tuple[dict, _ex
         for path in sorted(get_attrs):
             value = constants[path] if path in constants else None
             if path in state.tensors or path in state.aliases:
-                if value is not None and not _same_tensor(state.tensors.get(path), value):
+                if value is not None and not _export_state.same_tensor(state.tensors.get(path), value):
                     raise FxExportError(f"eval and train traces made different constants named {path}")
                 continue
             if value is None:

@@ -22,6 +22,17 @@ class ModuleState:
     aliases: dict[str, str] = field(default_factory=dict)
 
 
+def same_tensor(a: Any, b: Any) -> bool:
+    """Both tensors, with equal shape, dtype and values."""
+    return (
+        isinstance(a, torch.Tensor)
+        and isinstance(b, torch.Tensor)
+        and a.shape == b.shape
+        and a.dtype == b.dtype
+        and bool(torch.equal(a, b))
+    )
+
+
 def _check_tensor(path: str, t: torch.Tensor) -> None:
     if not _literals.is_path(path):
         raise StateExportError(f"tensor path {path!r} is not a valid path (atoms must match [A-Za-z0-9_][A-Za-z0-9_-]*)")

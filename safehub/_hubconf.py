@@ -16,7 +16,6 @@ caller asks the sandbox (see :attr:`Hubconf.complete`).
 from __future__ import annotations
 
 import ast
-import keyword
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,7 +293,3 @@ def _read_dependencies(node: ast.expr, path: Path) -> list[str]:
             raise HubconfError(f"{path}: dependency {escape_untrusted(value, limit=80)!r} is not a valid name")
         deps.append(value)
     return deps
-
-
-def is_identifier(name: str) -> bool:
-    return bool(_IDENT.fullmatch(name)) and not keyword.iskeyword(name)

@@ -51,7 +51,6 @@ logger = logging.getLogger("safehub")
 
 PROTOCOL = 1
 MAX_RESULT_JSON_BYTES = 4 * 1024 * 1024
-MAX_DOWNLOADS = 16
 
 
 def runner_dir() -> Path:
@@ -76,18 +75,14 @@ class Job:
 
     def needs_download(self) -> list[str]:
         """URLs the entrypoint asked for (category ``needs_download``), validated; else []."""
+        from ._fetch._downloads import parse_needs_download, validate_url
+
         error = self.result.get("error")
         if self.result.get("status") != "error" or not isinstance(error, dict):
             return []
         if error.get("category") != "needs_download":
             return []
-        urls = error.get("urls")
-        if not isinstance(urls, list) or not urls or len(urls) > MAX_DOWNLOADS:
-            raise UnsafeSpecError(f"the runner asked for downloads without a list of 1..{MAX_DOWNLOADS} URLs")
-        for url in urls:
-            if not isinstance(url, str) or len(url) > 4096 or not url.startswith(("http://", "https://")):
-                raise UnsafeSpecError("the runner asked for a download that is not an http(s) URL")
-        return list(dict.fromkeys(urls))
+        return [validate_url(url) for url in parse_needs_download(error)]
 
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -130,7 +125,6 @@ def run_job(
     kwargs: Mapping[str, Any] | None = None,
     example_inputs: Any = None,
     export_options: Mapping[str, Any] | None = None,
-    confine: Mapping[str, Any] | None = None,
     limits: Limits | None = None,
     allow_gpu: bool = False,
     downloads: Mapping[str, Path] | None = None,
@@ -158,7 +152,6 @@ def run_job(
             "repo_dir": str(repo_dir) if repo_dir is not None else None,
             "entrypoint": entrypoint,
             "export": dict(export_options or {}),
-            "confine": dict(confine or {}),
             **dict(extra_request or {}),
         }
         with open(root / "in" / "args.pkl", "wb") as f:
@@ -167,13 +160,11 @@ def run_job(
             with open(root / "in" / "example_inputs.pkl", "wb") as f:
                 cloudpickle.dump(example_inputs, f)
 
-        download_paths: list[Path] = []
         if downloads:
-            # Files the host fetched for this entrypoint, bound read-only at their own path.
-            (root / "in" / "downloads").mkdir()
-            manifest = {url: str(Path(p).resolve()) for url, p in downloads.items()}
-            (root / "in" / "downloads" / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
-            download_paths = [Path(p) for p in manifest.values()]
+            from ._fetch._downloads import stage_downloads
+
+            # Files the host fetched for this entrypoint, linked into in/ (read-only there).
+            stage_downloads(downloads, root / "in")
 
         rdir = runner_dir()
         sandbox_request = SandboxRequest(
@@ -185,7 +176,6 @@ def run_job(
                 *([repo_dir] if repo_dir is not None else []),
                 rdir,
                 root / "in",
-                *download_paths,
                 *extra_ro_paths,
             ),
             rw_paths=(root / "out",),
@@ -194,8 +184,7 @@ def run_job(
             allow_gpu=allow_gpu,
         )
         # What the runner applies to itself before repo code (rlimits, Landlock).
-        # The backend's settings win: a caller may add confinement, never loosen it.
-        request["confine"] = {**dict(confine or {}), **backend.confine_config(sandbox_request)}
+        request["confine"] = backend.confine_config(sandbox_request)
         (root / "in" / "request.json").write_text(json.dumps(request), encoding="utf-8")
         _share_read_only(root / "in")
         logger.debug("running %s job for %s in the %s sandbox", action, repo_dir, backend.name)
