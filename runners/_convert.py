@@ -45,7 +45,7 @@ def _float(value: float) -> dict:
 
 def convert(path: str, out_dir: str, *, weights_only: bool, scratch: str) -> dict:
     import torch
-    from safetensors.torch import save_file
+    from _safetensors_write import write_safetensors
 
     obj = _load(path, weights_only, scratch)
     tensors: dict[str, torch.Tensor] = {}
@@ -61,8 +61,7 @@ def convert(path: str, out_dir: str, *, weights_only: bool, scratch: str) -> dic
             if key is None:
                 key = f"t{len(tensors)}"
                 seen[id(value)] = key
-                # safetensors refuses shared storage: give every tensor its own copy.
-                tensors[key] = value.detach().to("cpu").contiguous().clone()
+                tensors[key] = value
             return {"tensor": key}
         if value is None or isinstance(value, (bool, str)):
             return value
@@ -83,7 +82,7 @@ def convert(path: str, out_dir: str, *, weights_only: bool, scratch: str) -> dic
         return {"unsupported": type(value).__name__[:100]}
 
     structure = encode(obj, 0)
-    save_file(tensors, os.path.join(out_dir, "weights.safetensors"))
+    write_safetensors(os.path.join(out_dir, "weights.safetensors"), tensors)
     with open(os.path.join(out_dir, "checkpoint.json"), "w", encoding="utf-8") as f:
         json.dump({"format": FORMAT, "version": 1, "root": structure}, f, allow_nan=False)
     return {"tensors": len(tensors)}

@@ -5,7 +5,7 @@ Called by safehub_runner.py after the entrypoint returned::
     summary = export_object(obj, out_dir, options=..., example_inputs=..., hubconf=..., entrypoint=...)
 
 Writes ``out_dir/spec.json`` and ``out_dir/weights.safetensors``. Runs inside
-the sandbox with stdlib + torch + safetensors only; never imports safehub.
+the sandbox with stdlib + torch only; never imports safehub.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch import nn
 import _export_aten
 import _export_fx
 import _export_state
+from _safetensors_write import write_safetensors
 
 FORMAT = "safehub-arch"
 VERSION = 1
@@ -180,29 +181,8 @@ def _export_module(
 
 
 def _write_weights(path: str, modules: dict[str, _export_state.ModuleState]) -> int:
-    from safetensors.torch import save_file
-
-    flat: dict[str, torch.Tensor] = {}
-    storages: set[tuple[str, int]] = set()
-    total = 0
-    for mid, state in modules.items():
-        for tpath, t in state.tensors.items():
-            t = t.detach()
-            if t.device.type != "cpu":
-                t = t.to("cpu")
-            key = (t.device.type, t.untyped_storage().data_ptr())
-            if key in storages and t.numel() > 0:
-                t = t.clone()  # safetensors refuses tensors that share storage
-            else:
-                storages.add(key)
-            if not t.is_contiguous():
-                t = t.contiguous()
-            flat[f"{mid}.{tpath}"] = t
-            total += t.numel() * t.element_size()
-    tmp = path + ".partial"
-    save_file(flat, tmp)
-    os.replace(tmp, path)
-    return total
+    flat = {f"{mid}.{tpath}": t for mid, state in modules.items() for tpath, t in state.tensors.items()}
+    return write_safetensors(path, flat)
 
 
 def _write_json(path: str, payload: dict) -> None:

@@ -4,7 +4,7 @@ It runs inside the sandbox, under the repo's venv interpreter, in isolated mode:
 
     <venv>/bin/python -I -B safehub_runner.py <job_dir>
 
-It uses the standard library, torch and safetensors only, and never imports
+It uses the standard library and torch only, and never imports
 safehub. It reads ``<job_dir>/in/`` (written by the host, read-only here) and
 writes only into ``<job_dir>/out/``. See ``safehub/_jobs.py`` for the protocol.
 

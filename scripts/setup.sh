@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Install everything safehub and its test suite need on a fresh machine
-# (Debian/Ubuntu, Python 3.10+). Safe to run again: each step is idempotent.
+# (Debian/Ubuntu, Python 3.10+) into ./.venv, a venv without system site-packages,
+# so nothing the machine's own Python happens to have can hide a missing dependency.
+# Safe to run again: each step is idempotent. SAFEHUB_VENV picks another folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+venv="${SAFEHUB_VENV:-.venv}"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -14,6 +17,10 @@ if ! command -v bwrap >/dev/null 2>&1 || ! command -v prlimit >/dev/null 2>&1 \
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap util-linux >/dev/null
 fi
 
+if [ ! -x "$venv/bin/python" ]; then
+    "${PYTHON:-python3}" -m venv "$venv"
+fi
+py="$venv/bin/python"
 # Pin torch first so nothing below can pull a different (multi-GB CUDA) build.
-python -m pip install -q --disable-pip-version-check torch==2.13.0
-python -m pip install -q --disable-pip-version-check -e ".[test]"
+"$py" -m pip install -q --disable-pip-version-check torch==2.13.0
+"$py" -m pip install -q --disable-pip-version-check -e ".[test]"
