@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REPOS = FIXTURES / "repos"
 DEMO = ROOT / "examples" / "demo-hub"
+# Helper modules (spec writers, hostile cases, the numpy-free safetensors writer).
+sys.path.insert(0, str(Path(__file__).resolve().parent / "hostile"))
 
 
 @pytest.fixture(scope="session", autouse=True)

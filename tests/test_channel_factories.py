@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from st_save import save_file
 
 from safehub import SpecTooLargeError
 from safehub._channel import ChannelLimits, rebuild_from_output

@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent(
     import json, sys
     from pathlib import Path
     import torch
-    from safetensors.torch import save_file
+    from st_save import save_file
     from safehub._channel import rebuild_from_output
     from safehub._errors import SafehubError
 
@@ -101,7 +101,7 @@ SCRIPT = textwrap.dedent(
 def _run(tmp_path: Path, mode: str, variant: str, index: int) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "sparse_oob.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests" / "hostile"), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run(
         [sys.executable, str(script), str(tmp_path / f"out-{mode}-{variant}-{index}"), mode, variant, str(index)],
         capture_output=True, text=True, timeout=300, env=env,

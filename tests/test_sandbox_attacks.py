@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from safehub._env import host_env
 from safehub._env._types import PythonEnv
 from safehub._errors import SafehubError, SandboxLimitError, SandboxTimeoutError
 from safehub._jobs import run_job
@@ -40,16 +41,8 @@ pytestmark = pytest.mark.slow
 
 
 def host_python_env() -> PythonEnv:
-    """The host interpreter, exposed read-only (what safehub's host_env gives trusted jobs)."""
-    import sysconfig
-
-    base = Path(os.path.realpath(sys.base_prefix))
-    ro = [base]
-    for key in ("purelib", "platlib"):
-        path = Path(os.path.realpath(sysconfig.get_paths()[key]))
-        if not any(str(path).startswith(str(r) + "/") or path == r for r in ro):
-            ro.append(path)
-    return PythonEnv(python=Path(os.path.realpath(sys.executable)), root=base, ro_paths=tuple(ro))
+    """The host interpreter, exposed read-only (what safehub gives trusted jobs)."""
+    return host_env()
 
 
 class Recording(SandboxBackend):

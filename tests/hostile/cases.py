@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import save_file
+from st_save import save_file
 
 from safehub._errors import (
     DisallowedTargetError,

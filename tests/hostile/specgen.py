@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from st_save import save_file
 from torch import fx, nn
 
 DTYPE_NAMES = {
