@@ -7,8 +7,10 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -60,3 +62,49 @@ def torch_hub_load_local(repo: Path, entry: str, *args, **kwargs):
         sys.modules.pop("hubconf", None)
         while str(repo) in sys.path:
             sys.path.remove(str(repo))
+
+
+# ---------------------------------------------------------------------------
+# Comparing a rebuilt model with its original (test_export, test_zoo_e2e).
+
+
+def close(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    if isinstance(a, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(close(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
+    return a == b
+
+
+def outputs_of(model: torch.nn.Module, inputs: tuple, *, train: bool, seed: int = 0) -> Any:
+    model.train(train)
+    torch.manual_seed(seed)
+    return model(*inputs)
+
+
+# One row per single-module zoo entry: inputs for two batch sizes, expected mode.
+ZOO_CASES = {
+    "resnet": ((lambda b: (torch.randn(b, 3, 16, 16),)), "fx"),
+    "mobilenet": ((lambda b: (torch.randn(b, 3, 16, 16),)), "fx"),
+    "unet": ((lambda b: (torch.randn(b, 3, 16, 16),)), "fx"),
+    "vit": ((lambda b: (torch.randn(b, 3, 16, 16),)), "fx"),
+    "swin": ((lambda b: (torch.randn(b, 3, 16, 16),)), "fx"),
+    "transformer": ((lambda b: (torch.randn(b, 5, 32),)), "fx"),
+    "recurrent": ((lambda b: (torch.randn(b, 7, 6),)), "fx"),
+    "tied": ((lambda b: (torch.randint(0, 20, (b, 5)),)), "fx"),
+    "shared": ((lambda b: (torch.randn(b, 6),)), "fx"),
+    "nonpersistent": ((lambda b: (torch.randn(b, 4),)), "fx"),
+    "weightnorm": ((lambda b: (torch.randn(b, 2, 9),)), "fx"),
+    "dict_output": ((lambda b: (torch.randn(b, 5),)), "fx"),
+    "tuple_output": ((lambda b: (torch.randn(b, 3),)), "fx"),
+    "functional": ((lambda b: (torch.randn(b, 6),)), "fx"),
+    "stochastic_depth": ((lambda b: (torch.randn(b, 8),)), "fx"),
+    "data_dependent": ((lambda b: (torch.randn(b, 3, 20),)), "aten"),
+    "unnameable": ((lambda b: (torch.randn(b, 4),)), "aten"),
+    "encoder": ((lambda b: (torch.randn(b, 6, 16),)), "fx"),
+    "seq2seq": ((lambda b: (torch.randn(b, 5, 16), torch.randn(b, 4, 16))), "aten"),
+}
+
+

@@ -30,6 +30,7 @@ for p in (str(RUNNERS), str(ZOO)):
 
 import _export  # noqa: E402  (runners/_export.py)
 import _reference_rebuild as ref  # noqa: E402
+from conftest import ZOO_CASES, close, outputs_of  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -55,22 +56,6 @@ def export(zoo, name: str, tmp_path: Path, **kw: Any) -> tuple[Any, Path, dict]:
     return obj, out, summary
 
 
-def close(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-6)
-    if isinstance(a, (tuple, list)):
-        return type(a) is type(b) and len(a) == len(b) and all(close(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
-    return a == b
-
-
-def outputs_of(model: torch.nn.Module, inputs: tuple, *, train: bool, seed: int = 0) -> Any:
-    model.train(train)
-    torch.manual_seed(seed)
-    return model(*inputs)
-
-
 def tensors_in(x: Any) -> list[torch.Tensor]:
     if isinstance(x, torch.Tensor):
         return [x]
@@ -90,30 +75,6 @@ def grads(model: torch.nn.Module, out: Any) -> dict[str, torch.Tensor]:
         if p.grad is not None:
             named[name] = p.grad.detach().clone()
     return named
-
-
-# One row per single-module zoo entry: inputs for two batch sizes, expected mode.
-ZOO_CASES = {
-    "resnet": ((lambda b: (torch.randn(b, 3, 16, 16),)), "fx"),
-    "mobilenet": ((lambda b: (torch.randn(b, 3, 16, 16),)), "fx"),
-    "unet": ((lambda b: (torch.randn(b, 3, 16, 16),)), "fx"),
-    "vit": ((lambda b: (torch.randn(b, 3, 16, 16),)), "fx"),
-    "swin": ((lambda b: (torch.randn(b, 3, 16, 16),)), "fx"),
-    "transformer": ((lambda b: (torch.randn(b, 5, 32),)), "fx"),
-    "recurrent": ((lambda b: (torch.randn(b, 7, 6),)), "fx"),
-    "tied": ((lambda b: (torch.randint(0, 20, (b, 5)),)), "fx"),
-    "shared": ((lambda b: (torch.randn(b, 6),)), "fx"),
-    "nonpersistent": ((lambda b: (torch.randn(b, 4),)), "fx"),
-    "weightnorm": ((lambda b: (torch.randn(b, 2, 9),)), "fx"),
-    "dict_output": ((lambda b: (torch.randn(b, 5),)), "fx"),
-    "tuple_output": ((lambda b: (torch.randn(b, 3),)), "fx"),
-    "functional": ((lambda b: (torch.randn(b, 6),)), "fx"),
-    "stochastic_depth": ((lambda b: (torch.randn(b, 8),)), "fx"),
-    "data_dependent": ((lambda b: (torch.randn(b, 3, 20),)), "aten"),
-    "unnameable": ((lambda b: (torch.randn(b, 4),)), "aten"),
-    "encoder": ((lambda b: (torch.randn(b, 6, 16),)), "fx"),
-    "seq2seq": ((lambda b: (torch.randn(b, 5, 16), torch.randn(b, 4, 16))), "aten"),
-}
 
 
 def module_tree(rebuilt: torch.nn.Module) -> torch.nn.Module:
@@ -598,3 +559,59 @@ def test_aten_graphs_refuse_inputs_they_were_not_traced_for(zoo, tmp_path: Path)
     assert rebuilt(torch.randn(3, 3, 20)).shape == (3, 2)
     with pytest.raises(RuntimeError, match="dim 2 must be 20"):
         rebuilt(torch.randn(3, 3, 30))
+
+
+# ---------------------------------------------------------------------------
+# Producer -> host consumer round trips: the zoo rebuilt by safehub._channel.rebuild_from_output
+# (the real host path).
+
+
+def consumer_rebuild(out: Path):
+    from safehub._channel import rebuild_from_output
+
+    return json.loads((out / "spec.json").read_text()), rebuild_from_output(out)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO_CASES))
+def test_zoo_roundtrip_through_host_consumer(zoo, tmp_path: Path, name: str) -> None:
+    check_roundtrip(zoo, tmp_path, name, consumer_rebuild)
+
+
+def test_containers_through_host_consumer(zoo, tmp_path: Path) -> None:
+    obj, out, _ = export(zoo, "separator", tmp_path)
+    _, rebuilt = consumer_rebuild(out)
+    assert set(rebuilt) == {"vocals", "others"} and len(rebuilt["others"]) == 2
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert close(outputs_of(obj["vocals"], (x,), train=False), outputs_of(rebuilt["vocals"], (x,), train=False))
+
+
+def test_aten_cnn_through_host_consumer(zoo, tmp_path: Path) -> None:
+    model, out, _ = export(zoo, "aten_cnn", tmp_path, options={"mode": "aten"})
+    _, rebuilt = consumer_rebuild(out)
+    twin = copy.deepcopy(model)
+    x = torch.randn(3, 3, 16, 16)
+    assert close(outputs_of(twin, (x,), train=True), outputs_of(rebuilt, (x,), train=True))
+    assert torch.equal(twin.get_submodule("stem.1").running_var, rebuilt.get_submodule("stem.1").running_var)
+    with torch.no_grad():
+        for b in (1, 6):
+            x = torch.randn(b, 3, 16, 16)
+            assert close(outputs_of(twin, (x,), train=False), outputs_of(rebuilt, (x,), train=False))
+
+
+@pytest.mark.parametrize("name", sorted(ZOO_CASES))
+def test_zoo_in_aten_mode_through_host_consumer(zoo, tmp_path: Path, name: str) -> None:
+    """Every zoo model also survives aten mode, with a dynamic batch dimension."""
+    make_inputs, _ = ZOO_CASES[name]
+    model, out, summary = export(zoo, name, tmp_path, options={"mode": "aten"}, example_inputs=make_inputs(2))
+    assert summary["modules"]["m0"]["mode"] == "aten" and summary["modules"]["m0"]["dynamic_batch"] is True
+    _, rebuilt = consumer_rebuild(out)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for b in (1, 3):
+            x = make_inputs(b)
+            assert close(outputs_of(model, x, train=False), outputs_of(rebuilt, x, train=False)), (name, b)
+    x = make_inputs(4)
+    assert close(outputs_of(twin, x, train=True, seed=5), outputs_of(rebuilt, x, train=True, seed=5)), name
+    for k, b in twin.named_buffers():
+        assert torch.allclose(b.float(), rebuilt.get_buffer(k).float()), (name, k)

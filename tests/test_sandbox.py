@@ -23,7 +23,9 @@ from safehub._errors import SandboxError, SandboxUnavailableError
 from safehub._sandbox import Limits, SandboxRequest, get_backend
 from safehub._sandbox._base import MAX_CAPTURE_BYTES
 
-from test_sandbox_attacks import REPO, host_python_env
+from safehub._env import host_env as host_python_env
+
+REPO = Path(__file__).resolve().parent / "fixtures" / "malicious" / "hostile"
 
 SPINE = Path(__file__).resolve().parent / "fixtures" / "repos" / "spine"
 NO_BWRAP = {"SAFEHUB_BWRAP": "/nonexistent/bwrap"}

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 import safehub
-from conftest import torch_hub_load_local
-from test_export import ZOO_CASES, close, outputs_of
+from conftest import ZOO_CASES, close, outputs_of, torch_hub_load_local
 
 ZOO = Path(__file__).resolve().parent / "zoo"
 

@@ -196,6 +196,10 @@ def parse_entry(entry: object) -> tuple[str, str]:
             spec_set = SpecifierSet(spec)
         except InvalidSpecifier:
             raise _bad(entry, "the version specifier is not valid PEP 440") from None
+        if any(s.operator == "===" for s in spec_set):
+            # Arbitrary equality compares raw strings: nothing a hubconf needs, and it lets
+            # any text that is not a version through to the installer's requirements file.
+            raise _bad(entry, "arbitrary equality ('===') is not allowed; use '==' with a PEP 440 version")
         spec = ",".join(sorted(str(s) for s in spec_set))
     return name, spec
 

@@ -17,3 +17,13 @@ from _safetensors_write import write_safetensors  # noqa: E402
 
 def save_file(tensors: dict[str, Any], filename: Any, metadata: dict[str, str] | None = None) -> None:
     write_safetensors(str(filename), tensors, metadata)
+
+
+def save(tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> bytes:
+    """safetensors.torch.save's signature: the file's bytes."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "w.safetensors"
+        write_safetensors(str(path), tensors, metadata)
+        return path.read_bytes()
