@@ -13,11 +13,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._config import hub_path
 from ._errors import EntrypointNotFoundError, HubconfError, SafehubError
 from ._hubconf import Hubconf, read_hubconf
+
+if TYPE_CHECKING:
+    from ._sandbox import SandboxBackend
 
 __all__ = ["load", "list", "help", "LoadInfo"]
 
@@ -136,7 +139,7 @@ def _run(
     hub: Hubconf,
     hub_dir: Path,
     verbose: bool,
-    sandbox: str | None,
+    sandbox: str | SandboxBackend | None,
     limits: Any,
     entrypoint: str | None = None,
     args: tuple[Any, ...] = (),
@@ -200,7 +203,7 @@ def load(
     revision: str | None = None,
     example_inputs: Any = None,
     export: str = "auto",
-    sandbox: str | None = None,
+    sandbox: str | SandboxBackend | None = None,
     limits: Any = None,
     **kwargs: Any,
 ) -> Any:
@@ -347,7 +350,7 @@ def list(  # noqa: A001 - torch.hub's name
     *,
     source: str = "github",
     revision: str | None = None,
-    sandbox: str | None = None,
+    sandbox: str | SandboxBackend | None = None,
 ) -> builtins.list[str]:
     """Entrypoint names of a repo, like ``torch.hub.list``.
 
@@ -370,7 +373,7 @@ def list(  # noqa: A001 - torch.hub's name
     return [e["name"] for e in _sandbox_listing(repo, hub, hub_dir, verbose=verbose, sandbox=sandbox)]
 
 
-def _sandbox_listing(repo: _Repo, hub: Hubconf, hub_dir: Path, *, verbose: bool, sandbox: str | None) -> builtins.list[dict[str, Any]]:
+def _sandbox_listing(repo: _Repo, hub: Hubconf, hub_dir: Path, *, verbose: bool, sandbox: str | SandboxBackend | None) -> builtins.list[dict[str, Any]]:
     from ._channel._listing import validate_listing
 
     logger.info("hubconf of %s cannot be listed statically (%s); asking the sandbox",
@@ -391,7 +394,7 @@ def help(  # noqa: A001 - torch.hub's name
     *,
     source: str = "github",
     revision: str | None = None,
-    sandbox: str | None = None,
+    sandbox: str | SandboxBackend | None = None,
 ) -> str | None:
     """The docstring of an entrypoint, like ``torch.hub.help``."""
     repo, hub, hub_dir = _prepare(

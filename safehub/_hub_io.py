@@ -11,10 +11,13 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from ._config import hub_path
+
+if TYPE_CHECKING:
+    from ._sandbox import SandboxBackend
 
 __all__ = ["load_state_dict_from_url", "download_url_to_file", "load_checkpoint_file"]
 
@@ -68,7 +71,7 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def load_checkpoint_file(
-    path: Path, *, map_location: Any = None, weights_only: bool = False, sandbox: str | None = None
+    path: Path, *, map_location: Any = None, weights_only: bool = False, sandbox: str | SandboxBackend | None = None
 ) -> Any:
     """Read a checkpoint file: safetensors directly, anything else through the sandbox."""
     path = Path(path).resolve()
@@ -81,7 +84,7 @@ def load_checkpoint_file(
     return _apply_map_location(obj, map_location)
 
 
-def _convert_in_sandbox(path: Path, *, weights_only: bool, sandbox: str | None) -> Any:
+def _convert_in_sandbox(path: Path, *, weights_only: bool, sandbox: str | SandboxBackend | None) -> Any:
     from ._channel._checkpoint import read_converted_checkpoint
     from ._env import host_env
     from ._jobs import run_job

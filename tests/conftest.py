@@ -108,3 +108,12 @@ ZOO_CASES = {
 }
 
 
+
+
+# torch.export of these takes seconds each; the fast tier keeps "unnameable" as its aten case.
+SLOW_EXPORTS = {"aten_cnn", "data_dependent", "seq2seq"}
+
+
+def zoo_params(names: Any) -> list[Any]:
+    """Zoo names as parameters, the ones whose export is slow marked slow."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_EXPORTS else n for n in sorted(names)]

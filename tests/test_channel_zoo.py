@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 
+from conftest import zoo_params
 from safehub._channel import rebuild_from_output
 from safehub._channel._allowlist import function_allowlist
 from safehub._channel._module import SafehubGraphModule
@@ -92,7 +93,7 @@ def run(model: torch.nn.Module, inputs: tuple, train: bool) -> Any:
     return model(*inputs)
 
 
-@pytest.mark.parametrize("name", sorted(INPUTS))
+@pytest.mark.parametrize("name", zoo_params(INPUTS))
 def test_zoo_model_rebuilds_and_matches(zoo, tmp_path: Path, name: str) -> None:
     original = getattr(zoo, name)()
     _export.export_object(original, str(tmp_path), options={}, example_inputs=None, hubconf=zoo, entrypoint=name)

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import DEMO, REPOS
 
 
@@ -18,6 +20,7 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+@pytest.mark.slow
 def test_load_with_no_arguments_loads_the_bundled_demo():
     proc = run_cli("load", "--json")
     report = json.loads(proc.stdout)
@@ -28,12 +31,14 @@ def test_load_with_no_arguments_loads_the_bundled_demo():
     assert report["info"]["backend"] in {"bwrap", "landlock", "process"}
 
 
+@pytest.mark.slow
 def test_load_human_output_and_kwargs():
     proc = run_cli("load", str(DEMO), "tinynet", "-k", "num_classes=4", "-k", "pretrained=false")
     assert "loaded tinynet" in proc.stdout
     assert "sandbox:" in proc.stdout
 
 
+@pytest.mark.slow
 def test_list_and_help_json():
     listing = json.loads(run_cli("list", str(REPOS / "spine"), "--json").stdout)
     # Like torch.hub.list: the classes hubconf imports are public callables too.
@@ -43,6 +48,7 @@ def test_list_and_help_json():
     assert "TinyNet" in doc
 
 
+@pytest.mark.slow
 def test_errors_carry_their_exit_code_and_json():
     proc = run_cli("load", str(REPOS / "spine"), "missing_entry", "--json", check=False)
     assert proc.returncode == 6

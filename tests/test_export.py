@@ -30,7 +30,7 @@ for p in (str(RUNNERS), str(ZOO)):
 
 import _export  # noqa: E402  (runners/_export.py)
 import _reference_rebuild as ref  # noqa: E402
-from conftest import ZOO_CASES, close, outputs_of  # noqa: E402
+from conftest import ZOO_CASES, close, outputs_of, zoo_params  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def check_roundtrip(zoo, tmp_path: Path, name: str, rebuild) -> dict:
     return spec
 
 
-@pytest.mark.parametrize("name", sorted(ZOO_CASES))
+@pytest.mark.parametrize("name", zoo_params(ZOO_CASES))
 def test_zoo_roundtrip(zoo, tmp_path: Path, name: str) -> None:
     check_roundtrip(zoo, tmp_path, name, reference_rebuild)
 
@@ -302,6 +302,7 @@ def test_mode_fx_is_strict(zoo, tmp_path: Path) -> None:
         export(zoo, "resnet", tmp_path, options={"mode": "pickle"})
 
 
+@pytest.mark.slow
 def test_aten_mode_cnn_train_graph(zoo, tmp_path: Path) -> None:
     model, out, summary = export(zoo, "aten_cnn", tmp_path, options={"mode": "aten"})
     assert summary["modules"]["m0"]["mode"] == "aten" and summary["modules"]["m0"]["dynamic_batch"] is True
@@ -339,6 +340,7 @@ def test_explicit_example_inputs_win_and_batch_one_is_widened(zoo, tmp_path: Pat
     "entry, example, mode",
     [("resnet", None, "fx"), ("data_dependent", None, "aten"), ("tuple_output", (torch.randn(2, 3),), "fx")],
 )
+@pytest.mark.slow
 def test_through_the_runner(tmp_path: Path, entry: str, example: Any, mode: str) -> None:
     """The real runner script in a fresh interpreter, as the sandbox runs it: the
     hubconf's example_inputs dict (data_dependent) and host-sent example inputs."""
@@ -363,6 +365,7 @@ def test_through_the_runner(tmp_path: Path, entry: str, example: Any, mode: str)
     assert sorted(p.name for p in (job / "out").iterdir()) == ["result.json", "spec.json", "weights.safetensors"]
 
 
+@pytest.mark.slow
 def test_runner_reports_unsupported_return(tmp_path: Path) -> None:
     job = tmp_path / "job"
     (job / "in").mkdir(parents=True)
@@ -435,6 +438,7 @@ def test_non_default_dtype_leaves(tmp_path: Path) -> None:
         assert close(model(x), rebuilt(x))
 
 
+@pytest.mark.slow
 def test_export_leaves_model_state_alone(zoo) -> None:
     model = zoo.aten_cnn()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -536,6 +540,7 @@ def test_hubconf_example_inputs_that_fail(tmp_path: Path) -> None:
         _export.export_object(torch.nn.Linear(2, 2), str(tmp_path), options={}, example_inputs=None, hubconf=Hub, entrypoint="entry")
 
 
+@pytest.mark.slow
 def test_aten_graphs_refuse_inputs_they_were_not_traced_for(zoo, tmp_path: Path) -> None:
     """export's input guards do not survive ep.module(); the producer re-emits
     them as graph asserts so the host fails loudly instead of answering wrongly."""
@@ -572,7 +577,7 @@ def consumer_rebuild(out: Path):
     return json.loads((out / "spec.json").read_text()), rebuild_from_output(out)
 
 
-@pytest.mark.parametrize("name", sorted(ZOO_CASES))
+@pytest.mark.parametrize("name", zoo_params(ZOO_CASES))
 def test_zoo_roundtrip_through_host_consumer(zoo, tmp_path: Path, name: str) -> None:
     check_roundtrip(zoo, tmp_path, name, consumer_rebuild)
 
@@ -586,6 +591,7 @@ def test_containers_through_host_consumer(zoo, tmp_path: Path) -> None:
         assert close(outputs_of(obj["vocals"], (x,), train=False), outputs_of(rebuilt["vocals"], (x,), train=False))
 
 
+@pytest.mark.slow
 def test_aten_cnn_through_host_consumer(zoo, tmp_path: Path) -> None:
     model, out, _ = export(zoo, "aten_cnn", tmp_path, options={"mode": "aten"})
     _, rebuilt = consumer_rebuild(out)
@@ -599,7 +605,8 @@ def test_aten_cnn_through_host_consumer(zoo, tmp_path: Path) -> None:
             assert close(outputs_of(twin, (x,), train=False), outputs_of(rebuilt, (x,), train=False))
 
 
-@pytest.mark.parametrize("name", sorted(ZOO_CASES))
+@pytest.mark.slow
+@pytest.mark.parametrize("name", zoo_params(ZOO_CASES))
 def test_zoo_in_aten_mode_through_host_consumer(zoo, tmp_path: Path, name: str) -> None:
     """Every zoo model also survives aten mode, with a dynamic batch dimension."""
     make_inputs, _ = ZOO_CASES[name]

@@ -182,6 +182,7 @@ SANDBOX_SIDE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sandbox_half_serves_listed_urls_and_reports_the_rest(tmp_path):
     import io
     import zipfile
@@ -215,6 +216,7 @@ def test_sandbox_half_serves_listed_urls_and_reports_the_rest(tmp_path):
     assert out["hash"].startswith("invalid hash value")
 
 
+@pytest.mark.slow
 def test_runner_reports_needs_download_even_if_the_repo_swallows_it(tmp_path):
     """The real runner, no sandbox backend: an entrypoint that catches every error
     around load_state_dict_from_url still yields needs_download, never a model."""

@@ -89,6 +89,7 @@ DYNAMIC_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(STATIC_CASES))
 def test_static_listing_equals_torch_hub_list(tmp_path, name):
     repo = _repo(tmp_path, STATIC_CASES[name])
@@ -98,6 +99,7 @@ def test_static_listing_equals_torch_hub_list(tmp_path, name):
     assert safehub.list(str(repo), source="local") == _torch_list(repo)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(DYNAMIC_CASES))
 def test_sandbox_listing_equals_torch_hub_list(tmp_path, name):
     hubconf, files = DYNAMIC_CASES[name]
@@ -115,6 +117,7 @@ def test_help_returns_the_raw_docstring_like_torch_hub(tmp_path):
     assert hub.find("Wrapper").signature == "(a, b=1)"
 
 
+@pytest.mark.slow
 def test_help_of_an_imported_entrypoint_asks_the_sandbox(tmp_path):
     repo = _repo(tmp_path, "from helpers import build\n", helpers="def build():\n    '''Built in helpers.'''\n")
     assert safehub.help(str(repo), "build", source="local") == "Built in helpers."

@@ -15,6 +15,9 @@ import torch
 import safehub
 from conftest import DEMO, REPOS, ROOT, torch_hub_load_local
 
+# Runs real sandboxes (or a torch subprocess per case): the slow tier.
+pytestmark = pytest.mark.slow
+
 SPINE = REPOS / "spine"
 
 CASES = [

@@ -28,6 +28,9 @@ from pathlib import Path
 
 import pytest
 
+# Runs real sandboxes (or a torch subprocess per case): the slow tier.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 REDTEAM = Path(__file__).resolve().parent / "fixtures" / "redteam"
 DRIVER = REDTEAM / "driver.py"

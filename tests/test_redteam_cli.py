@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# Runs real sandboxes (or a torch subprocess per case): the slow tier.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 FORGE = Path(__file__).resolve().parent / "fixtures" / "redteam" / "forge"
 CONTROL_CHARS = ("\x1b", "\x07", "\x00", "\r", "\u202e")

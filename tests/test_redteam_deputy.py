@@ -46,6 +46,7 @@ def test_control_the_victim_archive_is_private(github):
 
 
 
+@pytest.mark.slow
 def test_repo_code_cannot_make_the_host_fetch_other_private_repos(github):
     url = f"{github.api_url}/repos/victim/secret/zipball/main"
     try:

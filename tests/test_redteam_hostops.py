@@ -26,6 +26,9 @@ from pathlib import Path
 
 import pytest
 
+# Runs real sandboxes (or a torch subprocess per case): the slow tier.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 SCRIPT = textwrap.dedent(

@@ -219,6 +219,7 @@ def test_captured_output_is_bounded(backend, tmp_path):
     assert len(result.stdout) == MAX_CAPTURE_BYTES and len(result.stderr) == MAX_CAPTURE_BYTES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["bwrap", "landlock"])
 def test_control_characters_are_escaped_in_errors(backend, tmp_path):
     from safehub._jobs import run_job
@@ -235,6 +236,7 @@ def test_control_characters_are_escaped_in_errors(backend, tmp_path):
 # --- records and doctor --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_load_records_backend_and_limits(tmp_path):
     limits = Limits(timeout_s=120.0, max_pids=99)
     model = safehub.load(str(SPINE), "functional_net", source="local", verbose=False, sandbox="landlock", limits=limits)

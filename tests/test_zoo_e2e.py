@@ -12,6 +12,9 @@ import torch
 import safehub
 from conftest import ZOO_CASES, close, outputs_of, torch_hub_load_local
 
+# Runs real sandboxes (or a torch subprocess per case): the slow tier.
+pytestmark = pytest.mark.slow
+
 ZOO = Path(__file__).resolve().parent / "zoo"
 
 

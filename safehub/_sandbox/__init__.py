@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from .._errors import SandboxUnavailableError
 from ._base import Limits, SandboxBackend, SandboxRequest, SandboxResult
 from ._bwrap import BwrapBackend
+from ._fake import FakeBackend, FakeJob, FakeOutcome
 from ._landlock import LandlockBackend
 from ._process import ProcessBackend
 
@@ -31,6 +32,9 @@ __all__ = [
     "BwrapBackend",
     "LandlockBackend",
     "ProcessBackend",
+    "FakeBackend",
+    "FakeJob",
+    "FakeOutcome",
 ]
 
 BACKENDS = ("auto", "bwrap", "landlock", "process")
@@ -53,8 +57,11 @@ def _make(name: str, env: Mapping[str, str]) -> SandboxBackend:
     return _cache[key]
 
 
-def get_backend(name: str | None = None, env: Mapping[str, str] | None = None) -> SandboxBackend:
+def get_backend(name: str | SandboxBackend | None = None, env: Mapping[str, str] | None = None) -> SandboxBackend:
     """Return the backend called ``name`` (default: ``SAFEHUB_SANDBOX``, else "auto").
+
+    A backend object passed as ``name`` is used as it is (tests pass a FakeBackend);
+    it must still say it works here.
 
     Never silently downgrades: an unavailable backend raises
     SandboxUnavailableError saying which layer is missing and how to get it.
@@ -62,6 +69,11 @@ def get_backend(name: str | None = None, env: Mapping[str, str] | None = None) -
     import os
 
     env = os.environ if env is None else env
+    if isinstance(name, SandboxBackend):
+        problem = name.check()
+        if problem:
+            raise SandboxUnavailableError(f"sandbox backend {name.name!r} is unavailable: {problem}", hint="run `safehub doctor` for details")
+        return name
     name = (name or env.get("SAFEHUB_SANDBOX") or "auto").strip().lower()
     if name not in BACKENDS:
         raise SandboxUnavailableError(f"unknown sandbox backend {name!r}", hint=f"use one of {', '.join(BACKENDS)}")
