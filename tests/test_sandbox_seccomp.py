@@ -1,0 +1,257 @@
+"""The seccomp filter and the fresh session keyring, against real bubblewrap,
+real Landlock and the process backend.
+
+The host plants canary keys in its own session keyring and in the user keyring
+linked into it (as a login session has it) with keyctl(2) through ctypes; the
+hostile repo's ``kernel`` entrypoint then tries to read, update, search and add
+keys, and io_uring, bpf, perf, userfaultfd, ptrace, process_vm_*, the mount
+family, namespaces, personality, kexec and module loading. Each must be refused
+with the filter's answer, the canaries must be unchanged and never come back,
+and nothing may be planted. A control run with the explicit opt-out
+(SAFEHUB_SECCOMP=0) shows the same calls do work without the filter, so these
+checks can fail. A normal model load still works under every backend.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import safehub
+from safehub._doctor import doctor_report, format_report
+from safehub._errors import SandboxUnavailableError
+from safehub._sandbox import _seccomp, get_backend
+from safehub._sandbox._seccomp_policy import DENY, DOCKER_ALLOW
+
+from test_sandbox_attacks import SMALL, attack, host_python_env
+
+SPINE = Path(__file__).resolve().parent / "fixtures" / "repos" / "spine"
+RUNNERS = Path(__file__).resolve().parent.parent / "runners"
+ALL_BACKENDS = ["bwrap", "landlock", "process"]
+
+EPERM, ENOSYS = errno.EPERM, errno.ENOSYS
+# What the filter answers to each attack in the ``kernel`` entrypoint.
+EXPECTED = {
+    "keyctl_read": EPERM, "keyctl_read_user": EPERM, "keyctl_update": EPERM, "keyctl_search": EPERM,
+    "keyctl_describe_session": EPERM, "keyctl_join_named": EPERM, "add_key_session": EPERM,
+    "add_key_user": EPERM, "request_key": EPERM, "io_uring_setup": EPERM, "io_uring_enter": EPERM,
+    "io_uring_register": EPERM, "bpf": EPERM, "perf_event_open": EPERM, "userfaultfd": EPERM,
+    "ptrace_traceme": EPERM, "process_vm_readv": EPERM, "process_vm_writev": EPERM, "mount": EPERM,
+    "umount2": EPERM, "pivot_root": EPERM, "chroot": EPERM, "fsopen": ENOSYS, "open_tree": ENOSYS,
+    "unshare_user": EPERM, "unshare_mount": EPERM, "setns": EPERM, "clone_newuser": EPERM,
+    "personality_no_aslr": EPERM, "kexec_load": EPERM, "kexec_file_load": EPERM, "init_module": EPERM,
+    "finit_module": EPERM, "delete_module": EPERM,
+}
+
+# --- keyctl(2) on the host, through ctypes -------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_NR = {"x86_64": (250, 248), "aarch64": (219, 217)}[os.uname().machine]  # keyctl, add_key
+KEY_SPEC_SESSION, KEY_SPEC_USER = -3, -4
+L = ctypes.c_long
+
+
+def keyctl(*args: object) -> int:
+    ret = _libc.syscall(L(_NR[0]), *args)
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(ret)
+
+
+def add_key(description: str, payload: bytes, keyring: int) -> int:
+    ret = _libc.syscall(L(_NR[1]), ctypes.c_char_p(b"user"), ctypes.c_char_p(description.encode()),
+                        ctypes.c_char_p(payload), L(len(payload)), L(keyring))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(ret)
+
+
+def read_key(key_id: int) -> bytes:
+    buf = ctypes.create_string_buffer(4096)
+    n = keyctl(L(11), L(key_id), buf, L(4096))
+    return buf.raw[:n]
+
+
+def search(keyring: int, description: str) -> int | None:
+    try:
+        return keyctl(L(10), L(keyring), ctypes.c_char_p(b"user"), ctypes.c_char_p(description.encode()), L(0))
+    except OSError as exc:
+        assert exc.errno in (errno.ENOKEY, errno.EACCES), exc
+        return None
+
+
+@pytest.fixture
+def host_keys():
+    """Canary keys in this process's session keyring and in the user keyring,
+    linked in as a login session has it; removed afterwards."""
+    token = secrets.token_hex(8)
+    keyctl(L(1), ctypes.c_char_p(f"safehub-test-{token}".encode()))  # our own session keyring
+    keyctl(L(8), L(KEY_SPEC_USER), L(KEY_SPEC_SESSION))  # KEYCTL_LINK the user keyring into it
+    keys = {
+        "description": f"safehub-canary-{token}",
+        "payload": f"KEYCANARY-{secrets.token_hex(16)}".encode(),
+        "user_description": f"safehub-user-canary-{token}",
+        "user_payload": f"USERKEYCANARY-{secrets.token_hex(16)}".encode(),
+        "plant": f"safehub-planted-{token}",
+    }
+    keys["id"] = add_key(keys["description"], keys["payload"], KEY_SPEC_SESSION)
+    keys["user_id"] = add_key(keys["user_description"], keys["user_payload"], KEY_SPEC_USER)
+    yield keys
+    for key in (keys["id"], keys["user_id"]):
+        try:
+            keyctl(L(21), L(key))  # KEYCTL_INVALIDATE
+        except OSError:
+            pass
+    for ring in (KEY_SPEC_SESSION, KEY_SPEC_USER):
+        planted = search(ring, keys["plant"])
+        if planted is not None:
+            keyctl(L(21), L(planted))
+
+
+def run_kernel_attack(backend: str, keys: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    out = attack(backend, "kernel", tmp_path / "hub", host_python_env(), caplog,
+                 key_id=keys["id"], user_key_id=keys["user_id"], description=keys["description"], plant=keys["plant"])
+    assert out.error is None, out.error
+    return out, json.loads(out.out_files["leak.txt"])
+
+
+def assert_host_keys_untouched(keys: dict) -> None:
+    assert read_key(keys["id"]) == keys["payload"]
+    assert read_key(keys["user_id"]) == keys["user_payload"]
+    assert search(KEY_SPEC_SESSION, keys["plant"]) is None, "a key was planted in the host's session keyring"
+    assert search(KEY_SPEC_USER, keys["plant"]) is None, "a key was planted in the host's user keyring"
+
+
+# --- the attacks ---------------------------------------------------------------------
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_kernel_attacks_are_refused(backend, host_keys, tmp_path, caplog):
+    # The canaries are really reachable from this process (the attack target exists).
+    assert search(KEY_SPEC_SESSION, host_keys["description"]) == host_keys["id"]
+    out, results = run_kernel_attack(backend, host_keys, tmp_path, caplog)
+    wrong = {label: results.get(label) for label, err in EXPECTED.items() if results.get(label) != [-1, err]}
+    assert not wrong, f"not refused by the filter under {backend}: {wrong}"
+    assert results["personality_query"][0] >= 0 and results["getpid"][0] > 0  # the filter is not a blanket refusal
+    assert_host_keys_untouched(host_keys)
+    out.assert_clean(host_keys["payload"].decode(), host_keys["user_payload"].decode())
+    assert out.sandbox is not None and out.sandbox.details["seccomp"] == "on"
+
+
+def test_control_without_the_filter_the_calls_work(host_keys, tmp_path, caplog, monkeypatch):
+    """SAFEHUB_SECCOMP=0 (the explicit opt-out): io_uring, ptrace and
+    process_vm_readv work, so the test above can fail. The fresh session keyring
+    still keeps the host's keys out of reach (defence in depth)."""
+    monkeypatch.setenv("SAFEHUB_SECCOMP", "0")
+    out, results = run_kernel_attack("bwrap", host_keys, tmp_path, caplog)
+    assert results["io_uring_setup"][0] >= 0
+    assert results["ptrace_traceme"][0] == 0
+    assert results["process_vm_readv"][0] == 6
+    assert results["keyctl_describe_session"][0] > 0  # keyctl works: on a keyring of its own
+    assert results["keyctl_search"][0] == -1 and results["keyctl_read"][0] == -1
+    assert_host_keys_untouched(host_keys)
+    out.assert_clean(host_keys["payload"].decode(), host_keys["user_payload"].decode())
+    assert "WITHOUT its seccomp filter" in caplog.text
+    assert out.sandbox is not None and out.sandbox.details["seccomp"].startswith("OFF")
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+def test_the_filter_checks_the_architecture_first(machine):
+    """Built for either machine, the program first loads seccomp_data.arch and
+    kills the process on any other one (i386/arm32 compat calls); on x86_64 it
+    also kills x32-ABI numbers (>= 0x40000000)."""
+    import struct
+
+    program = _seccomp.build("landlock", machine)
+    insns = [struct.unpack_from("<HBBI", program, i) for i in range(0, len(program), 8)]
+    arch = _seccomp.SUPPORTED[machine][0]
+    assert insns[0] == (0x20, 0, 0, 4)  # ld [arch]
+    code, jt, jf, k = insns[1]
+    assert (code, k) == (0x15, arch)  # jeq arch
+    assert insns[2 + jf] == (0x06, 0, 0, 0x80000000)  # another arch: ret KILL_PROCESS
+    assert insns[2 + jt] != (0x06, 0, 0, 0x80000000)
+    if machine == "x86_64":
+        assert insns[2] == (0x20, 0, 0, 0) and insns[3][0] == 0x35 and insns[3][3] == 0x40000000
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the x32 ABI exists only on x86_64")
+def test_x32_abi_kills_the_job(tmp_path):
+    """A foreign ABI (x32 numbers on x86_64) gets SIGSYS, not the native table."""
+    code = (
+        "import sys, ctypes, json; sys.path.insert(0, sys.argv[1]); import _confine;"
+        "_confine.apply(json.loads(sys.argv[2]));"
+        "l = ctypes.CDLL(None); l.syscall.restype = ctypes.c_long;"
+        "print('native', l.syscall(39), flush=True); print('x32', l.syscall(0x40000000 | 39), flush=True)"
+    )
+    config = {"no_new_privs": True, "seccomp": _seccomp.confine_entry("process")}
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(RUNNERS), json.dumps(config)],
+                          capture_output=True, timeout=60)
+    import signal
+
+    assert done.returncode == -signal.SIGSYS, (done.returncode, done.stderr[-500:])
+    assert b"native" in done.stdout and b"x32" not in done.stdout
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_a_model_loads_under_the_filter(backend, monkeypatch):
+    monkeypatch.delenv("SAFEHUB_SECCOMP", raising=False)
+    model = safehub.load(str(SPINE), "functional_net", source="local", verbose=False, sandbox=backend)
+    assert model.safehub_info.backend == backend
+    import torch
+
+    assert model.safehub_info.sandbox_details["seccomp"] == "on"
+    assert torch.isfinite(model(torch.randn(5, 8))).all()
+
+
+def test_fail_closed_without_libseccomp_and_the_explicit_opt_out(monkeypatch):
+    """No libseccomp bindings: every backend is unavailable (never silently
+    unfiltered); SAFEHUB_SECCOMP=0 is the only way to run without the filter."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pyseccomp(name, *args, **kwargs):
+        if name == "pyseccomp":
+            raise ImportError("No module named 'pyseccomp' (test)")
+        return real_import(name, *args, **kwargs)
+
+    _seccomp.build.cache_clear()
+    monkeypatch.setattr(builtins, "__import__", no_pyseccomp)
+    try:
+        from safehub._sandbox import BwrapBackend, LandlockBackend, ProcessBackend
+
+        for backend in (BwrapBackend(env={}), LandlockBackend(env={}), ProcessBackend(env={})):
+            problem = backend.check()
+            assert problem and "pyseccomp" in problem and "SAFEHUB_SECCOMP=0" in problem, (backend.name, problem)
+        with pytest.raises(SandboxUnavailableError, match="seccomp"):
+            get_backend("landlock", env={"SAFEHUB_SECCOMP": "1", "SAFEHUB_BWRAP": "/x"})
+        off = {"SAFEHUB_SECCOMP": "0"}
+        assert BwrapBackend(env=off).check() is None and LandlockBackend(env=off).check() is None
+    finally:
+        monkeypatch.setattr(builtins, "__import__", real_import)
+        _seccomp.build.cache_clear()
+
+
+def test_doctor_reports_the_filter(monkeypatch):
+    monkeypatch.delenv("SAFEHUB_SECCOMP", raising=False)
+    report = doctor_report()
+    assert report["seccomp"]["enabled"] and report["seccomp"]["usable"]
+    assert report["seccomp"]["library"].startswith("libseccomp")
+    assert report["seccomp"]["instructions"]["landlock"] > 100
+    assert "seccomp" in format_report(report)
+    off = doctor_report({"SAFEHUB_SECCOMP": "0"})
+    assert not off["seccomp"]["enabled"]
+    assert "SAFEHUB_SECCOMP=0" in format_report(off)
