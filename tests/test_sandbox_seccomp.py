@@ -135,9 +135,8 @@ def assert_host_keys_untouched(keys: dict) -> None:
 
 # --- the attacks ---------------------------------------------------------------------
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_kernel_attacks_are_refused(backend, host_keys, tmp_path, caplog):
     # The canaries are really reachable from this process (the attack target exists).
@@ -151,6 +150,7 @@ def test_kernel_attacks_are_refused(backend, host_keys, tmp_path, caplog):
     assert out.sandbox is not None and out.sandbox.details["seccomp"] == "on"
 
 
+@pytest.mark.slow
 def test_control_without_the_filter_the_calls_work(host_keys, tmp_path, caplog, monkeypatch):
     """SAFEHUB_SECCOMP=0 (the explicit opt-out): io_uring, ptrace and
     process_vm_readv work, so the test above can fail. The fresh session keyring
@@ -187,6 +187,7 @@ def test_the_filter_checks_the_architecture_first(machine):
         assert insns[2] == (0x20, 0, 0, 0) and insns[3][0] == 0x35 and insns[3][3] == 0x40000000
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="the x32 ABI exists only on x86_64")
 def test_x32_abi_kills_the_job(tmp_path):
     """A foreign ABI (x32 numbers on x86_64) gets SIGSYS, not the native table."""
@@ -205,6 +206,7 @@ def test_x32_abi_kills_the_job(tmp_path):
     assert b"native" in done.stdout and b"x32" not in done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 def test_a_model_loads_under_the_filter(backend, monkeypatch):
     monkeypatch.delenv("SAFEHUB_SECCOMP", raising=False)
@@ -245,6 +247,7 @@ def test_fail_closed_without_libseccomp_and_the_explicit_opt_out(monkeypatch):
         _seccomp.build.cache_clear()
 
 
+@pytest.mark.slow
 def test_doctor_reports_the_filter(monkeypatch):
     monkeypatch.delenv("SAFEHUB_SECCOMP", raising=False)
     report = doctor_report()

@@ -148,6 +148,14 @@ class BwrapBackend(SandboxBackend):
                 pass_fds=fds, close_fds=True, start_new_session=True, env={},
                 preexec_fn=fresh_session_keyring(strict=not self.seccomp),
             )
+        except subprocess.SubprocessError as exc:  # the fresh session keyring (preexec_fn)
+            out.close(), err.close()
+            cleanup()
+            raise SandboxUnavailableError(
+                f"could not start the job in a fresh session keyring: {exc}",
+                hint="keyctl(KEYCTL_JOIN_SESSION_KEYRING) failed on the host; check the key quota "
+                "(/proc/sys/kernel/keys/maxkeys), or keep the seccomp filter on (unset SAFEHUB_SECCOMP)",
+            ) from None
         except BaseException:
             out.close(), err.close()
             cleanup()

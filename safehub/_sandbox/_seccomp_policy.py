@@ -11,8 +11,8 @@ Where it comes from
   safehub job holds no capability.
 * **Flatpak's blocklist** (flatpak/flatpak, ``common/flatpak-run.c``,
   ``setup_seccomp``, read at 55ec5bd of 2026-08-21): the keyring, the NUMA
-  calls, new namespaces and the mount family, ``clone3``, TIOCSTI/TIOCLINUX,
-  ``perf_event_open``, ``ptrace``, personality changes, ``modify_ldt``.
+  calls, new namespaces and the mount family, ``clone3``, ``perf_event_open``,
+  ``ptrace``, personality changes, ``modify_ldt``.
 
 How it deviates, and why
 ------------------------
@@ -44,7 +44,13 @@ How it deviates, and why
    kernel's capability checks; Docker leaves them off its allowlist). ``mbind``,
    ``set_mempolicy``, ``get_mempolicy``, ``move_pages``, ``migrate_pages`` are
    refused as in Flatpak (Docker: ``CAP_SYS_NICE`` only).
-6. Per backend: under Landlock (no network or IPC namespace) ``socket()``
+6. No rule for the TIOCSTI/TIOCLINUX ioctls (Flatpak has one): under a
+   default-deny policy libseccomp cannot refuse one ioctl request while
+   allowing the rest (an unconditional allow absorbs it), and every backend
+   starts the job in a new session without a controlling terminal
+   (bubblewrap's ``--new-session``, the supervisor's ``setsid``): TIOCSTI
+   needs one (CVE-2017-5226 was fixed the same way).
+7. Per backend: under Landlock (no network or IPC namespace) ``socket()``
    answers ``EACCES`` (Landlock does not cover UDP or pathname unix sockets;
    ``socketpair`` still works), and System V IPC and POSIX message queues answer
    EPERM (those objects are per IPC namespace, so the host's would be reachable).

@@ -64,6 +64,15 @@ def run_supervised(
             # The reaper and everything below it get a new, empty session keyring.
             preexec_fn=fresh_session_keyring(strict=strict_keyring),
         )
+    except subprocess.SubprocessError as exc:  # the fresh session keyring (preexec_fn)
+        from .._errors import SandboxUnavailableError
+
+        out.close(), err.close()
+        raise SandboxUnavailableError(
+            f"could not start the job in a fresh session keyring: {exc}",
+            hint="keyctl(KEYCTL_JOIN_SESSION_KEYRING) failed on the host; check the key quota "
+            "(/proc/sys/kernel/keys/maxkeys), or keep the seccomp filter on (unset SAFEHUB_SECCOMP)",
+        ) from None
     except BaseException:
         out.close(), err.close()
         raise
