@@ -48,8 +48,11 @@ EXPECTED = {
     "umount2": EPERM, "pivot_root": EPERM, "chroot": EPERM, "fsopen": ENOSYS, "open_tree": ENOSYS,
     "unshare_user": EPERM, "unshare_mount": EPERM, "setns": EPERM, "clone_newuser": EPERM,
     "personality_no_aslr": EPERM, "kexec_load": EPERM, "kexec_file_load": EPERM, "init_module": EPERM,
-    "finit_module": EPERM, "delete_module": EPERM,
+    "finit_module": EPERM, "delete_module": EPERM, "clone3_newuser": ENOSYS,
 }
+# Per backend: Landlock has no network or IPC namespace, so no socket() and no SysV IPC.
+EXPECTED_LANDLOCK = {"socket_af_alg": errno.EACCES, "shmget": EPERM}
+EXPECTED_OTHERS = {"socket_af_alg": errno.EAFNOSUPPORT}
 
 # --- keyctl(2) on the host, through ctypes -------------------------------------------
 
@@ -142,8 +145,11 @@ def test_kernel_attacks_are_refused(backend, host_keys, tmp_path, caplog):
     # The canaries are really reachable from this process (the attack target exists).
     assert search(KEY_SPEC_SESSION, host_keys["description"]) == host_keys["id"]
     out, results = run_kernel_attack(backend, host_keys, tmp_path, caplog)
-    wrong = {label: results.get(label) for label, err in EXPECTED.items() if results.get(label) != [-1, err]}
+    expected = {**EXPECTED, **(EXPECTED_LANDLOCK if backend == "landlock" else EXPECTED_OTHERS)}
+    wrong = {label: results.get(label) for label, err in expected.items() if results.get(label) != [-1, err]}
     assert not wrong, f"not refused by the filter under {backend}: {wrong}"
+    if backend != "landlock":
+        assert results["shmget"][0] >= 0  # an IPC namespace of its own (bwrap), or no isolation (process)
     assert results["personality_query"][0] >= 0 and results["getpid"][0] > 0  # the filter is not a blanket refusal
     assert_host_keys_untouched(host_keys)
     out.assert_clean(host_keys["payload"].decode(), host_keys["user_payload"].decode())
@@ -204,6 +210,33 @@ def test_x32_abi_kills_the_job(tmp_path):
 
     assert done.returncode == -signal.SIGSYS, (done.returncode, done.stderr[-500:])
     assert b"native" in done.stdout and b"x32" not in done.stdout
+
+
+I386_GETPID = (
+    "import ctypes, mmap;"
+    "m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC);"
+    "m.write(bytes([0xB8, 20, 0, 0, 0, 0xCD, 0x80, 0xC3]));"  # mov eax, 20 (i386 getpid); int 0x80; ret
+    "f = ctypes.CFUNCTYPE(ctypes.c_long)(ctypes.addressof(ctypes.c_char.from_buffer(m)));"
+    "print('i386', f(), flush=True)"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the i386 ABI (int 0x80) exists only on x86")
+def test_i386_abi_kills_the_job():
+    """i386 system calls (int 0x80) from a 64-bit job: another AUDIT_ARCH, so SIGSYS."""
+    import signal
+
+    control = subprocess.run([sys.executable, "-I", "-S", "-c", I386_GETPID], capture_output=True, timeout=60)
+    config = {"no_new_privs": True, "seccomp": _seccomp.confine_entry("bwrap")}
+    code = f"import sys, json; sys.path.insert(0, sys.argv[1]); import _confine; _confine.apply(json.loads(sys.argv[2])); {I386_GETPID}"
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(RUNNERS), json.dumps(config)],
+                          capture_output=True, timeout=60)
+    if control.returncode == 0:  # the kernel has the i386 ABI: the filter must stop it
+        assert control.stdout.startswith(b"i386 ")
+        assert done.returncode == -signal.SIGSYS, (done.returncode, done.stdout, done.stderr[-500:])
+    else:  # no IA32 emulation in this kernel: nothing to reach either way
+        assert done.returncode != 0 and b"i386" not in done.stdout
 
 
 @pytest.mark.slow
