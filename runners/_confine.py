@@ -18,6 +18,8 @@ Keys (all optional):
   seccomp: {arch: AUDIT_ARCH_*, bpf: base64}  a BPF program the host compiled
                            (safehub/_sandbox/_seccomp.py), installed last, on every
                            thread; stacked filters only ever narrow
+  deny_sockets: bool       Landlock's minimal filter when the full one is opted out
+                           (SAFEHUB_SECCOMP=0): socket() EACCES, io_uring ENOSYS
 """
 
 from __future__ import annotations
@@ -166,10 +168,14 @@ def _landlock(config: dict) -> None:
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_TSYNC = 1
 BPF_MAXINSNS = 4096
-_ARCH = {  # machine -> (AUDIT_ARCH_*, __NR_seccomp)
-    "x86_64": (0xC000003E, 317),
-    "aarch64": (0xC00000B7, 277),
+_ARCH = {  # machine -> (AUDIT_ARCH_*, __NR_seccomp, __NR_socket, __NR_io_uring_setup)
+    "x86_64": (0xC000003E, 317, 41, 425),
+    "aarch64": (0xC00000B7, 277, 198, 425),
 }
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
 
 
 class _SockFprog(ctypes.Structure):
@@ -182,7 +188,7 @@ def _seccomp(config: dict) -> None:
     machine = os.uname().machine
     if machine not in _ARCH:
         raise ConfineError(f"no seccomp support for {machine} in the runner")
-    arch, nr_seccomp = _ARCH[machine]
+    arch, nr_seccomp = _ARCH[machine][:2]
     if int(config.get("arch", -1)) != arch:
         raise ConfineError(f"the seccomp filter was built for arch {config.get('arch')!r}, this is {machine}")
     program = base64.b64decode(config["bpf"], validate=True)
@@ -200,6 +206,34 @@ def _seccomp(config: dict) -> None:
     if ret != 0:
         err = ctypes.get_errno() if ret < 0 else 0
         raise ConfineError(f"seccomp(SECCOMP_SET_MODE_FILTER) failed: {os.strerror(err) if err else f'thread {ret}'}")
+
+
+def _seccomp_deny_sockets() -> None:
+    """Landlock's own minimal filter, kept for SAFEHUB_SECCOMP=0 (the opt-out from
+    the full policy never weakens Landlock below what it always had): Landlock does
+    not cover UDP or pathname unix sockets (docker.sock, ssh-agent), so socket()
+    fails with EACCES (socketpair() still works) and io_uring_setup with ENOSYS."""
+    machine = os.uname().machine
+    if machine not in _ARCH:
+        raise ConfineError(f"no seccomp socket filter for {machine}")
+    arch, _, nr_socket, nr_uring = _ARCH[machine]
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    prog = [
+        (ld, 0, 0, 4),  # arch
+        (jeq, 0, 5, arch),  # another ABI (i386, x32 entry points): deny everything
+        (ld, 0, 0, 0),  # syscall number
+        (jge, 3, 0, 0x40000000),  # x32 numbers
+        (jeq, 3, 0, nr_socket),
+        (jeq, 3, 0, nr_uring),
+        (ret, 0, 0, 0x7FFF0000),  # ALLOW
+        (ret, 0, 0, 0x00050000 | 1),  # ERRNO(EPERM)
+        (ret, 0, 0, 0x00050000 | 13),  # ERRNO(EACCES): socket()
+        (ret, 0, 0, 0x00050000 | 38),  # ERRNO(ENOSYS): io_uring
+    ]
+    filters = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
+    fprog = _SockFprog(len(prog), ctypes.cast(filters, ctypes.c_void_p))
+    _no_new_privs()
+    _check(_libc.prctl(22, 2, ctypes.byref(fprog), 0, 0), "prctl(PR_SET_SECCOMP)")  # SECCOMP_MODE_FILTER
 
 
 def _no_new_privs() -> None:
@@ -271,7 +305,7 @@ def apply(config: dict) -> None:
     """Apply the confinement described by ``config``. Empty config: nothing to apply."""
     if not config:
         return
-    known = {"close_fds", "rlimits", "nproc_above_current", "no_new_privs", "drop_caps", "landlock", "seccomp"}
+    known = {"close_fds", "rlimits", "nproc_above_current", "no_new_privs", "drop_caps", "landlock", "seccomp", "deny_sockets"}
     unknown = set(config) - known
     if unknown:
         raise ConfineError(f"unknown confinement options {sorted(unknown)}: the runner and host disagree")
@@ -287,6 +321,8 @@ def apply(config: dict) -> None:
         _landlock(config["landlock"])
     if config.get("no_new_privs"):
         _no_new_privs()
+    if config.get("deny_sockets"):
+        _seccomp_deny_sockets()
     if config.get("seccomp") is not None:
         _seccomp(config["seccomp"])
     sys.stdout.flush()

@@ -116,10 +116,12 @@ def host_keys():
             keyctl(L(21), L(key))  # KEYCTL_INVALIDATE
         except OSError:
             pass
-    for ring in (KEY_SPEC_SESSION, KEY_SPEC_USER):
-        planted = search(ring, keys["plant"])
-        if planted is not None:
+    for ring in (KEY_SPEC_USER, KEY_SPEC_SESSION):
+        try:
+            planted = keyctl(L(10), L(ring), ctypes.c_char_p(b"user"), ctypes.c_char_p(keys["plant"].encode()), L(0))
             keyctl(L(21), L(planted))
+        except OSError:
+            pass
 
 
 def run_kernel_attack(backend: str, keys: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture):
@@ -172,6 +174,25 @@ def test_control_without_the_filter_the_calls_work(host_keys, tmp_path, caplog, 
     out.assert_clean(host_keys["payload"].decode(), host_keys["user_payload"].decode())
     assert "WITHOUT its seccomp filter" in caplog.text
     assert out.sandbox is not None and out.sandbox.details["seccomp"].startswith("OFF")
+
+
+@pytest.mark.slow
+def test_the_opt_out_keeps_landlocks_own_socket_filter(host_keys, tmp_path, caplog, monkeypatch):
+    """SAFEHUB_SECCOMP=0 under Landlock: the full policy is gone (ptrace works), but
+    socket() is still refused as Landlock always had it (UDP, docker.sock...). The
+    fresh session keyring hides the host's session key; the job runs as the host's
+    uid, so it CAN add a key to that uid's user keyring: the residual risk of the
+    opt-out that SECURITY.md states, and why the filter is on by default."""
+    monkeypatch.setenv("SAFEHUB_SECCOMP", "0")
+    out, results = run_kernel_attack("landlock", host_keys, tmp_path, caplog)
+    assert results["ptrace_traceme"][0] == 0
+    assert results["socket_af_alg"] == [-1, errno.EACCES] and results["io_uring_setup"] == [-1, ENOSYS]
+    assert results["keyctl_search"][0] == -1 and results["keyctl_read"][0] == -1
+    assert read_key(host_keys["id"]) == host_keys["payload"]
+    assert read_key(host_keys["user_id"]) == host_keys["user_payload"]
+    assert results["add_key_user"][0] > 0 and search(KEY_SPEC_USER, host_keys["plant"]) is not None
+    assert results["keyctl_read_user"] == [-1, errno.EACCES]  # not possessed: the key's read right is the possessor's
+    out.assert_clean(host_keys["payload"].decode(), host_keys["user_payload"].decode())
 
 
 @pytest.mark.parametrize("machine", ["x86_64", "aarch64"])

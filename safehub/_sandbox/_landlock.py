@@ -135,7 +135,7 @@ class LandlockBackend(SandboxBackend):
             "landlock_abi": self.abi,
             "tcp_denied": self.abi >= 4,
             "scoped_signals_and_abstract_sockets": self.abi >= 6,
-            "socket_syscall": "denied (seccomp)" if self.seccomp else "ALLOWED (SAFEHUB_SECCOMP=0)",
+            "socket_syscall": "denied (seccomp)",
             # As root the job also gets its own pid namespace (no user namespace needed).
             "pid_namespace": self.pid_namespace,
         }
@@ -161,6 +161,9 @@ class LandlockBackend(SandboxBackend):
         if self.seccomp:
             # Includes socket(): Landlock leaves UDP and pathname unix sockets open.
             config["seccomp"] = confine_entry(self.name)
+        else:
+            # SAFEHUB_SECCOMP=0 drops the full policy, never Landlock's own socket filter.
+            config["deny_sockets"] = True
         if request.allow_gpu:
             # Outside the guarantees (SECURITY.md): device nodes with ioctl, and /sys.
             config["landlock"]["gpu_devices"] = [*GPU_DEVICES, *(f"/dev/nvidia{i}" for i in range(16))]  # type: ignore[index]
