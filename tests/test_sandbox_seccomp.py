@@ -27,14 +27,17 @@ import pytest
 
 import safehub
 from safehub._doctor import doctor_report, format_report
-from safehub._errors import SandboxUnavailableError
-from safehub._sandbox import _seccomp, get_backend
-from safehub._sandbox._seccomp_policy import DENY, DOCKER_ALLOW
+from safehub._env import host_env
+from safehub._errors import SafehubError, SandboxUnavailableError
+from safehub._jobs import run_job
+from safehub._sandbox import Limits, SandboxBackend, SandboxRequest, SandboxResult, _seccomp, get_backend
 
-from test_sandbox_attacks import SMALL, attack, host_python_env
+from conftest import REPOS, ROOT
 
-SPINE = Path(__file__).resolve().parent / "fixtures" / "repos" / "spine"
-RUNNERS = Path(__file__).resolve().parent.parent / "runners"
+HOSTILE = Path(__file__).resolve().parent / "fixtures" / "malicious" / "hostile"
+SPINE = REPOS / "spine"
+RUNNERS = ROOT / "runners"
+SMALL = dict(timeout_s=60.0, memory_bytes=1024**3, max_pids=64, tmpfs_bytes=64 * 1024**2, disk_bytes=256 * 1024**2)
 ALL_BACKENDS = ["bwrap", "landlock", "process"]
 
 EPERM, ENOSYS = errno.EPERM, errno.ENOSYS
@@ -124,11 +127,56 @@ def host_keys():
             pass
 
 
-def run_kernel_attack(backend: str, keys: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture):
-    out = attack(backend, "kernel", tmp_path / "hub", host_python_env(), caplog,
-                 key_id=keys["id"], user_key_id=keys["user_id"], description=keys["description"], plant=keys["plant"])
-    assert out.error is None, out.error
-    return out, json.loads(out.out_files["leak.txt"])
+class Recording(SandboxBackend):
+    """A real backend, remembering its last SandboxResult."""
+
+    def __init__(self, inner: SandboxBackend) -> None:
+        self.inner, self.name, self.last = inner, inner.name, None
+
+    def check(self) -> str | None:
+        return self.inner.check()
+
+    def confine_config(self, request: SandboxRequest) -> dict[str, object]:
+        return self.inner.confine_config(request)
+
+    def run(self, request: SandboxRequest) -> SandboxResult:
+        self.last = self.inner.run(request)
+        return self.last
+
+
+class Outcome:
+    """Everything the host got back from one hostile run (the tests/test_sandbox_attacks.py way)."""
+
+    def __init__(self, sandbox: SandboxResult | None, returned: bytes, out_files: dict[str, bytes]) -> None:
+        self.sandbox, self.returned, self.out_files = sandbox, returned, out_files
+
+    def assert_clean(self, *canaries: str) -> None:
+        for canary in canaries:
+            assert canary.encode() not in self.returned, f"canary {canary[:12]}... came back from the sandbox"
+
+
+def run_kernel_attack(backend_name: str, keys: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """The hostile repo's ``kernel`` entrypoint through the real job protocol."""
+    backend = Recording(get_backend(backend_name))
+    returned, out_files = b"", {}
+    with caplog.at_level("DEBUG", logger="safehub"):
+        try:
+            job = run_job(action="load", repo_dir=HOSTILE, python_env=host_env(), backend=backend,
+                          hub_dir=tmp_path / "hub", entrypoint="kernel", limits=Limits(**SMALL),
+                          kwargs=dict(key_id=keys["id"], user_key_id=keys["user_id"],
+                                      description=keys["description"], plant=keys["plant"]))
+        except SafehubError as exc:
+            raise AssertionError(f"the attack did not run to the end: {exc}") from exc
+        with job:
+            returned += json.dumps(job.result).encode()
+            for path in sorted(job.out_dir.iterdir()):
+                if path.is_file() and not path.is_symlink():
+                    out_files[path.name] = path.read_bytes()
+                    returned += out_files[path.name]
+    returned += caplog.text.encode()
+    if backend.last is not None:
+        returned += backend.last.stdout + backend.last.stderr
+    return Outcome(backend.last, returned, out_files), json.loads(out_files["leak.txt"])
 
 
 def assert_host_keys_untouched(keys: dict) -> None:
