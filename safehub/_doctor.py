@@ -113,13 +113,13 @@ def _seccomp(env: Mapping[str, str]) -> dict[str, Any]:
         "session_keyring": "fresh per job (KEYCTL_JOIN_SESSION_KEYRING)",
         "instructions": {},
     }
-    problem = sc.problem({})  # can it be built here, whatever the opt-out says
+    problem = sc.problem()  # can it be built here, whatever the opt-out says
     info["usable"] = problem is None
     if problem:
         info["problem"] = problem
     else:
         info["instructions"] = {v: len(sc.build(v)) // 8 for v in ("bwrap", "landlock", "process")}
-        info["denied"] = sc.describe("bwrap", {})["seccomp_denied"]
+        info["denied"] = sc.describe("bwrap", True)["seccomp_denied"]
         info["landlock_also_denies"] = ["socket", "SysV IPC", "POSIX message queues"]
     if not info["enabled"]:
         info["warning"] = f"{sc.OPT_OUT}=0: jobs run WITHOUT the seccomp filter"

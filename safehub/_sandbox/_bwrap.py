@@ -36,7 +36,8 @@ from ._capture import TailPipe
 from ._keyring import fresh_session_keyring
 from ._limits import Watchdog, confine_rlimits, killed_by_signal
 from ._paths import ancestors, normalise_request
-from ._seccomp import SeccompUnavailable, build, enabled, warn_if_off
+from ._seccomp import build, enabled, warn_if_off
+from ._seccomp import problem as seccomp_problem
 from ._tree import kill_uid, wait_gone
 
 __all__ = ["BwrapBackend"]
@@ -83,11 +84,8 @@ class BwrapBackend(SandboxBackend):
             return f"running as root needs util-linux setpriv ({self.setpriv} not found) to drop to a sandbox uid"
         if not (os.path.isfile(self.prlimit) and os.access(self.prlimit, os.X_OK)):
             return f"util-linux prlimit ({self.prlimit}) is needed to set the sandbox's rlimits; install util-linux"
-        if self.seccomp:
-            try:
-                build(self.name)
-            except SeccompUnavailable as exc:
-                return str(exc)
+        if self.seccomp and (why := seccomp_problem(self.name)):
+            return why
         import subprocess
 
         try:
@@ -115,7 +113,7 @@ class BwrapBackend(SandboxBackend):
             "namespaces": ["user", "pid", "net", "ipc", "uts", "cgroup", "mount"],
             "sandbox_uid": "fresh unprivileged uid" if self.as_root else "caller's uid",
             "session_keyring": "fresh",
-            **describe(self.name, {"SAFEHUB_SECCOMP": "1" if self.seccomp else "0"}),
+            **describe(self.name, self.seccomp),
         }
 
     # -- running -------------------------------------------------------------
@@ -124,7 +122,7 @@ class BwrapBackend(SandboxBackend):
         problem = self.check()
         if problem:
             raise SandboxUnavailableError(f"the bwrap sandbox is unavailable: {problem}")
-        warn_if_off({"SAFEHUB_SECCOMP": "1" if self.seccomp else "0"})
+        warn_if_off(self.seccomp)
         ro, rw, scratch = normalise_request(request)
         uid = None
         if self.as_root:

@@ -34,7 +34,8 @@ from ._base import SandboxBackend, SandboxRequest, SandboxResult
 from ._cgroup import PidsCgroup
 from ._limits import confine_rlimits
 from ._paths import normalise_request
-from ._seccomp import SeccompUnavailable, build, confine_entry, enabled, warn_if_off
+from ._seccomp import confine_entry, enabled, warn_if_off
+from ._seccomp import problem as seccomp_problem
 from ._supervised import run_supervised
 
 __all__ = ["LandlockBackend", "landlock_abi", "MIN_ABI"]
@@ -105,11 +106,8 @@ class LandlockBackend(SandboxBackend):
         if self.abi < MIN_ABI:
             why = " (SAFEHUB_LANDLOCK_ABI says so)" if self.forced else " on this kernel"
             return f"Landlock is not available{why}; {HINT}"
-        if self.seccomp:
-            try:
-                build(self.name)
-            except SeccompUnavailable as exc:
-                return str(exc)
+        if self.seccomp and (why := seccomp_problem(self.name)):
+            return why
         if os.geteuid() == 0 and not self.pids_cgroup_ok:
             return (
                 "running as root, the job's process limit needs a pids cgroup (RLIMIT_NPROC does not "
@@ -129,7 +127,7 @@ class LandlockBackend(SandboxBackend):
         from ._seccomp import describe
 
         return {
-            **describe(self.name, {"SAFEHUB_SECCOMP": "1" if self.seccomp else "0"}),
+            **describe(self.name, self.seccomp),
             "session_keyring": "fresh",
             "backend": self.name,
             "landlock_abi": self.abi,
@@ -180,7 +178,7 @@ class LandlockBackend(SandboxBackend):
         problem = self.check()
         if problem:
             raise SandboxUnavailableError(f"the landlock sandbox is unavailable: {problem}")
-        warn_if_off({"SAFEHUB_SECCOMP": "1" if self.seccomp else "0"})
+        warn_if_off(self.seccomp)
         _, rw, scratch = normalise_request(request)
         cgroup = None
         if os.geteuid() == 0:

@@ -16,7 +16,8 @@ from ._base import SandboxBackend, SandboxRequest, SandboxResult
 from ._cgroup import PidsCgroup
 from ._limits import confine_rlimits
 from ._paths import normalise_request
-from ._seccomp import SeccompUnavailable, build, confine_entry, enabled, warn_if_off
+from ._seccomp import confine_entry, enabled, warn_if_off
+from ._seccomp import problem as seccomp_problem
 from ._supervised import run_supervised
 
 __all__ = ["ProcessBackend", "WARNING"]
@@ -37,11 +38,8 @@ class ProcessBackend(SandboxBackend):
         self.seccomp = enabled(os.environ if env is None else env)
 
     def check(self) -> str | None:
-        if self.seccomp:
-            try:
-                build(self.name)
-            except SeccompUnavailable as exc:
-                return str(exc)
+        if self.seccomp and (why := seccomp_problem(self.name)):
+            return why
         return None
 
     def describe(self) -> dict[str, object]:
@@ -51,7 +49,7 @@ class ProcessBackend(SandboxBackend):
             "backend": self.name,
             "isolation": "none (clean environment, limits, reaped tree)",
             "session_keyring": "fresh",
-            **describe(self.name, {"SAFEHUB_SECCOMP": "1" if self.seccomp else "0"}),
+            **describe(self.name, self.seccomp),
         }
 
     def confine_config(self, request: SandboxRequest) -> dict[str, object]:
@@ -72,7 +70,7 @@ class ProcessBackend(SandboxBackend):
         problem = self.check()
         if problem:
             raise SandboxUnavailableError(f"the process backend is unavailable: {problem}")
-        warn_if_off({"SAFEHUB_SECCOMP": "1" if self.seccomp else "0"})
+        warn_if_off(self.seccomp)
         _, rw, scratch = normalise_request(request)
         cgroup = None
         if os.geteuid() == 0:

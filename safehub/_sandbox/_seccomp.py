@@ -44,12 +44,10 @@ def enabled(env: Mapping[str, str] | None = None) -> bool:
     return env.get(OPT_OUT, "1").strip().lower() not in ("0", "off", "false", "no")
 
 
-def problem(env: Mapping[str, str] | None = None) -> str | None:
-    """Why the filter cannot be built here (None: it can, or the operator opted out)."""
-    if not enabled(env):
-        return None
+def problem(variant: str = "bwrap") -> str | None:
+    """Why the filter for ``variant`` cannot be built here (None: it can)."""
     try:
-        build("bwrap")
+        build(variant)
     except SeccompUnavailable as exc:
         return str(exc)
     return None
@@ -140,9 +138,9 @@ def _compile(sc, variant: str, machine: str) -> bytes:  # noqa: ANN001 - pysecco
     return program
 
 
-def describe(variant: str, env: Mapping[str, str] | None = None) -> dict[str, object]:
+def describe(variant: str, on: bool) -> dict[str, object]:
     """What the filter does, for load records and ``safehub doctor``."""
-    if not enabled(env):
+    if not on:
         return {"seccomp": f"OFF ({OPT_OUT}=0): no syscall filter, the kernel keyring and io_uring are reachable"}
     try:
         program = build(variant)
@@ -160,8 +158,8 @@ def describe(variant: str, env: Mapping[str, str] | None = None) -> dict[str, ob
     }
 
 
-def warn_if_off(env: Mapping[str, str] | None = None) -> None:
-    if not enabled(env):
+def warn_if_off(on: bool) -> None:
+    if not on:
         logger.warning("%s=0: the sandbox runs WITHOUT its seccomp filter (keyring, io_uring, ptrace... reachable)", OPT_OUT)
 
 
