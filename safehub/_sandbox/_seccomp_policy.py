@@ -54,8 +54,13 @@ How it deviates, and why
    answers ``EACCES`` (Landlock does not cover UDP or pathname unix sockets;
    ``socketpair`` still works), and System V IPC and POSIX message queues answer
    EPERM (those objects are per IPC namespace, so the host's would be reachable).
-   Under bubblewrap the namespaces already cut both off. Everywhere, ``socket``
-   refuses ``AF_VSOCK`` as in Docker.
+   Under bubblewrap the namespaces already cut both off. Elsewhere ``socket``
+   takes Flatpak's families only (AF_UNIX, AF_INET, AF_INET6, AF_NETLINK;
+   others EAFNOSUPPORT), where Docker refuses just AF_ALG and AF_VSOCK: a model
+   load needs no packet, crypto-API, vsock or bluetooth sockets, and each
+   family is kernel code of its own. Allowed families match all 64 bits of the
+   register (anything else is refused), so high bits cannot slip a family past
+   the kernel's truncation to int, as they could past a bare ``> 40`` allow.
 
 A foreign architecture (i386 or arm32 compat calls, the x32 ABI on x86_64)
 kills the process: the filter only knows the native numbers.
@@ -212,6 +217,3 @@ LANDLOCK_DENY: dict[str, tuple[int, str]] = {
 CLONE_NAMESPACE_FLAGS = 0x7E020000
 PER_LINUX = 0
 PERSONALITY_QUERY = 0xFFFFFFFF
-AF_VSOCK = 40
-TIOCSTI = 0x5412
-TIOCLINUX = 0x541C
