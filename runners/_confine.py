@@ -15,7 +15,11 @@ Keys (all optional):
   drop_caps: bool          empty every capability set (landlock as root)
   landlock: {abi_min, abi_max, read: [paths], write: [paths], devices: [paths],
              gpu_devices: [paths], deny_tcp: bool, scope: bool}
-  deny_sockets: bool       seccomp: socket() fails with EACCES, io_uring with ENOSYS
+  seccomp: {arch: AUDIT_ARCH_*, bpf: base64}  a BPF program the host compiled
+                           (safehub/_sandbox/_seccomp.py), installed last, on every
+                           thread; stacked filters only ever narrow
+  deny_sockets: bool       Landlock's minimal filter when the full one is opted out
+                           (SAFEHUB_SECCOMP=0): socket() EACCES, io_uring ENOSYS
 """
 
 from __future__ import annotations
@@ -158,16 +162,15 @@ def _landlock(config: dict) -> None:
         os.close(ruleset)
 
 
-# seccomp: Landlock (up to ABI 7) does not cover UDP, connecting to pathname unix
-# sockets (docker.sock, ssh-agent, D-Bus...) or io_uring's own socket ops, so the
-# Landlock backend also refuses socket() (socketpair() for local pipes still works).
-PR_SET_SECCOMP = 22
-SECCOMP_MODE_FILTER = 2
-SECCOMP_RET_ALLOW = 0x7FFF0000
-SECCOMP_RET_ERRNO = 0x00050000
-_ARCH = {  # machine -> (AUDIT_ARCH, __NR_socket, __NR_io_uring_setup)
-    "x86_64": (0xC000003E, 41, 425),
-    "aarch64": (0xC00000B7, 198, 425),
+# seccomp: the host compiles the policy with libseccomp (safehub/_sandbox/_seccomp.py)
+# and hands the BPF program in; here it is only checked and installed, last, so that
+# every earlier step may still use the calls it refuses.
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_TSYNC = 1
+BPF_MAXINSNS = 4096
+_ARCH = {  # machine -> (AUDIT_ARCH_*, __NR_seccomp, __NR_socket, __NR_io_uring_setup)
+    "x86_64": (0xC000003E, 317, 41, 425),
+    "aarch64": (0xC00000B7, 277, 198, 425),
 }
 
 
@@ -176,14 +179,44 @@ class _SockFilter(ctypes.Structure):
 
 
 class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.c_void_p)]
+
+
+def _seccomp(config: dict) -> None:
+    import base64
+
+    machine = os.uname().machine
+    if machine not in _ARCH:
+        raise ConfineError(f"no seccomp support for {machine} in the runner")
+    arch, nr_seccomp = _ARCH[machine][:2]
+    if int(config.get("arch", -1)) != arch:
+        raise ConfineError(f"the seccomp filter was built for arch {config.get('arch')!r}, this is {machine}")
+    program = base64.b64decode(config["bpf"], validate=True)
+    count = len(program) // 8
+    if not program or len(program) % 8 or count > BPF_MAXINSNS:
+        raise ConfineError(f"malformed seccomp program ({len(program)} bytes)")
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(count, ctypes.cast(buf, ctypes.c_void_p))
+    _no_new_privs()
+    # TSYNC: every thread gets the filter, or the call fails (>0: a thread that could not).
+    ret = _libc.syscall(
+        ctypes.c_long(nr_seccomp), ctypes.c_uint(SECCOMP_SET_MODE_FILTER), ctypes.c_uint(SECCOMP_FILTER_FLAG_TSYNC),
+        ctypes.byref(fprog),
+    )
+    if ret != 0:
+        err = ctypes.get_errno() if ret < 0 else 0
+        raise ConfineError(f"seccomp(SECCOMP_SET_MODE_FILTER) failed: {os.strerror(err) if err else f'thread {ret}'}")
 
 
 def _seccomp_deny_sockets() -> None:
+    """Landlock's own minimal filter, kept for SAFEHUB_SECCOMP=0 (the opt-out from
+    the full policy never weakens Landlock below what it always had): Landlock does
+    not cover UDP or pathname unix sockets (docker.sock, ssh-agent), so socket()
+    fails with EACCES (socketpair() still works) and io_uring_setup with ENOSYS."""
     machine = os.uname().machine
     if machine not in _ARCH:
         raise ConfineError(f"no seccomp socket filter for {machine}")
-    arch, nr_socket, nr_uring = _ARCH[machine]
+    arch, _, nr_socket, nr_uring = _ARCH[machine]
     ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
     prog = [
         (ld, 0, 0, 4),  # arch
@@ -192,15 +225,15 @@ def _seccomp_deny_sockets() -> None:
         (jge, 3, 0, 0x40000000),  # x32 numbers
         (jeq, 3, 0, nr_socket),
         (jeq, 3, 0, nr_uring),
-        (ret, 0, 0, SECCOMP_RET_ALLOW),
-        (ret, 0, 0, SECCOMP_RET_ERRNO | 1),  # EPERM
-        (ret, 0, 0, SECCOMP_RET_ERRNO | 13),  # EACCES: socket()
-        (ret, 0, 0, SECCOMP_RET_ERRNO | 38),  # ENOSYS: io_uring
+        (ret, 0, 0, 0x7FFF0000),  # ALLOW
+        (ret, 0, 0, 0x00050000 | 1),  # ERRNO(EPERM)
+        (ret, 0, 0, 0x00050000 | 13),  # ERRNO(EACCES): socket()
+        (ret, 0, 0, 0x00050000 | 38),  # ERRNO(ENOSYS): io_uring
     ]
     filters = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
-    fprog = _SockFprog(len(prog), filters)
+    fprog = _SockFprog(len(prog), ctypes.cast(filters, ctypes.c_void_p))
     _no_new_privs()
-    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "prctl(PR_SET_SECCOMP)")
+    _check(_libc.prctl(22, 2, ctypes.byref(fprog), 0, 0), "prctl(PR_SET_SECCOMP)")  # SECCOMP_MODE_FILTER
 
 
 def _no_new_privs() -> None:
@@ -272,7 +305,7 @@ def apply(config: dict) -> None:
     """Apply the confinement described by ``config``. Empty config: nothing to apply."""
     if not config:
         return
-    known = {"close_fds", "rlimits", "nproc_above_current", "no_new_privs", "drop_caps", "landlock", "deny_sockets"}
+    known = {"close_fds", "rlimits", "nproc_above_current", "no_new_privs", "drop_caps", "landlock", "seccomp", "deny_sockets"}
     unknown = set(config) - known
     if unknown:
         raise ConfineError(f"unknown confinement options {sorted(unknown)}: the runner and host disagree")
@@ -286,8 +319,10 @@ def apply(config: dict) -> None:
         _drop_caps()
     if config.get("landlock") is not None:
         _landlock(config["landlock"])
-    if config.get("deny_sockets"):
-        _seccomp_deny_sockets()
     if config.get("no_new_privs"):
         _no_new_privs()
+    if config.get("deny_sockets"):
+        _seccomp_deny_sockets()
+    if config.get("seccomp") is not None:
+        _seccomp(config["seccomp"])
     sys.stdout.flush()

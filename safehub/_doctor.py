@@ -2,8 +2,9 @@
 
 Reports, without running any repo code: whether bubblewrap works (by starting
 an empty sandbox with every layer a job gets), whether unprivileged user
-namespaces are allowed, the Landlock ABI and what it covers, whether a delegated
-cgroup v2 is available, and which backend ``sandbox="auto"`` would pick.
+namespaces are allowed, the Landlock ABI and what it covers, whether the seccomp
+filter can be built (and its size per backend), whether a delegated cgroup v2 is
+available, and which backend ``sandbox="auto"`` would pick.
 """
 
 from __future__ import annotations
@@ -82,6 +83,49 @@ def _landlock(env: Mapping[str, str]) -> dict[str, Any]:
     return info
 
 
+def _libseccomp_version() -> str | None:
+    import ctypes
+    import ctypes.util
+
+    class Version(ctypes.Structure):
+        _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint), ("micro", ctypes.c_uint)]
+
+    name = ctypes.util.find_library("seccomp")
+    if name is None:
+        return None
+    try:
+        lib = ctypes.CDLL(name)
+        lib.seccomp_version.restype = ctypes.POINTER(Version)
+        v = lib.seccomp_version().contents
+    except (OSError, AttributeError):
+        return None
+    return f"libseccomp {v.major}.{v.minor}.{v.micro}"
+
+
+def _seccomp(env: Mapping[str, str]) -> dict[str, Any]:
+    """The syscall filter every backend installs (safehub/_sandbox/_seccomp_policy.py)."""
+    from ._sandbox import _seccomp as sc
+
+    info: dict[str, Any] = {
+        "enabled": sc.enabled(env),
+        "library": _libseccomp_version(),
+        "bindings": "pyseccomp",
+        "session_keyring": "fresh per job (KEYCTL_JOIN_SESSION_KEYRING)",
+        "instructions": {},
+    }
+    problem = sc.problem()  # can it be built here, whatever the opt-out says
+    info["usable"] = problem is None
+    if problem:
+        info["problem"] = problem
+    else:
+        info["instructions"] = {v: len(sc.build(v)) // 8 for v in ("bwrap", "landlock", "process")}
+        info["denied"] = sc.describe("bwrap", True)["seccomp_denied"]
+        info["landlock_also_denies"] = ["socket", "SysV IPC", "POSIX message queues"]
+    if not info["enabled"]:
+        info["warning"] = f"{sc.OPT_OUT}=0: jobs run WITHOUT the seccomp filter"
+    return info
+
+
 def _cgroup() -> dict[str, Any]:
     """cgroup v2 and whether this process may manage a subtree of its own."""
     info: dict[str, Any] = {"v2_mount": None, "own_cgroup": None, "controllers": [], "delegated": False}
@@ -139,6 +183,7 @@ def doctor_report(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "bwrap": _bwrap(env),
         "user_namespaces": _user_namespaces(),
         "landlock": _landlock(env),
+        "seccomp": _seccomp(env),
         "cgroup": _cgroup(),
         "requested": env.get("SAFEHUB_SANDBOX") or "auto",
     }
@@ -179,6 +224,18 @@ def format_report(report: Mapping[str, Any]) -> str:
     )
     if ll.get("problem"):
         lines.append(f"                    {ll['problem']}")
+    sc = report["seccomp"]
+    if not sc["enabled"]:
+        lines.append(f"seccomp filter      OFF  ({sc['warning']})")
+    elif sc.get("problem"):
+        lines.append("seccomp filter      no")
+        lines.append(f"                    {sc['problem']}")
+    else:
+        sizes = ", ".join(f"{k} {v}" for k, v in sc["instructions"].items())
+        lines.append(f"seccomp filter      yes  ({sc['library']} via {sc['bindings']}; BPF instructions: {sizes})")
+        lines.append(f"                    refuses: {', '.join(sc['denied'])}")
+        lines.append(f"                    and under landlock: {', '.join(sc['landlock_also_denies'])}")
+    lines.append(f"                    session keyring: {sc['session_keyring']}")
     lines.append(
         f"cgroup v2           {cg['v2_mount'] or 'not mounted'}; delegated with memory+pids: {yes(cg['delegated'])}"
     )

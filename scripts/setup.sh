@@ -11,10 +11,11 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # bubblewrap is the default sandbox backend; util-linux brings prlimit and setpriv,
 # which set the limits and drop to an unprivileged uid inside it.
+# libseccomp (through the pyseccomp bindings) compiles the sandbox's syscall filter.
 if ! command -v bwrap >/dev/null 2>&1 || ! command -v prlimit >/dev/null 2>&1 \
-        || ! command -v setpriv >/dev/null 2>&1; then
+        || ! command -v setpriv >/dev/null 2>&1 || ! ldconfig -p | grep -q 'libseccomp\.so\.2'; then
     as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap util-linux >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap util-linux libseccomp2 >/dev/null
 fi
 
 if [ ! -x "$venv/bin/python" ]; then

@@ -7,7 +7,8 @@
 
 Test and operator switches: ``SAFEHUB_SANDBOX`` picks the backend,
 ``SAFEHUB_BWRAP=/nonexistent`` makes bwrap unavailable, ``SAFEHUB_LANDLOCK_ABI=0``
-makes Landlock unavailable.
+makes Landlock unavailable, ``SAFEHUB_SECCOMP=0`` runs every backend without its
+seccomp filter (an explicit, logged opt-out; see _seccomp_policy.py).
 """
 
 from __future__ import annotations
@@ -46,14 +47,15 @@ _cache: dict[tuple[str, ...], SandboxBackend] = {}
 
 
 def _make(name: str, env: Mapping[str, str]) -> SandboxBackend:
-    key = (name, env.get("SAFEHUB_BWRAP", ""), env.get("SAFEHUB_SETPRIV", ""), env.get("SAFEHUB_PRLIMIT", ""), env.get("SAFEHUB_LANDLOCK_ABI", ""))
+    key = (name, env.get("SAFEHUB_BWRAP", ""), env.get("SAFEHUB_SETPRIV", ""), env.get("SAFEHUB_PRLIMIT", ""),
+           env.get("SAFEHUB_LANDLOCK_ABI", ""), env.get("SAFEHUB_SECCOMP", ""))
     if key not in _cache:
         if name == "bwrap":
             _cache[key] = BwrapBackend(env=env)
         elif name == "landlock":
             _cache[key] = LandlockBackend(env=env)
         else:
-            _cache[key] = ProcessBackend()
+            _cache[key] = ProcessBackend(env=env)
     return _cache[key]
 
 

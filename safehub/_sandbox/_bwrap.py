@@ -11,7 +11,10 @@ root with only:
 * a size-capped tmpfs on /tmp, /dev/shm and each scratch path (HOME, TMPDIR);
 * a fresh /proc (only the sandbox's processes) and a minimal /dev.
 
-No network device but loopback, no GPU device unless asked for. When the host
+No network device but loopback, no GPU device unless asked for. A seccomp
+filter (``_seccomp.py``, passed with ``--seccomp FD``) is installed just before
+bubblewrap execs the job, and the job starts in a fresh session keyring
+(``_keyring.py``). When the host
 runs as root, the job runs as a fresh unprivileged uid (see _userns.py). The
 pid namespace dies with its first process, so nothing the job started outlives
 the run: the host reads results only after that.
@@ -30,8 +33,11 @@ from pathlib import Path
 from .._errors import SandboxUnavailableError
 from ._base import MAX_CAPTURE_BYTES, SandboxBackend, SandboxRequest, SandboxResult
 from ._capture import TailPipe
+from ._keyring import fresh_session_keyring
 from ._limits import Watchdog, confine_rlimits, killed_by_signal
 from ._paths import ancestors, normalise_request
+from ._seccomp import build, enabled, warn_if_off
+from ._seccomp import problem as seccomp_problem
 from ._tree import kill_uid, wait_gone
 
 __all__ = ["BwrapBackend"]
@@ -57,6 +63,7 @@ class BwrapBackend(SandboxBackend):
         self.bwrap = bwrap or env.get("SAFEHUB_BWRAP") or shutil.which("bwrap", path="/usr/bin:/bin:/usr/local/bin") or "bwrap"
         self.setpriv = env.get("SAFEHUB_SETPRIV") or shutil.which("setpriv", path="/usr/bin:/bin:/usr/sbin") or "setpriv"
         self.prlimit = env.get("SAFEHUB_PRLIMIT") or shutil.which("prlimit", path="/usr/bin:/bin") or "prlimit"
+        self.seccomp = enabled(env)
         self._checked: str | None | bool = False
 
     @property
@@ -77,6 +84,8 @@ class BwrapBackend(SandboxBackend):
             return f"running as root needs util-linux setpriv ({self.setpriv} not found) to drop to a sandbox uid"
         if not (os.path.isfile(self.prlimit) and os.access(self.prlimit, os.X_OK)):
             return f"util-linux prlimit ({self.prlimit}) is needed to set the sandbox's rlimits; install util-linux"
+        if self.seccomp and (why := seccomp_problem(self.name)):
+            return why
         import subprocess
 
         try:
@@ -96,11 +105,15 @@ class BwrapBackend(SandboxBackend):
         return None
 
     def describe(self) -> dict[str, object]:
+        from ._seccomp import describe
+
         return {
             "backend": self.name,
             "bwrap": self.bwrap,
             "namespaces": ["user", "pid", "net", "ipc", "uts", "cgroup", "mount"],
             "sandbox_uid": "fresh unprivileged uid" if self.as_root else "caller's uid",
+            "session_keyring": "fresh",
+            **describe(self.name, self.seccomp),
         }
 
     # -- running -------------------------------------------------------------
@@ -109,6 +122,7 @@ class BwrapBackend(SandboxBackend):
         problem = self.check()
         if problem:
             raise SandboxUnavailableError(f"the bwrap sandbox is unavailable: {problem}")
+        warn_if_off(self.seccomp)
         ro, rw, scratch = normalise_request(request)
         uid = None
         if self.as_root:
@@ -130,7 +144,16 @@ class BwrapBackend(SandboxBackend):
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out.write_fd, stderr=err.write_fd,
                 pass_fds=fds, close_fds=True, start_new_session=True, env={},
+                preexec_fn=fresh_session_keyring(strict=not self.seccomp),
             )
+        except subprocess.SubprocessError as exc:  # the fresh session keyring (preexec_fn)
+            out.close(), err.close()
+            cleanup()
+            raise SandboxUnavailableError(
+                f"could not start the job in a fresh session keyring: {exc}",
+                hint="keyctl(KEYCTL_JOIN_SESSION_KEYRING) failed on the host; check the key quota "
+                "(/proc/sys/kernel/keys/maxkeys), or keep the seccomp filter on (unset SAFEHUB_SECCOMP)",
+            ) from None
         except BaseException:
             out.close(), err.close()
             cleanup()
@@ -294,6 +317,14 @@ class BwrapBackend(SandboxBackend):
             args += ["--bind", str(path), str(path)]
         for path in scratch:
             args += ["--size", str(tmpfs_bytes), "--perms", "1777", "--tmpfs", str(path)]
+        if self.seccomp:
+            # Installed by bubblewrap after its own setup, just before it execs the
+            # command (setpriv and prlimit run under it too).
+            fd = os.memfd_create("safehub-seccomp", os.MFD_CLOEXEC)
+            fds.append(fd)
+            os.write(fd, build(self.name))
+            os.lseek(fd, 0, os.SEEK_SET)
+            args += ["--seccomp", str(fd)]
         args += ["--chdir", str(cwd), "--remount-ro", "/", "--"]
         # The user-namespace fd stays open across these execs (bwrap cannot close
         # it); it grants nothing without CAP_SYS_ADMIN there, and the runner closes

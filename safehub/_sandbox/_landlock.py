@@ -11,9 +11,11 @@ anything from the repo runs; every process it starts inherits it:
 * network (ABI >= 4): TCP bind and connect denied;
 * scoping (ABI >= 6): no signals to, and no abstract unix sockets of, processes
   outside the sandbox;
-* sockets: socket() refused by a seccomp filter (Landlock does not cover UDP or
-  connecting to pathname unix sockets such as docker.sock or an ssh-agent);
-  socketpair() still works; io_uring refused;
+* the seccomp filter of every backend (_seccomp_policy.py), plus: socket()
+  refused (Landlock does not cover UDP or connecting to pathname unix sockets
+  such as docker.sock or an ssh-agent; socketpair() still works), and System V
+  IPC and POSIX message queues refused (no IPC namespace here);
+* a fresh session keyring (_keyring.py);
 * no_new_privs, rlimits, and as root every capability dropped and a pids
   cgroup (RLIMIT_NPROC does not bind root);
 * as root, a pid namespace of its own (root needs no user namespace for that):
@@ -32,6 +34,8 @@ from ._base import SandboxBackend, SandboxRequest, SandboxResult
 from ._cgroup import PidsCgroup
 from ._limits import confine_rlimits
 from ._paths import normalise_request
+from ._seccomp import confine_entry, enabled, warn_if_off
+from ._seccomp import problem as seccomp_problem
 from ._supervised import run_supervised
 
 __all__ = ["LandlockBackend", "landlock_abi", "MIN_ABI"]
@@ -70,6 +74,7 @@ class LandlockBackend(SandboxBackend):
         self.forced = forced is not None and abi is None
         self._pidns: bool | None = None
         self._cgroup_ok: bool | None = None
+        self.seccomp = enabled(env)
 
     @property
     def pids_cgroup_ok(self) -> bool:
@@ -101,6 +106,8 @@ class LandlockBackend(SandboxBackend):
         if self.abi < MIN_ABI:
             why = " (SAFEHUB_LANDLOCK_ABI says so)" if self.forced else " on this kernel"
             return f"Landlock is not available{why}; {HINT}"
+        if self.seccomp and (why := seccomp_problem(self.name)):
+            return why
         if os.geteuid() == 0 and not self.pids_cgroup_ok:
             return (
                 "running as root, the job's process limit needs a pids cgroup (RLIMIT_NPROC does not "
@@ -117,7 +124,11 @@ class LandlockBackend(SandboxBackend):
         return None
 
     def describe(self) -> dict[str, object]:
+        from ._seccomp import describe
+
         return {
+            **describe(self.name, self.seccomp),
+            "session_keyring": "fresh",
             "backend": self.name,
             "landlock_abi": self.abi,
             "tcp_denied": self.abi >= 4,
@@ -144,9 +155,13 @@ class LandlockBackend(SandboxBackend):
                 "deny_tcp": True,
                 "scope": True,
             },
-            # Landlock leaves UDP and pathname unix sockets open: refuse socket() itself.
-            "deny_sockets": True,
         }
+        if self.seccomp:
+            # Includes socket(): Landlock leaves UDP and pathname unix sockets open.
+            config["seccomp"] = confine_entry(self.name)
+        else:
+            # SAFEHUB_SECCOMP=0 drops the full policy, never Landlock's own socket filter.
+            config["deny_sockets"] = True
         if request.allow_gpu:
             # Outside the guarantees (SECURITY.md): device nodes with ioctl, and /sys.
             config["landlock"]["gpu_devices"] = [*GPU_DEVICES, *(f"/dev/nvidia{i}" for i in range(16))]  # type: ignore[index]
@@ -163,6 +178,7 @@ class LandlockBackend(SandboxBackend):
         problem = self.check()
         if problem:
             raise SandboxUnavailableError(f"the landlock sandbox is unavailable: {problem}")
+        warn_if_off(self.seccomp)
         _, rw, scratch = normalise_request(request)
         cgroup = None
         if os.geteuid() == 0:
@@ -173,7 +189,7 @@ class LandlockBackend(SandboxBackend):
             return run_supervised(
                 self.name, request, confine=self.confine_config(request), disk_paths=[*rw, *scratch],
                 details={**self.describe(), "pids_cgroup": cgroup.version if cgroup else None},
-                pid_namespace=self.pid_namespace, cgroup=cgroup,
+                pid_namespace=self.pid_namespace, cgroup=cgroup, strict_keyring=not self.seccomp,
             )
         finally:
             if cgroup is not None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from ._base import MAX_CAPTURE_BYTES, SandboxRequest, SandboxResult
 from ._cgroup import PidsCgroup
 from ._capture import TailPipe
+from ._keyring import fresh_session_keyring
 from ._limits import Watchdog, killed_by_signal
 
 __all__ = ["run_supervised", "REAPER"]
@@ -35,6 +36,7 @@ def run_supervised(
     details: dict[str, object],
     pid_namespace: bool = False,
     cgroup: PidsCgroup | None = None,
+    strict_keyring: bool = True,
 ) -> SandboxResult:
     import json
 
@@ -59,7 +61,18 @@ def run_supervised(
             stderr=err.write_fd,
             start_new_session=True,
             close_fds=True,
+            # The reaper and everything below it get a new, empty session keyring.
+            preexec_fn=fresh_session_keyring(strict=strict_keyring),
         )
+    except subprocess.SubprocessError as exc:  # the fresh session keyring (preexec_fn)
+        from .._errors import SandboxUnavailableError
+
+        out.close(), err.close()
+        raise SandboxUnavailableError(
+            f"could not start the job in a fresh session keyring: {exc}",
+            hint="keyctl(KEYCTL_JOIN_SESSION_KEYRING) failed on the host; check the key quota "
+            "(/proc/sys/kernel/keys/maxkeys), or keep the seccomp filter on (unset SAFEHUB_SECCOMP)",
+        ) from None
     except BaseException:
         out.close(), err.close()
         raise

@@ -1,0 +1,172 @@
+"""Compiling the seccomp policy (``_seccomp_policy.py``) into a BPF program.
+
+The host compiles it once per variant with libseccomp (through ``pyseccomp``,
+ctypes bindings that mirror libseccomp's own Python API: no compiler needed, and
+libseccomp gets the arch checks and jump offsets right, which hand-written BPF
+easily does not). The bytes are then installed:
+
+* by bubblewrap (``--seccomp FD``), just before it execs the job;
+* by ``runners/_confine.py`` (stdlib + ctypes) for the Landlock and process
+  backends, after its own setup and right before the job's command is exec'd.
+
+Fail closed: a backend whose filter cannot be built is unavailable. The only
+way to run without it is the explicit opt-out ``SAFEHUB_SECCOMP=0`` (logged on
+every run, shown by ``safehub doctor``), in the spirit of
+``SAFEHUB_LANDLOCK_ABI=0`` and the process backend's explicit opt-in.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+
+from . import _seccomp_policy as policy
+
+__all__ = ["build", "problem", "enabled", "describe", "SUPPORTED", "OPT_OUT", "MAX_INSNS"]
+
+logger = logging.getLogger("safehub")
+
+OPT_OUT = "SAFEHUB_SECCOMP"
+MAX_INSNS = 4096  # BPF_MAXINSNS: the kernel refuses longer programs
+# machine -> (AUDIT_ARCH_*, pyseccomp Arch attribute)
+SUPPORTED = {"x86_64": (0xC000003E, "X86_64"), "aarch64": (0xC00000B7, "AARCH64")}
+SOCKET_FAMILIES = (0, 1, 2, 10, 16)  # AF_UNSPEC, AF_UNIX, AF_INET, AF_INET6, AF_NETLINK (Flatpak's list)
+EAFNOSUPPORT = errno.EAFNOSUPPORT
+
+
+def enabled(env: Mapping[str, str] | None = None) -> bool:
+    """False only when the operator opted out with ``SAFEHUB_SECCOMP=0``."""
+    env = os.environ if env is None else env
+    return env.get(OPT_OUT, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def problem(variant: str = "bwrap") -> str | None:
+    """Why the filter for ``variant`` cannot be built here (None: it can)."""
+    try:
+        build(variant)
+    except SeccompUnavailable as exc:
+        return str(exc)
+    return None
+
+
+class SeccompUnavailable(RuntimeError):
+    pass
+
+
+def _hint() -> str:
+    return (
+        "install libseccomp (apt install libseccomp2) and the pyseccomp package (pip install pyseccomp); "
+        f"or run without the filter, knowingly, with {OPT_OUT}=0"
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def build(variant: str, machine: str | None = None) -> bytes:
+    """The BPF program (struct sock_filter array) for ``variant`` ("bwrap",
+    "landlock" or "process") on ``machine`` (default: this one)."""
+    machine = machine or os.uname().machine
+    if machine not in SUPPORTED:
+        raise SeccompUnavailable(
+            f"safehub's seccomp policy is only reviewed for {', '.join(SUPPORTED)}, not {machine}; "
+            f"run without the filter, knowingly, with {OPT_OUT}=0"
+        )
+    if variant not in ("bwrap", "landlock", "process"):
+        raise ValueError(f"unknown seccomp variant {variant!r}")
+    try:
+        import pyseccomp as sc
+    except (ImportError, RuntimeError, OSError) as exc:  # RuntimeError: libseccomp.so not found
+        raise SeccompUnavailable(f"cannot build the seccomp filter: {exc}; {_hint()}") from None
+    try:
+        return _compile(sc, variant, machine)
+    except OSError as exc:
+        raise SeccompUnavailable(f"libseccomp could not build the {variant} filter for {machine}: {exc}; {_hint()}") from None
+
+
+def _compile(sc, variant: str, machine: str) -> bytes:  # noqa: ANN001 - pyseccomp module
+    arch = getattr(sc.Arch, SUPPORTED[machine][1])
+    f = sc.SyscallFilter(sc.ERRNO(errno.ENOSYS))
+    # A foreign ABI (i386/arm32 compat calls; x32 on x86_64) kills the process.
+    f.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
+    f.set_attr(sc.Attr.CTL_OPTIMIZE, 2)  # binary tree: ~log(n) instructions per syscall
+    if sc.system_arch() != arch:
+        f.add_arch(arch)
+        f.remove_arch(sc.Arch.NATIVE)
+
+    def known(name: str) -> bool:
+        return sc.resolve_syscall(arch, name) >= 0
+
+    deny = dict(policy.DENY)
+    if variant == "landlock":
+        deny.update(policy.LANDLOCK_DENY)
+    special = {"personality", "clone", "socket"}
+    for name in sorted(policy.DOCKER_ALLOW - set(deny) - special):
+        if known(name):  # libseccomp lacks the newest, the arch lacks 32-bit ones: default answers
+            f.add_rule(sc.ALLOW, name)
+    for name, (err, _why) in sorted(deny.items()):
+        # ENOSYS entries are the default answer already (libseccomp refuses a rule
+        # that repeats the default action).
+        if err != errno.ENOSYS and known(name):
+            f.add_rule(sc.ERRNO(err), name)
+    # personality: query, or PER_LINUX; anything else EPERM (Flatpak).
+    f.add_rule(sc.ALLOW, "personality", sc.Arg(0, sc.EQ, policy.PER_LINUX))
+    f.add_rule(sc.ALLOW, "personality", sc.Arg(0, sc.EQ, policy.PERSONALITY_QUERY))
+    f.add_rule(sc.ERRNO(errno.EPERM), "personality", sc.Arg(0, sc.NE, policy.PER_LINUX))
+    # clone: threads and forks, never a namespace flag (Docker's rule, plus EPERM per flag).
+    mask = policy.CLONE_NAMESPACE_FLAGS
+    f.add_rule(sc.ALLOW, "clone", sc.Arg(0, sc.MASKED_EQ, mask, 0))
+    for bit in range(32):
+        if mask & (1 << bit):
+            f.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, 1 << bit, 1 << bit))
+    # socket: Landlock cannot filter UDP or pathname unix sockets, so none at all
+    # there; elsewhere Flatpak's families (no AF_VSOCK, AF_ALG, AF_PACKET...).
+    if variant == "landlock":
+        f.add_rule(sc.ERRNO(errno.EACCES), "socket")
+    else:
+        for family in SOCKET_FAMILIES:
+            f.add_rule(sc.ALLOW, "socket", sc.Arg(0, sc.EQ, family))
+        f.add_rule(sc.ERRNO(EAFNOSUPPORT), "socket", sc.Arg(0, sc.GT, 0))
+    with tempfile.TemporaryFile() as tmp:
+        f.export_bpf(tmp)
+        tmp.seek(0)
+        program = tmp.read()
+    if not program or len(program) % 8 or len(program) // 8 > MAX_INSNS:
+        raise OSError(errno.E2BIG, f"unexpected BPF program size {len(program)}")
+    return program
+
+
+def describe(variant: str, on: bool) -> dict[str, object]:
+    """What the filter does, for load records and ``safehub doctor``."""
+    if not on:
+        return {"seccomp": f"OFF ({OPT_OUT}=0): no syscall filter, the kernel keyring and io_uring are reachable"}
+    try:
+        program = build(variant)
+    except SeccompUnavailable as exc:
+        return {"seccomp": "unavailable", "seccomp_problem": str(exc)}
+    deny = sorted(policy.DENY) + (sorted(policy.LANDLOCK_DENY) if variant == "landlock" else [])
+    return {
+        "seccomp": "on",
+        "seccomp_instructions": len(program) // 8,
+        "seccomp_denied": ["keyring", "io_uring", "bpf", "perf_event_open", "userfaultfd", "ptrace",
+                           "process_vm_*", "mount family", "unshare/setns/clone namespaces", "kexec",
+                           "module loading", "personality changes"]
+        + (["socket", "SysV IPC", "POSIX mqueues"] if variant == "landlock" else []),
+        "seccomp_denied_syscalls": len(deny),
+    }
+
+
+def warn_if_off(on: bool) -> None:
+    if not on:
+        logger.warning("%s=0: the sandbox runs WITHOUT its seccomp filter (keyring, io_uring, ptrace... reachable)", OPT_OUT)
+
+
+def confine_entry(variant: str) -> dict[str, object]:
+    """The ``confine["seccomp"]`` entry runners/_confine.py installs."""
+    import base64
+
+    machine = os.uname().machine
+    program = build(variant, machine)
+    return {"arch": SUPPORTED[machine][0], "bpf": base64.b64encode(program).decode("ascii")}
