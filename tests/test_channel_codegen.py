@@ -228,3 +228,14 @@ def test_rebuilt_model_recompiles_through_the_check(tmp_path: Path) -> None:
     relu.args = (complex(0, math.inf),)
     with pytest.raises(UnsafeSpecError):
         model.recompile()
+
+
+def test_operator_precedence_that_fx_prints_wrong_is_refused(tmp_path: Path) -> None:
+    """operator.pow(-2.0, x) prints as "-2.0 ** x", which Python reads as -(2.0 ** x)."""
+    g = fx.Graph()
+    x = g.placeholder("x")
+    g.output(g.call_function(operator.pow, (-2.0, x)))
+    assert "= -2.0 ** x" in g.python_code("self").src
+    nodes = [_ph("x"), _fn("p", "operator.pow", {"float": "-2.0"}, {"node": "x"}), _out({"node": "p"})]
+    with pytest.raises(UnsafeSpecError, match="does not compute the validated graph"):
+        _load(tmp_path, nodes)
