@@ -106,10 +106,15 @@ def check_python_code(code: PythonCode, nodes: list, root_module: str = "self", 
     try:
         _Checker(code, nodes, root_module).run()
     except _Refused as exc:
-        raise UnsafeSpecError(
-            f"{where}: the code FX generated does not compute the validated graph: {exc}",
-            hint="this is a spec crafted to make the generated forward differ from its graph; nothing was built",
-        ) from None
+        why = str(exc)
+    except Exception as exc:  # noqa: BLE001 - anything unexpected in FX's output fails closed
+        why = f"{type(exc).__name__} while checking it: {show(str(exc), 200)}"
+    else:
+        return
+    raise UnsafeSpecError(
+        f"{where}: the code FX generated does not compute the validated graph: {why}",
+        hint="this is a spec crafted to make the generated forward differ from its graph; nothing was built",
+    )
 
 
 def _same(expected: Any, got: Any) -> bool:
@@ -351,9 +356,7 @@ class _Checker:
         names = [arg.arg for arg in a.args]
         if names != [self.root, *(str(p.target) for p in placeholders)] or any(arg.annotation for arg in a.args):
             raise _Refused(f"forward's arguments {show(names, 200)} are not the graph's placeholders")
-        self.locals = set(names) | {
-            t.id for stmt in ast.walk(fn) for t in ast.walk(stmt) if isinstance(t, ast.Name) and isinstance(t.ctx, ast.Store)
-        }
+        self.locals = set(names) | {t.id for t in ast.walk(fn) if isinstance(t, ast.Name) and isinstance(t.ctx, ast.Store)}
         # Defaults are evaluated where forward is defined: module globals only.
         with_default = [p for p in placeholders if p.args]
         if len(a.defaults) != len(with_default) or placeholders[len(placeholders) - len(with_default) :] != with_default:
