@@ -239,3 +239,16 @@ def test_operator_precedence_that_fx_prints_wrong_is_refused(tmp_path: Path) -> 
     nodes = [_ph("x"), _fn("p", "operator.pow", {"float": "-2.0"}, {"node": "x"}), _out({"node": "p"})]
     with pytest.raises(UnsafeSpecError, match="does not compute the validated graph"):
         _load(tmp_path, nodes)
+
+
+@pytest.mark.parametrize("attr", ["w", "T"])
+def test_node_named_self_cannot_stand_in_for_the_module(tmp_path: Path, attr: str) -> None:
+    """A node named "self" prints "self = torch.relu(x)"; the next "self.T" would then read
+    the node's transpose instead of the module's tensor T."""
+    nodes = [_ph("x"), _fn("self", "torch.relu", {"node": "x"}), {"op": "get_attr", "name": "w", "target": attr},
+             _fn("a", "operator.add", {"node": "self"}, {"node": "w"}), _out({"node": "a"})]  # fmt: skip
+    module = {"mode": "fx", "training": False, "tensors": {attr: {"dtype": "float32", "shape": [2], "kind": "buffer"}},
+              "graphs": {"eval": {"nodes": nodes}}}  # fmt: skip
+    spec = {"format": "safehub-arch", "version": 1, "root": {"module": "m0"}, "modules": {"m0": module}}
+    with pytest.raises(UnsafeSpecError, match="no longer holds the module"):
+        rebuild_from_output(specgen.write(tmp_path / "o", spec, {f"m0.{attr}": torch.ones(2)}))
