@@ -64,9 +64,8 @@ def _safe_to_print(text: str) -> bool:
 
 
 def test_repr_and_str_of_a_rebuilt_model_are_printable(tmp_path: Path) -> None:
-    from test_channel import Net
-
-    model = rebuild_from_output(specgen.write(tmp_path / "o", *specgen.full_spec(Net())))
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Dropout(0.5))
+    model = rebuild_from_output(specgen.write(tmp_path / "o", *specgen.full_spec(net.eval())))
     assert _safe_to_print(repr(model)) and _safe_to_print(str(model)) and _safe_to_print(model.code)
     assert isinstance(model(torch.randn(3, 4)), torch.Tensor)
 
