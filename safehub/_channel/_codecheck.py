@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import gc
 import math
 import operator
 from dataclasses import dataclass
@@ -93,16 +94,31 @@ class CheckedCodeGen(CodeGen):
     def __init__(self, where: str = "graph") -> None:
         super().__init__()
         self.where = where
+        # The last source that passed, with the globals and nodes it was checked
+        # against: validation and GraphModule.recompile() generate the same text,
+        # and identical text over identical objects needs no second check.
+        self._passed: tuple | None = None
 
     def _gen_python_code(self, nodes: Any, root_module: str, namespace: Any, **kwargs: Any) -> PythonCode:
         code = super()._gen_python_code(nodes, root_module, namespace, **kwargs)
         if not (kwargs.get("verbose") or kwargs.get("colored")):
-            check_python_code(code, list(nodes), root_module, self.where)
+            nodes = list(nodes)
+            key = (code.src, root_module, tuple((k, id(v)) for k, v in code.globals.items()), tuple(map(id, nodes)))
+            if key != self._passed:
+                check_python_code(code, nodes, root_module, self.where)
+                self._passed = key
         return code
+
+    def __deepcopy__(self, memo: dict) -> "CheckedCodeGen":
+        return CheckedCodeGen(self.where)  # a copied graph has new nodes: check afresh
 
 
 def check_python_code(code: PythonCode, nodes: list, root_module: str = "self", where: str = "graph") -> None:
     """Raise UnsafeSpecError unless ``code.src`` computes exactly ``nodes``."""
+    # The AST is acyclic (freed by reference counting); pausing the cycle collector
+    # while it is built and walked halves the time for large graphs.
+    was_enabled = gc.isenabled()
+    gc.disable()
     try:
         _Checker(code, nodes, root_module).run()
     except _Refused as exc:
@@ -111,6 +127,9 @@ def check_python_code(code: PythonCode, nodes: list, root_module: str = "self", 
         why = f"{type(exc).__name__} while checking it: {show(str(exc), 200)}"
     else:
         return
+    finally:
+        if was_enabled:
+            gc.enable()
     raise UnsafeSpecError(
         f"{where}: the code FX generated does not compute the validated graph: {why}",
         hint="this is a spec crafted to make the generated forward differ from its graph; nothing was built",
