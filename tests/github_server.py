@@ -12,7 +12,9 @@ URL layout, GitHub Enterprise style (web at ``/``, REST API at ``/api/v3``)::
 Archives are redirected to a second listener on another port, as github.com
 redirects to codeload.github.com, so tests can see which requests carried the
 token. Repos are built in memory from {path: bytes} dicts and served as real zip
-archives with a single ``owner-repo-sha7/`` top folder like GitHub's. Private
+archives with a single ``owner-repo-sha7/`` top folder and the commit SHA as the
+zip comment, like GitHub's. Refs resolve as on GitHub: a branch, then a tag, then
+a commit SHA, so a branch may be named like a (different) commit's 40-hex SHA. Private
 repos answer 404 unless the request carries the server's token. Fork commits
 are visible through the parent's URLs (as on GitHub) but on none of its refs.
 """
@@ -39,10 +41,12 @@ class Symlink:
     target: str
 
 
-def build_zip(top: str, files: dict[str, bytes | Symlink]) -> bytes:
-    """A GitHub-style zipball: one top folder, unix modes, symlinks as link entries."""
+def build_zip(top: str, files: dict[str, bytes | Symlink], comment: str = "") -> bytes:
+    """A GitHub-style zipball: one top folder, unix modes, symlinks as link entries,
+    and (like GitHub's) the commit SHA as the zip comment when given."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.comment = comment.encode("ascii")
         dirs = {top}
         for path in files:
             parts = path.split("/")[:-1]
@@ -128,7 +132,7 @@ class FakeRepo:
     def archive(self, sha: str) -> bytes:
         if sha in self.archive_override:
             return self.archive_override[sha]
-        return build_zip(f"{self.owner}-{self.name}-{sha[:7]}", self.network[sha][0])
+        return build_zip(f"{self.owner}-{self.name}-{sha[:7]}", self.network[sha][0], comment=sha)
 
 
 class _Handler(BaseHTTPRequestHandler):

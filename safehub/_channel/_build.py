@@ -3,7 +3,9 @@
 Input is only what :mod:`._spec`, :mod:`._weights` and :mod:`._leaves` have
 checked. Graph nodes are created with ``Graph.create_node`` from validated
 identifiers, allowlisted callables and decoded literals; no spec string is
-evaluated. There is no ``recompile`` after construction.
+evaluated. There is no ``recompile`` after construction. Every graph generates
+its code through :class:`._codecheck.CheckedCodeGen`, which checks the source
+against the graph before FX compiles it.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ __all__ = ["build_module", "build_graphs"]
 def build_graphs(mspec: ModuleSpec) -> dict[str, Any]:
     """Create the fx.Graphs of one module and check the code FX will generate
     for them. Needs no tensors, so it runs with the other validation steps."""
-    graphs = {name: _build_graph(gspec) for name, gspec in mspec.graphs.items()}
+    graphs = {name: _build_graph(gspec, f"module {mspec.mid} {name} graph") for name, gspec in mspec.graphs.items()}
     for name, graph in graphs.items():
         _check_generated_names(graph, mspec.graphs[name], f"module {mspec.mid} {name} graph")
+        # Generates the forward's source and checks it against the graph
+        # (CheckedCodeGen); recompile() regenerates it the same way, checked again.
+        graph.python_code(root_module="self")
         try:
             graph.lint()
         except Exception as exc:  # noqa: BLE001 - lint raises RuntimeError and others
@@ -140,10 +145,13 @@ def build_module(mspec: ModuleSpec, leaves: dict[str, Any], tensors: dict[str, A
     return gm
 
 
-def _build_graph(gspec: GraphSpec) -> Any:
+def _build_graph(gspec: GraphSpec, where: str) -> Any:
     from torch import fx
 
+    from ._codecheck import CheckedCodeGen
+
     graph = fx.Graph()
+    graph.set_codegen(CheckedCodeGen(where))
     env: dict[str, Any] = {}
 
     def resolve(value: Any) -> Any:

@@ -7,6 +7,7 @@ literals and callables resolved from the host's allowlists only.
 from __future__ import annotations
 
 import math
+import re
 
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,7 @@ def parse_graph(
         target_raw = node.get("target")
         if op == "placeholder":
             target = check_ident(target_raw, f"{nwhere}: placeholder target", limits)
+            _check_placeholder_name(name, target, nwhere)
             if target in placeholders:
                 raise InvalidNameError(f"{nwhere}: argument name {target!r} is used twice")
             if len(args_raw) > 1 or kwargs_raw:
@@ -130,6 +132,26 @@ def parse_graph(
     if not output_seen:
         raise UnsafeSpecError(f"{where}: the graph has no output node")
     return GraphSpec(nodes, tuple(placeholders))
+
+
+def _check_placeholder_name(name: str, target: str, where: str) -> None:
+    """A placeholder's node is named after its argument. FX itself renames only
+    arguments it cannot use as a variable (``input`` -> ``input_1``: builtins and
+    FX's own globals); any other difference is refused, because a target naming
+    another placeholder makes FX print ``b = c; a = b`` (aliasing)."""
+    import builtins
+
+    from torch.fx.graph import _custom_builtins
+
+    if name == target:
+        return
+    fx_renames = target in vars(builtins) or target in _custom_builtins
+    if fx_renames and re.fullmatch(re.escape(target) + r"_[0-9]{1,6}", name):
+        return
+    raise InvalidNameError(
+        f"{where}: placeholder target {show(target)} differs from its name {show(name)}",
+        hint="a placeholder's name must be its argument name (FX renames only builtins, e.g. input -> input_1)",
+    )
 
 
 def _resolve_target(

@@ -43,6 +43,8 @@ def build_leaves_on_meta(mspec: ModuleSpec) -> dict[str, Any]:
     built: dict[str, Any] = {}
     for path, leaf in mspec.leaves.items():
         where = f"module {mspec.mid} leaf {show(path)} ({leaf.cls_name})"
+        for key, value in leaf.kwargs.items():
+            _check_printable(value, f"{where} kwarg {show(key)}")
         try:
             with torch.device("meta"):
                 mod = leaf.cls(**leaf.kwargs)
@@ -50,6 +52,10 @@ def build_leaves_on_meta(mspec: ModuleSpec) -> dict[str, Any]:
             raise UnsafeSpecError(
                 f"{where}: the constructor refused its arguments: {type(exc).__name__}: {show(str(exc), 300)}"
             ) from None
+        # Constructor arguments end up in attributes that repr(model) prints.
+        shown = repr(mod)
+        if not all(c.isprintable() or c == "\n" for c in shown):
+            raise UnsafeSpecError(f"{where}: its repr() holds control or invisible characters: {show(shown, 200)}")
         members = leaf_members(mod)
         for rel, (t, _, _) in members.items():
             if not t.is_meta:
@@ -81,6 +87,27 @@ def build_leaves_on_meta(mspec: ModuleSpec) -> dict[str, Any]:
                 raise TensorMismatchError(f"{twhere}: dtype {info.dtype} in the spec, {meta_dtype} when built")
         built[path] = mod
     return built
+
+
+def _check_printable(value: Any, where: str) -> None:
+    """Strings become layer attributes (``padding``, ``mode``, ``nonlinearity``) that
+    ``repr(model)`` prints raw. Refuse anything ``str.isprintable`` rejects: control
+    characters (ANSI escapes, a cleared screen, a terminal title), bidi overrides,
+    zero-width and other format characters, line and paragraph separators."""
+    if isinstance(value, str):
+        if not value.isprintable():
+            bad = next(c for c in value if not c.isprintable())
+            raise UnsafeSpecError(
+                f"{where}: string {show(value)} holds the unprintable character U+{ord(bad):04X}",
+                hint="layer arguments must be printable text; this one would change what repr(model) shows",
+            )
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            _check_printable(item, where)
+    elif isinstance(value, dict):
+        for k, item in value.items():
+            _check_printable(k, where)
+            _check_printable(item, where)
 
 
 def _info_for(mspec: ModuleSpec, path: str) -> TensorInfo:

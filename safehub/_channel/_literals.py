@@ -6,6 +6,7 @@ table, or a :class:`NodeRef`. Nothing is looked up by name outside these tables.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -109,7 +110,12 @@ def decode_literal(obj: Any, ctx: LiteralContext, depth: int = 0) -> Any:
     if tag == "complex":
         if not isinstance(val, list) or len(val) != 2:
             raise UnsafeSpecError(f"{ctx.where}: complex literal must be [re, im]")
-        return complex(_float(val[0], ctx), _float(val[1], ctx))
+        value = complex(_float(val[0], ctx), _float(val[1], ctx))
+        if not (math.isfinite(value.real) and math.isfinite(value.imag)):
+            # repr() prints such a value as text that is not a literal ("infj", "(nan+nanj)"),
+            # which the generated forward would read as a name.
+            raise UnsafeSpecError(f"{ctx.where}: complex literal {show(val)} has a non-finite part", hint="complex literals must be finite")
+        return value
     if tag == "slice":
         if not isinstance(val, list) or len(val) != 3:
             raise UnsafeSpecError(f"{ctx.where}: slice literal must be [start, stop, step]")

@@ -7,7 +7,9 @@ read the same submodules and parameters, so ``m.fc = nn.Linear(...)`` or
 
 FX generates and ``exec``s Python for each graph, but the graphs were built by
 :mod:`._build` from validated nodes only: identifiers, allowlisted callables
-(emitted through FX's own globals table) and ``repr()`` of literals.
+(emitted through FX's own globals table) and ``repr()`` of literals, and each
+graph's code generator is :class:`._codecheck.CheckedCodeGen`, so the source
+``recompile`` compiles has been checked against the graph first.
 """
 
 from __future__ import annotations

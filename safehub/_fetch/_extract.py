@@ -7,8 +7,12 @@ Every member is checked before anything touches the disk. Rules:
   zip has no hard links, and tar archives are not accepted at all;
 - symlinks: relative, and resolving inside the tree (resolved through the other
   links in the archive, the way the kernel would); nothing is extracted through one;
-- sizes: compressed archive, each file, the total and the entry count are capped,
-  and the real byte count is enforced while writing, whatever the header claims.
+- sizes: compressed archive, each file, the total, the compression ratio and the
+  entry count are capped, and the real byte count is enforced while writing,
+  whatever the header claims;
+- identity: given the resolved commit, the top folder (``owner-repo-<sha7>``) and
+  the zip comment GitHub writes (the full SHA) must name it;
+- any decoding error (names, deflate streams, CRCs) is an UnsafeArchiveError.
 Files are created with O_EXCL|O_NOFOLLOW inside a fresh folder the caller renames
 into place atomically.
 """
@@ -19,7 +23,9 @@ import hashlib
 import os
 import re
 import stat
+import struct
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +39,21 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 MAX_LINK_HOPS = 40
 
 
+# Archives that unpack to less than this are never refused for their ratio
+# (a small repo with one file of zeros is fine); above it the ratio cap applies.
+RATIO_FLOOR_BYTES = 32 << 20
+_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # what GitHub writes
+# Everything zipfile and zlib raise on a malformed archive, names included.
+_DECODE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, UnicodeError, EOFError, zlib.error, struct.error,
+                  NotImplementedError, OverflowError, ValueError, KeyError, IndexError)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ArchiveLimits:
     max_archive_bytes: int = 1 << 30  # compressed download
-    max_total_bytes: int = 4 << 30  # uncompressed, all files
+    max_total_bytes: int = 1 << 30  # uncompressed, all files
     max_file_bytes: int = 1 << 30  # uncompressed, one file
+    max_ratio: int = 100  # uncompressed total / archive size (above RATIO_FLOOR_BYTES)
     max_entries: int = 200_000
     max_depth: int = 64
     max_name_bytes: int = 255  # one path component
@@ -62,6 +78,7 @@ class ArchiveLimits:
             max_archive_bytes=num("SAFEHUB_MAX_ARCHIVE_BYTES", base.max_archive_bytes),
             max_total_bytes=num("SAFEHUB_MAX_REPO_BYTES", base.max_total_bytes),
             max_file_bytes=num("SAFEHUB_MAX_REPO_FILE_BYTES", base.max_file_bytes),
+            max_ratio=num("SAFEHUB_MAX_REPO_RATIO", base.max_ratio),
         )
 
 
@@ -152,7 +169,9 @@ def _link_stays_inside(link: str, links: Mapping[str, str]) -> bool:
     return True
 
 
-def _plan(zf: zipfile.ZipFile, limits: ArchiveLimits) -> tuple[list[_Member], dict[str, str]]:
+def _plan(
+    zf: zipfile.ZipFile, limits: ArchiveLimits, archive_bytes: int, expected_sha: str | None
+) -> tuple[list[_Member], dict[str, str]]:
     infos = zf.infolist()
     if not infos:
         raise UnsafeArchiveError("the archive is empty", hint="the repo archive is malformed")
@@ -171,6 +190,8 @@ def _plan(zf: zipfile.ZipFile, limits: ArchiveLimits) -> tuple[list[_Member], di
     for parts, info in split:
         if info.flag_bits & 0x1:
             raise _fail(info.filename, "is encrypted")
+        if info.compress_type not in _METHODS:
+            raise _fail(info.filename, f"uses compression method {info.compress_type} (GitHub writes only stored and deflated)")
         kind, executable = _kind(info)
         rel_parts = parts[1:] if strip else parts
         if not rel_parts:
@@ -189,6 +210,12 @@ def _plan(zf: zipfile.ZipFile, limits: ArchiveLimits) -> tuple[list[_Member], di
                 )
         seen[rel] = kind
         members.append(_Member(info=info, path=rel, kind=kind, executable=executable))
+    if total > RATIO_FLOOR_BYTES and total > limits.max_ratio * max(archive_bytes, 1):
+        raise UnsafeArchiveError(
+            f"the archive unpacks to {total} bytes from {archive_bytes}, a compression ratio over "
+            f"{limits.max_ratio}:1 (zip bomb?). Nothing was extracted.",
+            hint="raise SAFEHUB_MAX_REPO_RATIO if this repo really holds such compressible files",
+        )
     # Parents must be folders: no file or link may sit above another entry.
     for rel in seen:
         parts = rel.split("/")
@@ -213,11 +240,41 @@ def _plan(zf: zipfile.ZipFile, limits: ArchiveLimits) -> tuple[list[_Member], di
     for link, target in links.items():
         if not _link_stays_inside(link, links):
             raise _fail(link, f"is a symlink to {target!r}, which resolves outside the repo")
+    if expected_sha is not None:
+        _check_commit(zf, tops if strip else set(), expected_sha)
     return members, links
 
 
-def extract_zip(archive: Path, dest: Path, limits: ArchiveLimits) -> int:
-    """Extract ``archive`` into the empty folder ``dest``. Returns the bytes written."""
+def _check_commit(zf: zipfile.ZipFile, tops: set[str], sha: str) -> None:
+    """GitHub names the top folder ``owner-repo-<sha7>`` and writes the full commit
+    SHA as the zip comment. Both must name the commit that was resolved: a branch
+    or tag named like a SHA makes GitHub serve *its* commit for ``zipball/<sha>``."""
+    def refuse(what: str) -> UnsafeArchiveError:
+        return UnsafeArchiveError(
+            f"the archive served for commit {sha} is not that commit: {what}. Nothing was extracted.",
+            hint="a branch or tag may be named like the commit (GitHub serves the branch); "
+            "load the repo by its branch name, or report the repo",
+        )
+
+    comment = zf.comment.strip()
+    if comment:
+        try:
+            text = comment.decode("ascii")
+        except UnicodeDecodeError:
+            raise refuse("its zip comment is not a commit SHA") from None
+        if text.lower() != sha:
+            raise refuse(f"its zip comment names commit {text[:40]!r}")
+    top = next(iter(tops)) if len(tops) == 1 else None
+    m = re.fullmatch(r".+-([0-9a-f]{7,40})", top or "")
+    if m is None:
+        raise refuse(f"its top folder {top!r} is not named owner-repo-<sha>" if top else "it has no single top folder")
+    if not sha.startswith(m.group(1)):
+        raise refuse(f"its top folder {top!r} names commit {m.group(1)}")
+
+
+def extract_zip(archive: Path, dest: Path, limits: ArchiveLimits, expected_sha: str | None = None) -> int:
+    """Extract ``archive`` into the empty folder ``dest``. Returns the bytes written.
+    ``expected_sha``: the commit the archive must be (top folder and zip comment)."""
     size = archive.stat().st_size
     if size > limits.max_archive_bytes:
         raise UnsafeArchiveError(f"the archive is {size} bytes, over the cap of {limits.max_archive_bytes}")
@@ -226,7 +283,7 @@ def extract_zip(archive: Path, dest: Path, limits: ArchiveLimits) -> int:
     written = 0
     try:
         with zipfile.ZipFile(archive) as zf:
-            members, links = _plan(zf, limits)
+            members, links = _plan(zf, limits, size, expected_sha.lower() if expected_sha else None)
             dest_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
             try:
                 for m in members:
@@ -244,8 +301,15 @@ def extract_zip(archive: Path, dest: Path, limits: ArchiveLimits) -> int:
                             os.close(pfd)
             finally:
                 os.close(dest_fd)
-    except zipfile.BadZipFile as exc:
-        raise UnsafeArchiveError(f"the archive is corrupt: {exc}", hint="retry with force_reload=True") from None
+    except UnsafeArchiveError:
+        raise
+    except _DECODE_ERRORS as exc:
+        # Member names that are not UTF-8 despite the UTF-8 flag, broken deflate
+        # streams, bad CRCs, truncated headers: all are a malformed archive.
+        raise UnsafeArchiveError(
+            f"the archive is corrupt or malformed: {type(exc).__name__}: {str(exc)[:200]!r}. Nothing was installed.",
+            hint="retry with force_reload=True; if it persists the repo archive is malicious or broken",
+        ) from None
     return written
 
 

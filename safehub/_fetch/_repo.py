@@ -223,7 +223,7 @@ class _Fetcher:
                     what=f"the archive of {self.slug}@{entry.sha}",
                 )
             tree.mkdir(mode=0o755)
-            extract_zip(archive, tree, limits)
+            extract_zip(archive, tree, limits, expected_sha=entry.sha)
             if not (tree / "hubconf.py").is_file():
                 raise HubconfError(
                     f"{self.slug}@{entry.sha} has no hubconf.py at its top level",

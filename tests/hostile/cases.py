@@ -186,6 +186,34 @@ def _(spec, w, c):
     nodes(spec).insert(0, {"op": "placeholder", "name": "a", "target": "a", "args": [1]})
 
 
+# Generated text that means something else than the graph (issue 18).
+@case("complex_literal_prints_as_a_name", UnsafeSpecError)
+def _(spec, w, c):
+    # complex(0, inf) printed as `infj`, which read the argument named infj
+    nodes(spec).insert(1, {"op": "placeholder", "name": "infj", "target": "infj"})
+    node(spec, "mul")["args"] = [{"node": "fc"}, {"complex": ["0.0", "inf"]}]
+
+
+@case("placeholder_aliasing", InvalidNameError)
+def _(spec, w, c):
+    # nodes b <- argument c and a <- argument b printed `b = c; a = b`
+    nodes(spec)[0:1] = [{"op": "placeholder", "name": "b", "target": "c"}, {"op": "placeholder", "name": "a", "target": "b"}]
+    node(spec, "fc")["args"] = [{"node": "a"}]
+
+
+@case("node_named_self", UnsafeSpecError)
+def _(spec, w, c):
+    # `self = fc(x)` made the next `self.scale` read the node's attribute
+    node(spec, "fc")["name"] = "self"
+    node(spec, "mul")["args"] = [{"node": "self"}, {"node": "scale"}]
+
+
+@case("leaf_string_with_terminal_escapes", UnsafeSpecError)
+def _(spec, w, c):
+    m0(spec)["leaves"]["pool"] = {"cls": "MaxPool1d", "kwargs": {"kernel_size": 1, "padding": "\x1b]0;pwned\x07\x1b[2J"}}
+    insert_before_output(spec, {"op": "call_module", "name": "pool", "target": "pool", "args": [{"node": "relu"}]})
+
+
 @case("kwarg_key_code", InvalidNameError)
 def _(spec, w, c):
     node(spec, "relu")["kwargs"] = {f"inplace=__import__('os').system('{shell(c)}')": False}
