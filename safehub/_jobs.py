@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 from ._channel._files import read_output_file
 from ._env._types import PythonEnv
+from ._fsutil import remove_tree
 from ._errors import (
     EntrypointFailedError,
     EntrypointNotFoundError,
@@ -85,7 +85,12 @@ class Job:
         return [validate_url(url) for url in parse_needs_download(error)]
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        # Never raises: the job folder holds what the sandbox left (deep chains,
+        # locked folders, FIFOs), and a model already built must not be lost to it.
+        try:
+            remove_tree(self.root)
+        except Exception:  # noqa: BLE001 - logged; a leftover folder beats a lost model
+            logger.warning("could not remove the job folder %s", self.root, exc_info=True)
 
     def __enter__(self) -> "Job":
         return self
@@ -194,7 +199,7 @@ def run_job(
         _raise_for_reported_error(job, entrypoint=entrypoint, repo_dir=repo_dir)
         return job
     except BaseException:
-        shutil.rmtree(root, ignore_errors=True)
+        remove_tree(root)
         raise
 
 

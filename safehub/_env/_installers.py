@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .._errors import EnvironmentBuildError, MissingHostPackageError, OfflineError, escape_untrusted
+from .._fsutil import remove_tree
 from ._host import HostInfo, sysconfig_ready
 from ._resolve import TORCH_FAMILY, Resolution
 
@@ -134,14 +135,6 @@ def site_packages(root: Path, host: HostInfo) -> Path:
     major, minor = host.python_version.split(".")[:2]
     return root / "lib" / f"python{major}.{minor}" / "site-packages"
 
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    if path.exists() or path.is_symlink():
-        try:
-            path.unlink()
-        except OSError:
-            pass
 
 
 def _pdeathsig_hook():

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +28,8 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from .._errors import CacheCorruptedError
-from ._extract import make_writable, tree_hash
+from .._fsutil import remove_tree
+from ._extract import tree_hash
 from ._names import SHA_RE
 
 __all__ = ["RepoCache", "CacheEntry", "atomic_write_json"]
@@ -246,7 +246,3 @@ class RepoCache:
             pass
         return out
 
-
-def remove_tree(path: Path) -> None:
-    make_writable(path)
-    shutil.rmtree(path, ignore_errors=True)

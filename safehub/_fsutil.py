@@ -1,0 +1,212 @@
+"""Removing folder trees that hostile code may have shaped.
+
+Job folders hold whatever the sandbox left: chains thousands of folders deep,
+folders with mode 000, FIFOs, sockets, symlinks to the user's files, mount
+points. ``remove_tree`` walks such a tree iteratively (no recursion limit), by
+file descriptor relative to the folder it is in (a path is never resolved
+twice), follows no symlink, never crosses into another file system, and holds
+at most two folder descriptors at a time whatever the depth. It never raises
+for what it finds: a cleanup failure must not lose a model that was already
+built, so it logs what it had to leave and returns False.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+
+__all__ = ["remove_tree"]
+
+logger = logging.getLogger("safehub")
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_PATH = getattr(os, "O_PATH", 0)
+
+
+@dataclass
+class _Frame:
+    name: str  # name in the parent folder
+    ident: tuple[int, int]  # (st_dev, st_ino) of this folder
+    children: list[str] = field(default_factory=list)  # sub-folders still to visit
+    incomplete: bool = False  # something below could not be removed
+
+
+class _Failures:
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: str | None = None
+
+    def add(self, what: str, exc: BaseException) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = f"{what}: {exc}"
+
+
+def _open_dir(parent_fd: int, name: str) -> int:
+    """Open the folder ``name`` in ``parent_fd`` without following a link. A folder
+    we may not read or change (mode 000, 0500) gets u+rwx first, on a descriptor
+    that cannot be a link, so the chmod lands on the folder itself."""
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except PermissionError:
+        if not _O_PATH:
+            raise
+        fd = None
+    if fd is not None:
+        if os.fstat(fd).st_mode & 0o700 == 0o700:
+            return fd
+        os.close(fd)
+    path_fd = os.open(name, _O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd) if _O_PATH else None
+    try:
+        if path_fd is not None:
+            mode = os.fstat(path_fd).st_mode
+            os.chmod(f"/proc/self/fd/{path_fd}", stat.S_IMODE(mode) | 0o700)
+            return os.open(f"/proc/self/fd/{path_fd}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+        os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | 0o700)
+        return fd
+    finally:
+        if path_fd is not None:
+            os.close(path_fd)
+
+
+def _scan(fd: int, frame: _Frame, failures: _Failures) -> None:
+    """Unlink everything in the folder but sub-folders; list those in ``frame``."""
+    try:
+        entries = os.scandir(fd)
+    except OSError as exc:
+        failures.add(frame.name, exc)
+        frame.incomplete = True
+        return
+    with entries:
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    frame.children.append(entry.name)
+                else:  # files, links, FIFOs, sockets, devices: unlinked, never opened
+                    os.unlink(entry.name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                failures.add(entry.name, exc)
+                frame.incomplete = True
+
+
+def _ident(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _remove_below(parent_fd: int, name: str, failures: _Failures) -> bool:
+    """Remove the folder ``name`` of ``parent_fd`` and everything in it."""
+    fd = _open_dir(parent_fd, name)
+    st = os.fstat(fd)
+    root_dev = st.st_dev
+    stack = [_Frame(name, _ident(st))]
+    _scan(fd, stack[0], failures)
+    try:
+        while stack:
+            frame = stack[-1]
+            if frame.children:
+                child = frame.children.pop()
+                try:
+                    child_fd = _open_dir(fd, child)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    failures.add(child, exc)
+                    frame.incomplete = True
+                    continue
+                child_st = os.fstat(child_fd)
+                if child_st.st_dev != root_dev:  # a mount point: never empty another file system
+                    os.close(child_fd)
+                    failures.add(child, OSError("a mount point; left in place"))
+                    frame.incomplete = True
+                    continue
+                os.close(fd)
+                fd = child_fd
+                stack.append(_Frame(child, _ident(child_st)))
+                _scan(fd, stack[-1], failures)
+                continue
+            # This folder is done: go up by "..", check it is the folder we came
+            # from (nothing moved it), then remove this one from it.
+            stack.pop()
+            if not stack:
+                break
+            up = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            if _ident(os.fstat(up)) != stack[-1].ident:
+                os.close(up)
+                raise OSError(f"folder {frame.name!r} moved while being removed")
+            os.close(fd)
+            fd = up
+            if frame.incomplete:
+                stack[-1].incomplete = True
+                continue
+            try:
+                os.rmdir(frame.name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                failures.add(frame.name, exc)
+                stack[-1].incomplete = True
+    finally:
+        os.close(fd)
+    if stack and stack[0].incomplete:
+        return False
+    try:
+        os.rmdir(name, dir_fd=parent_fd)
+    except FileNotFoundError:
+        pass
+    return True
+
+
+def remove_tree(path: str | os.PathLike[str]) -> bool:
+    """Remove ``path`` (a folder tree, a file or a link; a link is removed, never
+    followed). Returns True when nothing is left; logs and returns False otherwise.
+    Never raises for what it finds in the tree."""
+    path = os.fspath(path)
+    parent, name = os.path.split(os.path.normpath(path))
+    if name in ("", ".", ".."):
+        logger.warning("not removing %r: it is not a folder name", path)
+        return False
+    failures = _Failures()
+    try:
+        parent_fd = os.open(parent or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        logger.warning("could not remove %s: %s", path, exc)
+        return False
+    try:
+        try:
+            st = os.lstat(name, dir_fd=parent_fd)
+        except FileNotFoundError:
+            return True
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=parent_fd)
+            return True
+        done = _remove_below(parent_fd, name, failures)
+    except FileNotFoundError:
+        done = not _exists(parent_fd, name)
+    except (OSError, ValueError) as exc:
+        failures.add(name, exc)
+        done = False
+    finally:
+        os.close(parent_fd)
+    if not done or failures.count:
+        logger.warning(
+            "could not remove all of %s (%d problem(s), first: %s); remove it by hand",
+            path, failures.count, failures.first,
+        )
+        return False
+    return True
+
+
+def _exists(parent_fd: int, name: str) -> bool:
+    try:
+        os.lstat(name, dir_fd=parent_fd)
+    except OSError:
+        return False
+    return True
+
