@@ -52,6 +52,8 @@ class LoadInfo:
     env_backend: str
     summary: dict[str, Any]
     sandbox_details: dict[str, Any]
+    # Files the host fetched for the entrypoint: url, bytes, sha256, cached, seconds.
+    downloads: tuple[dict[str, Any], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -148,13 +150,20 @@ def _run(
     export_options: Mapping[str, Any] | None = None,
     allow_gpu: bool = False,
     env: Mapping[str, str] | None = None,
+    budget: Any = None,
 ):
+    """``budget`` (a DownloadBudget) is one deadline and one disk budget for the
+    sandbox runs and the downloads between them; the caller discards it on failure."""
     from ._env import ensure_env
     from ._jobs import run_job
     from ._sandbox import get_backend
 
     backend = get_backend(sandbox, env=env)
     python_env = ensure_env(hub.dependencies, hub_dir=hub_dir, verbose=verbose, env=env)
+    if budget is None:
+        from ._fetch._downloads import DownloadBudget
+
+        budget = DownloadBudget(limits)
     downloads: dict[str, Path] = {}
     for _round in range(MAX_DOWNLOAD_ROUNDS + 1):
         job = run_job(
@@ -168,7 +177,7 @@ def _run(
             kwargs=kwargs,
             example_inputs=example_inputs,
             export_options=export_options,
-            limits=limits,
+            limits=budget.round_limits(),
             allow_gpu=allow_gpu,
             downloads=downloads,
         )
@@ -183,7 +192,7 @@ def _run(
         logger.info("the entrypoint asked for %d file(s); downloading them on the host", len(needed))
         owner_name = tuple(repo.name.split("/", 1)) if repo.source == "github" else None
         downloads.update(prefetch_downloads(needed, hub_dir=hub_dir, verbose=verbose, env=env,
-                                            repo=owner_name))  # type: ignore[arg-type]
+                                            repo=owner_name, budget=budget))  # type: ignore[arg-type]
     raise SafehubError(
         f"the entrypoint kept asking for new downloads after {MAX_DOWNLOAD_ROUNDS} rounds",
         hint="ship the weights in the repo or as release assets with fixed URLs",
@@ -236,25 +245,31 @@ def load(
     hub.require(model)
     if example_inputs is not None and not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
-    job, backend, python_env = _run(
-        action="load",
-        repo=repo,
-        hub=hub,
-        hub_dir=hub_dir,
-        verbose=verbose,
-        sandbox=sandbox,
-        limits=limits,
-        entrypoint=model,
-        args=args,
-        kwargs=kwargs,
-        example_inputs=example_inputs,
-        export_options={"mode": export},
-        allow_gpu=False,
-    )
+    from ._fetch._downloads import DownloadBudget
+
+    budget = DownloadBudget(limits)
+    with budget.discard_on_error():  # a failed load keeps none of the files it fetched
+        job, backend, python_env = _run(
+            action="load",
+            repo=repo,
+            hub=hub,
+            hub_dir=hub_dir,
+            verbose=verbose,
+            sandbox=sandbox,
+            limits=limits,
+            entrypoint=model,
+            args=args,
+            kwargs=kwargs,
+            example_inputs=example_inputs,
+            export_options={"mode": export},
+            allow_gpu=False,
+            budget=budget,
+        )
     from ._channel import rebuild_from_output
 
     with job:
-        obj = rebuild_from_output(job.out_dir, device=device)
+        with budget.discard_on_error():
+            obj = rebuild_from_output(job.out_dir, device=device)
         info = LoadInfo(
             repo=repo.name,
             source=repo.source,
@@ -266,6 +281,7 @@ def load(
             env_backend=python_env.backend,
             summary=_clean_summary(job.result.get("summary")),
             sandbox_details=dict(job.sandbox.details),  # measured by the host-side watchdog
+            downloads=budget.summary(),
         )
     _attach_info(obj, info)
     _record(hub_dir, info)
@@ -378,9 +394,14 @@ def _sandbox_listing(repo: _Repo, hub: Hubconf, hub_dir: Path, *, verbose: bool,
 
     logger.info("hubconf of %s cannot be listed statically (%s); asking the sandbox",
                 repo.name, "; ".join(hub.reasons) or "imported names")
-    job, _backend, _env = _run(
-        action="list", repo=repo, hub=hub, hub_dir=hub_dir, verbose=verbose, sandbox=sandbox, limits=None
-    )
+    from ._fetch._downloads import DownloadBudget
+
+    budget = DownloadBudget()
+    with budget.discard_on_error():
+        job, _backend, _env = _run(
+            action="list", repo=repo, hub=hub, hub_dir=hub_dir, verbose=verbose, sandbox=sandbox, limits=None,
+            budget=budget,
+        )
     with job:
         return validate_listing(job.result)
 

@@ -336,7 +336,11 @@ class FakeGitHub:
         return f"127.0.0.1+{self._servers[0].server_address[1]}"
 
     def env(self, **extra: str) -> dict[str, str]:
-        return {"SAFEHUB_GITHUB_URL": self.url, "SAFEHUB_GITHUB_API_URL": self.api_url, **extra}
+        """The GitHub host, and the "codeload" origin its archives and release assets
+        redirect to allowed for downloads (loopback, so it must be listed by origin,
+        as a GitHub Enterprise's asset storage would be)."""
+        return {"SAFEHUB_GITHUB_URL": self.url, "SAFEHUB_GITHUB_API_URL": self.api_url,
+                "SAFEHUB_DOWNLOAD_ALLOW_HOSTS": self.codeload_url, **extra}
 
     def add_repo(self, owner: str, name: str, *, private: bool = False) -> FakeRepo:
         repo = FakeRepo(owner=owner, name=name, network={}, private=private)

@@ -67,11 +67,11 @@ def test_prefetch_token_only_for_github_hosts(gh, tmp_path):
         gh.log.clear()
         prefetch_downloads([asset(gh, "v2")], hub_dir=tmp_path / f"fresh{i}", verbose=False, env=env, repo=repo)
         assert gh.log and all(e["auth"] is None for e in gh.log), repo
-    # A non-GitHub URL never gets the token (the codeload port is another origin).
+    # A non-GitHub URL never gets the token (the codeload port is another origin,
+    # allowed for downloads by gh.env()).
     gh.log.clear()
     with pytest.raises(FetchError):
-        prefetch_downloads([f"{gh.codeload_url}/x"], hub_dir=tmp_path, verbose=False,
-                           env={**env, "SAFEHUB_DOWNLOAD_ALLOW_HOSTS": "127.0.0.1"})
+        prefetch_downloads([f"{gh.codeload_url}/x"], hub_dir=tmp_path, verbose=False, env=env)
     assert gh.log and all(e["auth"] is None for e in gh.log)
 
 

@@ -57,3 +57,37 @@ def test_repo_code_cannot_make_the_host_fetch_other_private_repos(github):
         pass  # refused: the token was not lent to the repo's request
     else:
         pytest.fail("the load succeeded although the entrypoint only raises")
+
+
+@pytest.mark.slow
+def test_a_load_cannot_fill_the_host_disk_through_the_broker(github, tmp_path):
+    """16 requested files under a small disk limit (the red team: 16 x 200 MiB under
+    64 MiB put 3.2 GB on the host, and they stayed). Real sandbox, real loopback
+    GitHub: the load fails on the disk limit and leaves no downloaded file behind."""
+    import textwrap
+
+    from safehub import Limits, SandboxLimitError
+
+    bulk = github.add_repo("mallory", "bulk")
+    bulk.commit({"hubconf.py": b""})
+    urls = [f"{github.url}{bulk.release_asset('v1', f'w{i}.bin', bytes([i]) * 65536)}" for i in range(16)]
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text(textwrap.dedent(f"""
+        import torch
+        dependencies = ["torch"]
+        def m():
+            for url in {urls!r}:  # ask for all 16 in one round
+                try:
+                    torch.hub.load_state_dict_from_url(url)
+                except BaseException:
+                    pass
+            return torch.nn.Linear(2, 2)
+    """))
+    by_url = Path(safehub.get_dir()) / "checkpoints" / "by-url"
+    before = set(by_url.iterdir()) if by_url.exists() else set()
+    with pytest.raises(SandboxLimitError, match="the download of .* disk limit") as info:
+        safehub.load(str(repo), "m", source="local", verbose=False, limits=Limits(disk_bytes=200_000))
+    assert info.value.limit == "disk"
+    after = set(by_url.iterdir()) if by_url.exists() else set()
+    assert after == before

@@ -99,6 +99,9 @@ class TestHub:
             trust_repo=True,
         )
         assert sum_of_state_dict(hub_model.state_dict()) == SUM_OF_HUB_EXAMPLE
+        # safehub: the host-side downloads the load made are listed in safehub_info.
+        (download,) = hub_model.safehub_info.downloads
+        assert download["url"] == self.release_url and download["bytes"] > 0 and len(download["sha256"]) == 64
 
     def test_load_from_local_dir(self):
         # torch.hub._get_cache_or_reload is private; get_repo is safehub's equivalent.

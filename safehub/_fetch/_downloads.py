@@ -10,14 +10,21 @@ Broker protocol (the sandbox half is ``runners/_downloads.py``)::
 
 The URLs come from untrusted code, so each one is checked: http(s) only, no
 credentials, bounded length and count, and no private, loopback or link-local
-address unless the host is the configured GitHub host or listed in
-``SAFEHUB_DOWNLOAD_ALLOW_HOSTS`` (so repo code cannot make the host probe its
-own network). Redirects are checked the same way. The GitHub token is sent only
-to the GitHub hosts.
+address unless its origin (scheme, host *and* port, exactly) is the configured
+GitHub web or API origin or listed in ``SAFEHUB_DOWNLOAD_ALLOW_HOSTS`` (so repo
+code cannot make the host probe its own network, nor another service on the
+GitHub Enterprise host). Redirects are checked the same way. The GitHub token is
+lent only to the loaded repo's own release assets.
+
+One load's downloads share a :class:`DownloadBudget` with its sandbox runs: an
+overall deadline (the job's ``timeout_s``, counted from the first run) and a
+byte budget (the job's ``disk_bytes``, less what later runs may write). Files a
+load fetched are removed again if the load fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import ipaddress
@@ -27,25 +34,29 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
+import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse, urlsplit
 
 from .._config import is_offline, progress_enabled
-from .._errors import FetchError, OfflineError, UnsafeSpecError
+from .._errors import FetchError, OfflineError, SandboxLimitError, SandboxTimeoutError, UnsafeSpecError
+from .._sandbox._base import Limits
 from ._cache import atomic_write_json
 from ._github import github_host, make_client
-from ._http import HttpClient, origin_of
-from ._http import origin_of
+from ._http import BodyTooLargeError, DeadlineError, HttpClient, origin_of
 
 __all__ = [
     "download_url_to_file",
     "prefetch_downloads",
     "stage_downloads",
     "parse_needs_download",
+    "DownloadBudget",
     "MAX_DOWNLOAD_URLS",
 ]
 
@@ -104,20 +115,40 @@ def parse_needs_download(error: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys(urls))
 
 
-def _allowed_hosts(env: Mapping[str, str]) -> set[str]:
+Origin = tuple[str, str, int]
+
+
+def _allowed_origins(env: Mapping[str, str]) -> set[Origin]:
+    """The GitHub web and API origins, and each ``SAFEHUB_DOWNLOAD_ALLOW_HOSTS``
+    entry: ``scheme://host[:port]``, or a bare host name meaning ``https://host``.
+    Matching is exact: another port or scheme on an allowed host is not allowed."""
     host = github_host(env)
-    allowed = {origin_of(host.web)[1], origin_of(host.api)[1]}
+    allowed = {origin_of(host.web), origin_of(host.api)}
     for item in (env.get("SAFEHUB_DOWNLOAD_ALLOW_HOSTS") or "").split(","):
-        if item.strip():
-            allowed.add(item.strip().lower())
+        item = item.strip().lower().rstrip("/")
+        if not item:
+            continue
+        url = item if "://" in item else f"https://{item}"
+        parts = urlsplit(url)
+        try:
+            parts.port
+        except ValueError:
+            parts = None  # type: ignore[assignment]
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+            raise FetchError(
+                f"SAFEHUB_DOWNLOAD_ALLOW_HOSTS entry {item[:100]!r} is not a host or an http(s) origin",
+                hint="use entries like weights.example.com or http://10.0.0.5:8080",
+            )
+        allowed.add(origin_of(url))
     return allowed
 
 
-def _check_public(url: str, allowed: set[str]) -> None:
-    """Refuse URLs that point into the host's own network, unless allowed."""
-    hostname = (urlsplit(url).hostname or "").lower()
-    if hostname in allowed:
+def _check_public(url: str, allowed: set[Origin]) -> None:
+    """Refuse URLs that point into the host's own network, unless their exact
+    origin (scheme, host, port) is allowed."""
+    if origin_of(url) in allowed:
         return
+    hostname = (urlsplit(url).hostname or "").lower()
     try:
         infos = socket.getaddrinfo(hostname, None, proto=socket.IPPROTO_TCP)
     except socket.gaierror as exc:
@@ -127,7 +158,8 @@ def _check_public(url: str, allowed: set[str]) -> None:
         if addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_multicast or addr.is_reserved or addr.is_unspecified:
             raise FetchError(
                 f"refusing to download from {hostname!r}: it resolves to the non-public address {addr}",
-                hint="repo code asked for this URL; if the host is yours and meant, add it to SAFEHUB_DOWNLOAD_ALLOW_HOSTS",
+                hint="repo code asked for this URL; if this server is yours and meant, add its origin "
+                "(scheme://host:port) to SAFEHUB_DOWNLOAD_ALLOW_HOSTS",
             )
 
 
@@ -175,6 +207,111 @@ def _token_scope(host: Any, repo: tuple[str, str] | None) -> Callable[[str], boo
     return allowed
 
 
+class DownloadBudget:
+    """What one load may spend on downloads, shared with its sandbox runs.
+
+    * time: the job's ``timeout_s`` covers the sandbox runs *and* the downloads
+      between them, counted from :meth:`start` (just before the first run);
+    * disk: the bytes of every file the load uses (fetched or from the cache)
+      count against the job's ``disk_bytes``; later runs get what is left;
+    * cleanup: files this load wrote into the cache are removed by
+      :meth:`discard` when the load fails.
+    """
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self.deadline: float | None = None
+        self.used_bytes = 0
+        self.records: dict[str, dict[str, Any]] = {}
+        self.fresh: list[Path] = []
+
+    def start(self) -> None:
+        if self.deadline is None:
+            self.deadline = time.monotonic() + float(self.limits.timeout_s)
+
+    def bytes_left(self) -> int | None:
+        cap = self.limits.disk_bytes
+        return None if cap is None else max(0, cap - self.used_bytes)
+
+    def round_limits(self) -> Limits:
+        """The limits for the next sandbox run: what is left of the job's time and disk."""
+        self.start()
+        assert self.deadline is not None
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise self.timeout_error()
+        if not self.records:
+            return self.limits
+        return replace(self.limits, timeout_s=left, disk_bytes=self.bytes_left())
+
+    def timeout_error(self) -> SandboxTimeoutError:
+        return SandboxTimeoutError(
+            f"the load ran past its {self.limits.timeout_s:g} s time limit, which covers the sandbox runs "
+            f"and the {len(self.records)} download(s) between them",
+            hint="a download server that slow is suspect; raise Limits.timeout_s if it is yours and meant",
+        )
+
+    def disk_error(self, url: str, nbytes: int | None) -> SandboxLimitError:
+        size = f"{nbytes} more bytes" if nbytes is not None else "more bytes"
+        return SandboxLimitError(
+            f"the download of {_show_url(url)} needs {size}, past the load's {self.limits.disk_bytes}-byte disk "
+            f"limit ({self.used_bytes} bytes of downloads already)",
+            limit="disk",
+            hint="raise Limits.disk_bytes if this repo legitimately needs that much",
+        )
+
+    def charge(self, url: str, path: Path, *, nbytes: int, sha256: str | None, cached: bool, seconds: float) -> None:
+        if url in self.records:
+            return
+        left = self.bytes_left()
+        if left is not None and nbytes > left:
+            raise self.disk_error(url, nbytes)
+        self.used_bytes += nbytes
+        self.records[url] = {"url": url, "bytes": nbytes, "sha256": sha256, "cached": cached,
+                             "seconds": round(seconds, 3)}
+
+    def summary(self) -> tuple[dict[str, Any], ...]:
+        """For ``safehub_info.downloads``."""
+        return tuple(dict(r) for r in self.records.values())
+
+    def discard(self) -> None:
+        """The load failed: remove the files it fetched (and their records)."""
+        doomed, self.fresh = self.fresh, []
+        self.discard_paths(doomed)
+
+    @contextlib.contextmanager
+    def discard_on_error(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            self.discard()
+            raise
+
+    @staticmethod
+    def discard_paths(paths: Sequence[Path]) -> None:
+        for path in paths:
+            for p in (path, path.with_name(path.name + ".json")):
+                try:
+                    p.unlink()
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    logger.warning("could not remove the unused download %s: %s", p, exc)
+
+
+def _show_url(url: str) -> str:
+    """A URL for messages: no query (signed URLs carry secrets there), bounded."""
+    return url.split("?", 1)[0][:300]
+
+
+def _cached_size(path: Path) -> int | None:
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
 def prefetch_downloads(
     urls: Sequence[str],
     *,
@@ -182,21 +319,29 @@ def prefetch_downloads(
     verbose: bool = True,
     env: Mapping[str, str] | None = None,
     repo: tuple[str, str] | None = None,
+    budget: DownloadBudget | None = None,
 ) -> dict[str, Path]:
     """Download each URL (once; later calls reuse the file) and return {url: path}.
 
     ``repo`` is the (owner, name) of the GitHub repo being loaded: the token is sent
-    only for its release assets, and never when ``repo`` is None (local repos)."""
+    only for its release assets, and never when ``repo`` is None (local repos).
+    ``budget`` bounds the time and bytes (default: one of ``Limits()``'s, started
+    now); on any error the files fetched by this call are removed again."""
     env = os.environ if env is None else env
     urls = list(dict.fromkeys(validate_url(u) for u in urls))
     if len(urls) > MAX_DOWNLOAD_URLS:
         raise UnsafeSpecError(f"{len(urls)} download URLs requested; at most {MAX_DOWNLOAD_URLS} are allowed")
+    own_budget = budget is None
+    budget = budget if budget is not None else DownloadBudget()
+    budget.start()
     checkpoints = Path(hub_dir) / "checkpoints"
     out: dict[str, Path] = {}
     missing = []
     for url in urls:
         path = checkpoint_path(checkpoints, url)
-        if path.is_file() and not path.is_symlink():
+        size = _cached_size(path)
+        if size is not None:
+            budget.charge(url, path, nbytes=size, sha256=_recorded_sha256(path), cached=True, seconds=0.0)
             out[url] = path
         else:
             missing.append(url)
@@ -207,29 +352,66 @@ def prefetch_downloads(
             "SAFEHUB_OFFLINE=1 and the entrypoint needs downloads that are not in the cache: " + ", ".join(missing),
             hint="unset SAFEHUB_OFFLINE once so safehub can fetch them into " + str(checkpoints),
         )
-    allowed = _allowed_hosts(env)
+    allowed = _allowed_origins(env)
     host = github_host(env)
     client = make_client(host, env, url_check=lambda u: _check_public(u, allowed))
     anonymous = HttpClient(token=None, timeout=float(env.get("SAFEHUB_HTTP_TIMEOUT") or 30),
                            url_check=lambda u: _check_public(u, allowed))
     lend_token = _token_scope(host, repo)
-    max_bytes = _max_bytes(env)
-    for url in missing:
-        path = checkpoint_path(checkpoints, url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-        logger.info('Downloading: "%s" to %s', url.split("?")[0], path)
-        try:
-            with open(tmp, "xb") as f:
-                chosen = client if lend_token(url) else anonymous
-                nbytes, digest = chosen.download(url, f, max_bytes=max_bytes, progress=progress_enabled(verbose, env))
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        atomic_write_json(path.with_name(path.name + ".json"), {"url": url, "sha256": digest, "bytes": nbytes})
-        out[url] = path
+    per_file = _max_bytes(env)
+    fresh_before = len(budget.fresh)
+    try:
+        for url in missing:
+            out[url] = _fetch_one(url, checkpoints, client if lend_token(url) else anonymous, budget,
+                                  per_file=per_file, progress=progress_enabled(verbose, env))
+    except BaseException:
+        if own_budget:
+            budget.discard()
+        else:  # the caller's load fails with this error: drop what this call fetched now
+            doomed = budget.fresh[fresh_before:]
+            del budget.fresh[fresh_before:]
+            DownloadBudget.discard_paths(doomed)
+        raise
     return out
+
+
+def _fetch_one(url: str, checkpoints: Path, client: HttpClient, budget: DownloadBudget, *,
+               per_file: int, progress: bool) -> Path:
+    path = checkpoint_path(checkpoints, url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    left = budget.bytes_left()
+    cap = per_file if left is None else min(per_file, left)
+    logger.info('Downloading: "%s" to %s', _show_url(url), path)
+    started = time.monotonic()
+    try:
+        with open(tmp, "xb") as f:
+            try:
+                nbytes, digest = client.download(url, f, max_bytes=cap, progress=progress, deadline=budget.deadline)
+            except DeadlineError:
+                raise budget.timeout_error() from None
+            except BodyTooLargeError as exc:
+                if left is not None and exc.cap == left < per_file:
+                    raise budget.disk_error(url, None) from None
+                raise
+        budget.charge(url, path, nbytes=nbytes, sha256=digest, cached=False, seconds=time.monotonic() - started)
+        os.replace(tmp, path)
+        budget.fresh.append(path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    atomic_write_json(path.with_name(path.name + ".json"), {"url": url, "sha256": digest, "bytes": nbytes})
+    return path
+
+
+def _recorded_sha256(path: Path) -> str | None:
+    try:
+        with open(path.with_name(path.name + ".json"), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    digest = record.get("sha256") if isinstance(record, dict) else None
+    return digest if isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) else None
 
 
 def stage_downloads(files: Mapping[str, Path], in_dir: Path) -> Path:

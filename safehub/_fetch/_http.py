@@ -7,7 +7,9 @@ Rules it enforces:
 - only http/https, no credentials in URLs;
 - transient failures (5xx, 429, connection resets, timeouts) are retried with
   exponential backoff; 404 and rate limits get their own typed errors;
-- every body has a size cap, enforced while streaming.
+- every body has a size cap, enforced while streaming;
+- a download may carry an overall deadline: every connect and every read waits
+  at most until it, so a server that drip-feeds bytes cannot hold a load.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from urllib.parse import urlsplit
 
 from .._errors import FetchError, RateLimitError, RepoNotFoundError
 
-__all__ = ["HttpClient", "origin_of", "HTTPStatusError"]
+__all__ = ["HttpClient", "origin_of", "HTTPStatusError", "BodyTooLargeError", "DeadlineError"]
 
 logger = logging.getLogger("safehub")
 
@@ -51,6 +53,35 @@ class HTTPStatusError(FetchError):
     def __init__(self, message: str, *, status: int, hint: str | None = None) -> None:
         self.status = status
         super().__init__(message, hint=hint)
+
+
+class BodyTooLargeError(FetchError):
+    """A body passed its size cap (``cap``), announced or while streaming."""
+
+    def __init__(self, message: str, *, cap: int, hint: str | None = None) -> None:
+        self.cap = cap
+        super().__init__(message, hint=hint)
+
+
+class DeadlineError(FetchError, TimeoutError):
+    """A request ran past the caller's overall deadline."""
+
+
+def _time_left(deadline: float | None, what: str) -> float | None:
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlineError(f"ran out of time while fetching {what}")
+    return left
+
+
+def _set_read_timeout(resp: Any, seconds: float) -> None:
+    """Bound the next socket read of ``resp`` (http.client keeps the socket at
+    resp.fp.raw._sock; without it, the timeout given at connect time still holds)."""
+    sock = getattr(getattr(getattr(resp, "fp", None), "raw", None), "_sock", None)
+    if sock is not None:
+        sock.settimeout(max(seconds, 0.001))
 
 
 class _RedirectHandler(urllib.request.HTTPRedirectHandler):
@@ -118,18 +149,21 @@ class HttpClient:
             headers["Authorization"] = f"Bearer {self._token}"
         return urllib.request.Request(url, headers=headers)
 
-    def open(self, url: str, *, accept: str | None = None, what: str = "") -> Any:
-        """Open ``url`` with retries. Returns the response (a context manager)."""
+    def open(self, url: str, *, accept: str | None = None, what: str = "", deadline: float | None = None) -> Any:
+        """Open ``url`` with retries. Returns the response (a context manager).
+        ``deadline`` (a time.monotonic() value) bounds every attempt and the retries."""
         last: BaseException | None = None
         for attempt in range(self.retries):
+            left = _time_left(deadline, what or _show(url))
+            timeout = self.timeout if left is None else min(self.timeout, left)
             try:
-                return self._opener.open(self._request(url, accept), timeout=self.timeout)
+                return self._opener.open(self._request(url, accept), timeout=timeout)
             except urllib.error.HTTPError as exc:
                 exc.close()
                 retry_after = _retry_after(exc)
                 if exc.code in TRANSIENT_STATUS or (exc.code == 429 and retry_after is not None):
                     last = exc
-                    self._sleep(attempt, retry_after)
+                    self._sleep(attempt, retry_after, deadline)
                     continue
                 raise self._http_error(url, exc, what) from None
             except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
@@ -137,7 +171,7 @@ class HttpClient:
                 if not isinstance(reason, OSError):  # e.g. "unknown url type": retrying cannot help
                     raise FetchError(f"cannot reach {_show(url)}: {reason}") from None
                 last = exc  # refused, reset, timed out, DNS hiccup
-                self._sleep(attempt, None)
+                self._sleep(attempt, None, deadline)
         if isinstance(last, urllib.error.HTTPError):
             raise self._http_error(url, last, what) from None
         raise FetchError(
@@ -145,11 +179,13 @@ class HttpClient:
             hint="check the network, or set SAFEHUB_OFFLINE=1 to use only the cache",
         ) from None
 
-    def _sleep(self, attempt: int, retry_after: float | None) -> None:
+    def _sleep(self, attempt: int, retry_after: float | None, deadline: float | None = None) -> None:
         if attempt + 1 >= self.retries:
             return
         delay = retry_after if retry_after is not None else BACKOFF_BASE_S * (2**attempt) * (0.5 + random.random())
         delay = min(delay, MAX_RETRY_AFTER_S)
+        if deadline is not None:
+            delay = min(delay, max(0.0, deadline - time.monotonic()))
         logger.info("transient HTTP failure, retrying in %.1f s", delay)
         if delay > 0:
             time.sleep(delay)
@@ -211,31 +247,38 @@ class HttpClient:
         progress: bool = False,
         what: str = "",
         accept: str | None = None,
+        deadline: float | None = None,
     ) -> tuple[int, str]:
-        """Stream ``url`` into ``out``. Returns (bytes written, sha256 hex). Aborts past ``max_bytes``."""
+        """Stream ``url`` into ``out``. Returns (bytes written, sha256 hex). Aborts past
+        ``max_bytes`` (BodyTooLargeError) or past ``deadline``, a time.monotonic() value
+        (DeadlineError): each read waits at most until the deadline."""
         from tqdm.auto import tqdm
 
         digest = hashlib.sha256()
         written = 0
-        with self.open(url, accept=accept, what=what) as resp:
+        subject = what or _show(url)
+        hint = "raise the cap (SAFEHUB_MAX_DOWNLOAD_BYTES / SAFEHUB_MAX_ARCHIVE_BYTES) if you expect this"
+        with self.open(url, accept=accept, what=what, deadline=deadline) as resp:
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             if total is not None and total > max_bytes:
-                raise FetchError(
-                    f"{what or _show(url)} is {total} bytes, over the {max_bytes}-byte cap",
-                    hint="raise the cap (SAFEHUB_MAX_DOWNLOAD_BYTES / SAFEHUB_MAX_ARCHIVE_BYTES) if you expect this",
-                )
+                raise BodyTooLargeError(f"{subject} is {total} bytes, over the {max_bytes}-byte cap", cap=max_bytes, hint=hint)
             with tqdm(total=total, disable=not progress, unit="B", unit_scale=True, unit_divisor=1024) as bar:
                 while True:
-                    chunk = resp.read(CHUNK)
+                    left = _time_left(deadline, subject)
+                    if left is not None:
+                        _set_read_timeout(resp, min(self.timeout, left))
+                    try:
+                        # read1: at most one socket read, so a trickle returns to the deadline check.
+                        chunk = resp.read1(CHUNK) if deadline is not None else resp.read(CHUNK)
+                    except (TimeoutError, OSError) as exc:
+                        _time_left(deadline, subject)  # past the deadline: say so
+                        raise FetchError(f"reading {subject} failed: {exc}") from None
                     if not chunk:
                         break
                     written += len(chunk)
                     if written > max_bytes:
-                        raise FetchError(
-                            f"{what or _show(url)} is larger than the {max_bytes}-byte cap",
-                            hint="raise the cap (SAFEHUB_MAX_DOWNLOAD_BYTES / SAFEHUB_MAX_ARCHIVE_BYTES) if you expect this",
-                        )
+                        raise BodyTooLargeError(f"{subject} is larger than the {max_bytes}-byte cap", cap=max_bytes, hint=hint)
                     out.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
