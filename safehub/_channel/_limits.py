@@ -33,6 +33,9 @@ class ChannelLimits:
     dims: int = 16
     count_kwarg: int = 1024  # e.g. LSTM num_layers: constructor loops on meta are bounded too
     factory_numel: int = 1 << 31  # elements a literal-sized factory call (torch.empty, aten.full...) may make
+    # JSON pre-scan (spec.json and the safetensors header), before any full parse.
+    json_depth: int = 64
+    json_string_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():

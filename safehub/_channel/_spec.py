@@ -92,7 +92,9 @@ def parse_spec(raw: bytes, *, limits: ChannelLimits, device: Any = None) -> Arch
     literals in graphs are re-pointed to."""
     if len(raw) > limits.spec_bytes:
         raise SpecTooLargeError(f"spec.json is {len(raw)} bytes, over the {limits.spec_bytes}-byte cap")
-    doc = obj(load_json(raw, "spec.json"), "spec.json", ("format", "version", "root", "modules"), ("torch_version",))
+    parsed = load_json(raw, "spec.json", cap_bytes=limits.spec_bytes, max_depth=limits.json_depth,
+                       max_string_bytes=limits.json_string_bytes)
+    doc = obj(parsed, "spec.json", ("format", "version", "root", "modules"), ("torch_version",))
     if doc["format"] != FORMAT or type(doc["version"]) is not int or doc["version"] != VERSION:
         raise UnsafeSpecError(
             f"spec.json is format {show(doc['format'])} version {show(doc['version'])}; this safehub reads {FORMAT} version {VERSION}",

@@ -57,7 +57,8 @@ def read_header(fd: int, limits: ChannelLimits) -> dict[str, HeaderEntry]:
         raise SpecTooLargeError(f"weights.safetensors declares a {n}-byte header, over the {limits.header_bytes}-byte cap")
     if n < 2 or 8 + n > size:
         raise UnsafeSpecError(f"weights.safetensors declares a {n}-byte header but the file is {size} bytes")
-    header = load_json(_pread_exact(fd, n, 8), "the weights.safetensors header")
+    header = load_json(_pread_exact(fd, n, 8), "the weights.safetensors header", cap_bytes=limits.header_bytes,
+                       max_depth=limits.json_depth, max_string_bytes=limits.json_string_bytes)
     if not isinstance(header, dict):
         raise UnsafeSpecError("the weights.safetensors header is not a JSON object")
     if len(header) > limits.tensors + 1:
