@@ -34,7 +34,7 @@ DEFAULT_MAX_STRING_BYTES = 1 << 20
 _PER_VALUE = 40  # a value's slot in its container plus a boxed int/float
 _PER_OBJECT = 120  # dict + the transient pairs list
 _PER_ARRAY = 64
-_PER_PAIR = 200  # dict entry, (key, value) tuple, pairs-list slot, key str and memo entry
+_PER_PAIR = 110  # (key, value) tuple, pairs-list slot, dict entry, key memo entry (the key str is a string)
 _PER_STRING = 56  # str header beyond the value slot (72-80 bytes for non-ASCII; contents counted apart)
 
 _STRUCTURE = b"[]{}\""

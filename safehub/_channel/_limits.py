@@ -1,9 +1,14 @@
 """Caps on everything that crosses the return channel.
 
 Every number here bounds work or memory the host spends on hostile input
-*before* anything is built. The defaults fit real models (a 200k-node graph, a
+*before* anything is built. The defaults fit real models (a 100k-node graph, a
 64 GiB checkpoint) while keeping a malicious spec from costing more than a few
-seconds of parsing.
+seconds of parsing. Reading and parsing spec.json or the safetensors header
+takes at most 4x ``spec_bytes`` / ``header_bytes`` of memory (the pre-scan in
+_json.py refuses anything that could take more); its bound is conservative, so
+a dense spec is refused from about a sixth of ``spec_bytes`` (a 100k-node graph
+is 9.7 MB, bound 183 MiB of the 256 MiB budget; a 200k-node one would not fit,
+hence ``nodes``). Measured by benchmarks/bench_prescan.py.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ class ChannelLimits:
     weights_bytes: int = 64 * 1024**3
     header_bytes: int = 100 * 1024 * 1024  # safetensors' own cap on its JSON header
     modules: int = 1024  # module ids in one spec
-    nodes: int = 200_000  # per graph
+    nodes: int = 100_000  # per graph (a 200k-node spec would not fit the 4x spec_bytes memory budget)
     args: int = 1000  # per node (positional + keyword)
     tensors: int = 200_000  # per spec, all modules together
     leaves: int = 100_000  # per module
