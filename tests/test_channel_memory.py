@@ -37,6 +37,9 @@ UNITS = {
     "astral_strings": (b"[", '"\U0001F600\U0001F600"'.encode(), b"]"),
     "bmp_strings": (b"[", '"\u0101\u0101\u0101"'.encode(), b"]"),
     "escaped_strings": (b"[", b'"\\u00e9\\"\\\\"', b"]"),
+    # One escape widens the whole string (ASCII file, 4 bytes a character in memory).
+    "widened_strings": (b"[", b'"' + b"a" * 4000 + b'\\ud83d\\ude00"', b"]"),
+    "widened_bmp_strings": (b"[", b'"' + b"a" * 4000 + b'\\u0101"', b"]"),
 }
 
 
@@ -51,7 +54,7 @@ def unique_keys_doc(count: int) -> bytes:
 
 def largest_accepted(make) -> bytes:
     """The largest document of this shape the pre-scan accepts under CAP."""
-    lo, hi = 1, CAP
+    lo, hi = 1, CAP // (len(make(2)) - len(make(1)))  # no more units than fit in CAP bytes
     while lo < hi:
         mid = (lo + hi + 1) // 2
         try:

@@ -41,6 +41,7 @@ _STRUCTURE = b"[]{}\""
 _DROP_ALL_BUT_STRUCTURE = bytes(b for b in range(256) if b not in _STRUCTURE)
 _BRACES_AS_BRACKETS = bytes.maketrans(b"{}", b"[]")
 _QUOTED = re.compile(rb'"[^"]*+"')
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abAB]")
 
 
 # --- JSON --------------------------------------------------------------------
@@ -130,10 +131,14 @@ def prescan(raw: bytes, what: str, *, cap_bytes: int, max_depth: int = DEFAULT_M
     # Counted in strings too: that only raises the estimate.
     values = commas + objects + arrays + 1
     kind = _text_kind(raw)
+    # One \\u escape widens its whole string: a surrogate pair to 4 bytes a character.
+    contents_kind = kind
+    if b"\\u" in raw:
+        contents_kind = 4 if _SURROGATE_ESCAPE.search(raw) else max(kind, 2)
     memory = (
         n  # the raw bytes
         + n * kind  # the decoded text
-        + n * kind  # string contents: at most every character
+        + n * contents_kind  # string contents: at most every character
         + _PER_VALUE * values
         + _PER_OBJECT * objects
         + _PER_ARRAY * arrays
