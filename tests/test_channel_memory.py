@@ -52,17 +52,27 @@ def unique_keys_doc(count: int) -> bytes:
     return b"{" + b",".join(b'"k%d":0' % i for i in range(count)) + b"}"
 
 
+def _accepted(doc: bytes) -> bool:
+    try:
+        prescan(doc, "x", cap_bytes=CAP)
+    except SpecTooLargeError:
+        return False
+    return True
+
+
 def largest_accepted(make) -> bytes:
-    """The largest document of this shape the pre-scan accepts under CAP."""
-    lo, hi = 1, CAP // (len(make(2)) - len(make(1)))  # no more units than fit in CAP bytes
+    """The largest document of this shape the pre-scan accepts under CAP. The bound
+    is close to linear in the number of units: start from the linear guess, then
+    bisect around it (unique keys grow a little per unit)."""
+    big = 1 << 40
+    one, two = (prescan(make(k), "x", cap_bytes=big).memory_bytes for k in (1, 2))
+    unit_bytes = len(make(2)) - len(make(1))
+    guess = min((BUDGET - one) // (two - one) + 1, (CAP - len(make(1))) // unit_bytes + 1)
+    lo, hi = (guess, 2 * guess) if _accepted(make(guess)) else (1, guess - 1)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        try:
-            prescan(make(mid), "x", cap_bytes=CAP)
-        except SpecTooLargeError:
-            hi = mid - 1
-        else:
-            lo = mid
+        lo, hi = (mid, hi) if _accepted(make(mid)) else (lo, mid - 1)
+    assert not _accepted(make(lo + 1))
     return make(lo)
 
 
