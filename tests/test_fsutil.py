@@ -170,3 +170,39 @@ def test_job_cleanup_keeps_the_built_model(tmp_path):
     assert model == "built"
     assert not root.exists()
     assert Path.home().is_dir()
+
+
+@pytest.mark.slow
+def test_a_deep_chain_left_by_a_real_job_does_not_lose_the_model(tmp_path):
+    """The red-team case end to end: the entrypoint leaves a 3000-deep chain, a locked
+    folder and a FIFO in out/, then returns a model. The load returns it and the job
+    folder is gone."""
+    import textwrap
+
+    import safehub
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text(textwrap.dedent("""
+        import os, sys
+        import torch
+        dependencies = ["torch"]
+        def m():
+            out = os.path.join(sys.argv[1], "out")
+            fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+            for _ in range(3000):
+                os.mkdir("d", dir_fd=fd)
+                nxt = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+            os.close(fd)
+            os.mkfifo(os.path.join(out, "fifo"))
+            os.mkdir(os.path.join(out, "locked"))
+            os.chmod(os.path.join(out, "locked"), 0)
+            return torch.nn.Linear(2, 3)
+    """))
+    jobs = Path(os.environ["SAFEHUB_HOME"]) / "jobs"
+    before = set(jobs.iterdir()) if jobs.exists() else set()
+    model = safehub.load(str(repo), "m", source="local", verbose=False)
+    assert model.weight.shape == (3, 2)
+    assert (set(jobs.iterdir()) if jobs.exists() else set()) == before
