@@ -203,6 +203,11 @@ def test_a_deep_chain_left_by_a_real_job_does_not_lose_the_model(tmp_path):
     """))
     jobs = Path(os.environ["SAFEHUB_HOME"]) / "jobs"
     before = set(jobs.iterdir()) if jobs.exists() else set()
-    model = safehub.load(str(repo), "m", source="local", verbose=False)
-    assert model.weight.shape == (3, 2)
-    assert (set(jobs.iterdir()) if jobs.exists() else set()) == before
+    try:
+        model = safehub.load(str(repo), "m", source="local", verbose=False)
+        assert model.weight.shape == (3, 2)
+        assert (set(jobs.iterdir()) if jobs.exists() else set()) == before
+    finally:
+        # Whatever happened, never leave a chain pytest's own tmp cleanup (recursive) dies on.
+        for left in (set(jobs.iterdir()) if jobs.exists() else set()) - before:
+            remove_tree(left)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from .._errors import UnsafeArchiveError
 
-__all__ = ["ArchiveLimits", "extract_zip", "tree_hash", "make_read_only", "make_writable", "tree_size"]
+__all__ = ["ArchiveLimits", "extract_zip", "tree_hash", "make_read_only", "tree_size"]
 
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -408,15 +408,3 @@ def make_read_only(root: Path) -> None:
             if not os.path.islink(p):
                 os.chmod(p, 0o555)
     os.chmod(root, 0o555)
-
-
-def make_writable(root: Path) -> None:
-    """Give the owner write access back to the folders so the tree can be deleted."""
-    if not root.exists() or root.is_symlink():
-        return
-    os.chmod(root, 0o755)
-    for dirpath, dirnames, _files in os.walk(root, followlinks=False):
-        for name in dirnames:
-            p = os.path.join(dirpath, name)
-            if not os.path.islink(p):
-                os.chmod(p, 0o755)
