@@ -26,14 +26,16 @@ import io
 import json
 import re
 import secrets
+import socket
 import stat
 import threading
+import time
 import zipfile
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["FakeGitHub", "FakeRepo", "Symlink", "build_zip"]
+__all__ = ["FakeGitHub", "FakeRepo", "Symlink", "build_zip", "LoopbackService"]
 
 
 @dataclass(frozen=True)
@@ -353,6 +355,89 @@ class FakeGitHub:
                         branches=dict(parent.branches), tags=dict(parent.tags))
         self.repos[(owner.lower(), parent.name.lower())] = repo
         return repo
+
+
+# --- hostile download servers (the broker's bounds) ---------------------------------
+
+
+class LoopbackService:
+    """A raw HTTP/1.0 server on 127.0.0.1 with one behaviour per path:
+
+    /secret        a private service's reply (what an attacker wants to read)
+    /drip          headers, then one byte every ``drip_s`` (never finishes in time)
+    /silent        accepts, reads the request, never answers
+    /bytes/<n>     n bytes without Content-Length (the size is known only at the end)
+
+    It serves for at most ``lifetime_s`` and then stops by itself, even mid-drip."""
+
+    def __init__(self, lifetime_s: float = 8.0, drip_s: float = 0.05) -> None:
+        self.lifetime_s = lifetime_s
+        self.drip_s = drip_s
+        self.requests: list[str] = []
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.05)
+        self._stop = threading.Event()
+        self._end = time.monotonic() + lifetime_s
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+
+    def __enter__(self) -> "LoopbackService":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.lifetime_s + 2)
+        self._sock.close()
+
+    def _alive(self) -> bool:
+        return not self._stop.is_set() and time.monotonic() < self._end
+
+    def _serve(self) -> None:
+        while self._alive():
+            try:
+                conn, _ = self._sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(1.0)
+            data = b""
+            try:
+                while b"\r\n\r\n" not in data and len(data) < 8192:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                path = data.split(b" ", 2)[1].decode()
+                self.requests.append(path)
+                if path == "/secret":
+                    body = b"INTERNAL-SERVICE-SECRET"
+                    conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                elif path == "/drip":
+                    conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 100000\r\n\r\n")
+                    while self._alive():
+                        conn.sendall(b"x")
+                        time.sleep(self.drip_s)
+                elif path == "/silent":
+                    while self._alive():
+                        time.sleep(0.05)
+                elif path.startswith("/bytes/"):
+                    n = int(path.rsplit("/", 1)[1])
+                    conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n")
+                    for _ in range(0, n, 65536):
+                        if not self._alive():
+                            return
+                        conn.sendall(b"w" * min(65536, n))
+                else:
+                    conn.sendall(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            except OSError:
+                pass  # the client went away: that is the point of most of these
 
 
 # --- the torchhub_example fixture (PyTorch's test/test_hub.py) ---------------------
