@@ -162,3 +162,20 @@ def test_cached_files_count_against_the_disk_limit(gh16, tmp_path):
     with pytest.raises(SandboxLimitError, match="disk limit"):
         prefetch_downloads(urls, hub_dir=tmp_path, verbose=False, env=gh16.env(SAFEHUB_OFFLINE="1"), budget=budget)
     assert len(by_url(tmp_path)) == 6  # the cache is not the failed load's to remove
+
+
+def test_partials_of_a_killed_download_are_swept(gh16, tmp_path):
+    """A download whose process was killed leaves a .partial its own cleanup never
+    removed: the next fetch removes it once it is a day old (a fresh one may be a
+    concurrent download's)."""
+    import os
+
+    folder = tmp_path / "checkpoints" / "by-url"
+    folder.mkdir(parents=True)
+    old, fresh = folder / ".x.bin.aaaa.partial", folder / ".y.bin.bbbb.partial"
+    old.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    os.utime(old, (time.time() - 2 * 24 * 3600,) * 2)
+    prefetch_downloads([f"{gh16.url}/alice/model/releases/download/v1/w0.bin"], hub_dir=tmp_path, verbose=False,
+                       env=gh16.env())
+    assert not old.exists() and fresh.exists()

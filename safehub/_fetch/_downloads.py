@@ -352,6 +352,7 @@ def prefetch_downloads(
             "SAFEHUB_OFFLINE=1 and the entrypoint needs downloads that are not in the cache: " + ", ".join(missing),
             hint="unset SAFEHUB_OFFLINE once so safehub can fetch them into " + str(checkpoints),
         )
+    _sweep_stale_partials(checkpoints / "by-url")
     allowed = _allowed_origins(env)
     host = github_host(env)
     client = make_client(host, env, url_check=lambda u: _check_public(u, allowed))
@@ -373,6 +374,26 @@ def prefetch_downloads(
             DownloadBudget.discard_paths(doomed)
         raise
     return out
+
+
+STALE_PARTIAL_S = 24 * 3600
+
+
+def _sweep_stale_partials(folder: Path) -> None:
+    """Partial files of downloads whose process died (SIGKILL, power loss) before its
+    own cleanup ran. A day old is far past any load's deadline."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    cutoff = time.time() - STALE_PARTIAL_S
+    for entry in entries:
+        if entry.name.startswith(".") and entry.name.endswith(".partial"):
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
 
 
 def _fetch_one(url: str, checkpoints: Path, client: HttpClient, budget: DownloadBudget, *,
