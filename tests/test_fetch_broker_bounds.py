@@ -97,7 +97,7 @@ def test_a_slow_server_cannot_hold_a_load(tmp_path, path):
 def test_the_deadline_covers_sandbox_runs_and_downloads(tmp_path):
     budget = DownloadBudget(Limits(timeout_s=3600, disk_bytes=1000))
     assert budget.round_limits() == budget.limits  # the first run: the limits as given
-    budget.charge("https://h/w", tmp_path / "w", nbytes=400, sha256=None, cached=False, seconds=0.1)
+    budget.charge("https://h/w", nbytes=400, sha256=None, cached=False, seconds=0.1)
     later = budget.round_limits()
     assert later.disk_bytes == 600 and 0 < later.timeout_s <= 3600
     budget.deadline = time.monotonic() - 1  # the time is used up

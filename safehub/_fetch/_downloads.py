@@ -260,7 +260,7 @@ class DownloadBudget:
             hint="raise Limits.disk_bytes if this repo legitimately needs that much",
         )
 
-    def charge(self, url: str, path: Path, *, nbytes: int, sha256: str | None, cached: bool, seconds: float) -> None:
+    def charge(self, url: str, *, nbytes: int, sha256: str | None, cached: bool, seconds: float) -> None:
         if url in self.records:
             return
         left = self.bytes_left()
@@ -341,7 +341,7 @@ def prefetch_downloads(
         path = checkpoint_path(checkpoints, url)
         size = _cached_size(path)
         if size is not None:
-            budget.charge(url, path, nbytes=size, sha256=_recorded_sha256(path), cached=True, seconds=0.0)
+            budget.charge(url, nbytes=size, sha256=_recorded_sha256(path), cached=True, seconds=0.0)
             out[url] = path
         else:
             missing.append(url)
@@ -415,7 +415,7 @@ def _fetch_one(url: str, checkpoints: Path, client: HttpClient, budget: Download
                 if left is not None and exc.cap == left < per_file:
                     raise budget.disk_error(url, None) from None
                 raise
-        budget.charge(url, path, nbytes=nbytes, sha256=digest, cached=False, seconds=time.monotonic() - started)
+        budget.charge(url, nbytes=nbytes, sha256=digest, cached=False, seconds=time.monotonic() - started)
         os.replace(tmp, path)
         budget.fresh.append(path)
     finally:
