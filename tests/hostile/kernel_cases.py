@@ -1,0 +1,155 @@
+"""Hostile arguments for every allowlisted kernel that takes index values, statistics
+or per-channel tensors whose *sizes or values* it could trust (tests/test_kernel_allowlist.py).
+
+Each entry maps an allowlisted target (``aten.<op>.<overload>`` or an fx function
+name) to variants ``(label, make)``: ``make()`` returns ``(args, kwargs)`` that are
+out of range (past the end, negative past the start, huge) or undersized. A kernel
+passes when every variant raises a clean Python exception; a crash, or a result
+(garbage read from outside the buffers), fails. Values come from weights in a real
+attack, so each variant is a plain tensor a spec could carry.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+Make = Callable[[], tuple[tuple, dict]]
+Variants = list[tuple[str, Make]]
+
+
+def _bad(n: int) -> list[tuple[str, int]]:
+    """Index values outside [-n, n): just past the end, just before the start, huge."""
+    return [("end", n), ("neg", -n - 1), ("2^31", 2**31), ("2^40", 2**40), ("-2^62", -(2**62))]
+
+
+def _idx(v: int, *shape: int) -> torch.Tensor:
+    t = torch.zeros(shape or (2,), dtype=torch.long)
+    t.view(-1)[-1] = v
+    return t
+
+
+def _index_variants(n: int, build: Callable[[int], tuple[tuple, dict]]) -> Variants:
+    return [(label, (lambda v=v: build(v))) for label, v in _bad(n)]
+
+
+def _x(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape)
+
+
+# Index-taking kernels: tensor values select memory.
+_EMB = torch.randn(10, 3)
+INDEX_CASES: dict[str, Variants] = {
+    "aten.embedding.default": _index_variants(10, lambda v: ((_EMB, _idx(v, 2, 2)), {})),
+    "aten.embedding_bag.padding_idx": [
+        *_index_variants(10, lambda v: ((_EMB, _idx(v, 4), torch.tensor([0, 2]), False, 1, False, None, False, None), {})),
+        *[(f"offset-{label}", (lambda v=v: ((_EMB, torch.zeros(4, dtype=torch.long), torch.tensor([0, v]), False, 1, False, None, False, None), {})))
+          for label, v in _bad(4) if v > 4],  # an offset past the indices
+        ("offset-neg", lambda: ((_EMB, torch.zeros(4, dtype=torch.long), torch.tensor([-3, 2]), False, 1, False, None, False, None), {})),
+        ("offset-decreasing", lambda: ((_EMB, torch.zeros(4, dtype=torch.long), torch.tensor([3, 1]), False, 1, False, None, False, None), {})),
+        ("weights-short", lambda: ((_EMB, torch.zeros(4, dtype=torch.long), torch.tensor([0, 2]), False, 0, False, torch.ones(1), False, None), {})),
+    ],
+    "aten.index.Tensor": _index_variants(4, lambda v: ((_x(4, 3), [_idx(v)]), {})),
+    "aten.index_put_.default": _index_variants(4, lambda v: ((_x(4, 3), [_idx(v)], torch.ones(3)), {})),
+    "aten.index_select.default": _index_variants(4, lambda v: ((_x(4, 3), 0, _idx(v)), {})),
+    "aten.gather.default": _index_variants(3, lambda v: ((_x(4, 3), 1, _idx(v, 4, 1)), {})),
+    "aten.scatter.value": _index_variants(3, lambda v: ((_x(4, 3), 1, _idx(v, 4, 1), 1.0), {})),
+    "aten.max_unpool2d.default": _index_variants(16, lambda v: ((_x(1, 1, 2, 2), _idx(v, 1, 1, 2, 2), [4, 4]), {})),
+    # int arguments that address memory
+    "aten.select.int": _index_variants(4, lambda v: ((_x(4, 3), 0, v), {})),
+    "aten.narrow.default": [(f"start-{label}", (lambda v=v: ((_x(4, 3), 0, v, 2), {}))) for label, v in _bad(4)],
+    "aten.split_with_sizes.default": [("sizes-over", lambda: ((_x(4, 3), [3, 3]), {})), ("sizes-neg", lambda: ((_x(4, 3), [6, -2]), {}))],
+    "aten.unbind.int": [("dim", lambda: ((_x(4, 3), 5), {}))],
+}  # fmt: skip
+
+
+def _bn(mean: int, var: int, w: int, training: bool) -> tuple[tuple, dict]:
+    return ((_x(2, 4, 3), torch.ones(w), torch.ones(w), torch.zeros(mean), torch.ones(var), training, 0.1, 1e-5, False), {})
+
+
+def _lstm_params(hidden: int, inp: int, bad: str) -> list[torch.Tensor]:
+    wi, wh, bi, bh = torch.randn(4 * hidden, inp), torch.randn(4 * hidden, hidden), torch.randn(4 * hidden), torch.randn(4 * hidden)
+    if bad == "w_ih":
+        wi = torch.randn(1, inp)
+    elif bad == "w_hh":
+        wh = torch.randn(4 * hidden, 1)
+    elif bad == "bias":
+        bi = torch.randn(1)
+    elif bad == "count":
+        return [wi, wh, bi]
+    return [wi, wh, bi, bh]
+
+
+def _gru_params(hidden: int, inp: int, bad: str) -> list[torch.Tensor]:
+    ps = [torch.randn(3 * hidden, inp), torch.randn(3 * hidden, hidden), torch.randn(3 * hidden), torch.randn(3 * hidden)]
+    if bad == "w_hh":
+        ps[1] = torch.randn(2, hidden)
+    elif bad == "bias":
+        ps[3] = torch.randn(2)
+    return ps
+
+
+# Kernels with statistics or per-channel tensors whose sizes they could trust
+# (the red team's second finding was a norm kernel reading past undersized stats).
+STAT_CASES: dict[str, Variants] = {
+    "aten.batch_norm.default": [
+        ("stats-short-eval", lambda: _bn(1, 1, 4, False)),
+        ("stats-short-train", lambda: _bn(1, 1, 4, True)),
+        ("var-short-eval", lambda: _bn(4, 1, 4, False)),
+        ("weight-short-train", lambda: _bn(4, 4, 1, True)),
+        ("weight-short-eval", lambda: _bn(4, 4, 2, False)),
+    ],
+    "aten.instance_norm.default": [
+        ("stats-short", lambda: ((_x(2, 4, 3), None, None, torch.zeros(1), torch.ones(1), True, 0.1, 1e-5, False), {})),
+        ("weight-short", lambda: ((_x(2, 4, 3), torch.ones(1), torch.ones(1), None, None, True, 0.1, 1e-5, False), {})),
+        ("stats-eval-short", lambda: ((_x(2, 4, 3), None, None, torch.zeros(1), torch.ones(1), False, 0.1, 1e-5, False), {})),
+    ],
+    "aten.group_norm.default": [("weight-short", lambda: ((_x(2, 4, 3), 2, torch.ones(1), torch.ones(1), 1e-5, False), {})),
+                                ("groups", lambda: ((_x(2, 4, 3), 3, None, None, 1e-5, False), {}))],
+    "aten.layer_norm.default": [("weight-short", lambda: ((_x(2, 4, 3), [3], torch.ones(1), torch.ones(1), 1e-5, False), {})),
+                                ("shape", lambda: ((_x(2, 4, 3), [5], None, None, 1e-5, False), {}))],
+    "aten.rms_norm.default": [("weight-short", lambda: ((_x(2, 4, 3), [3], torch.ones(1), 1e-5), {}))],
+    "aten.lstm.input": [
+        (bad, (lambda bad=bad: ((_x(2, 5, 4), [torch.zeros(1, 2, 3), torch.zeros(1, 2, 3)], _lstm_params(3, 4, bad), True, 1, 0.0, False, False, True), {})))
+        for bad in ("w_ih", "w_hh", "bias", "count")
+    ] + [("hx-short", lambda: ((_x(2, 5, 4), [torch.zeros(1, 2, 1), torch.zeros(1, 2, 1)], _lstm_params(3, 4, ""), True, 1, 0.0, False, False, True), {})),
+         ("layers", lambda: ((_x(2, 5, 4), [torch.zeros(2, 2, 3), torch.zeros(2, 2, 3)], _lstm_params(3, 4, ""), True, 2, 0.0, False, False, True), {}))],
+    "aten.gru.input": [
+        (bad, (lambda bad=bad: ((_x(2, 5, 4), torch.zeros(1, 2, 3), _gru_params(3, 4, bad), True, 1, 0.0, False, False, True), {})))
+        for bad in ("w_hh", "bias")
+    ] + [("hx-short", lambda: ((_x(2, 5, 4), torch.zeros(1, 2, 1), _gru_params(3, 4, ""), True, 1, 0.0, False, False, True), {}))],
+    "aten.rnn_tanh.input": [("hx-short", lambda: ((_x(2, 5, 4), torch.zeros(1, 2, 1), [torch.randn(3, 4), torch.randn(3, 3), torch.randn(3), torch.randn(3)], True, 1, 0.0, False, False, True), {})),
+                            ("w-short", lambda: ((_x(2, 5, 4), torch.zeros(1, 2, 3), [torch.randn(3, 4), torch.randn(1, 3), torch.randn(3), torch.randn(3)], True, 1, 0.0, False, False, True), {}))],
+    "aten.lstm_cell.default": [("w-short", lambda: ((_x(2, 4), [torch.zeros(2, 3), torch.zeros(2, 3)], torch.randn(12, 4), torch.randn(2, 3)), {})),
+                               ("b-short", lambda: ((_x(2, 4), [torch.zeros(2, 3), torch.zeros(2, 3)], torch.randn(12, 4), torch.randn(12, 3), torch.randn(2), torch.randn(2)), {}))],
+    "aten.gru_cell.default": [("w-short", lambda: ((_x(2, 4), torch.zeros(2, 3), torch.randn(9, 4), torch.randn(2, 3)), {})),
+                              ("b-short", lambda: ((_x(2, 4), torch.zeros(2, 3), torch.randn(9, 4), torch.randn(9, 3), torch.randn(2), torch.randn(2)), {}))],
+    "aten.prelu.default": [("weight-short", lambda: ((_x(2, 4, 3), torch.ones(3)), {}))],
+    "aten.conv2d.default": [("bias-short", lambda: ((_x(1, 2, 4, 4), torch.randn(4, 2, 3, 3), torch.ones(2)), {}))],
+    "aten.conv1d.default": [("bias-short", lambda: ((_x(1, 2, 4), torch.randn(4, 2, 3), torch.ones(2)), {}))],
+    "aten.conv3d.default": [("bias-short", lambda: ((_x(1, 2, 4, 4, 4), torch.randn(4, 2, 3, 3, 3), torch.ones(2)), {}))],
+    "aten.conv_transpose1d.default": [("bias-short", lambda: ((_x(1, 2, 4), torch.randn(2, 4, 3), torch.ones(2)), {}))],
+    "aten.conv_transpose3d.input": [("bias-short", lambda: ((_x(1, 2, 4, 4, 4), torch.randn(2, 4, 3, 3, 3), torch.ones(2)), {}))],
+    "aten.upsample_bilinear2d.vec": [("size-neg", lambda: ((_x(1, 2, 4, 4), [-3, 5], False, None), {})),
+                                     ("scale-neg", lambda: ((_x(1, 2, 4, 4), None, False, [-2.0, 2.0]), {}))],
+    "aten.linalg_vector_norm.default": [("dim", lambda: ((_x(2, 3), 2, [5]), {}))],
+    "aten.conv_transpose2d.input": [("bias-short", lambda: ((_x(1, 2, 4, 4), torch.randn(2, 4, 3, 3), torch.ones(2)), {}))],
+    "aten.bilinear.default": [("bias-short", lambda: ((_x(2, 4), _x(2, 4), torch.randn(3, 4, 4), torch.ones(2)), {}))],
+    "aten._weight_norm.default": [("g-short", lambda: ((_x(4, 3), torch.ones(2, 1), 0), {}))],
+    "aten.col2im.default": [("output-small", lambda: ((_x(1, 12, 4), [2, 2], [2, 2], [1, 1], [0, 0], [1, 1]), {}))],
+    "aten.scaled_dot_product_attention.default": [("mask-shape", lambda: ((_x(1, 2, 5, 4), _x(1, 2, 5, 4), _x(1, 2, 5, 4), torch.ones(3, 3, dtype=torch.bool)), {}))],
+}  # fmt: skip
+
+
+CASES: dict[str, Variants] = {**INDEX_CASES, **STAT_CASES}
+
+
+def run(fn: Any, make: Make) -> str:
+    """'clean <Exc>' if the kernel refused the arguments, 'silent' if it returned."""
+    args, kwargs = make()
+    try:
+        fn(*args, **kwargs)
+    except (RuntimeError, IndexError, ValueError, TypeError) as exc:
+        return f"clean {type(exc).__name__}"
+    return "silent"
