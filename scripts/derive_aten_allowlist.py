@@ -223,6 +223,8 @@ def _functional_models(_: Path | None) -> list[Model]:
         "compare_logic": lambda m, x: ((x > 0) & (x < 1) | (x == 0)).float().mean(),
         "shape_ops": lambda m, x: (x.flip(0), x.repeat(2, 1), x.narrow(1, 0, 2), x.chunk(2, 1), x.unsqueeze(0).squeeze(0),
                                    x.T.contiguous(), x.new_full((2,), 1.0), torch.ones_like(x), x.minimum(x), x.maximum(x)),
+        "item_scale": lambda m, x: x * x.abs().max().item(),
+        "normalize": lambda m, x: torch.nn.functional.normalize(x, dim=-1),
         "type_ops": lambda m, x: (x.to(torch.float64).float(), x.long().float(), x.detach(), x.type_as(x)),
     }  # fmt: skip
     return [(f"torch.functions:{name}", (lambda fn=fn: F(fn)), lambda: (torch.randn(2, 6),)) for name, fn in fns.items()]
