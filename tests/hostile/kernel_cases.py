@@ -145,11 +145,108 @@ STAT_CASES: dict[str, Variants] = {
 CASES: dict[str, Variants] = {**INDEX_CASES, **STAT_CASES}
 
 
-def run(fn: Any, make: Make) -> str:
-    """'clean <Exc>' if the kernel refused the arguments, 'silent' if it returned."""
+# Kernels that define out-of-range indices as wrapping (take_along_dim reduces them
+# modulo the size): memory-safe if every value they return is one of the source's.
+WRAPPING = frozenset({"torch.take_along_dim"})
+
+
+def run(fn: Any, make: Make, wraps: bool = False) -> str:
+    """'clean <Exc>' if the kernel refused the arguments, 'clean wrapped' if it wraps
+    them and returned only values of its source, 'silent' if it returned anything else."""
     args, kwargs = make()
     try:
-        fn(*args, **kwargs)
+        out = fn(*args, **kwargs)
     except (RuntimeError, IndexError, ValueError, TypeError) as exc:
         return f"clean {type(exc).__name__}"
+    if wraps and isinstance(out, torch.Tensor) and bool(torch.isin(out, args[0]).all()):
+        return "clean wrapped"
     return "silent"
+
+
+# fx graphs call torch functions directly: the same kernels, reached by their public names.
+def _fx() -> dict[str, Variants]:
+    import torch.nn.functional as F
+
+    x = lambda: _x(4, 3)  # noqa: E731
+    iv = _index_variants
+    w = torch.randn(10, 3)
+    bag = lambda fn, v, **kw: ((_idx(v, 4), w, torch.tensor([0, 2])), kw) if fn == "F" else ((w, _idx(v, 4), torch.tensor([0, 2]), False, 1, False, None, False, None), {})  # noqa: E731
+    nonneg = lambda n: [(lbl, v) for lbl, v in _bad(n) if lbl in ("end", "neg")]  # noqa: E731  - huge = allocation size, not an index
+    cases: dict[str, Variants] = {
+        "torch.gather": iv(3, lambda v: ((x(), 1, _idx(v, 4, 1)), {})),
+        "torch.scatter": iv(3, lambda v: ((x(), 1, _idx(v, 4, 1), 1.0), {})),
+        "torch.scatter_add": iv(3, lambda v: ((x(), 1, _idx(v, 4, 1), _x(4, 1)), {})),
+        "torch.scatter_reduce": iv(3, lambda v: ((x(), 1, _idx(v, 4, 1), _x(4, 1), "amax"), {})),
+        "torch.index_select": iv(4, lambda v: ((x(), 0, _idx(v)), {})),
+        "torch.index_add": iv(4, lambda v: ((x(), 0, _idx(v), _x(2, 3)), {})),
+        "torch.index_copy": iv(4, lambda v: ((x(), 0, _idx(v), _x(2, 3)), {})),
+        "torch.index_fill": iv(4, lambda v: ((x(), 0, _idx(v), 1.0), {})),
+        "torch.index_put": iv(4, lambda v: ((x(), (_idx(v),), torch.ones(3)), {})),
+        "torch.index_reduce": iv(4, lambda v: ((x(), 0, _idx(v), _x(2, 3), "prod"), {})),
+        "torch.take": iv(12, lambda v: ((x(), _idx(v)), {})),
+        "torch.take_along_dim": iv(3, lambda v: ((torch.arange(12.0).view(4, 3), _idx(v, 4, 1), 1), {})),
+        "torch.put": iv(12, lambda v: ((x(), _idx(v), torch.ones(2)), {})),
+        "torch.embedding": iv(10, lambda v: ((w, _idx(v, 2, 2)), {})),
+        "torch.embedding_bag": iv(10, lambda v: bag("torch", v)),
+        "torch.nn.functional.embedding": [*iv(10, lambda v: ((_idx(v, 2, 2), w), {})),
+                                          *[(f"max_norm-{lbl}", (lambda v=v: ((_idx(v, 2, 2), w.clone()), {"max_norm": 1.0}))) for lbl, v in _bad(10)]],
+        "torch.nn.functional.embedding_bag": [*iv(10, lambda v: bag("F", v)),
+                                              *[(f"max_norm-{lbl}", (lambda v=v: bag("F", v, max_norm=1.0))) for lbl, v in _bad(10)]],
+        "torch.nn.functional.max_unpool1d": iv(4, lambda v: ((_x(1, 1, 2), _idx(v, 1, 1, 2), 2), {})),
+        "torch.nn.functional.max_unpool2d": iv(16, lambda v: ((_x(1, 1, 2, 2), _idx(v, 1, 1, 2, 2), 2), {})),
+        "torch.nn.functional.max_unpool3d": iv(64, lambda v: ((_x(1, 1, 2, 2, 2), _idx(v, 1, 1, 2, 2, 2), 2), {})),
+        "torch.nn.functional.nll_loss": iv(5, lambda v: ((_x(2, 5).log_softmax(1), _idx(v)), {})),
+        "torch.nn.functional.cross_entropy": iv(5, lambda v: ((_x(2, 5), _idx(v)), {})),
+        "torch.nn.functional.multi_margin_loss": iv(5, lambda v: ((_x(2, 5), _idx(v)), {})),
+        "torch.nn.functional.multilabel_margin_loss": iv(5, lambda v: ((_x(2, 5), _idx(v, 2, 5)), {})),
+        "torch.nn.functional.linear_cross_entropy": iv(5, lambda v: ((_x(2, 4), torch.randn(5, 4), _idx(v)), {})),
+        "torch.nn.functional.one_hot": iv(5, lambda v: ((_idx(v, 3), 5), {})),
+        "torch.bincount": [(lbl, (lambda v=v: ((_idx(v, 3),), {}))) for lbl, v in nonneg(0) if v < 0]
+        + [("weights-short", lambda: ((torch.tensor([0, 1, 2]), torch.ones(1)), {}))],
+        "torch.searchsorted": iv(5, lambda v: ((torch.arange(5.0), torch.tensor([2.5])), {"sorter": _idx(v, 5)})),
+        "torch.repeat_interleave": [("neg", lambda: ((x(), torch.tensor([1, -2, 1, 1])), {"dim": 0})),
+                                    ("length", lambda: ((x(), torch.tensor([1, 2])), {"dim": 0}))],
+        "torch.masked_scatter": [("source-short", lambda: ((x(), torch.ones(4, 3, dtype=torch.bool), torch.ones(2)), {}))],
+        "torch.diagonal_scatter": [("src-shape", lambda: ((_x(3, 3), torch.ones(5)), {})), ("offset", lambda: ((_x(3, 3), torch.ones(3), 2**40), {}))],
+        "torch.select_scatter": iv(4, lambda v: ((x(), torch.ones(3), 0, v), {})),
+        "torch.slice_scatter": [("src-shape", lambda: ((x(), torch.ones(5, 3)), {})), ("start", lambda: ((x(), torch.ones(2, 3), 0, 2**40, 2**40 + 2), {}))],
+        "torch.native_group_norm": [("ints", lambda: ((_x(2, 4, 3), None, None, 2, 4, 100000, 2, 1e-5), {})),
+                                    ("weight-short", lambda: ((_x(2, 4, 3), torch.ones(1), torch.ones(1), 2, 4, 3, 2, 1e-5), {}))],
+        "torch.native_layer_norm": [("weight-short", lambda: ((_x(2, 4, 3), [3], torch.ones(1), torch.ones(1), 1e-5), {}))],
+        "torch.lstm_cell": STAT_CASES["aten.lstm_cell.default"],
+        "torch.gru_cell": STAT_CASES["aten.gru_cell.default"],
+        "torch.rnn_tanh_cell": [("w-short", lambda: ((_x(2, 4), torch.zeros(2, 3), torch.randn(3, 4), torch.randn(1, 3)), {}))],
+        "torch.rnn_relu_cell": [("w-short", lambda: ((_x(2, 4), torch.zeros(2, 3), torch.randn(3, 4), torch.randn(1, 3)), {}))],
+        "torch.gru": STAT_CASES["aten.gru.input"],
+        "torch.rnn_tanh": STAT_CASES["aten.rnn_tanh.input"],
+        "torch.rnn_relu": STAT_CASES["aten.rnn_tanh.input"],
+    }  # fmt: skip
+    for name in ("batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm"):
+        cases[f"torch.{name}"] = STAT_CASES[f"aten.{name}.default"]
+    # The functional forms take keyword-friendly signatures: undersized stats and weights.
+    cases["torch.nn.functional.batch_norm"] = [
+        ("stats-short", lambda: ((_x(2, 4, 3), torch.zeros(1), torch.ones(1)), {})),
+        ("weight-short", lambda: ((_x(2, 4, 3), torch.zeros(4), torch.ones(4), torch.ones(1), torch.ones(1)), {})),
+        ("train-stats-short", lambda: ((_x(2, 4, 3), torch.zeros(1), torch.ones(1)), {"training": True})),
+    ]
+    cases["torch.nn.functional.instance_norm"] = [("stats-short", lambda: ((_x(2, 4, 3), torch.zeros(1), torch.ones(1)), {"use_input_stats": False}))]
+    cases["torch.nn.functional.group_norm"] = [("weight-short", lambda: ((_x(2, 4, 3), 2, torch.ones(1), torch.ones(1)), {}))]
+    cases["torch.nn.functional.layer_norm"] = [("weight-short", lambda: ((_x(2, 4, 3), [3], torch.ones(1), torch.ones(1)), {}))]
+    cases["torch.nn.functional.rms_norm"] = [("weight-short", lambda: ((_x(2, 4, 3), [3], torch.ones(1)), {}))]
+    return cases
+
+
+FX_CASES = _fx()
+# fx functions the completeness check's name pattern matches that take no index
+# values or statistics: float targets and boundaries, compared or combined elementwise.
+FX_NOT_INDEXED = frozenset(
+    {"torch.bucketize", "torch.cosine_embedding_loss", "torch.hinge_embedding_loss", "torch.poisson_nll_loss",
+     "torch.binary_cross_entropy_with_logits", "torch.triplet_margin_loss", "torch.nn.functional.poisson_nll_loss",
+     "torch.nn.functional.gaussian_nll_loss", "torch.nn.functional.binary_cross_entropy",
+     "torch.nn.functional.binary_cross_entropy_with_logits", "torch.nn.functional.hinge_embedding_loss",
+     "torch.nn.functional.soft_margin_loss", "torch.nn.functional.multilabel_soft_margin_loss",
+     "torch.nn.functional.cosine_embedding_loss", "torch.nn.functional.triplet_margin_loss",
+     # arithmetic on the index values (// and %), reads no memory by them
+     "torch.unravel_index", "torch.functional.unravel_index"}
+)  # fmt: skip
+CASES.update(FX_CASES)
