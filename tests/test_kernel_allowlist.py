@@ -130,7 +130,8 @@ def test_every_allowed_value_taking_op_has_hostile_cases():
     missing = sorted(t for t in aten_forward_ops() if _value_taking(t) and t not in kernel_cases.CASES)
     assert not missing, f"add hostile cases for {missing}"
     functions = function_allowlist()
-    unknown = sorted(t for t in kernel_cases.CASES if t not in aten_forward_ops() and t not in functions)
+    methods = {f"Tensor.{m}" for m in method_allowlist()}
+    unknown = sorted(t for t in kernel_cases.CASES if t not in aten_forward_ops() and t not in functions and t not in methods)
     assert not unknown, f"cases for ops that are not allowed (drop them or fix the name): {unknown}"
 
 
@@ -151,6 +152,12 @@ def test_every_index_or_stats_taking_fx_function_has_hostile_cases():
         if not name.startswith("operator.") and FX_VALUE_NAMES.search(name.rsplit(".", 1)[-1]) and id(fn) not in covered
     )  # fmt: skip
     assert not missing, f"add hostile cases (tests/hostile/kernel_cases.py) for {missing}"
+    methods = sorted(
+        f"Tensor.{m}" for m in method_allowlist()
+        if FX_VALUE_NAMES.search(m) or "renorm" in m or m.startswith("masked")
+    )  # fmt: skip
+    missing = [m for m in methods if m not in kernel_cases.CASES and m not in kernel_cases.METHODS_NOT_INDEXED]
+    assert not missing, f"add hostile cases (tests/hostile/kernel_cases.py) for {missing}"
 
 
 SCRIPT = textwrap.dedent(
@@ -158,9 +165,16 @@ SCRIPT = textwrap.dedent(
     import sys
     sys.path.insert(0, sys.argv[1])
     import kernel_cases
-    from safehub._channel._allowlist import function_allowlist, resolve_aten
+    import torch
+    from safehub._channel._allowlist import function_allowlist, method_allowlist, resolve_aten
     for target in sys.argv[2:]:
-        fn = resolve_aten(target, "test") if target.startswith("aten.") else function_allowlist()[target]
+        if target.startswith("aten."):
+            fn = resolve_aten(target, "test")
+        elif target.startswith("Tensor."):
+            assert target[7:] in method_allowlist()
+            fn = getattr(torch.Tensor, target[7:])
+        else:
+            fn = function_allowlist()[target]
         for label, make in kernel_cases.CASES[target]:
             print("CASE", target, label, flush=True)
             print("RESULT", target, label, kernel_cases.run(fn, make, target in kernel_cases.WRAPPING), flush=True)

@@ -250,3 +250,39 @@ FX_NOT_INDEXED = frozenset(
      "torch.unravel_index", "torch.functional.unravel_index"}
 )  # fmt: skip
 CASES.update(FX_CASES)
+
+
+# fx graphs also call Tensor methods: the in-place forms have kernels of their own
+# (index_put_ with accumulate=True, put_ with accumulate=True take other paths).
+def _methods() -> dict[str, Variants]:
+    x = lambda: _x(4, 3)  # noqa: E731
+    iv = _index_variants
+    cases: dict[str, Variants] = {
+        "scatter_": iv(3, lambda v: ((x(), 1, _idx(v, 4, 1), 1.0), {})),
+        "scatter_add_": iv(3, lambda v: ((x(), 1, _idx(v, 4, 1), _x(4, 1)), {})),
+        "scatter_reduce_": iv(3, lambda v: ((x(), 1, _idx(v, 4, 1), _x(4, 1), "prod"), {})),
+        "index_add_": iv(4, lambda v: ((x(), 0, _idx(v), _x(2, 3)), {})),
+        "index_copy_": iv(4, lambda v: ((x(), 0, _idx(v), _x(2, 3)), {})),
+        "index_fill_": iv(4, lambda v: ((x(), 0, _idx(v), 1.0), {})),
+        "index_put_": [*iv(4, lambda v: ((x(), (_idx(v),), torch.ones(3)), {})),
+                       *[(f"accumulate-{lbl}", (lambda v=v: ((x(), (_idx(v),), torch.ones(3), True), {}))) for lbl, v in _bad(4)]],
+        "index_reduce_": iv(4, lambda v: ((x(), 0, _idx(v), _x(2, 3), "amax"), {})),
+        "put_": [*iv(12, lambda v: ((x(), _idx(v), torch.ones(2)), {})),
+                 *[(f"accumulate-{lbl}", (lambda v=v: ((x(), _idx(v), torch.ones(2), True), {}))) for lbl, v in _bad(12)]],
+        "masked_scatter_": [("source-short", lambda: ((x(), torch.ones(4, 3, dtype=torch.bool), torch.ones(2)), {}))],
+        "renorm_": [("dim", lambda: ((x(), 2, 5, 1.0), {}))],
+    }  # fmt: skip
+    for name in ("gather", "scatter", "scatter_add", "scatter_reduce", "index_add", "index_copy", "index_fill",
+                 "index_put", "index_reduce", "index_select", "put", "take", "take_along_dim", "bincount",
+                 "repeat_interleave", "masked_scatter", "select_scatter", "slice_scatter", "diagonal_scatter"):  # fmt: skip
+        cases[name] = FX_CASES[f"torch.{name}"]
+    cases["renorm"] = cases["renorm_"]
+    return {f"Tensor.{name}": variants for name, variants in cases.items()}
+
+
+# Methods the completeness pattern matches that index nothing by values (a boolean
+# mask must match the shape; Tensor.index binds functorch first-class dims).
+METHODS_NOT_INDEXED = frozenset({"Tensor.masked_fill", "Tensor.masked_fill_", "Tensor.masked_select", "Tensor.index"})
+METHOD_CASES = _methods()
+CASES.update(METHOD_CASES)
+WRAPPING = WRAPPING | {"Tensor.take_along_dim"}
