@@ -42,7 +42,7 @@ VALUE_ARGS = frozenset({"index", "indices", "offsets", "target", "per_sample_wei
                         "attn_mask"})  # fmt: skip
 # Ops whose extra tensor arguments only broadcast (elementwise) or that are covered by
 # the shape checks of matmul; listed so that a new value-taking op cannot slip past.
-INT_ADDRESS_OPS = ("select", "narrow", "split_with_sizes", "unbind")
+INT_ADDRESS_OPS = ("select", "narrow", "split_with_sizes", "unbind", "im2col", "upsample")
 NORM_OR_CHANNEL_OPS = ("norm", "prelu", "conv", "bilinear", "col2im", "lstm", "gru", "rnn", "embedding", "unpool")
 
 
@@ -51,7 +51,7 @@ def _value_taking(target: str) -> bool:
     schema = getattr(getattr(torch.ops.aten, op), overload)._schema
     if any(a.name in VALUE_ARGS and "Tensor" in str(a.type) for a in schema.arguments):
         return True
-    return op in INT_ADDRESS_OPS or any(part in op for part in NORM_OR_CHANNEL_OPS)
+    return any(part in op for part in INT_ADDRESS_OPS + NORM_OR_CHANNEL_OPS)
 
 
 def test_the_allowlist_is_the_derived_file_minus_refused_kernels():
@@ -137,7 +137,7 @@ def test_every_allowed_value_taking_op_has_hostile_cases():
 
 FX_VALUE_NAMES = re.compile(
     r"gather|scatter|index|take|put|embedding|unpool|nll_loss|cross_entropy|margin_loss|one_hot|bincount|searchsorted"
-    r"|bucketize|repeat_interleave|unravel|batch_norm|instance_norm|group_norm|layer_norm|rms_norm|lstm|gru|rnn_"
+    r"|bucketize|repeat_interleave|unravel|batch_norm|instance_norm|group_norm|layer_norm|rms_norm|lstm|gru|rnn_|fractional"
 )
 
 
@@ -274,3 +274,19 @@ def test_models_needing_checked_kernels_rebuild_in_aten_mode_and_match(name, tmp
         want, got = model(x), rebuilt(x)
     flat = lambda o: [t for t in (o if isinstance(o, (tuple, list)) else [o]) for t in (t if isinstance(t, (tuple, list)) else [t])]  # noqa: E731
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(flat(want), flat(got)))
+
+
+def test_the_runner_refuses_the_same_fx_kernels_as_the_host():
+    """The sandbox checks fx graphs against a copy of the host's kernel refusals, so that
+    such a graph falls back to aten mode there instead of failing at load."""
+    from safehub._channel import _allowlist
+
+    sys.path.insert(0, str(ROOT / "runners"))
+    import _literals  # runners/_literals.py
+
+    assert _literals.KERNEL_DENY == set(_allowlist._KERNEL_DENY) | _allowlist._FX_FUNCTION_DENY
+    for name in ("native_batch_norm", "lstm", "batch_norm_backward_elemt", "batch_norm_update_stats"):
+        fn = getattr(torch, name)
+        assert _literals.host_refuses_function(f"torch.{name}", fn, ()) is not None
+        assert f"torch.{name}" not in function_allowlist()
+    assert _literals.host_refuses_function("torch.relu", torch.relu, ()) is None

@@ -7,7 +7,13 @@ shared/design/return-channel.md). The one registry lookup is
 ``torch.ops.aten.<op>.<overload>`` with both parts validated identifiers, and
 its result must be an ``OpOverload`` in namespace ``aten``.
 
-Re-review the deny lists on every torch upgrade.
+aten ops are allowed only if torch.export emitted them for forward graphs of real
+models (aten_forward_ops.json, from scripts/derive_aten_allowlist.py), never a
+backward kernel, never a kernel that trusts the sizes or index values it is given;
+the two such kernels real models need run behind the checked wrappers of
+:mod:`._kernels`.
+
+Regenerate aten_forward_ops.json and re-review the deny lists on every torch upgrade.
 """
 
 from __future__ import annotations

@@ -75,15 +75,15 @@ def lstm_input(
         raise _fail(op, f"num_layers must be a positive int, got {num_layers!r}")
     if any(t.dtype != input.dtype or t.device != input.device for t in tensors):
         raise _fail(op, "all tensors must share the input's dtype and device")
-    if input.dim() not in (2, 3):
-        raise _fail(op, f"input must be 2-D or 3-D, got shape {list(input.shape)}")
+    if input.dim() != 3:  # nn.LSTM adds the batch dimension to unbatched input before the kernel
+        raise _fail(op, f"input must be 3-D, got shape {list(input.shape)}")
     h0, c0 = hx
     dirs = 2 if bidirectional else 1
     if c0.dim() != input.dim() or h0.dim() != input.dim():
         raise _fail(op, f"h0 {list(h0.shape)} and c0 {list(c0.shape)} must have the input's number of dimensions")
     hidden, out = c0.size(-1), h0.size(-1)
     proj = out != hidden
-    batch = [] if input.dim() == 2 else [input.size(0 if batch_first else 1)]
+    batch = [input.size(0 if batch_first else 1)]
     if list(h0.shape) != [num_layers * dirs, *batch, out] or list(c0.shape) != [num_layers * dirs, *batch, hidden]:
         raise _fail(op, f"h0 {list(h0.shape)} / c0 {list(c0.shape)} do not fit {num_layers} layers x {dirs} directions, batch {batch}")
     if proj and not 0 < out < hidden:

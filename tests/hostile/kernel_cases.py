@@ -134,6 +134,17 @@ STAT_CASES: dict[str, Variants] = {
     "aten.upsample_bilinear2d.vec": [("size-neg", lambda: ((_x(1, 2, 4, 4), [-3, 5], False, None), {})),
                                      ("scale-neg", lambda: ((_x(1, 2, 4, 4), None, False, [-2.0, 2.0]), {}))],
     "aten.linalg_vector_norm.default": [("dim", lambda: ((_x(2, 3), 2, [5]), {}))],
+    "aten.upsample_bicubic2d.vec": [("size-neg", lambda: ((_x(1, 2, 4, 4), [-3, 5], False, None), {})),
+                                    ("scale-neg", lambda: ((_x(1, 2, 4, 4), None, False, [-2.0, 2.0]), {}))],
+    "aten.upsample_nearest2d.vec": [("size-neg", lambda: ((_x(1, 2, 4, 4), [-3, 5], None), {})),
+                                    ("scale-neg", lambda: ((_x(1, 2, 4, 4), None, [-2.0, 2.0]), {}))],
+    "aten.upsample_linear1d.vec": [("size-neg", lambda: ((_x(1, 2, 4), [-3], False, None), {})),
+                                   ("scale-neg", lambda: ((_x(1, 2, 4), None, False, [-2.0]), {}))],
+    "aten.upsample_trilinear3d.vec": [("size-neg", lambda: ((_x(1, 2, 4, 4, 4), [-3, 5, 5], False, None), {})),
+                                      ("scale-neg", lambda: ((_x(1, 2, 4, 4, 4), None, False, [-2.0, 2.0, 2.0]), {}))],
+    "aten.im2col.default": [("pad-neg", lambda: ((_x(1, 2, 4, 4), [2, 2], [1, 1], [-3, -3], [1, 1]), {})),
+                            ("dilation-huge", lambda: ((_x(1, 2, 4, 4), [2, 2], [2**40, 2**40], [0, 0], [1, 1]), {})),
+                            ("kernel-huge", lambda: ((_x(1, 2, 4, 4), [2**31, 2], [1, 1], [0, 0], [1, 1]), {}))],
     "aten.conv_transpose2d.input": [("bias-short", lambda: ((_x(1, 2, 4, 4), torch.randn(2, 4, 3, 3), torch.ones(2)), {}))],
     "aten.bilinear.default": [("bias-short", lambda: ((_x(2, 4), _x(2, 4), torch.randn(3, 4, 4), torch.ones(2)), {}))],
     "aten._weight_norm.default": [("g-short", lambda: ((_x(4, 3), torch.ones(2, 1), 0), {}))],
@@ -146,8 +157,11 @@ CASES: dict[str, Variants] = {**INDEX_CASES, **STAT_CASES}
 
 
 # Kernels that define out-of-range indices as wrapping (take_along_dim reduces them
-# modulo the size): memory-safe if every value they return is one of the source's.
-WRAPPING = frozenset({"torch.take_along_dim"})
+# modulo the size) or clamp them (fractional pooling's window positions): memory-safe
+# if every value they return is one of the source's.
+WRAPPING = frozenset({"torch.take_along_dim", "torch.nn.functional.fractional_max_pool2d_with_indices",
+                      "torch.nn.functional.fractional_max_pool3d_with_indices",
+                      "torch.nn.functional.fractional_max_pool2d", "torch.nn.functional.fractional_max_pool3d"})
 
 
 def run(fn: Any, make: Make, wraps: bool = False) -> str:
@@ -158,7 +172,8 @@ def run(fn: Any, make: Make, wraps: bool = False) -> str:
         out = fn(*args, **kwargs)
     except (RuntimeError, IndexError, ValueError, TypeError) as exc:
         return f"clean {type(exc).__name__}"
-    if wraps and isinstance(out, torch.Tensor) and bool(torch.isin(out, args[0]).all()):
+    first = out[0] if isinstance(out, tuple) else out  # (values, indices) for pooling
+    if wraps and isinstance(first, torch.Tensor) and bool(torch.isin(first, args[0]).all()):
         return "clean wrapped"
     return "silent"
 
@@ -210,6 +225,17 @@ def _fx() -> dict[str, Variants]:
         "torch.diagonal_scatter": [("src-shape", lambda: ((_x(3, 3), torch.ones(5)), {})), ("offset", lambda: ((_x(3, 3), torch.ones(3), 2**40), {}))],
         "torch.select_scatter": iv(4, lambda v: ((x(), torch.ones(3), 0, v), {})),
         "torch.slice_scatter": [("src-shape", lambda: ((x(), torch.ones(5, 3)), {})), ("start", lambda: ((x(), torch.ones(2, 3), 0, 2**40, 2**40 + 2), {}))],
+        # window positions come from _random_samples values: the kernel clamps them into the input
+        "torch.nn.functional.fractional_max_pool2d_with_indices": [
+            *[(lbl, (lambda v=v: ((torch.arange(64.0).view(1, 1, 8, 8), 2), {"output_size": (3, 3), "_random_samples": torch.full((1, 1, 2), v)})))
+              for lbl, v in (("huge", 1e9), ("neg", -1e9), ("nan", float("nan")), ("inf", float("inf")), ("below", -0.5))],
+            ("samples-short", lambda: ((torch.arange(64.0).view(1, 1, 8, 8), 2), {"output_size": (3, 3), "_random_samples": torch.full((1, 1, 1), 0.5)})),
+        ],
+        "torch.nn.functional.fractional_max_pool3d_with_indices": [
+            *[(lbl, (lambda v=v: ((torch.arange(216.0).view(1, 1, 6, 6, 6), 2), {"output_size": (2, 2, 2), "_random_samples": torch.full((1, 1, 3), v)})))
+              for lbl, v in (("huge", 1e9), ("neg", -1e9), ("nan", float("nan")))],
+            ("samples-short", lambda: ((torch.arange(216.0).view(1, 1, 6, 6, 6), 2), {"output_size": (2, 2, 2), "_random_samples": torch.full((1, 1, 1), 0.5)})),
+        ],
         "torch.native_group_norm": [("ints", lambda: ((_x(2, 4, 3), None, None, 2, 4, 100000, 2, 1e-5), {})),
                                     ("weight-short", lambda: ((_x(2, 4, 3), torch.ones(1), torch.ones(1), 2, 4, 3, 2, 1e-5), {}))],
         "torch.native_layer_norm": [("weight-short", lambda: ((_x(2, 4, 3), [3], torch.ones(1), torch.ones(1), 1e-5), {}))],
@@ -221,6 +247,8 @@ def _fx() -> dict[str, Variants]:
         "torch.rnn_tanh": STAT_CASES["aten.rnn_tanh.input"],
         "torch.rnn_relu": STAT_CASES["aten.rnn_tanh.input"],
     }  # fmt: skip
+    for d in ("2d", "3d"):
+        cases[f"torch.nn.functional.fractional_max_pool{d}"] = cases[f"torch.nn.functional.fractional_max_pool{d}_with_indices"]
     for name in ("batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm"):
         cases[f"torch.{name}"] = STAT_CASES[f"aten.{name}.default"]
     # The functional forms take keyword-friendly signatures: undersized stats and weights.
