@@ -182,19 +182,15 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def hostile_results(tmp_path_factory) -> dict[tuple[str, str], str]:
+def _run_hostile(cases_dir: Path, todo: list[str], script: Path) -> dict[tuple[str, str], str]:
     """(target, variant) -> 'clean <Exc>', 'silent' or 'crashed (rc)'. Restarts the
     subprocess after a crash so that one bad kernel does not hide the others."""
-    script = tmp_path_factory.mktemp("kernels") / "hostile.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    todo = sorted(kernel_cases.CASES)
     results: dict[tuple[str, str], str] = {}
     while todo:
         proc = subprocess.run(
-            [sys.executable, str(script), str(ROOT / "tests" / "hostile"), *todo],
-            capture_output=True, text=True, timeout=600, env=env,
+            [sys.executable, str(script), str(cases_dir), *todo], capture_output=True, text=True, timeout=600, env=env
         )
         current = None
         for line in proc.stdout.splitlines():
@@ -206,11 +202,38 @@ def hostile_results(tmp_path_factory) -> dict[tuple[str, str], str]:
                 current = None
         if proc.returncode == 0:
             break
-        if current is None:  # died outside a case (import, resolve): report it on every remaining op
+        if current is None:  # died outside a case (import, resolve)
             raise AssertionError(f"hostile-kernel subprocess failed: rc={proc.returncode} {proc.stderr[-2000:]}")
         results[current] = f"crashed (rc={proc.returncode})"
         todo = todo[todo.index(current[0]) + 1 :]  # the subprocess runs targets in this order
     return results
+
+
+@pytest.fixture(scope="module")
+def hostile_results(tmp_path_factory) -> dict[tuple[str, str], str]:
+    script = tmp_path_factory.mktemp("kernels") / "hostile.py"
+    return _run_hostile(ROOT / "tests" / "hostile", sorted(kernel_cases.CASES), script)
+
+
+def test_the_hostile_harness_reports_a_crash_and_runs_the_rest(tmp_path):
+    """Control: a variant that kills the interpreter is reported as crashed, and the
+    targets after it still run in a fresh subprocess."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "kernel_cases.py").write_text(textwrap.dedent(
+        """
+        import os, signal
+        WRAPPING = frozenset()
+        def run(fn, make, wraps=False):
+            return make()
+        CASES = {"aten.add.Tensor": [("ok", lambda: "clean X"), ("boom", lambda: os.kill(os.getpid(), signal.SIGSEGV)),
+                                     ("skipped", lambda: "clean Z")],
+                 "aten.mul.Tensor": [("after", lambda: "clean Y")]}
+        """
+    ))  # fmt: skip
+    got = _run_hostile(fake, ["aten.add.Tensor", "aten.mul.Tensor"], tmp_path / "hostile.py")
+    assert got == {("aten.add.Tensor", "ok"): "clean X", ("aten.add.Tensor", "boom"): f"crashed (rc={-11})",
+                   ("aten.mul.Tensor", "after"): "clean Y"}  # fmt: skip
 
 
 @pytest.mark.parametrize("target", sorted(kernel_cases.CASES))
