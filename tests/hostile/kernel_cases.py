@@ -49,9 +49,17 @@ INDEX_CASES: dict[str, Variants] = {
         ("offset-neg", lambda: ((_EMB, torch.zeros(4, dtype=torch.long), torch.tensor([-3, 2]), False, 1, False, None, False, None), {})),
         ("offset-decreasing", lambda: ((_EMB, torch.zeros(4, dtype=torch.long), torch.tensor([3, 1]), False, 1, False, None, False, None), {})),
         ("weights-short", lambda: ((_EMB, torch.zeros(4, dtype=torch.long), torch.tensor([0, 2]), False, 0, False, torch.ones(1), False, None), {})),
+        *[(f"padding_idx-{label}", (lambda v=v: ((_EMB, torch.zeros(4, dtype=torch.long), torch.tensor([0, 2]), False, 1, False, None, False, v), {})))
+          for label, v in _bad(10)],
     ],
-    "aten.index.Tensor": _index_variants(4, lambda v: ((_x(4, 3), [_idx(v)]), {})),
-    "aten.index_put_.default": _index_variants(4, lambda v: ((_x(4, 3), [_idx(v)], torch.ones(3)), {})),
+    "aten.index.Tensor": [*_index_variants(4, lambda v: ((_x(4, 3), [_idx(v)]), {})),
+                          ("mask-shape", lambda: ((_x(4, 3), [torch.ones(5, dtype=torch.bool)]), {})),
+                          *[(f"dim1-{label}", (lambda v=v: ((_x(4, 3), [None, _idx(v)]), {}))) for label, v in _bad(3)]],
+    "aten.index_put_.default": [
+        *_index_variants(4, lambda v: ((_x(4, 3), [_idx(v)], torch.ones(3)), {})),
+        *[(f"accumulate-{label}", (lambda v=v: ((_x(4, 3), [_idx(v)], torch.ones(3), True), {}))) for label, v in _bad(4)],
+        ("mask-shape", lambda: ((_x(4, 3), [torch.ones(5, dtype=torch.bool)], torch.ones(3)), {})),
+    ],
     "aten.index_select.default": _index_variants(4, lambda v: ((_x(4, 3), 0, _idx(v)), {})),
     "aten.gather.default": _index_variants(3, lambda v: ((_x(4, 3), 1, _idx(v, 4, 1)), {})),
     "aten.scatter.value": _index_variants(3, lambda v: ((_x(4, 3), 1, _idx(v, 4, 1), 1.0), {})),
@@ -61,6 +69,15 @@ INDEX_CASES: dict[str, Variants] = {
     "aten.narrow.default": [(f"start-{label}", (lambda v=v: ((_x(4, 3), 0, v, 2), {}))) for label, v in _bad(4)],
     "aten.split_with_sizes.default": [("sizes-over", lambda: ((_x(4, 3), [3, 3]), {})), ("sizes-neg", lambda: ((_x(4, 3), [6, -2]), {}))],
     "aten.unbind.int": [("dim", lambda: ((_x(4, 3), 5), {}))],
+    "aten.topk.default": [("k-over", lambda: ((_x(4, 3), 5), {})), ("k-neg", lambda: ((_x(4, 3), -1), {})),
+                          ("dim", lambda: ((_x(4, 3), 1, 7), {}))],
+    "aten.pad.default": [("neg-past", lambda: ((_x(1, 2, 4), [-10, -10]), {})),
+                         ("reflect-over", lambda: ((_x(1, 2, 4), [5, 5], "reflect"), {})),
+                         ("replicate-neg", lambda: ((_x(1, 2, 4), [-5, 0], "replicate"), {})),
+                         ("circular-over", lambda: ((_x(1, 2, 4), [9, 9], "circular"), {}))],
+    "aten.pixel_shuffle.default": [("factor", lambda: ((_x(1, 6, 2, 2), 2), {}))],
+    "aten.channel_shuffle.default": [("groups", lambda: ((_x(1, 6, 2, 2), 4), {}))],
+    "aten.cat.default": [("shapes", lambda: (([_x(4, 3), _x(4, 5)], 0), {}))],
 }  # fmt: skip
 
 
