@@ -215,6 +215,7 @@ def hostile_results(tmp_path_factory) -> dict[tuple[str, str], str]:
     return _run_hostile(ROOT / "tests" / "hostile", sorted(kernel_cases.CASES), script)
 
 
+@pytest.mark.slow  # a torch subprocess of its own
 def test_the_hostile_harness_reports_a_crash_and_runs_the_rest(tmp_path):
     """Control: a variant that kills the interpreter is reported as crashed, and the
     targets after it still run in a fresh subprocess."""
@@ -243,6 +244,7 @@ def test_allowed_kernel_refuses_hostile_values_cleanly(target, hostile_results):
     assert not bad, f"{target}: {bad} (expected a clean exception for every hostile variant)"
 
 
+@pytest.mark.slow  # a torch subprocess of its own
 def test_the_hostile_harness_detects_silent_garbage_and_crashes(tmp_path):
     """Control: the harness reports an unchecked kernel (native_batch_norm with an
     undersized running mean returns values read past the buffer) as 'silent'."""
@@ -269,6 +271,7 @@ def test_derivation_script_records_models_for_each_op():
     assert data["torch_version"].split(".")[:2] == torch.__version__.split("+")[0].split(".")[:2]
 
 
+@pytest.mark.slow  # torch.export of each model
 @pytest.mark.parametrize("name", ["recurrent", "weightnorm", "lstm_proj"])
 def test_models_needing_checked_kernels_rebuild_in_aten_mode_and_match(name, tmp_path):
     """The wrappers must not refuse what real models do: LSTMs (zoo, projected and
