@@ -216,6 +216,18 @@ METHOD_DENY = frozenset(
      "record_stream", "item", "tolist", "resize", "resize_", "resize_as", "resize_as_", "as_strided_",
      "pin_memory", "is_pinned", "is_shared", "type", "cuda", "is_set_to"}
 )  # fmt: skip
+# Kernels the host never rebuilds from an fx graph: backward kernels (any name with
+# "backward"), kernels that trust the sizes of their statistics, and torch.lstm /
+# torch._weight_norm (aten mode runs them behind checked wrappers). A copy of
+# safehub/_channel/_allowlist.py (_KERNEL_DENY, _FX_FUNCTION_DENY), which is the source
+# of truth; tests/test_kernel_allowlist.py keeps the two equal.
+KERNEL_DENY = frozenset(
+    {"native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
+     "_native_batch_norm_legit_functional", "batch_norm_update_stats", "batch_norm_elemt", "batch_norm_stats",
+     "batch_norm_gather_stats", "batch_norm_gather_stats_with_counts", "batch_norm_backward_elemt",
+     "batch_norm_backward_reduce", "miopen_batch_norm", "cudnn_batch_norm", "embedding_renorm_",
+     "_embedding_bag_forward_only", "_embedding_bag", "lstm", "_weight_norm"}
+)  # fmt: skip
 _OVERRIDABLE: set[int] | None = None
 
 
@@ -239,6 +251,9 @@ def host_refuses_function(name: str, fn: Any, args: tuple) -> str | None:
     if name.startswith("torch."):
         if id(fn) not in _overridable_ids():
             return f"{name} is not on the host's list of torch functions"
+        short = name.rsplit(".", 1)[-1]
+        if "backward" in short or short in KERNEL_DENY:
+            return f"{name} is a kernel the host refuses in fx graphs (it trusts its arguments' sizes or index values)"
         return None
     if name == "builtins.getattr":
         attr = args[1] if len(args) > 1 else None

@@ -7,7 +7,13 @@ shared/design/return-channel.md). The one registry lookup is
 ``torch.ops.aten.<op>.<overload>`` with both parts validated identifiers, and
 its result must be an ``OpOverload`` in namespace ``aten``.
 
-Re-review the deny lists on every torch upgrade.
+aten ops are allowed only if torch.export emitted them for forward graphs of real
+models (aten_forward_ops.json, from scripts/derive_aten_allowlist.py), never a
+backward kernel, never a kernel that trusts the sizes or index values it is given;
+the two such kernels real models need run behind the checked wrappers of
+:mod:`._kernels`.
+
+Regenerate aten_forward_ops.json and re-review the deny lists on every torch upgrade.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ __all__ = [
     "method_allowlist",
     "leaf_allowlist",
     "resolve_aten",
+    "aten_forward_ops",
+    "kernel_refusal",
     "GETATTR_ATTRS",
     "COUNT_KWARGS",
     "GETATTR_KEY",
@@ -93,6 +101,7 @@ _UNCHECKED_ARGS = frozenset({"unsafe", "check_invariants", "is_coalesced"})
 
 def unchecked_family(name: str) -> bool:
     """True for operator/function/method names in the families above."""
+    name = name.replace("_with_indices", "")  # pooling that *returns* indices (max_pool2d_with_indices) takes none
     return any(part in name for part in _UNCHECKED_FAMILIES)
 
 
@@ -141,7 +150,13 @@ def function_allowlist() -> dict[str, Callable[..., Any]]:
     for modname in _FUNCTION_NAMESPACES:
         mod = importlib.import_module(modname)  # fixed host names
         for attr, obj in vars(mod).items():
-            if attr.startswith("__") or allowed_ids.get(id(obj)) is not obj or unchecked_family(attr):
+            if (
+                attr.startswith("__")
+                or allowed_ids.get(id(obj)) is not obj
+                or unchecked_family(attr)
+                or kernel_refusal(attr) is not None
+                or attr in _FX_FUNCTION_DENY
+            ):
                 continue
             table[f"{modname}.{attr}"] = obj
     for obj in list(table.values()):
@@ -149,7 +164,13 @@ def function_allowlist() -> dict[str, Callable[..., Any]]:
             qual = torch.fx.node._get_qualified_name(obj)
         except Exception:  # noqa: BLE001 - some builtins have no qualified name
             continue
-        if re.fullmatch(r"torch(\.[A-Za-z_][A-Za-z0-9_]*)+", qual) and "__" not in qual and not unchecked_family(qual):
+        if (
+            re.fullmatch(r"torch(\.[A-Za-z_][A-Za-z0-9_]*)+", qual)
+            and "__" not in qual
+            and not unchecked_family(qual)
+            and kernel_refusal(qual.rsplit(".", 1)[-1]) is None
+            and qual.rsplit(".", 1)[-1] not in _FX_FUNCTION_DENY
+        ):
             table.setdefault(qual, obj)
     for name in _OPERATOR:
         table[f"operator.{name}"] = getattr(operator, name)
@@ -169,7 +190,11 @@ def method_allowlist() -> frozenset[str]:
         name = getattr(fn, "__name__", None)
         if isinstance(name, str) and re.fullmatch(r"[a-z][A-Za-z0-9_]*", name) and callable(getattr(torch.Tensor, name, None)):
             names.add(name)
-    return frozenset(n for n in names - _METHOD_DENY if not unchecked_family(n) and n not in ("indices", "values"))
+    return frozenset(
+        n
+        for n in names - _METHOD_DENY
+        if not unchecked_family(n) and kernel_refusal(n) is None and n not in ("indices", "values")
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -192,55 +217,62 @@ def leaf_allowlist() -> dict[str, type]:
     return out
 
 
-# Private aten ops (leading underscore) that exported graphs use. Every other private
-# op is refused: private kernels are where unchecked fast paths live.
-_ATEN_PRIVATE_OK = frozenset(
-    {"_assert_scalar", "_assert_tensor_metadata", "_weight_norm", "_unsafe_view", "_to_copy", "_log_softmax",
-     "_softmax", "_native_batch_norm_legit", "_native_batch_norm_legit_functional",
-     "_native_batch_norm_legit_no_training", "_adaptive_avg_pool2d", "_adaptive_avg_pool3d",
-     "_local_scalar_dense", "_scaled_dot_product_flash_attention_for_cpu", "_upsample_bilinear2d_aa",
-     "_upsample_nearest_exact2d"}
-)  # fmt: skip
+# The aten kernel allowlist is evidence-based: the op overloads torch.export emitted
+# for forward graphs (eval and train) of real models, derived and committed by
+# scripts/derive_aten_allowlist.py into aten_forward_ops.json (which model needed
+# which op). "Core ATen" alone is not a safe criterion: backward kernels and the
+# batch-norm statistics kernels below carry the core tag and trust their arguments.
+_FORWARD_OPS_FILE = "aten_forward_ops.json"
+_FORWARD_OPS_MAX_BYTES = 1 << 20
+
+# Kernels refused even if a derived graph used one, with the reason (measured on
+# torch 2.13 CPU; tests/test_kernel_allowlist.py keeps the attacks). Every op whose
+# name contains "backward" is refused as well (see kernel_refusal).
+_KERNEL_DENY: dict[str, str] = {
+    **dict.fromkeys(
+        ("native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
+         "_native_batch_norm_legit_functional", "batch_norm_update_stats", "batch_norm_elemt", "batch_norm_stats",
+         "batch_norm_gather_stats", "batch_norm_gather_stats_with_counts", "batch_norm_backward_elemt",
+         "batch_norm_backward_reduce", "miopen_batch_norm", "cudnn_batch_norm"),
+        "trusts the sizes of its statistics and weight tensors (reads and writes past undersized ones); "
+        "aten.batch_norm checks them",
+    ),
+    "embedding_renorm_": "renormalises rows picked by index values in place",
+    "_embedding_bag_forward_only": "private embedding_bag kernel; aten.embedding_bag checks offsets",
+    "_embedding_bag": "private embedding_bag kernel; aten.embedding_bag checks offsets",
+}  # fmt: skip
 
 
-# Public aten ops the method deny list covers for fx graphs, but which torch.export
-# emits as plain scalar extraction (x.max().item() * y).
-_ATEN_PUBLIC_OK = frozenset({"item"})
+# torch functions an fx graph may not call directly: their aten forms run behind the
+# checked wrappers of ._kernels, and fx models reach them through nn.LSTM leaves,
+# whose parameter shapes the host validates.
+_FX_FUNCTION_DENY = frozenset({"lstm", "_weight_norm"})
+
+
+def kernel_refusal(name: str) -> str | None:
+    """Why the kernel behind aten op / torch function ``name`` is never rebuilt, or None.
+    Applies to the aten allowlist and to the fx function allowlist alike."""
+    if "backward" in name:
+        return "it is a backward kernel (backward kernels trust the shapes and index values of their inputs)"
+    return _KERNEL_DENY.get(name)
 
 
 @functools.lru_cache(maxsize=None)
-def aten_public_names() -> frozenset[str]:
-    """aten op names that correspond to an allowlisted torch function or Tensor method
-    (``torch.linalg.vector_norm`` -> ``linalg_vector_norm``, ``Tensor.add_`` -> ``add_``)."""
-    import torch
-    import torch.nn.functional as F
+def aten_forward_ops() -> frozenset[str]:
+    """``aten.<op>.<overload>`` names from aten_forward_ops.json, minus refused kernels."""
+    import json
+    from importlib import resources
 
-    names: set[str] = set(method_allowlist())
-    for key in function_allowlist():
-        parts = key.split(".")
-        if parts[0] != "torch":
-            continue
-        names.add(parts[-1])
-        if len(parts) == 3 and parts[1] in ("linalg", "fft", "special"):
-            names.add(f"{parts[1]}_{parts[2]}")
-    # Public functional layers whose Python wrappers torch.overrides does not list
-    # (F.hardswish, F.hardtanh_...): their aten forms are the same public kernels.
-    names.update(n for n, obj in vars(F).items() if callable(obj) and not n.startswith("_"))
-    names.update(n for n in dir(torch.Tensor) if not n.startswith("_") and n not in _METHOD_DENY)
-    return frozenset(n for n in names if not n.startswith("_") and not unchecked_family(n))
-
-
-def _aten_allowed(op: str, ov: Any) -> bool:
-    """The aten allowlist: core-ATen ops, ops that are the aten form of an allowlisted
-    public function or method, and a few private ops exporters emit."""
-    import torch
-
-    if op.startswith("_"):
-        return op in _ATEN_PRIVATE_OK
-    if torch.Tag.core in ov.tags or op in aten_public_names() or op in _ATEN_PUBLIC_OK:
-        return True
-    # The in-place form of an allowed op (hardtanh_, relu_) computes the same thing.
-    return op.endswith("_") and op[:-1] in aten_public_names()
+    raw = resources.files(__package__).joinpath(_FORWARD_OPS_FILE).read_bytes()
+    if len(raw) > _FORWARD_OPS_MAX_BYTES:  # shipped with safehub, but fail closed on a corrupt install
+        raise DisallowedTargetError(f"{_FORWARD_OPS_FILE} is larger than {_FORWARD_OPS_MAX_BYTES} bytes")
+    ops = json.loads(raw)["ops"]
+    out = set()
+    for name in ops:
+        m = _ATEN_RE.fullmatch(name)
+        if m and kernel_refusal(m.group(1)) is None and m.group(1) not in _ATEN_DENY and not unchecked_family(m.group(1)):
+            out.add(name)
+    return frozenset(out)
 
 
 def resolve_aten(target: str, where: str) -> Any:
@@ -249,7 +281,9 @@ def resolve_aten(target: str, where: str) -> Any:
     if not m or len(target) > 256:
         raise DisallowedTargetError(f"{where}: {show(target)} is not of the form aten.<op>.<overload>")
     op, overload = m.groups()
-    if op.startswith("__") or overload.startswith("__"):
+    # aten's own dunder ops (aten::__and__) only as exact allowlisted names: no other
+    # dunder ever reaches getattr (aten.__class__.__init__ walks Python attributes).
+    if (op.startswith("__") or overload.startswith("__")) and target not in aten_forward_ops():
         raise DisallowedTargetError(f"{where}: {show(target)} names a dunder")
     if op in _ATEN_DENY or unchecked_family(op):
         raise DisallowedTargetError(
@@ -268,11 +302,15 @@ def resolve_aten(target: str, where: str) -> Any:
     ov = getattr(packet, overload)
     if not isinstance(ov, torch._ops.OpOverload) or ov.namespace != "aten" or ov._schema.name != f"aten::{op}":
         raise DisallowedTargetError(f"{where}: {show(target)} did not resolve to an aten OpOverload")
-    if not _aten_allowed(op, ov):
+    why = kernel_refusal(op)
+    if why is not None:
+        raise DisallowedTargetError(f"{where}: aten operator {show(target)} is refused: {why}")
+    if target not in aten_forward_ops():
         raise DisallowedTargetError(
-            f"{where}: aten operator {show(target)} is not on safehub's aten allowlist "
-            "(core ATen ops, the aten forms of allowlisted torch functions and Tensor methods, "
-            "and a few private ops exporters emit)"
+            f"{where}: aten operator {show(target)} is not on safehub's aten allowlist, the ops torch.export "
+            "emits for forward graphs of real models (safehub/_channel/aten_forward_ops.json)",
+            hint="export with mode='fx' if the model allows it; if a real model needs this op, report it so it "
+            "can be vetted and added (scripts/derive_aten_allowlist.py)",
         )
     for arg in ov._schema.arguments:
         if arg.name in _UNCHECKED_ARGS:
@@ -281,4 +319,6 @@ def resolve_aten(target: str, where: str) -> Any:
             )
         if "Storage" in str(arg.type) or (str(arg.type) == "str" and arg.name in ("filename", "path", "file")):
             raise DisallowedTargetError(f"{where}: aten operator {show(target)} takes a storage or file argument")
-    return ov
+    from ._kernels import CHECKED
+
+    return CHECKED.get(target, ov)  # kernels that trust their arguments' shapes run behind a checked wrapper
