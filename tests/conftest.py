@@ -3,8 +3,11 @@ does touches the user's cache; environments built in it are reused across tests.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import shutil
+import zipfile
 import sys
 from pathlib import Path
 from typing import Any
@@ -117,3 +120,25 @@ SLOW_EXPORTS = {"aten_cnn", "data_dependent", "seq2seq"}
 def zoo_params(names: Any) -> list[Any]:
     """Zoo names as parameters, the ones whose export is slow marked slow."""
     return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_EXPORTS else n for n in sorted(names)]
+
+
+def make_wheel(folder: Path, name: str, version: str, files: dict[str, str], requires: list[str] = ()) -> Path:
+    """Write a minimal, valid pure-Python wheel."""
+    norm = name.replace("-", "_")
+    info = f"{norm}-{version}.dist-info"
+    files = dict(files)
+    files[f"{info}/METADATA"] = (
+        f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
+    )
+    files[f"{info}/WHEEL"] = "Wheel-Version: 1.0\nGenerator: safehub-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    files[f"{info}/RECORD"] = "\n".join(record + [f"{info}/RECORD,,"]) + "\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{norm}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(out, "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+    return out

@@ -7,9 +7,7 @@ files; building one here keeps the "incompatible torch" case honest and offline)
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import hashlib
 import importlib.metadata as md
 import json
 import logging
@@ -21,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -39,6 +36,7 @@ from safehub._env import (
     remove_env,
     resolve_dependencies,
 )
+from conftest import make_wheel
 from safehub._env._build import MARKER, PTH_NAME, _redacted
 from safehub._env._host import check_host_requirements, check_installed_requirements
 from safehub._env._resolve import TORCH_FAMILY
@@ -49,28 +47,6 @@ HOST_TORCH = md.version("torch")
 
 
 # --- helpers -------------------------------------------------------------------
-
-
-def make_wheel(folder: Path, name: str, version: str, files: dict[str, str], requires: list[str] = ()) -> Path:
-    """Write a minimal, valid pure-Python wheel."""
-    norm = name.replace("-", "_")
-    info = f"{norm}-{version}.dist-info"
-    files = dict(files)
-    files[f"{info}/METADATA"] = (
-        f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
-    )
-    files[f"{info}/WHEEL"] = "Wheel-Version: 1.0\nGenerator: safehub-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-    record = []
-    for path, text in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(text.encode())}")
-    files[f"{info}/RECORD"] = "\n".join(record + [f"{info}/RECORD,,"]) + "\n"
-    folder.mkdir(parents=True, exist_ok=True)
-    out = folder / f"{norm}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(out, "w") as z:
-        for path, text in files.items():
-            z.writestr(path, text)
-    return out
 
 
 def run_in(env, code: str) -> subprocess.CompletedProcess[str]:
@@ -354,13 +330,15 @@ def test_uv_env_has_its_packages_and_the_host_torch(tmp_path):
     assert any(d.startswith("PyYAML==") for d in env.distributions)
     where = origin_of(env, ["yaml", "torch"])
     assert Path(where["yaml"]).is_relative_to(env.root)  # the env's own copy wins over the host's
-    torch_dir = Path(os.path.realpath(md.distribution("torch").locate_file("")))
-    assert Path(where["torch"]).is_relative_to(torch_dir)
+    site = Path(os.path.realpath(md.distribution("torch").locate_file("")))
+    family = tmp_path.resolve() / "host"
+    assert Path(where["torch"]).is_relative_to(family)  # through the family folder's link
+    assert Path(os.path.realpath(where["torch"])).is_relative_to(site / "torch")
     proc = run_in(env, "import torch; print(torch.__version__)")
     assert proc.stdout.strip() == HOST_TORCH
-    # Everything the interpreter reads is listed, as real paths.
+    # Everything the interpreter reads is listed, as real paths: torch's own folder, never all of site-packages.
     assert env.root in env.ro_paths
-    assert any(torch_dir == p or p in torch_dir.parents for p in env.ro_paths)
+    assert site / "torch" in env.ro_paths and site not in env.ro_paths
     assert all(p == Path(os.path.realpath(p)) for p in env.ro_paths)
     # Bytecode was compiled at install time and names the final path, not the temp one.
     pycs = list(env.root.glob("lib/python*/site-packages/yaml/__pycache__/__init__.*.pyc"))
@@ -368,7 +346,7 @@ def test_uv_env_has_its_packages_and_the_host_torch(tmp_path):
     assert b".tmp-" not in pycs[0].read_bytes()
     # The host share is named only by the .pth, after the env's own folder.
     pth = next(env.root.glob(f"lib/python*/site-packages/{PTH_NAME}")).read_text().split()
-    assert pth == [str(p) for p in host_info().share_paths]
+    assert len(pth) == 1 and Path(pth[0]).parent == family
     # Warm: the same env, not rebuilt.
     created = json.loads((env.root / MARKER).read_text())["created"]
     again = ensure_env(["math", "yaml", "torch"], hub_dir=tmp_path, verbose=False)
@@ -527,7 +505,8 @@ def test_virtualenv_fallback_builds_a_working_env(tmp_path):
     assert env.backend == "virtualenv"
     where = origin_of(env, ["toml", "torch"])
     assert Path(where["toml"]).is_relative_to(env.root)
-    assert Path(where["torch"]).is_relative_to(Path(os.path.realpath(md.distribution("torch").locate_file(""))))
+    site = Path(os.path.realpath(md.distribution("torch").locate_file("")))
+    assert Path(os.path.realpath(where["torch"])).is_relative_to(site / "torch")
     # Selected through the environment switch too, and it is a different env from uv's.
     same = ensure_env(["toml"], hub_dir=tmp_path, verbose=False, env={**os.environ, "SAFEHUB_ENV_BACKEND": "virtualenv"})
     assert same == env

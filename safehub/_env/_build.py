@@ -28,6 +28,7 @@ from typing import Any
 
 from .._config import is_offline, progress_enabled
 from .._errors import EnvironmentBuildError, escape_untrusted
+from ._family import Family, ensure_family, family_digest
 from ._host import HostInfo, check_host_requirements, check_installed_requirements, host_info, minimal_paths
 from ._installers import (
     BUILD_TIMEOUT_S,
@@ -50,7 +51,7 @@ __all__ = ["ensure_env", "env_key", "key_inputs", "choose_backend", "lock_path",
 
 logger = logging.getLogger("safehub")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: only the torch family is shared (a family folder, not site-packages)
 MARKER = "safehub-env.json"
 LOCK_TIMEOUT_S = BUILD_TIMEOUT_S + 300
 
@@ -68,7 +69,7 @@ def key_inputs(resolution: Resolution, host: HostInfo, backend: str, env: Mappin
         },
         "platform": host.platform,
         "host_packages": dict(sorted(host.packages.items())),
-        "host_share": [str(p) for p in host.share_paths],
+        "host_family": family_digest(host.family_dists),
         "constraints": list(host.constraints),
         "requirements": sorted(resolution.install_lines),
         "backend": backend,
@@ -115,13 +116,13 @@ def _valid(root: Path, key: str) -> dict[str, Any] | None:
     return marker
 
 
-def _python_env(root: Path, host: HostInfo, key: str, marker: Mapping[str, Any]) -> PythonEnv:
+def _python_env(root: Path, host: HostInfo, family: Family, key: str, marker: Mapping[str, Any]) -> PythonEnv:
     root = Path(os.path.realpath(root))
     dists = marker.get("distributions") or []
     return PythonEnv(
         python=root / "bin" / "python",
         root=root,
-        ro_paths=minimal_paths([root, *host.base_prefixes, *host.share_paths]),
+        ro_paths=minimal_paths([root, *host.base_prefixes, family.folder, *family.targets]),
         key=key,
         distributions=tuple(str(d) for d in dists),
         backend=str(marker.get("backend", "")),
@@ -168,11 +169,12 @@ def ensure_env(
     key = env_key(inputs)
 
     hub = Path(hub_dir).expanduser().resolve()  # real and absolute: it is bound into sandboxes
+    family = ensure_family(hub, host.family_dists)
     envs = hub / "envs"
     final = envs / key[:16]
     marker = _valid(final, key)
     if marker is not None:
-        return _python_env(final, host, key, marker)
+        return _python_env(final, host, family, key, marker)
 
     (hub / "locks").mkdir(parents=True, exist_ok=True)
     envs.mkdir(parents=True, exist_ok=True)
@@ -187,7 +189,7 @@ def ensure_env(
     try:
         marker = _valid(final, key)  # someone else finished while we waited
         if marker is not None:
-            return _python_env(final, host, key, marker)
+            return _python_env(final, host, family, key, marker)
         for stale in envs.glob(f".tmp-{key[:16]}-*"):  # crashed builds of this key; we hold its lock
             remove_tree(stale)
         if final.exists() or final.is_symlink():  # incomplete or foreign: never trusted
@@ -197,18 +199,18 @@ def ensure_env(
         say("safehub: building environment %s (%s) for: %s", key[:16], backend_name,
             ", ".join(resolution.install_lines) or "no extra packages")
         try:
-            marker = _build(tmp, final, resolution, host, backend_name, uv, env, offline, key, inputs)
+            marker = _build(tmp, final, resolution, host, family, backend_name, uv, env, offline, key, inputs)
             os.rename(tmp, final)
         except BaseException:
             remove_tree(tmp)
             raise
         say("safehub: environment %s ready in %.1f s", key[:16], time.monotonic() - started)
-        return _python_env(final, host, key, marker)
+        return _python_env(final, host, family, key, marker)
     finally:
         lock.release()
 
 
-def _build(tmp: Path, final: Path, resolution: Resolution, host: HostInfo, backend: str, uv: Path | None,
+def _build(tmp: Path, final: Path, resolution: Resolution, host: HostInfo, family: Family, backend: str, uv: Path | None,
            env: Mapping[str, str], offline: bool, key: str, inputs: Mapping[str, Any]) -> dict[str, Any]:
     child = child_env(env, offline)
     scratch = Path(str(tmp) + ".in")  # installer inputs, beside the env; matches the stale glob
@@ -218,7 +220,7 @@ def _build(tmp: Path, final: Path, resolution: Resolution, host: HostInfo, backe
             assert uv is not None
             build_uv(uv, tmp, scratch, resolution, host, child, offline)
         else:
-            build_virtualenv(tmp, scratch, resolution, host, child, offline)
+            build_virtualenv(tmp, scratch, resolution, host, child, offline, family.folder)
     finally:
         remove_tree(scratch)
     site = site_packages(tmp, host)
@@ -228,7 +230,7 @@ def _build(tmp: Path, final: Path, resolution: Resolution, host: HostInfo, backe
     check_installed_requirements(site, host.packages)
     if resolution.install:
         compile_bytecode(tmp, final, site, host, child)
-    write_pth(site, host)
+    write_pth(site, [family.folder])
     marker = {
         "format": FORMAT_VERSION,
         "key": key,

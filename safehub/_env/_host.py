@@ -48,6 +48,8 @@ class HostInfo:
     packages: Mapping[str, str]  # canonical torch-family name -> version, only those present
     share_paths: tuple[Path, ...]  # host folders holding the torch family and what it needs
     constraints: tuple[str, ...]  # what the torch family requires of other packages
+    # (canonical name, version, real dist-info path) of the family and its requirement closure
+    family_dists: tuple[tuple[str, str, Path], ...] = ()
 
 
 _SYSCONFIG_LOCK = threading.Lock()
@@ -116,6 +118,14 @@ def _dist_folder(dist: md.Distribution) -> Path | None:
         return None
 
 
+def _dist_info_path(dist: md.Distribution) -> Path | None:
+    path = getattr(dist, "_path", None)  # PathDistribution: the .dist-info folder
+    if path is None:
+        return None
+    real = _real(path)
+    return real if real.name.endswith(".dist-info") and real.is_dir() else None
+
+
 def host_info() -> HostInfo:
     """Inspect the host. Cheap (metadata reads only); called once per ensure_env."""
     sysconfig_ready()
@@ -130,6 +140,7 @@ def host_info() -> HostInfo:
     # Folders holding the family and, transitively, what it requires.
     folders: list[Path] = []
     constraints: set[str] = set()
+    closure: list[tuple[str, str, Path]] = []
     seen: set[str] = set()
     queue = list(family)
     while queue:
@@ -141,6 +152,9 @@ def host_info() -> HostInfo:
         folder = _dist_folder(dist)
         if folder is not None and folder not in folders:
             folders.append(folder)
+        info = _dist_info_path(dist)
+        if info is not None:
+            closure.append((key, str(dist.version), info))
         for req in _base_requires(dist):
             name = canonical(req.name)
             if name in TORCH_FAMILY:
@@ -165,6 +179,7 @@ def host_info() -> HostInfo:
         packages=packages,
         share_paths=tuple(folders),
         constraints=tuple(sorted(constraints)),
+        family_dists=tuple(sorted(closure)),
     )
 
 

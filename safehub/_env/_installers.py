@@ -225,12 +225,13 @@ def write_fresh(path: Path, text: str) -> None:
         f.write(text)
 
 
-def write_pth(site: Path, host: HostInfo) -> None:
+def write_pth(site: Path, paths: Sequence[Path]) -> None:
     lines = []
-    for p in host.share_paths:
+    for p in paths:
         text = str(p)
         if "\n" in text or "\r" in text or text.startswith(("import ", "import\t", "#")):
-            raise EnvironmentBuildError(f"host site folder {text!r} cannot be named in a .pth file")
+            raise EnvironmentBuildError(f"host folder {text!r} cannot be named in a .pth file",
+                                        hint="use a hub dir (SAFEHUB_HOME) whose path has no newline")
         lines.append(text)
     write_fresh(site / PTH_NAME, "".join(f"{line}\n" for line in lines))
 
@@ -300,7 +301,7 @@ def build_uv(uv: Path, tmp: Path, scratch: Path, resolution: Resolution, host: H
 
 
 def build_virtualenv(tmp: Path, scratch: Path, resolution: Resolution, host: HostInfo,
-                      env: Mapping[str, str], offline: bool) -> None:
+                      env: Mapping[str, str], offline: bool, family_folder: Path) -> None:
     proc = _run(
         [sys.executable, "-I", "-m", "virtualenv", "--no-seed", "--no-download", "--no-periodic-update",
          "--activators", "", "-p", str(host.base_python), str(tmp)],
@@ -315,7 +316,7 @@ def build_virtualenv(tmp: Path, scratch: Path, resolution: Resolution, host: Hos
     # read-only: pip never uninstalls outside the env's prefix) and pin the torch
     # family to the host's versions, so a dependency wanting another torch fails
     # to resolve instead of downloading one.
-    write_pth(site_packages(tmp, host), host)
+    write_pth(site_packages(tmp, host), [family_folder])
     pins = [f"{n}=={v}" for n, v in sorted(host.packages.items())]
     pins += [f"{n}<0" for n in sorted(TORCH_FAMILY - set(host.packages))]  # absent: never installable
     req = _write_lines(scratch / "requirements.txt", resolution.install_lines)

@@ -1,0 +1,171 @@
+"""Only the torch family from the host: a package installed next to torch is not
+visible to a repo (real venvs, real bwrap and Landlock sandboxes), and the family
+folder links exactly the family's files (pure, on fake site folders)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, make_wheel
+from safehub._env._family import FAMILY_MARKER, ensure_family, family_entries
+
+# --- the family folder on fake site folders (fast) -------------------------------
+
+
+def _install(site: Path, name: str, files: dict[str, str]) -> tuple[str, str, Path]:
+    """Write files and a dist-info with a RECORD, as an installer would."""
+    info = site / f"{name}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    record = [f"{info.name}/METADATA,,", f"{info.name}/RECORD,,"]
+    for rel, text in files.items():
+        path = site / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        record.append(f"{rel},,")
+    (info / "RECORD").write_text("\n".join(record) + "\n")
+    return (name, "1.0", info)
+
+
+def _fake_site(tmp_path: Path):
+    site = tmp_path / "site-packages"
+    torch = _install(site, "torch", {"torch/__init__.py": "", "torch/lib/x.so": "", "torchgen/a.py": ""})
+    nv = _install(site, "nvidia-cublas", {"nvidia/__init__.py": "", "nvidia/cublas/lib/libcublas.so": ""})
+    te = _install(site, "typing_extensions", {"typing_extensions.py": "",
+                                              "__pycache__/typing_extensions.cpython-311.pyc": ""})
+    # Not the family: a neighbour sharing the nvidia namespace and __pycache__, one planting into torch/.
+    _install(site, "nvidia-evil", {"nvidia/evil/__init__.py": ""})
+    _install(site, "canary", {"canary.py": "", "__pycache__/canary.cpython-311.pyc": ""})
+    _install(site, "torch-plugin", {"torch/plugin_evil.py": ""})
+    return site, [torch, nv, te]
+
+
+def test_family_entries_link_only_family_files(tmp_path):
+    site, family = _fake_site(tmp_path)
+    entries = family_entries(family)
+    assert entries["torchgen"] == site / "torchgen"
+    assert entries["typing_extensions.py"] == site / "typing_extensions.py"
+    assert entries["torch-1.0.dist-info"] == site / "torch-1.0.dist-info"
+    assert entries["__pycache__/typing_extensions.cpython-311.pyc"].name == "typing_extensions.cpython-311.pyc"
+    # Shared folders are split: their family children only.
+    assert "nvidia" not in entries and entries["nvidia/cublas"] == site / "nvidia" / "cublas"
+    assert "torch" not in entries and entries["torch/lib"] == site / "torch" / "lib"
+    names = set(entries)
+    for foreign in ("canary.py", "canary-1.0.dist-info", "nvidia/evil", "torch/plugin_evil.py",
+                    "__pycache__/canary.cpython-311.pyc", "__pycache__", "torch-plugin-1.0.dist-info"):
+        assert foreign not in names
+    targets = {str(t) for t in entries.values()}
+    assert not any("canary" in t or "evil" in t for t in targets)
+
+
+def test_family_folder_is_built_once_and_reused(tmp_path):
+    site, family = _fake_site(tmp_path)
+    hub = tmp_path / "hub"
+    fam = ensure_family(hub, family)
+    assert (fam.folder / "torchgen").is_symlink() and (fam.folder / "torch" / "lib").is_symlink()
+    assert not (fam.folder / "canary.py").exists() and not (fam.folder / "nvidia" / "evil").exists()
+    assert sorted(p.name for p in (hub / "host").iterdir()) == [fam.folder.name]
+    marker = json.loads((fam.folder / FAMILY_MARKER).read_text())
+    assert sorted(marker["targets"]) == sorted(str(t) for t in fam.targets)
+    os.utime(fam.folder / FAMILY_MARKER, (0, 0))
+    assert ensure_family(hub, family) == fam
+    assert os.stat(fam.folder / FAMILY_MARKER).st_mtime == 0  # reused, not rebuilt
+
+
+# --- a canary installed next to torch, under real sandboxes (slow) ------------------
+
+_PROBE = '''
+dependencies = []
+
+def probe():
+    import os
+    import torch
+    leaks = []
+    for name in NAMES:
+        try:
+            __import__(name)  # dynamic on purpose: no scan may pick these up
+            leaks.append("import " + name)
+        except ImportError:
+            pass
+    for path in PATHS:
+        try:
+            open(path, "rb").close()
+            leaks.append("read " + path)
+        except OSError:
+            pass
+    try:
+        listed = set(os.listdir(SITE))
+    except OSError:
+        listed = set()
+    leaks += ["listed " + n for n in NAMES if n in listed]
+    if leaks:
+        raise RuntimeError("LEAK: " + ", ".join(leaks))
+    return torch.nn.Linear(2, 3)
+'''
+
+_CHILD = r'''
+import importlib.metadata as md, json, sys
+sys.path[:] = [p for p in sys.path if "-packages" not in p] + [FARM, ROOT]
+import safehub_canary  # the canary really is installed next to torch
+assert md.distribution("torch").locate_file("") == __import__("pathlib").Path(FARM), "torch not from the farm"
+import safehub
+from safehub._errors import SafehubError
+out = {}
+for backend in ("bwrap", "landlock"):
+    try:
+        m = safehub.load(REPO, "probe", source="local", sandbox=backend, verbose=False)
+        out[backend] = ["ok", m.safehub_info.backend, list(m.weight.shape)]
+    except SafehubError as e:
+        out[backend] = ["failed", str(e)[-1500:]]
+print("RESULT " + json.dumps(out))
+'''
+
+
+@pytest.mark.slow
+def test_a_package_next_to_torch_is_invisible_to_repos(tmp_path):
+    """Copy the host's site-packages (links to its packages, real dist-info folders),
+    install a canary wheel into that copy with uv, and load a repo whose entrypoint
+    tries to import and read it, and also the host's own PyYAML, through bwrap and Landlock."""
+    host_site = Path(sysconfig.get_paths()["purelib"]).resolve()
+    farm = tmp_path / "site-packages"
+    farm.mkdir()
+    wheels = tmp_path / "wheels"
+    wheel = make_wheel(wheels, "safehub-canary", "1.0", {"safehub_canary/__init__.py": "X = 1\n",
+                                                        "safehub_canary_mod.py": "Y = 2\n"})
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    assert uv, "uv is required (it is a safehub dependency)"
+    proc = subprocess.run([uv, "pip", "install", "--no-config", "--offline", "--no-deps", "--target", str(farm),
+                           str(wheel)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for entry in host_site.iterdir():
+        if entry.name.endswith(".pth") or (farm / entry.name).exists():
+            continue
+        if entry.name.endswith(".dist-info"):
+            shutil.copytree(entry, farm / entry.name)  # metadata lives in the copy
+        else:
+            os.symlink(entry, farm / entry.name)
+    assert (host_site / "yaml" / "__init__.py").is_file(), "the host venv should have PyYAML (a test dependency)"
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    names = ["safehub_canary", "safehub_canary_mod", "yaml"]
+    paths = [str(farm / "safehub_canary" / "__init__.py"), str(farm / "safehub_canary_mod.py"),
+             str(host_site / "yaml" / "__init__.py"), str(host_site / "safehub" / "__init__.py")
+             if (host_site / "safehub").exists() else str(host_site / "pytest" / "__init__.py")]
+    (repo / "hubconf.py").write_text(
+        f"NAMES = {names!r}\nPATHS = {paths!r}\nSITE = {str(host_site)!r}\n" + textwrap.dedent(_PROBE))
+    code = (f"FARM = {str(farm)!r}\nROOT = {str(ROOT)!r}\nREPO = {str(repo)!r}\n") + _CHILD
+    env = {**os.environ, "SAFEHUB_HOME": str(tmp_path / "hub"), "SAFEHUB_DEPENDENCIES": "declared"}
+    proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=900,
+                          env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert result == {"bwrap": ["ok", "bwrap", [3, 2]], "landlock": ["ok", "landlock", [3, 2]]}, result
