@@ -50,6 +50,7 @@ class LoadInfo:
     limits: dict[str, Any]
     env_key: str
     env_backend: str
+    dependencies: dict[str, Any]  # mode, installed "name==version" and the sha256 of each RECORD
     summary: dict[str, Any]
     sandbox_details: dict[str, Any]
     # Files the host fetched for the entrypoint: url, bytes, sha256, cached, seconds.
@@ -151,15 +152,19 @@ def _run(
     allow_gpu: bool = False,
     env: Mapping[str, str] | None = None,
     budget: Any = None,
+    dependencies_mode: str | None = None,
+    extra_dependencies: Any = None,
 ):
     """``budget`` (a DownloadBudget) is one deadline and one disk budget for the
     sandbox runs and the downloads between them; the caller discards it on failure."""
-    from ._env import ensure_env
+    from ._env import ensure_env, plan_for_repo
     from ._jobs import run_job
     from ._sandbox import get_backend
 
     backend = get_backend(sandbox, env=env)
-    python_env = ensure_env(hub.dependencies, hub_dir=hub_dir, verbose=verbose, env=env)
+    plan = plan_for_repo(repo.path, hub.dependencies, hub_dir=hub_dir, mode=dependencies_mode,
+                         extra=extra_dependencies, env=env)
+    python_env = ensure_env(plan.entries, hub_dir=hub_dir, verbose=verbose, env=env, mode=plan.mode)
     if budget is None:
         from ._fetch._downloads import DownloadBudget
 
@@ -214,6 +219,8 @@ def load(
     export: str = "auto",
     sandbox: str | SandboxBackend | None = None,
     limits: Any = None,
+    dependencies_mode: str | None = None,
+    extra_dependencies: Any = None,
     **kwargs: Any,
 ) -> Any:
     """Load a model from a hub repo, like ``torch.hub.load``, without running its code here.
@@ -225,6 +232,12 @@ def load(
         export: "auto" (fx, then aten), "fx" or "aten".
         sandbox: "auto", "bwrap", "landlock" or "process" (default ``$SAFEHUB_SANDBOX`` or auto).
         limits: a :class:`safehub.Limits` for the sandboxed run.
+        dependencies_mode: which packages the repo's env gets: "scan" (default: hubconf's
+            ``dependencies`` plus the third-party imports a static scan of the repo finds),
+            "declared" (``dependencies`` only) or "requirements" (plus requirements.txt /
+            pyproject dependencies). Default ``$SAFEHUB_DEPENDENCIES`` or "scan".
+        extra_dependencies: more requirements for the env (["timm>=0.9"]), or a dict
+            import name -> requirement for imports the scan cannot name ({"cv2": "opencv-python"}).
 
     Returns an ``nn.Module`` (or the tuple/list/dict of modules the entrypoint returned).
     Its ``safehub_info`` attribute records the repo SHA, the sandbox backend and limits used.
@@ -264,6 +277,8 @@ def load(
             export_options={"mode": export},
             allow_gpu=False,
             budget=budget,
+            dependencies_mode=dependencies_mode,
+            extra_dependencies=extra_dependencies,
         )
     from ._channel import rebuild_from_output
 
@@ -279,6 +294,8 @@ def load(
             limits=job.sandbox.limits.as_dict(),
             env_key=python_env.key,
             env_backend=python_env.backend,
+            dependencies={"mode": python_env.mode, "distributions": builtins.list(python_env.distributions),
+                          "records": dict(python_env.records)},
             summary=_clean_summary(job.result.get("summary")),
             sandbox_details=dict(job.sandbox.details),  # measured by the host-side watchdog
             downloads=budget.summary(),
@@ -367,6 +384,8 @@ def list(  # noqa: A001 - torch.hub's name
     source: str = "github",
     revision: str | None = None,
     sandbox: str | SandboxBackend | None = None,
+    dependencies_mode: str | None = None,
+    extra_dependencies: Any = None,
 ) -> builtins.list[str]:
     """Entrypoint names of a repo, like ``torch.hub.list``.
 
@@ -386,10 +405,13 @@ def list(  # noqa: A001 - torch.hub's name
     )
     if hub.static_list_is_exact:
         return hub.names()
-    return [e["name"] for e in _sandbox_listing(repo, hub, hub_dir, verbose=verbose, sandbox=sandbox)]
+    return [e["name"] for e in _sandbox_listing(repo, hub, hub_dir, verbose=verbose, sandbox=sandbox,
+                                                dependencies_mode=dependencies_mode,
+                                                extra_dependencies=extra_dependencies)]
 
 
-def _sandbox_listing(repo: _Repo, hub: Hubconf, hub_dir: Path, *, verbose: bool, sandbox: str | SandboxBackend | None) -> builtins.list[dict[str, Any]]:
+def _sandbox_listing(repo: _Repo, hub: Hubconf, hub_dir: Path, *, verbose: bool, sandbox: str | SandboxBackend | None,
+                     dependencies_mode: str | None = None, extra_dependencies: Any = None) -> builtins.list[dict[str, Any]]:
     from ._channel._listing import validate_listing
 
     logger.info("hubconf of %s cannot be listed statically (%s); asking the sandbox",
@@ -400,7 +422,7 @@ def _sandbox_listing(repo: _Repo, hub: Hubconf, hub_dir: Path, *, verbose: bool,
     with budget.discard_on_error():
         job, _backend, _env = _run(
             action="list", repo=repo, hub=hub, hub_dir=hub_dir, verbose=verbose, sandbox=sandbox, limits=None,
-            budget=budget,
+            budget=budget, dependencies_mode=dependencies_mode, extra_dependencies=extra_dependencies,
         )
     with job:
         return validate_listing(job.result)
@@ -416,6 +438,8 @@ def help(  # noqa: A001 - torch.hub's name
     source: str = "github",
     revision: str | None = None,
     sandbox: str | SandboxBackend | None = None,
+    dependencies_mode: str | None = None,
+    extra_dependencies: Any = None,
 ) -> str | None:
     """The docstring of an entrypoint, like ``torch.hub.help``."""
     repo, hub, hub_dir = _prepare(
@@ -432,7 +456,8 @@ def help(  # noqa: A001 - torch.hub's name
     ep = hub.require(model)
     if ep is not None and ep.kind in ("function", "class"):
         return ep.doc
-    for entry in _sandbox_listing(repo, hub, hub_dir, verbose=True, sandbox=sandbox):
+    for entry in _sandbox_listing(repo, hub, hub_dir, verbose=True, sandbox=sandbox,
+                                  dependencies_mode=dependencies_mode, extra_dependencies=extra_dependencies):
         if entry["name"] == model:
             return entry["doc"]
     raise EntrypointNotFoundError(f"Cannot find callable {model} in hubconf")

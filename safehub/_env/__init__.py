@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from ._build import ensure_env, env_key, key_inputs
 from ._host import host_env, host_info
+from ._plan import MODES, DependencyPlan, UnknownImportError, plan_for_repo
 from ._manage import EnvRecord, list_envs, prune_envs, remove_env
 from ._resolve import Resolution, Requirement, resolve_dependencies
 from ._types import PythonEnv
 
 __all__ = [
+    "MODES",
+    "DependencyPlan",
+    "UnknownImportError",
+    "plan_for_repo",
     "EnvRecord",
     "PythonEnv",
     "Resolution",

@@ -58,10 +58,12 @@ LOCK_TIMEOUT_S = BUILD_TIMEOUT_S + 300
 # --- the cache key ------------------------------------------------------------
 
 
-def key_inputs(resolution: Resolution, host: HostInfo, backend: str, env: Mapping[str, str]) -> dict[str, Any]:
+def key_inputs(resolution: Resolution, host: HostInfo, backend: str, env: Mapping[str, str],
+               mode: str = "declared") -> dict[str, Any]:
     """Everything that shapes an env. Two calls with equal inputs share one env."""
     return {
         "format": FORMAT_VERSION,
+        "mode": mode,
         "python": {
             "version": host.python_version,
             "implementation": host.implementation,
@@ -125,18 +127,29 @@ def _python_env(root: Path, host: HostInfo, family: Family, key: str, marker: Ma
         ro_paths=minimal_paths([root, *host.base_prefixes, family.folder, *family.targets]),
         key=key,
         distributions=tuple(str(d) for d in dists),
+        records={str(k): str(v) for k, v in (marker.get("records") or {}).items()}
+        if isinstance(marker.get("records"), dict) else {},
+        mode=str((marker.get("inputs") or {}).get("mode", "")),
         backend=str(marker.get("backend", "")),
     )
 
 
-def _installed(site: Path) -> list[str]:
+def _installed(site: Path) -> tuple[list[str], dict[str, str]]:
+    """``name==version`` of each installed distribution, and the sha256 of its RECORD
+    (which lists every installed file with its own hash): enough to tell later whether
+    a rebuild installed exactly the same files."""
     from ._host import _read_metadata
 
-    out = []
+    out, records = [], {}
     for meta in sorted(site.glob("*.dist-info/METADATA")):
         name, version, _ = _read_metadata(meta)
-        out.append(escape_untrusted(f"{name}=={version}", limit=200))
-    return out
+        pin = escape_untrusted(f"{name}=={version}", limit=200)
+        out.append(pin)
+        try:
+            records[pin] = hashlib.sha256((meta.parent / "RECORD").read_bytes()).hexdigest()
+        except OSError:
+            records[pin] = ""
+    return out, records
 
 
 # --- the entry point --------------------------------------------------------------
@@ -149,6 +162,7 @@ def ensure_env(
     verbose: bool = True,
     env: Mapping[str, str] | None = None,
     backend: str | None = None,
+    mode: str = "declared",
 ) -> PythonEnv:
     """Return a ready env holding ``dependencies`` (hubconf import names), building it once.
 
@@ -165,7 +179,7 @@ def ensure_env(
     host = host_info()
     check_host_requirements(resolution, host.packages)
     backend_name, uv = choose_backend(backend, env)
-    inputs = key_inputs(resolution, host, backend_name, env)
+    inputs = key_inputs(resolution, host, backend_name, env, mode)
     key = env_key(inputs)
 
     hub = Path(hub_dir).expanduser().resolve()  # real and absolute: it is bound into sandboxes
@@ -231,12 +245,14 @@ def _build(tmp: Path, final: Path, resolution: Resolution, host: HostInfo, famil
     if resolution.install:
         compile_bytecode(tmp, final, site, host, child)
     write_pth(site, [family.folder])
+    installed, records = _installed(site)
     marker = {
         "format": FORMAT_VERSION,
         "key": key,
         "inputs": _redacted(inputs),  # the env is mounted into sandboxes: no index credentials here
         "backend": backend,
-        "distributions": _installed(site),
+        "distributions": installed,
+        "records": records,
         "created": time.time(),
         "pid": os.getpid(),
     }

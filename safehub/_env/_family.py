@@ -35,7 +35,7 @@ from pathlib import Path
 
 from .._errors import EnvironmentBuildError, MissingHostPackageError
 
-__all__ = ["Family", "ensure_family", "family_digest", "family_entries", "FAMILY_MARKER"]
+__all__ = ["Family", "ensure_family", "family_names", "family_digest", "family_entries", "FAMILY_MARKER"]
 
 logger = logging.getLogger("safehub")
 
@@ -201,3 +201,17 @@ def ensure_family(hub: Path, dists: Sequence[tuple[str, str, Path]]) -> Family:
                                     hint=f"delete {folder} and retry")
     logger.debug("safehub: torch family folder %s links %d entries", folder, len(entries))
     return found
+
+
+def family_names(folder: Path) -> frozenset[str]:
+    """Top-level import names the family folder provides (torch, sympy, typing_extensions...)."""
+    out = set()
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return frozenset()
+    for name in entries:
+        stem = name[:-3] if name.endswith(".py") else name.split(".")[0] if name.endswith((".so", ".pyd")) else name
+        if stem.isidentifier() and stem != "__pycache__":
+            out.add(stem)
+    return frozenset(out)

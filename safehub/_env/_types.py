@@ -23,3 +23,5 @@ class PythonEnv:
     key: str = ""
     distributions: tuple[str, ...] = field(default_factory=tuple)
     backend: str = ""  # "uv", "virtualenv" or "host"
+    records: dict[str, str] = field(default_factory=dict, hash=False, compare=False)  # "name==ver" -> sha256 of RECORD
+    mode: str = ""  # the dependency resolution mode the env was built for
