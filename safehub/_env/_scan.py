@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +150,7 @@ def scan_repo(repo: Path, *, family: set[str] | frozenset[str], stdlib: frozense
     (the sandbox will report them if they matter)."""
     repo = Path(repo)
     stdlib = frozenset(sys.stdlib_module_names) | {"__future__"} if stdlib is None else stdlib
+    root = Path(os.path.realpath(repo))
     index, truncated = _repo_index(repo)
     result = ScanResult(truncated=truncated)
     queue: list[Path] = [repo / "hubconf.py"]
@@ -162,7 +164,11 @@ def scan_repo(repo: Path, *, family: set[str] | frozenset[str], stdlib: frozense
             result.truncated = True
             break
         try:
-            with open(path, "rb") as f:
+            # Only regular files inside the repo: a link to a FIFO or /dev would block or leak.
+            real = Path(os.path.realpath(path))
+            if not (real == root or root in real.parents) or not stat.S_ISREG(os.stat(real).st_mode):
+                continue
+            with open(real, "rb") as f:
                 source = f.read(MAX_FILE_BYTES + 1)
             if len(source) > MAX_FILE_BYTES:
                 result.truncated = True
