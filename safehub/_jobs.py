@@ -268,10 +268,13 @@ def _raise_for_reported_error(job: Job, *, entrypoint: str | None, repo_dir: Pat
     remote_type = escape_untrusted(str(error.get("type", "")), limit=200)
     message = escape_untrusted(str(error.get("message", "")), limit=2000)
     tb = escape_untrusted(str(error.get("traceback", "")), limit=8000)
+    from ._env._hints import missing_module_hint
+
+    missing = missing_module_hint(remote_type, message)  # None unless an import failed
     if category == "hubconf":
         raise HubconfError(
             f"importing hubconf.py of {repo_dir} failed inside the sandbox: {remote_type}: {message}\n{tb}",
-            hint="the repo may need a dependency its hubconf does not declare",
+            hint=missing or "the repo may need a dependency its hubconf does not declare",
         )
     if category == "entrypoint" and remote_type == "RuntimeError" and message.startswith("Cannot find callable"):
         raise EntrypointNotFoundError(message, hint="run safehub.list() on the repo to see its entrypoints")
@@ -280,7 +283,7 @@ def _raise_for_reported_error(job: Job, *, entrypoint: str | None, repo_dir: Pat
             f"entrypoint {entrypoint!r} raised {remote_type} inside the sandbox: {message}",
             remote_type=remote_type,
             remote_traceback=tb,
-            hint="the sandbox traceback is in .remote_traceback",
+            hint=missing or "the sandbox traceback is in .remote_traceback",
         )
     if category == "unsupported_return":
         raise UnsupportedReturnError(message, hint="safehub carries nn.Modules and tuples/lists/dicts of them")

@@ -1,0 +1,127 @@
+"""The dependency plan through load/list/help, and import errors that say what to do,
+with a fake sandbox backend (runs nothing; a handler plays the runner) and a fake env
+(the host interpreter stands in for the repo's venv; real envs: test_env*.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import safehub
+import specgen
+from safehub._env import UnknownImportError, host_env
+from safehub._env._hints import missing_module, missing_module_hint
+from safehub._errors import EntrypointFailedError, HubconfError
+from safehub._sandbox import FakeBackend, FakeJob
+
+HUBCONF = '''
+dependencies = ["yaml"]
+import os
+
+def tiny():
+    """A tiny model."""
+    import numpy
+    import einops
+'''
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list:
+    seen: list = []
+
+    def fake_ensure_env(entries, **kwargs):
+        seen.append((tuple(entries), kwargs.get("mode")))
+        return host_env()
+
+    monkeypatch.setattr("safehub._env.ensure_env", fake_ensure_env)
+    return seen
+
+
+def make_repo(tmp_path: Path, source: str = HUBCONF) -> Path:
+    d = tmp_path / "repo"
+    d.mkdir()
+    (d / "hubconf.py").write_text(source)
+    return d
+
+
+def ok_handler(job: FakeJob) -> None:
+    spec, weights = specgen.full_spec(nn.Linear(2, 2))
+    specgen.write(job.out_dir, spec, weights)
+    job.write_result({"status": "ok", "summary": {"root": "module", "modules": {}}})
+
+
+def failing(category: str, type_: str, message: str):
+    def handler(job: FakeJob) -> None:
+        job.write_result({"status": "error", "error": {"category": category, "type": type_, "message": message,
+                                                        "traceback": "tb"}})
+    return handler
+
+
+def test_default_load_adds_scanned_imports(tmp_path, calls, monkeypatch):
+    monkeypatch.delenv("SAFEHUB_DEPENDENCIES", raising=False)
+    repo = make_repo(tmp_path)
+    m = safehub.load(str(repo), "tiny", source="local", sandbox=FakeBackend(ok_handler), verbose=False)
+    assert calls == [(("yaml", "einops", "numpy"), "scan")]
+    assert set(m.safehub_info.dependencies) == {"mode", "distributions", "records"}
+
+
+def test_mode_argument_and_environment_variable(tmp_path, calls, monkeypatch):
+    repo = make_repo(tmp_path)
+    safehub.load(str(repo), "tiny", source="local", sandbox=FakeBackend(ok_handler), verbose=False,
+                 dependencies_mode="declared", extra_dependencies=["timm>=0.9"])
+    monkeypatch.setenv("SAFEHUB_DEPENDENCIES", "declared")
+    safehub.load(str(repo), "tiny", source="local", sandbox=FakeBackend(ok_handler), verbose=False)
+    assert calls == [(("yaml", "timm>=0.9"), "declared"), (("yaml",), "declared")]
+
+
+def test_unknown_import_fails_before_any_env_or_sandbox(tmp_path, calls, monkeypatch):
+    monkeypatch.delenv("SAFEHUB_DEPENDENCIES", raising=False)
+    repo = make_repo(tmp_path, "def tiny():\n    import numpyy\n")
+    backend = FakeBackend(ok_handler)
+    with pytest.raises(UnknownImportError, match="numpyy") as info:
+        safehub.load(str(repo), "tiny", source="local", sandbox=backend, verbose=False)
+    assert "extra_dependencies=" in info.value.hint
+    assert calls == [] and backend.jobs == []
+
+
+def test_list_passes_the_mode_through(tmp_path, calls):
+    repo = make_repo(tmp_path, "from models import *\ndependencies = []\n")
+
+    def lister(job: FakeJob) -> None:
+        job.write_result({"status": "ok", "entrypoints": [{"name": "m", "doc": None}]})
+
+    assert safehub.list(str(repo), source="local", sandbox=FakeBackend(lister), dependencies_mode="declared",
+                        extra_dependencies=["einops"]) == ["m"]
+    assert calls == [(("einops",), "declared")]
+
+
+@pytest.mark.parametrize("category, error", [("entrypoint", EntrypointFailedError), ("hubconf", HubconfError)])
+def test_import_error_inside_the_sandbox_names_the_fix(tmp_path, calls, category, error):
+    repo = make_repo(tmp_path)
+    handler = failing(category, "ModuleNotFoundError", "No module named 'skimage.io'")
+    with pytest.raises(error) as info:
+        safehub.load(str(repo), "tiny", source="local", sandbox=FakeBackend(handler), verbose=False,
+                     dependencies_mode="declared")
+    assert "skimage.io" in info.value.hint and "scikit-image" in info.value.hint
+    assert "extra_dependencies=['scikit-image']" in info.value.hint
+
+
+@pytest.mark.parametrize("type_, message, module", [
+    ("ModuleNotFoundError", "No module named 'cv2'", "cv2"),
+    ("ImportError", "No module named 'a.b'; 'a' is not a package", "a.b"),
+    ("ModuleNotFoundError", "No module named 'x\n--index-url http://evil'", None),  # not an identifier: ignored
+    ("ModuleNotFoundError", "No module named '../../etc'", None),
+    ("ValueError", "No module named 'cv2'", None),
+])
+def test_missing_module_parsing_is_strict(type_, message, module):
+    assert missing_module(type_, message) == module
+
+
+def test_hints_for_family_and_unknown_modules():
+    assert "on the host" in missing_module_hint("ModuleNotFoundError", "No module named 'torchvision'")
+    hint = missing_module_hint("ModuleNotFoundError", "No module named 'zzz_unknown'")
+    assert "cannot name" in hint and "extra_dependencies=" in hint
+    assert missing_module_hint("RuntimeError", "boom") is None
