@@ -169,3 +169,34 @@ def test_a_package_next_to_torch_is_invisible_to_repos(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.split("RESULT ", 1)[1])
     assert result == {"bwrap": ["ok", "bwrap", [3, 2]], "landlock": ["ok", "landlock", [3, 2]]}, result
+
+
+# --- an undeclared import, end to end (slow: real uv env, real bwrap) -------------------
+
+_UNDECLARED = '''
+dependencies = ["torch"]
+
+def tiny():
+    import six  # undeclared: the scan finds it
+    import torch
+    assert six.PY3
+    return torch.nn.Linear(2, 2)
+'''
+
+
+@pytest.mark.slow
+def test_undeclared_import_loads_by_default_and_fails_clearly_when_declared_only(tmp_path, monkeypatch):
+    import safehub
+    from safehub._errors import EntrypointFailedError
+
+    monkeypatch.delenv("SAFEHUB_DEPENDENCIES", raising=False)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text(_UNDECLARED)
+    m = safehub.load(str(repo), "tiny", source="local", sandbox="bwrap", verbose=False)
+    assert m.safehub_info.dependencies["mode"] == "scan"
+    assert any(d.startswith("six==") for d in m.safehub_info.dependencies["distributions"])
+    assert all(len(h) == 64 for h in m.safehub_info.dependencies["records"].values())
+    with pytest.raises(EntrypointFailedError) as info:
+        safehub.load(str(repo), "tiny", source="local", sandbox="bwrap", verbose=False, dependencies_mode="declared")
+    assert "extra_dependencies=['six']" in info.value.hint
