@@ -200,3 +200,22 @@ def test_undeclared_import_loads_by_default_and_fails_clearly_when_declared_only
     with pytest.raises(EntrypointFailedError) as info:
         safehub.load(str(repo), "tiny", source="local", sandbox="bwrap", verbose=False, dependencies_mode="declared")
     assert "extra_dependencies=['six']" in info.value.hint
+
+
+@pytest.mark.slow
+def test_a_release_far_older_than_the_newest_is_reported(tmp_path, caplog):
+    import logging
+
+    from safehub._env import ensure_env
+
+    caplog.set_level(logging.WARNING, logger="safehub")
+    links = tmp_path / "wheels"
+    for version in ("0.1", "2.0"):
+        make_wheel(links, "safehub-test-aged-probe", version, {"safehub_test_aged_probe.py": f"V = {version!r}\n"})
+    env = {**os.environ, "UV_FIND_LINKS": str(links)}
+    old = ensure_env(["safehub_test_aged_probe<1"], hub_dir=tmp_path / "hub", env=env, verbose=False)
+    marker = json.loads((old.root / "safehub-env.json").read_text())
+    assert marker["far_older"] == ["safehub-test-aged-probe 0.1 (newest 2.0)"]
+    assert any("far older" in r.getMessage() and "safehub-test-aged-probe 0.1" in r.getMessage() for r in caplog.records)
+    new = ensure_env(["safehub_test_aged_probe"], hub_dir=tmp_path / "hub", env=env, verbose=False)
+    assert json.loads((new.root / "safehub-env.json").read_text())["far_older"] == []

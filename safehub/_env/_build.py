@@ -39,6 +39,7 @@ from ._installers import (
     child_env,
     choose_backend,
     compile_bytecode,
+    far_older,
     remove_tree,
     site_packages,
     write_fresh,
@@ -242,10 +243,27 @@ def _build(tmp: Path, final: Path, resolution: Resolution, host: HostInfo, famil
         raise EnvironmentBuildError(f"the new environment has no {site.name} folder at {site}",
                                     hint="report this with your Python and installer versions")
     check_installed_requirements(site, host.packages)
+    # Ask the index for newer releases while bytecode compiles (a network round trip
+    # must not lengthen the build).
+    installed, records = _installed(site)
+    old_found: list[str] = []
+    old_check = None
+    if backend == "uv" and uv is not None and installed and not offline:
+        import threading
+
+        old_check = threading.Thread(target=lambda: old_found.extend(far_older(uv, host.base_python, installed, child)),
+                                     daemon=True)
+        old_check.start()
     if resolution.install:
         compile_bytecode(tmp, final, site, host, child)
     write_pth(site, [family.folder])
-    installed, records = _installed(site)
+    if old_check is not None:
+        old_check.join()
+    old = old_found
+    if old:
+        logger.warning("safehub: the resolver picked releases far older than the newest: %s. Usually the host's "
+                       "torch or Python rules the newer ones out; pin a version with extra_dependencies= "
+                       "if the repo needs a newer one", ", ".join(old))
     marker = {
         "format": FORMAT_VERSION,
         "key": key,
@@ -253,6 +271,7 @@ def _build(tmp: Path, final: Path, resolution: Resolution, host: HostInfo, famil
         "backend": backend,
         "distributions": installed,
         "records": records,
+        "far_older": old,
         "created": time.time(),
         "pid": os.getpid(),
     }

@@ -29,7 +29,7 @@ from .._fsutil import remove_tree
 from ._host import HostInfo, sysconfig_ready
 from ._resolve import TORCH_FAMILY, Resolution
 
-__all__ = ["choose_backend", "build_uv", "build_virtualenv", "compile_bytecode", "child_env", "write_pth",
+__all__ = ["choose_backend", "build_uv", "far_older", "build_virtualenv", "compile_bytecode", "child_env", "write_pth",
            "site_packages", "remove_tree", "write_fresh", "INDEX_VARS", "PTH_NAME"]
 
 logger = logging.getLogger("safehub")
@@ -330,3 +330,42 @@ def build_virtualenv(tmp: Path, scratch: Path, resolution: Resolution, host: Hos
     if proc.returncode != 0:
         raise _fail(proc, "pip", resolution, offline, host.constraints)
     _check_interpreter(tmp, before, resolution)
+
+
+def _major(version: str) -> int | None:
+    m = re.match(r"^\s*v?(\d{1,6})[.\s]", version + " ")
+    return int(m.group(1)) if m else None
+
+
+def far_older(uv: Path, base_python: Path, installed: Sequence[str], env: Mapping[str, str]) -> list[str]:
+    """Installed distributions whose newest release has a higher major version
+    (e.g. hydra-core 0.11.3 when 1.3 exists): the resolver was probably held back by the
+    host's torch or Python, and old releases can behave very differently. Asks the index
+    for the newest release of each name (``uv pip compile --no-deps``, interpreted by the
+    trusted base Python, never the env's: its .pth files came from wheels). Any failure
+    just means no warning."""
+    pins = {}
+    for line in installed:
+        name, _, version = line.partition("==")
+        if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) and version:
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = (name, version)
+    if not pins:
+        return []
+    argv = [str(uv), "pip", "compile", "-", "--no-deps", "--no-header", "--no-annotate", "--no-config",
+            "--color", "never", "--quiet", "--python", str(base_python)]
+    try:
+        proc = subprocess.run(argv, input="".join(f"{n}\n" for n, _ in pins.values()), env=dict(env),
+                              cwd=base_python.parent, capture_output=True, text=True, errors="replace",
+                              timeout=15, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    out = []
+    for line in proc.stdout.splitlines()[:10_000] if proc.returncode == 0 else []:
+        name, _, newest = line.strip().partition("==")
+        hit = pins.get(re.sub(r"[-_.]+", "-", name).lower())
+        if hit is None:
+            continue
+        a, b = _major(hit[1]), _major(newest)
+        if a is not None and b is not None and b > a:
+            out.append(escape_untrusted(f"{hit[0]} {hit[1]} (newest {newest})", limit=200))
+    return sorted(out)
