@@ -9,6 +9,8 @@ Cache layout under :func:`get_dir` (huggingface_hub style, one job per folder)::
     repos/<host>/<owner>/<name>/<sha>/   extracted repo archives (read-only once written)
     refs/                                 short-lived ref -> sha resolutions
     envs/<key>/                           one virtualenv per distinct dependency set
+    host/<digest>/                        links to the host's torch family (the only host packages envs see)
+    scans/<key>.json                      cached import scans of repos (keyed by their files' stat)
     jobs/                                 scratch folders of running sandbox jobs
     checkpoints/                          load_state_dict_from_url downloads
     locks/                                file locks guarding the above
