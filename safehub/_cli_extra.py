@@ -23,5 +23,6 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd_doctor)
 
     from ._fetch import add_cache_commands  # cache ls|rm|verify
+    from ._env._cli import add_env_cache_commands  # cache envs|rm-env
 
-    add_cache_commands(sub)
+    add_env_cache_commands(add_cache_commands(sub))

@@ -125,3 +125,55 @@ def test_hints_for_family_and_unknown_modules():
     hint = missing_module_hint("ModuleNotFoundError", "No module named 'zzz_unknown'")
     assert "cannot name" in hint and "extra_dependencies=" in hint
     assert missing_module_hint("RuntimeError", "boom") is None
+
+
+# --- safehub cache envs / rm-env ------------------------------------------------------
+
+
+def _fake_env(hub: Path, name: str, mode: str, used: float) -> Path:
+    """An env folder as ensure_env leaves it (marker + bin/python), without building one."""
+    import json
+    import os
+
+    root = hub / "envs" / name
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "python").write_text("")
+    (root / "lib").mkdir()
+    (root / "lib" / "blob").write_bytes(b"x" * 5000)
+    marker = {"key": name + "0" * 48, "backend": "uv", "distributions": ["six==1.17.0"], "created": 1.0,
+              "inputs": {"mode": mode}}
+    (root / "safehub-env.json").write_text(json.dumps(marker))
+    os.utime(root, (used, used))
+    return root
+
+
+def test_cache_envs_lists_size_and_last_use_and_rm_env_removes(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    hub = tmp_path / "hub"
+    now = time.time()
+    _fake_env(hub, "a" * 16, "scan", now - 40 * 86400)
+    _fake_env(hub, "b" * 16, "declared", now)
+    env = {**os.environ, "SAFEHUB_HOME": str(hub)}
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "safehub", "cache", *args], capture_output=True, text=True,
+                              env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    listed = json.loads(cli("envs", "--json"))
+    rows = {r["name"]: r for r in listed["envs"]}
+    assert set(rows) == {"a" * 16, "b" * 16}
+    assert rows["a" * 16]["mode"] == "scan" and rows["a" * 16]["size_bytes"] >= 5000
+    assert rows["a" * 16]["last_used"] < rows["b" * 16]["last_used"]
+    assert "six==1.17.0" in cli("envs")
+    out = json.loads(cli("rm-env", "--unused-days", "30", "--json"))
+    assert out["removed"] == ["a" * 16] and out["freed_bytes"] >= 5000
+    assert not (hub / "envs" / ("a" * 16)).exists() and (hub / "envs" / ("b" * 16)).exists()
+    assert json.loads(cli("rm-env", "--all", "--dry-run", "--json"))["removed"] == []
+    assert (hub / "envs" / ("b" * 16)).exists()

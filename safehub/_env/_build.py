@@ -121,6 +121,10 @@ def _valid(root: Path, key: str) -> dict[str, Any] | None:
 
 def _python_env(root: Path, host: HostInfo, family: Family, key: str, marker: Mapping[str, Any]) -> PythonEnv:
     root = Path(os.path.realpath(root))
+    try:
+        os.utime(root)  # last use, for `safehub cache envs` / `rm-env --unused-days`
+    except OSError:  # a read-only cache: last use is only a hint
+        pass
     dists = marker.get("distributions") or []
     return PythonEnv(
         python=root / "bin" / "python",

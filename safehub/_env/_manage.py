@@ -16,7 +16,7 @@ from pathlib import Path
 from ._build import MARKER, _read_marker, lock_path
 from ._installers import remove_tree
 
-__all__ = ["EnvRecord", "list_envs", "remove_env", "prune_envs"]
+__all__ = ["EnvRecord", "list_envs", "remove_env", "prune_envs", "env_size"]
 
 _NAME = re.compile(r"^[0-9a-f]{16}$")
 _TMP = re.compile(r"^\.tmp-([0-9a-f]{16})-")
@@ -30,6 +30,8 @@ class EnvRecord:
     distributions: tuple[str, ...]
     created: float
     complete: bool
+    mode: str = ""
+    last_used: float = 0.0  # the env folder's mtime: ensure_env touches it whenever it returns the env
 
 
 def _record(root: Path) -> EnvRecord:
@@ -45,7 +47,33 @@ def _record(root: Path) -> EnvRecord:
         distributions=tuple(str(d) for d in dists) if complete else (),
         created=float(created) if complete and isinstance(created, (int, float)) else 0.0,
         complete=complete,
+        mode=str((marker.get("inputs") or {}).get("mode", "")) if complete and isinstance(marker.get("inputs"), dict) else "",
+        last_used=_mtime(root),
     )
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def env_size(root: Path, limit: int = 200_000) -> int:
+    """Bytes of the files under ``root`` (links not followed; at most ``limit`` entries)."""
+    total = 0
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            count += 1
+            if count > limit:
+                return total
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            total += st.st_size
+    return total
 
 
 def list_envs(hub_dir: Path | str) -> list[EnvRecord]:

@@ -132,8 +132,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def add_cache_commands(subparsers: Any) -> None:
-    """Register ``cache ls|rm|verify`` on an argparse subparsers object."""
+def add_cache_commands(subparsers: Any) -> Any:
+    """Register ``cache ls|rm|verify`` on an argparse subparsers object; returns the
+    ``cache`` subparsers so other modules can add their own (``cache envs``)."""
     cache = subparsers.add_parser("cache", help="inspect and clean the repo cache")
     sub = cache.add_subparsers(dest="cache_command", required=True)
 
@@ -154,3 +155,4 @@ def add_cache_commands(subparsers: Any) -> None:
     verify.add_argument("repo", nargs="?", help="owner/name[@sha] filter")
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.set_defaults(func=_cmd_verify)
+    return sub
