@@ -219,3 +219,31 @@ def test_a_release_far_older_than_the_newest_is_reported(tmp_path, caplog):
     assert any("far older" in r.getMessage() and "safehub-test-aged-probe 0.1" in r.getMessage() for r in caplog.records)
     new = ensure_env(["safehub_test_aged_probe"], hub_dir=tmp_path / "hub", env=env, verbose=False)
     assert json.loads((new.root / "safehub-env.json").read_text())["far_older"] == []
+
+
+def test_a_torchvision_built_for_another_torch_is_not_shared(tmp_path, monkeypatch, caplog):
+    """Real metadata of a fake torchvision (a dist-info on sys.path) that pins another torch."""
+    import importlib.metadata as md
+    import logging
+
+    from safehub._env._host import host_info
+
+    site = tmp_path / "site"
+    for name, torch_req in (("torchvision", "torch==1.0.0"),):  # the fake shadows any real one
+        info = site / f"{name}-0.1.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\nRequires-Dist: {torch_req}\n")
+        (site / name).mkdir()
+        (site / name / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(site))
+    md.distribution("torchvision")  # visible through metadata
+    caplog.set_level(logging.WARNING, logger="safehub")
+    info = host_info()
+    assert "torchvision" not in info.packages and "torch" in info.packages
+    assert not any(n == "torchvision" for n, _v, _p in info.family_dists)
+    assert any("not sharing torchvision" in r.getMessage() for r in caplog.records)
+    # The same torchvision built for the host's torch is shared.
+    torch_version = md.version("torch")
+    meta = site / "torchvision-0.1.dist-info" / "METADATA"
+    meta.write_text(meta.read_text().replace("torch==1.0.0", f"torch=={torch_version}"))
+    assert host_info().packages.get("torchvision") == "0.1"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import importlib.util
+import logging
 import os
 import platform
 import sys
@@ -31,6 +32,8 @@ __all__ = [
     "check_installed_requirements",
     "minimal_paths",
 ]
+
+logger = logging.getLogger("safehub")
 
 _IMPORT_NAME = {"torch-tensorrt": "torch_tensorrt", "pytorch-triton": "triton"}
 _MAX_METADATA_BYTES = 1 << 20
@@ -126,14 +129,35 @@ def _dist_info_path(dist: md.Distribution) -> Path | None:
     return real if real.name.endswith(".dist-info") and real.is_dir() else None
 
 
+def _matches_torch(dist: md.Distribution, torch: md.Distribution | None) -> bool:
+    """A family member (torchvision...) is shared only when the host's torch satisfies
+    its own torch requirement: a mismatched one fails at import in every repo."""
+    from packaging.version import InvalidVersion, Version
+
+    for req in _base_requires(dist):
+        if canonical(req.name) != "torch":
+            continue
+        try:
+            ok = torch is not None and req.specifier.contains(Version(torch.version), prereleases=True)
+        except InvalidVersion:
+            ok = False
+        if not ok:
+            logger.warning("safehub: not sharing %s %s with repos: it requires %s, the host has torch %s",
+                           escape_untrusted(str(dist.metadata["Name"]), limit=60), escape_untrusted(dist.version, limit=40),
+                           escape_untrusted(str(req), limit=120), torch.version if torch else "none")
+            return False
+    return True
+
+
 def host_info() -> HostInfo:
     """Inspect the host. Cheap (metadata reads only); called once per ensure_env."""
     sysconfig_ready()
     packages: dict[str, str] = {}
     family: list[md.Distribution] = []
+    torch = _present("torch")
     for name in sorted(TORCH_FAMILY):
         dist = _present(name)
-        if dist is not None:
+        if dist is not None and (name == "torch" or _matches_torch(dist, torch)):
             packages[name] = dist.version
             family.append(dist)
 
