@@ -163,7 +163,7 @@ def _run(
 
     backend = get_backend(sandbox, env=env)
     plan = plan_for_repo(repo.path, hub.dependencies, hub_dir=hub_dir, mode=dependencies_mode,
-                         extra=extra_dependencies, env=env)
+                         extra=extra_dependencies, env=env, pinned=repo.source == "github" and bool(repo.sha))
     python_env = ensure_env(plan.entries, hub_dir=hub_dir, verbose=verbose, env=env, mode=plan.mode)
     if budget is None:
         from ._fetch._downloads import DownloadBudget

@@ -223,3 +223,22 @@ def test_links_out_of_the_repo_and_fifos_are_not_read(tmp_path):
     os.mkfifo(repo / "pipe.py")  # reading it would block the host forever
     scan = scan_repo(repo, family=FAMILY)
     assert scan.third_party == set() and scan.local == {"secret", "pipe"}
+
+
+def test_a_pinned_checkout_is_cached_by_path_alone(tmp_path):
+    repo = write(tmp_path / "r", {"hubconf.py": "import numpy\n"})
+    cache = tmp_path / "scans"
+    assert cached_scan(repo, cache, family=FAMILY, immutable=True).third_party == {"numpy"}
+    (repo / "hubconf.py").write_text("import scipy\n")  # a pinned checkout never changes; if it did...
+    assert cached_scan(repo, cache, family=FAMILY, immutable=True).third_party == {"numpy"}  # ...path is the key
+    assert cached_scan(repo, cache, family=FAMILY).third_party == {"scipy"}  # unpinned: by file stat
+
+
+def test_total_bytes_parsed_are_bounded(tmp_path, monkeypatch):
+    import safehub._env._scan as scan_mod
+
+    monkeypatch.setattr(scan_mod, "MAX_TOTAL_BYTES", 150)  # hubconf and one of a, b
+    repo = write(tmp_path / "r", {"hubconf.py": "import a\nimport b\n", "a.py": "import numpy\n" + "#" * 80,
+                                  "b.py": "import scipy\n" + "#" * 80})
+    scan = scan_repo(repo, family=FAMILY)
+    assert scan.truncated and len(scan.third_party) == 1

@@ -177,6 +177,7 @@ def plan_dependencies(
     extra: Sequence[str] | Mapping[str, str] | None = None,
     family: frozenset[str] = frozenset(),
     cache_dir: Path | None = None,
+    immutable: bool = False,
 ) -> DependencyPlan:
     """Decide the dependency entries for ``repo`` (see module doc). Pure apart from reading the repo."""
     extra_reqs, extra_map = _extras(extra)
@@ -189,7 +190,7 @@ def plan_dependencies(
             logger.warning("safehub: requirements of %s: skipped %s", repo, why)
         return DependencyPlan(mode=mode, entries=tuple(entries + reqs), skipped=tuple(skipped))
 
-    scan: ScanResult = cached_scan(repo, cache_dir, family=family)
+    scan: ScanResult = cached_scan(repo, cache_dir, family=family, immutable=immutable)
     covered = _declared_names(entries)
     added: list[str] = []
     unknown: list[str] = []
@@ -240,8 +241,10 @@ def plan_for_repo(
     mode: str | None = None,
     extra: Sequence[str] | Mapping[str, str] | None = None,
     env: Mapping[str, str] | None = None,
+    pinned: bool = False,
 ) -> DependencyPlan:
-    """``plan_dependencies`` with the mode chosen from the argument or $SAFEHUB_DEPENDENCIES,
+    """``pinned``: ``repo`` is a checkout of one commit that never changes (cached by path alone).
+    ``plan_dependencies`` with the mode chosen from the argument or $SAFEHUB_DEPENDENCIES,
     the host's torch family as the provided names, and the scan cached under ``hub/scans``."""
     env = os.environ if env is None else env
     chosen = choose_mode(mode, env)
@@ -253,4 +256,4 @@ def plan_for_repo(
 
         family = family | family_names(ensure_family(hub, host_info().family_dists).folder)
     return plan_dependencies(Path(repo), declared, mode=chosen, extra=extra, family=family,
-                             cache_dir=hub / "scans")
+                             cache_dir=hub / "scans", immutable=pinned)

@@ -29,6 +29,7 @@ __all__ = ["ScanResult", "scan_repo", "MAX_FILES"]
 
 MAX_FILES = 2000
 MAX_FILE_BYTES = 2 * 1024 * 1024
+MAX_TOTAL_BYTES = 64 * 1024 * 1024  # all files parsed by one scan
 MAX_ENTRIES = 50_000
 _SKIP_DIRS = {".git", "__pycache__", "node_modules", ".github", ".tox", ".venv", "venv"}
 _IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
@@ -155,6 +156,7 @@ def scan_repo(repo: Path, *, family: set[str] | frozenset[str], stdlib: frozense
     result = ScanResult(truncated=truncated)
     queue: list[Path] = [repo / "hubconf.py"]
     seen: set[Path] = set()
+    total = 0
     while queue:
         path = queue.pop()
         if path in seen:
@@ -170,9 +172,10 @@ def scan_repo(repo: Path, *, family: set[str] | frozenset[str], stdlib: frozense
                 continue
             with open(real, "rb") as f:
                 source = f.read(MAX_FILE_BYTES + 1)
-            if len(source) > MAX_FILE_BYTES:
+            if len(source) > MAX_FILE_BYTES or total + len(source) > MAX_TOTAL_BYTES:
                 result.truncated = True
                 continue
+            total += len(source)
             tree = ast.parse(source, filename=str(path))
         except (OSError, SyntaxError, ValueError, RecursionError, MemoryError):
             continue
@@ -246,13 +249,16 @@ def _signature(repo: Path) -> str:
     return h.hexdigest()
 
 
-def cached_scan(repo: Path, cache_dir: Path | None, *, family: frozenset[str]) -> ScanResult:
-    """``scan_repo`` with a cache keyed by the repo's files (path, size, mtime) and the family names."""
+def cached_scan(repo: Path, cache_dir: Path | None, *, family: frozenset[str], immutable: bool = False) -> ScanResult:
+    """``scan_repo`` with a cache keyed by the repo's files (path, size, mtime) and the family names.
+    ``immutable``: the folder never changes once written (a checkout pinned to a commit SHA),
+    so its path alone identifies it and no file is even stat'ed on a cache hit."""
     if cache_dir is None:
         return scan_repo(repo, family=family)
     import hashlib
 
-    key = hashlib.sha256((_signature(repo) + "\0" + ",".join(sorted(family))).encode()).hexdigest()[:32]
+    ident = f"{SCAN_FORMAT}:sha-pinned:{os.path.realpath(repo)}" if immutable else _signature(repo)
+    key = hashlib.sha256((ident + "\0" + ",".join(sorted(family))).encode()).hexdigest()[:32]
     path = cache_dir / f"{key}.json"
     try:
         with open(path, "rb") as f:
