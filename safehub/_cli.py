@@ -61,6 +61,10 @@ def _repo_args(p: argparse.ArgumentParser, *, entry: bool) -> None:
     p.add_argument("--trust-repo", choices=["true", "false", "check"], help="as torch.hub's trust_repo")
     p.add_argument("--force-reload", action="store_true")
     p.add_argument("--sandbox", choices=["auto", "bwrap", "landlock", "process"])
+    p.add_argument("--dependencies", dest="dependencies_mode", choices=["scan", "declared", "requirements"],
+                   help="what the repo's env gets (default: $SAFEHUB_DEPENDENCIES or scan)")
+    p.add_argument("--extra-dependency", "-d", dest="extra_dependencies", action="append", metavar="REQUIREMENT",
+                   help="one more package for the repo's env, e.g. -d 'timm>=0.9' (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -86,7 +90,8 @@ def _cmd_load(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     obj = safehub.load(
         repo, entry, source=source, trust_repo=_trust(args), force_reload=args.force_reload,
-        verbose=not args.json, revision=args.revision, device=args.device, sandbox=args.sandbox, **kwargs,
+        verbose=not args.json, revision=args.revision, device=args.device, sandbox=args.sandbox,
+        dependencies_mode=args.dependencies_mode, extra_dependencies=args.extra_dependencies, **kwargs,
     )
     seconds = time.perf_counter() - start
     modules = _describe(obj)
@@ -175,7 +180,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     repo, source = _resolve_repo_arg(args)
     names = safehub.list(repo, force_reload=args.force_reload, trust_repo=_trust(args), verbose=not args.json,
-                         source=source, revision=args.revision, sandbox=args.sandbox)
+                         source=source, revision=args.revision, sandbox=args.sandbox,
+                         dependencies_mode=args.dependencies_mode, extra_dependencies=args.extra_dependencies)
     _emit(args, {"repo": repo, "entrypoints": names}, "\n".join(names))
     return 0
 
@@ -188,7 +194,8 @@ def _cmd_help(args: argparse.Namespace) -> int:
     if entry is None:
         raise SafehubError("no entrypoint given", hint="usage: safehub help REPO ENTRYPOINT")
     doc = safehub.help(repo, entry, force_reload=args.force_reload, trust_repo=_trust(args), source=source,
-                       revision=args.revision, sandbox=args.sandbox)
+                       revision=args.revision, sandbox=args.sandbox,
+                       dependencies_mode=args.dependencies_mode, extra_dependencies=args.extra_dependencies)
     # Docstrings are repo text: escape terminal control sequences before printing.
     _emit(args, {"repo": repo, "entrypoint": entry, "doc": doc}, escape_untrusted(doc or "(no docstring)", limit=65536))
     return 0

@@ -177,3 +177,22 @@ def test_cache_envs_lists_size_and_last_use_and_rm_env_removes(tmp_path):
     assert not (hub / "envs" / ("a" * 16)).exists() and (hub / "envs" / ("b" * 16)).exists()
     assert json.loads(cli("rm-env", "--all", "--dry-run", "--json"))["removed"] == []
     assert (hub / "envs" / ("b" * 16)).exists()
+
+
+def test_cli_unknown_import_exits_with_the_fix(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo = make_repo(tmp_path, "def tiny():\n    import numpyy\n")
+    env = {**os.environ, "SAFEHUB_HOME": str(tmp_path / "hub")}
+    env.pop("SAFEHUB_DEPENDENCIES", None)
+    proc = subprocess.run([sys.executable, "-m", "safehub", "load", str(repo), "tiny", "--json"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 7, proc.stderr
+    assert "numpyy" in proc.stdout + proc.stderr and "extra_dependencies=" in proc.stdout + proc.stderr
+    assert not (tmp_path / "hub" / "envs").exists()  # refused before building anything
+    proc = subprocess.run([sys.executable, "-m", "safehub", "load", str(repo), "tiny", "--dependencies", "bogus"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
