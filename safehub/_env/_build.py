@@ -223,7 +223,8 @@ def ensure_env(
         except BaseException:
             remove_tree(tmp)
             raise
-        say("safehub: environment %s ready in %.1f s", key[:16], time.monotonic() - started)
+        say("safehub: environment %s ready in %.1f s (%s)", key[:16], time.monotonic() - started,
+            ", ".join(marker.get("distributions") or []) or "torch only")
         return _python_env(final, host, family, key, marker)
     finally:
         lock.release()
