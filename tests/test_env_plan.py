@@ -242,3 +242,9 @@ def test_total_bytes_parsed_are_bounded(tmp_path, monkeypatch):
                                   "b.py": "import scipy\n" + "#" * 80})
     scan = scan_repo(repo, family=FAMILY)
     assert scan.truncated and len(scan.third_party) == 1
+
+
+def test_private_names_are_never_packages(tmp_path):
+    # `import _export` (the runner's own module) or a C helper: no distribution can be named so.
+    repo = write(tmp_path / "r", {"hubconf.py": "def m():\n    import _export\n    import _speedups\n"})
+    assert plan_dependencies(repo, [], mode="scan", family=FAMILY).entries == ()

@@ -195,8 +195,8 @@ def plan_dependencies(
     added: list[str] = []
     unknown: list[str] = []
     for name in sorted(scan.third_party):
-        if name in extra_map:
-            continue
+        if name in extra_map or name.startswith("_"):
+            continue  # a leading '_' is never a package name (C extensions, the runner's own modules)
         dist = dist_for_import(name)
         if (dist is not None and canonical(dist) in covered) or canonical(name) in covered:
             continue
