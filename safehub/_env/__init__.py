@@ -2,7 +2,10 @@
 
 ``ensure_env`` builds (once) and returns the env for a hubconf ``dependencies``
 list; ``host_env`` is the host interpreter for trusted helper jobs;
-``resolve_dependencies`` is the pure name mapping both rely on.
+``resolve_dependencies`` is the pure name mapping both rely on; ``plan_for_repo``
+chooses the dependency entries by mode (declared / scan / requirements, _plan.py,
+_scan.py). Envs see only the host's torch family, through a folder of links
+(_family.py).
 """
 
 from __future__ import annotations
