@@ -16,8 +16,9 @@ import math
 import os
 import zipfile
 
+from _contract import CHECKPOINT_FILE, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, WEIGHTS_FILE
+
 MAX_DEPTH = 32
-FORMAT = "safehub-checkpoint"
 
 
 def _load(path: str, weights_only: bool, scratch: str):
@@ -82,7 +83,7 @@ def convert(path: str, out_dir: str, *, weights_only: bool, scratch: str) -> dic
         return {"unsupported": type(value).__name__[:100]}
 
     structure = encode(obj, 0)
-    write_safetensors(os.path.join(out_dir, "weights.safetensors"), tensors)
-    with open(os.path.join(out_dir, "checkpoint.json"), "w", encoding="utf-8") as f:
-        json.dump({"format": FORMAT, "version": 1, "root": structure}, f, allow_nan=False)
+    write_safetensors(os.path.join(out_dir, WEIGHTS_FILE), tensors)
+    with open(os.path.join(out_dir, CHECKPOINT_FILE), "w", encoding="utf-8") as f:
+        json.dump({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "root": structure}, f, allow_nan=False)
     return {"tensors": len(tensors)}

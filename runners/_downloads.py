@@ -26,6 +26,8 @@ import warnings
 import zipfile
 from urllib.parse import urlparse
 
+from _contract import PROTOCOL, Result
+
 __all__ = ["install", "check", "NeedsDownload", "requested"]
 
 MAX_URLS = 16
@@ -148,11 +150,12 @@ def install(in_dir: str) -> None:
     torch.utils.model_zoo.load_url = load_state_dict_from_url
 
 
-def check() -> dict | None:
+def check() -> Result | None:
     """The runner's result if any unlisted URL was requested, else None."""
     if not _requested:
         return None
     return {
+        "protocol": PROTOCOL,
         "status": "error",
         "error": {
             "category": "needs_download",

@@ -21,12 +21,11 @@ from torch import nn
 import _export_aten
 import _export_fx
 import _export_state
+from _contract import EXPORT_MODES as MODES
+from _contract import SPEC_FILE, SPEC_FORMAT, SPEC_VERSION, WEIGHTS_FILE
 from _safetensors_write import write_safetensors
 
-FORMAT = "safehub-arch"
-VERSION = 1
 MAX_VALUE_DEPTH = 8
-MODES = ("auto", "fx", "aten")
 HUBCONF_EXAMPLES = "example_inputs"  # module-level dict in hubconf.py: {"entry": callable or tuple}
 
 
@@ -124,7 +123,7 @@ def _on_model_device(examples: tuple | None, model: nn.Module) -> tuple | None:
     to a GPU gets them on its own device."""
     if examples is None:
         return None
-    first = next(iter(model.parameters()), None)
+    first: torch.Tensor | None = next(iter(model.parameters()), None)
     if first is None:
         first = next(iter(model.buffers()), None)
     if first is None or first.device.type in ("cpu", "meta"):
@@ -147,7 +146,7 @@ def _export_module(
             fx_error = exc
             if mode == "fx":
                 raise ExportFailed(
-                    f"fx mode failed for {_describe(model)}: {exc}. Try mode='aten' with example_inputs=(...)"
+                    f"fx mode failed for {_describe(model)}: {exc}. Try export='aten' with example_inputs=(...)"
                 ) from exc
     if type(model).forward is nn.Module.forward:
         raise ExportFailed(f"cannot export {_describe(model)}: it has no forward(); return the submodule you want instead")
@@ -172,7 +171,7 @@ def _export_module(
     prefix = f"fx tracing failed ({fx_error}); " if fx_error is not None else ""
     raise ExportFailed(
         f"cannot export {_describe(model)}: {prefix}aten export failed ({aten_error}). Check the example_inputs "
-        "(a tuple of forward arguments with a batch dimension of at least 2), or try mode='fx'/'aten'"
+        "(a tuple of forward arguments with a batch dimension of at least 2), or try export='fx' / 'aten'"
     )
 
 
@@ -229,9 +228,9 @@ def export_object(
         }
 
     os.makedirs(out_dir, exist_ok=True)
-    nbytes = _write_weights(os.path.join(out_dir, "weights.safetensors"), states)
+    nbytes = _write_weights(os.path.join(out_dir, WEIGHTS_FILE), states)
     _write_json(
-        os.path.join(out_dir, "spec.json"),
-        {"format": FORMAT, "version": VERSION, "torch_version": torch.__version__, "root": root, "modules": specs},
+        os.path.join(out_dir, SPEC_FILE),
+        {"format": SPEC_FORMAT, "version": SPEC_VERSION, "torch_version": torch.__version__, "root": root, "modules": specs},
     )
     return {"root": next(iter(root)), "modules": summary_modules, "weight_bytes": nbytes}

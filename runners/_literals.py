@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import torch
 
+from _contract import FACTORIES, GETATTR_ATTRS, METHOD_DENY
+
 MAX_DEPTH = 32
 MAX_STR = 65_536
 INT_LIMIT = 2**63
@@ -201,21 +203,9 @@ def canonical_name(fn: Any) -> str | None:
 # sandbox so that an fx graph the host would refuse falls back to aten mode here
 # instead of failing at load time.
 
-FACTORIES = (
-    "empty", "empty_like", "empty_strided", "zeros", "zeros_like", "ones", "ones_like", "full", "full_like",
-    "arange", "linspace", "logspace", "eye", "rand", "rand_like", "randn", "randn_like", "randint",
-    "randint_like", "randperm", "tensor", "as_tensor", "scalar_tensor", "normal", "bernoulli", "tril_indices",
-    "triu_indices", "complex", "polar", "_assert",
-)  # fmt: skip
-GETATTR_ATTRS = frozenset(
-    {"shape", "dtype", "device", "ndim", "T", "mT", "H", "mH", "is_cuda", "requires_grad", "layout", "real", "imag"}
-)
-METHOD_DENY = frozenset(
-    {"apply_", "map_", "map2_", "register_hook", "register_post_accumulate_grad_hook", "retain_grad", "backward",
-     "storage", "untyped_storage", "storage_type", "data_ptr", "const_data_ptr", "numpy", "set_", "share_memory_",
-     "record_stream", "item", "tolist", "resize", "resize_", "resize_as", "resize_as_", "as_strided_",
-     "pin_memory", "is_pinned", "is_shared", "type", "cuda", "is_set_to"}
-)  # fmt: skip
+# FACTORIES, GETATTR_ATTRS and METHOD_DENY are the host's own lists (_contract.py
+# is the very file the host imports), so the two ends cannot drift apart.
+
 # Kernels the host never rebuilds from an fx graph: backward kernels (any name with
 # "backward"), kernels that trust the sizes of their statistics, and torch.lstm /
 # torch._weight_norm (aten mode runs them behind checked wrappers). A copy of

@@ -79,7 +79,7 @@ def _activation_name(fn: Any) -> str:
     raise _literals.LiteralError("activation is not relu/gelu")
 
 
-def _transformer_layer_kwargs(module: nn.Module) -> dict[str, Any]:
+def _transformer_layer_kwargs(module: nn.TransformerEncoderLayer | nn.TransformerDecoderLayer) -> dict[str, Any]:
     """nn.TransformerEncoderLayer / DecoderLayer store their arguments in submodules."""
     attn = module.self_attn
     kwargs: dict[str, Any] = {
@@ -102,6 +102,7 @@ def _transformer_layer_kwargs(module: nn.Module) -> dict[str, Any]:
 def _recover_kwargs(module: nn.Module) -> dict[str, Any]:
     cls = type(module)
     if cls in (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer):
+        assert isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))  # cls is exactly one
         return _transformer_layer_kwargs(module)
     sig = inspect.signature(cls.__init__)
     params = dict(sig.parameters)
@@ -164,8 +165,8 @@ def _state_sig(module: nn.Module) -> dict[str, tuple]:
     sig = {}
     for k, t in module.named_parameters(remove_duplicate=False):
         sig[k] = ("p", tuple(t.shape), t.dtype)
-    for k, t in module.named_buffers(remove_duplicate=False):
-        sig[k] = ("b", tuple(t.shape), t.dtype)
+    for k, b in module.named_buffers(remove_duplicate=False):
+        sig[k] = ("b", tuple(b.shape), b.dtype)
     return sig
 
 

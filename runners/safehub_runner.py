@@ -6,7 +6,8 @@ It runs inside the sandbox, under the repo's venv interpreter, in isolated mode:
 
 It uses the standard library and torch only, and never imports
 safehub. It reads ``<job_dir>/in/`` (written by the host, read-only here) and
-writes only into ``<job_dir>/out/``. See ``safehub/_jobs.py`` for the protocol.
+writes only into ``<job_dir>/out/``. The protocol (file names, request and result
+shapes, error categories) is ``_contract.py``, the very file the host imports.
 
 Exit codes: 0 result written (status ok or a reported error); anything else
 means the host gets no usable result.
@@ -25,29 +26,74 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 import _confine  # noqa: E402  (must run before anything from the repo)
+from _contract import (  # noqa: E402
+    ARGS_FILE,
+    EXAMPLE_INPUTS_FILE,
+    PROTOCOL,
+    REQUEST_FILE,
+    RESULT_FILE,
+    Request,
+    Result,
+    RunnerError,
+)
 
-PROTOCOL = 1
 MAX_TRACEBACK = 16_000
 
 
-def _write_json(path: str, payload: dict) -> None:
+def _write_json(path: str, payload: Result) -> None:
     tmp = path + ".partial"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(payload, f, allow_nan=False)
     os.replace(tmp, path)
 
 
-def _error(category: str, exc: BaseException) -> dict:
+def _error(category: str, exc: BaseException, repo_dir: str | None = None) -> Result:
+    """The error result; ``category`` is one of _contract.ERROR_CATEGORIES, chosen
+    by where the error happened. In phases the runner drives (export, convert), an
+    ImportError raised on behalf of the runner's own code is "environment"."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return {
-        "status": "error",
-        "error": {
-            "category": category,
-            "type": type(exc).__name__,
-            "message": str(exc)[:4000],
-            "traceback": tb[-MAX_TRACEBACK:],
-        },
+    if category in ("export", "checkpoint") and isinstance(exc, ImportError) and _imported_for_runner(exc, repo_dir):
+        category = "environment"
+    error: RunnerError = {
+        "category": category,
+        "type": type(exc).__name__,
+        "message": str(exc)[:4000],
+        "traceback": tb[-MAX_TRACEBACK:],
     }
+    if category == "environment" and isinstance(exc, ImportError) and isinstance(exc.name, str):
+        error["module"] = exc.name[:200]
+    return {"protocol": PROTOCOL, "status": "error", "error": error}
+
+
+def _imported_for_runner(exc: ImportError, repo_dir: str | None) -> bool:
+    """True when the import that failed was made for the runner's code, not the
+    repo's: walking out from where it was raised, the first frame that belongs to
+    either is the runner's. Library frames in between (torch importing sympy for
+    torch.export) count for whoever called the library. The repo owns its folder
+    and the packages its venv installed (all but the site folder torch comes from)."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(os.path.realpath(tb.tb_frame.f_code.co_filename))
+        tb = tb.tb_next
+    repo_owned = _repo_prefixes(repo_dir) if repo_dir else []
+    here = os.path.realpath(_HERE) + os.sep
+    for filename in reversed(frames):
+        if filename.startswith(here):
+            return True
+        if any(filename.startswith(prefix) for prefix in repo_owned):
+            return False
+    return False
+
+
+def _repo_prefixes(repo_dir: str) -> list[str]:
+    import site
+
+    torch = sys.modules.get("torch")
+    torch_file = getattr(torch, "__file__", None)
+    torch_site = os.path.realpath(os.path.dirname(os.path.dirname(torch_file))) + os.sep if torch_file else None
+    venv_sites = [os.path.realpath(p) + os.sep for p in site.getsitepackages()]
+    return [os.path.realpath(repo_dir) + os.sep, *(p for p in venv_sites if p != torch_site)]
 
 
 def _import_hubconf(repo_dir: str):
@@ -65,7 +111,7 @@ def _import_hubconf(repo_dir: str):
     return module
 
 
-def _list_entrypoints(hub) -> list[dict]:
+def _list_entrypoints(hub) -> list[dict[str, str | None]]:
     # Same rule as torch.hub.list: public callables in hubconf's namespace.
     out = []
     for name in dir(hub):
@@ -83,7 +129,7 @@ def _read_args(in_dir: str):
 
     # Host -> sandbox only: the host pickled these (cloudpickle) for us. Nothing the
     # sandbox writes is ever unpickled by the host.
-    path = os.path.join(in_dir, "args.pkl")
+    path = os.path.join(in_dir, ARGS_FILE)
     if not os.path.exists(path):
         return (), {}
     with open(path, "rb") as f:
@@ -94,18 +140,18 @@ def _read_args(in_dir: str):
 def _read_example_inputs(in_dir: str):
     import pickle
 
-    path = os.path.join(in_dir, "example_inputs.pkl")
+    path = os.path.join(in_dir, EXAMPLE_INPUTS_FILE)
     if not os.path.exists(path):
         return None
     with open(path, "rb") as f:
         return pickle.load(f)
 
 
-def run(job_dir: str) -> dict:
+def run(job_dir: str) -> Result:
     in_dir = os.path.join(job_dir, "in")
     out_dir = os.path.join(job_dir, "out")
-    with open(os.path.join(in_dir, "request.json"), encoding="utf-8") as f:
-        request = json.load(f)
+    with open(os.path.join(in_dir, REQUEST_FILE), encoding="utf-8") as f:
+        request: Request = json.load(f)
     if request.get("protocol") != PROTOCOL:
         raise RuntimeError(f"runner speaks protocol {PROTOCOL}, host sent {request.get('protocol')!r}")
 
@@ -113,51 +159,59 @@ def run(job_dir: str) -> dict:
 
     action = request["action"]
     if action == "convert":
-        import _convert  # imports torch
-
         try:
+            import _convert  # imports torch
+
             summary = _convert.convert(
                 request["checkpoint"], out_dir, weights_only=bool(request.get("weights_only")),
                 scratch=os.environ.get("TMPDIR", "/tmp"),
             )
         except BaseException as exc:  # noqa: BLE001
             return _error("checkpoint", exc)
-        return {"status": "ok", "summary": summary}
+        return {"protocol": PROTOCOL, "status": "ok", "summary": summary}
 
     import _downloads  # serves host-fetched weight URLs; unlisted ones -> needs_download
 
-    _downloads.install(in_dir)
     try:
-        hub = _import_hubconf(request["repo_dir"])
+        _downloads.install(in_dir)  # the runner's first import of torch
+    except ImportError as exc:
+        return _error("environment", exc)
+    repo_dir = request["repo_dir"]
+    assert repo_dir is not None, "the host sends repo_dir for list and load"
+    try:
+        hub = _import_hubconf(repo_dir)
     except BaseException as exc:  # noqa: BLE001 - everything is reported, nothing escapes
         return _downloads.check() or _error("hubconf", exc)
 
     if action == "list":
-        return {"status": "ok", "entrypoints": _list_entrypoints(hub)}
+        return {"protocol": PROTOCOL, "status": "ok", "entrypoints": _list_entrypoints(hub)}
 
     if action != "load":
         raise RuntimeError(f"unknown action {action!r}")
 
-    name = request["entrypoint"]
+    name = request["entrypoint"] or ""
     entry = getattr(hub, name, None)
     if entry is None or name.startswith("_") or not callable(entry):
-        return _error("entrypoint", RuntimeError(f"Cannot find callable {name} in hubconf"))
+        return _error("entrypoint_missing", RuntimeError(f"Cannot find callable {name} in hubconf"))
     try:
         args, kwargs = _read_args(in_dir)
         obj = entry(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001
         return _downloads.check() or _error("entrypoint", exc)
-    if _downloads.check():  # the repo swallowed the NeedsDownload: never export without its weights
-        return _downloads.check()
+    swallowed = _downloads.check()
+    if swallowed:  # the repo swallowed the NeedsDownload: never export without its weights
+        return swallowed
 
-    import _export  # imported late: it imports torch
-
+    try:
+        import _export  # imported late: it imports torch
+    except BaseException as exc:  # noqa: BLE001
+        return _error("export", exc, repo_dir)
     try:
         example_inputs = _read_example_inputs(in_dir)
         summary = _export.export_object(
             obj,
             out_dir,
-            options=request.get("export") or {},
+            options=dict(request.get("export") or {}),
             example_inputs=example_inputs,
             hubconf=hub,
             entrypoint=name,
@@ -165,8 +219,8 @@ def run(job_dir: str) -> dict:
     except _export.UnsupportedReturn as exc:
         return _error("unsupported_return", exc)
     except BaseException as exc:  # noqa: BLE001
-        return _error("export", exc)
-    return {"status": "ok", "summary": summary}
+        return _error("export", exc, repo_dir)
+    return {"protocol": PROTOCOL, "status": "ok", "summary": summary}
 
 
 def main(argv: list[str]) -> int:
@@ -176,7 +230,7 @@ def main(argv: list[str]) -> int:
     job_dir = argv[1]
     result = run(job_dir)
     result["protocol"] = PROTOCOL
-    _write_json(os.path.join(job_dir, "out", "result.json"), result)
+    _write_json(os.path.join(job_dir, "out", RESULT_FILE), result)
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip interpreter teardown (~0.7 s with torch loaded) and any atexit hooks the

@@ -5,11 +5,14 @@
 
 from __future__ import annotations
 
-from ._api import LoadInfo, help, list, load
+from ._api import LoadInfo, load
+from ._api import entrypoint_help as help  # noqa: A004 - torch.hub's name
+from ._api import list_entrypoints as list  # noqa: A004 - torch.hub's name
 from ._config import get_dir, set_dir
-from ._hub_io import download_url_to_file, load_state_dict_from_url
+from ._checkpoints import download_url_to_file, load_state_dict_from_url
 from ._errors import (
     CacheCorruptedError,
+    DeviceUnavailableError,
     DisallowedTargetError,
     EntrypointFailedError,
     EntrypointNotFoundError,
@@ -24,6 +27,7 @@ from ._errors import (
     PolicyError,
     RateLimitError,
     RepoNotFoundError,
+    RunnerEnvironmentError,
     SafehubError,
     SandboxError,
     SandboxLimitError,
@@ -55,6 +59,7 @@ __all__ = [
     # errors
     "SafehubError",
     "CacheCorruptedError",
+    "DeviceUnavailableError",
     "DisallowedTargetError",
     "EntrypointFailedError",
     "EntrypointNotFoundError",
@@ -69,6 +74,7 @@ __all__ = [
     "PolicyError",
     "RateLimitError",
     "RepoNotFoundError",
+    "RunnerEnvironmentError",
     "SandboxError",
     "SandboxLimitError",
     "SandboxTimeoutError",

@@ -7,35 +7,29 @@ or reuse the repo's venv -> run the runner in a sandbox -> validate what came ba
 
 from __future__ import annotations
 
-import builtins
+import dataclasses
 import logging
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._config import hub_path
-from ._errors import EntrypointNotFoundError, HubconfError, SafehubError
+from ._errors import EntrypointNotFoundError, SafehubError
 from ._hubconf import Hubconf, read_hubconf
 
 if TYPE_CHECKING:
+    from ._env import PythonEnv
+    from ._fetch import RepoCheckout, RepoRequest
+    from ._fetch._downloads import DownloadBudget
+    from ._jobs import Job, JobRequest
     from ._sandbox import SandboxBackend
 
-__all__ = ["load", "list", "help", "LoadInfo"]
+__all__ = ["load", "list_entrypoints", "entrypoint_help", "LoadInfo"]
 
 logger = logging.getLogger("safehub")
 
-_SOURCES = ("github", "local")
 MAX_DOWNLOAD_ROUNDS = 2
-
-
-@dataclass(frozen=True)
-class _Repo:
-    path: Path
-    source: str
-    sha: str | None = None
-    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -50,9 +44,9 @@ class LoadInfo:
     limits: dict[str, Any]
     env_key: str
     env_backend: str
-    dependencies: dict[str, Any]  # mode, installed "name==version" and the sha256 of each RECORD
     summary: dict[str, Any]
     sandbox_details: dict[str, Any]
+    dependencies: dict[str, Any]  # mode, installed "name==version" and the sha256 of each RECORD
     # Files the host fetched for the entrypoint: url, bytes, sha256, cached, seconds.
     downloads: tuple[dict[str, Any], ...] = ()
 
@@ -60,144 +54,55 @@ class LoadInfo:
         return dict(self.__dict__)
 
 
-def _check_source(source: str) -> str:
-    if source not in _SOURCES:
-        raise ValueError(f'Unknown source: "{source}". Allowed values: "github" | "local".')
-    return source
+def _prepare(request: RepoRequest) -> tuple[RepoCheckout, Hubconf, Path]:
+    """Fetch (or find) the repo through its source and read its hubconf statically."""
+    from ._fetch import fetch_repo
 
-
-def _resolve_repo(
-    repo_or_dir: str | os.PathLike[str],
-    *,
-    source: str,
-    force_reload: bool,
-    trust_repo: Any,
-    calling_fn: str,
-    verbose: bool,
-    skip_validation: bool,
-    revision: str | None,
-    hub_dir: Path,
-    env: Mapping[str, str] | None,
-) -> _Repo:
-    if source == "local":
-        path = Path(repo_or_dir).expanduser().resolve()
-        if not path.is_dir():
-            raise HubconfError(f"local repo {path} is not a folder", hint="pass the folder that holds hubconf.py")
-        return _Repo(path=path, source="local", name=str(path))
-    from ._fetch import get_repo
-
-    checkout = get_repo(
-        str(repo_or_dir),
-        source=source,
-        force_reload=force_reload,
-        trust_repo=trust_repo,
-        calling_fn=calling_fn,
-        verbose=verbose,
-        skip_validation=skip_validation,
-        revision=revision,
-        hub_dir=hub_dir,
-        env=env,
-    )
-    return _Repo(
-        path=Path(checkout.path),
-        source=source,
-        sha=checkout.sha,
-        name=f"{checkout.owner}/{checkout.name}",
-    )
-
-
-def _prepare(
-    repo_or_dir: str | os.PathLike[str],
-    *,
-    source: str,
-    trust_repo: Any,
-    force_reload: bool,
-    verbose: bool,
-    skip_validation: bool,
-    revision: str | None,
-    calling_fn: str,
-    env: Mapping[str, str] | None,
-) -> tuple[_Repo, Hubconf, Path]:
-    _check_source(source)
-    hub_dir = hub_path(env)
-    repo = _resolve_repo(
-        repo_or_dir,
-        source=source,
-        force_reload=force_reload,
-        trust_repo=trust_repo,
-        calling_fn=calling_fn,
-        verbose=verbose,
-        skip_validation=skip_validation,
-        revision=revision,
-        hub_dir=hub_dir,
-        env=env,
-    )
+    hub_dir = hub_path()
+    repo = fetch_repo(request, hub_dir=hub_dir)
     return repo, read_hubconf(repo.path), hub_dir
 
 
 def _run(
+    job: JobRequest,
     *,
-    action: str,
-    repo: _Repo,
+    repo: RepoCheckout,
     hub: Hubconf,
     hub_dir: Path,
     verbose: bool,
     sandbox: str | SandboxBackend | None,
-    limits: Any,
-    entrypoint: str | None = None,
-    args: tuple[Any, ...] = (),
-    kwargs: Mapping[str, Any] | None = None,
-    example_inputs: Any = None,
-    export_options: Mapping[str, Any] | None = None,
-    allow_gpu: bool = False,
-    env: Mapping[str, str] | None = None,
-    budget: Any = None,
+    budget: DownloadBudget,
     dependencies_mode: str | None = None,
     extra_dependencies: Any = None,
-):
-    """``budget`` (a DownloadBudget) is one deadline and one disk budget for the
-    sandbox runs and the downloads between them; the caller discards it on failure."""
+) -> tuple[Job, PythonEnv]:
+    """Run ``job`` in the repo's env and sandbox, fetching on the host whatever
+    files the entrypoint asks for (at most MAX_DOWNLOAD_ROUNDS times). ``budget`` is
+    one deadline and one disk budget for the sandbox runs and the downloads between
+    them; the caller discards it on failure."""
     from ._env import ensure_env, plan_for_repo
     from ._jobs import run_job
     from ._sandbox import get_backend
 
-    backend = get_backend(sandbox, env=env)
+    backend = get_backend(sandbox)
     plan = plan_for_repo(repo.path, hub.dependencies, hub_dir=hub_dir, mode=dependencies_mode,
-                         extra=extra_dependencies, env=env, pinned=repo.source == "github" and bool(repo.sha))
-    python_env = ensure_env(plan.entries, hub_dir=hub_dir, verbose=verbose, env=env, mode=plan.mode)
-    if budget is None:
-        from ._fetch._downloads import DownloadBudget
-
-        budget = DownloadBudget(limits)
+                         extra=extra_dependencies, pinned=repo.source == "github" and bool(repo.sha))
+    python_env = ensure_env(plan.entries, hub_dir=hub_dir, verbose=verbose, mode=plan.mode)
     downloads: dict[str, Path] = {}
     for _round in range(MAX_DOWNLOAD_ROUNDS + 1):
-        job = run_job(
-            action=action,
-            repo_dir=repo.path,
-            python_env=python_env,
-            backend=backend,
-            hub_dir=hub_dir,
-            entrypoint=entrypoint,
-            args=args,
-            kwargs=kwargs,
-            example_inputs=example_inputs,
-            export_options=export_options,
-            limits=budget.round_limits(),
-            allow_gpu=allow_gpu,
-            downloads=downloads,
-        )
-        needed = job.needs_download()
+        this_round = dataclasses.replace(job, downloads=dict(downloads), limits=budget.round_limits())
+        done = run_job(this_round, python_env=python_env, backend=backend, hub_dir=hub_dir)
+        needed = done.needs_download()
         if not needed:
-            return job, backend, python_env
-        job.cleanup()
+            return done, python_env
+        done.cleanup()
         if _round == MAX_DOWNLOAD_ROUNDS:
             break
         from ._fetch import prefetch_downloads
 
         logger.info("the entrypoint asked for %d file(s); downloading them on the host", len(needed))
-        owner_name = tuple(repo.name.split("/", 1)) if repo.source == "github" else None
-        downloads.update(prefetch_downloads(needed, hub_dir=hub_dir, verbose=verbose, env=env,
-                                            repo=owner_name, budget=budget))  # type: ignore[arg-type]
+        # The GitHub token is lent only for the loaded repo's own release assets.
+        owner_name = (repo.owner, repo.name) if repo.owner is not None and repo.name is not None else None
+        downloads.update(prefetch_downloads(needed, hub_dir=hub_dir, verbose=verbose, repo=owner_name, budget=budget))
     raise SafehubError(
         f"the entrypoint kept asking for new downloads after {MAX_DOWNLOAD_ROUNDS} rounds",
         hint="ship the weights in the repo or as release assets with fixed URLs",
@@ -242,51 +147,39 @@ def load(
     Returns an ``nn.Module`` (or the tuple/list/dict of modules the entrypoint returned).
     Its ``safehub_info`` attribute records the repo SHA, the sandbox backend and limits used.
     """
-    if export not in ("auto", "fx", "aten"):
+    from ._contract import EXPORT_MODES
+    from ._fetch import RepoRequest
+    from ._fetch._downloads import DownloadBudget
+    from ._jobs import JobRequest
+
+    if export not in EXPORT_MODES:
         raise ValueError(f"export={export!r}: use 'auto', 'fx' or 'aten'")
     repo, hub, hub_dir = _prepare(
-        repo_or_dir,
-        source=source,
-        trust_repo=trust_repo,
-        force_reload=force_reload,
-        verbose=verbose,
-        skip_validation=skip_validation,
-        revision=revision,
-        calling_fn="load",
-        env=None,
+        RepoRequest(
+            repo_or_dir=str(repo_or_dir), source=source, trust_repo=trust_repo, force_reload=force_reload,
+            verbose=verbose, skip_validation=skip_validation, revision=revision, calling_fn="load",
+        )
     )
     hub.require(model)
     if example_inputs is not None and not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
-    from ._fetch._downloads import DownloadBudget
-
     budget = DownloadBudget(limits)
     with budget.discard_on_error():  # a failed load keeps none of the files it fetched
-        job, backend, python_env = _run(
-            action="load",
-            repo=repo,
-            hub=hub,
-            hub_dir=hub_dir,
-            verbose=verbose,
-            sandbox=sandbox,
-            limits=limits,
-            entrypoint=model,
-            args=args,
-            kwargs=kwargs,
-            example_inputs=example_inputs,
-            export_options={"mode": export},
-            allow_gpu=False,
-            budget=budget,
-            dependencies_mode=dependencies_mode,
-            extra_dependencies=extra_dependencies,
+        job, python_env = _run(
+            JobRequest(
+                action="load", repo_dir=repo.path, entrypoint=model, args=args, kwargs=kwargs,
+                example_inputs=example_inputs, export={"mode": export},
+            ),
+            repo=repo, hub=hub, hub_dir=hub_dir, verbose=verbose, sandbox=sandbox, budget=budget,
+            dependencies_mode=dependencies_mode, extra_dependencies=extra_dependencies,
         )
-    from ._channel import rebuild_from_output
+    from ._channel import read_summary, rebuild_from_output
 
     with job:
         with budget.discard_on_error():
             obj = rebuild_from_output(job.out_dir, device=device)
         info = LoadInfo(
-            repo=repo.name,
+            repo=repo.display_name,
             source=repo.source,
             sha=repo.sha,
             entrypoint=model,
@@ -294,55 +187,15 @@ def load(
             limits=job.sandbox.limits.as_dict(),
             env_key=python_env.key,
             env_backend=python_env.backend,
-            dependencies={"mode": python_env.mode, "distributions": builtins.list(python_env.distributions),
-                          "records": dict(python_env.records)},
-            summary=_clean_summary(job.result.get("summary")),
+            summary=read_summary(job.result),
             sandbox_details=dict(job.sandbox.details),  # measured by the host-side watchdog
+            dependencies={"mode": python_env.mode, "distributions": list(python_env.distributions),
+                          "records": dict(python_env.records)},
             downloads=budget.summary(),
         )
     _attach_info(obj, info)
     _record(hub_dir, info)
     return obj
-
-
-_SUMMARY_INTS = ("nodes", "tensors", "leaves")
-
-
-def _clean_summary(raw: Any) -> dict[str, Any]:
-    """Keep only the known, typed fields of the runner's summary: it came from the
-    sandbox, and it ends up in logs, the CLI and ``safehub_info``."""
-    out: dict[str, Any] = {"root": None, "modules": {}}
-    if not isinstance(raw, dict):
-        return out
-    if raw.get("root") in ("module", "tuple", "list", "dict"):
-        out["root"] = raw["root"]
-    if isinstance(raw.get("weight_bytes"), int) and not isinstance(raw.get("weight_bytes"), bool):
-        out["weight_bytes"] = raw["weight_bytes"]
-    modules = raw.get("modules")
-    if not isinstance(modules, dict):
-        return out
-    for mid, info in builtins.list(modules.items())[:1024]:
-        if not (isinstance(mid, str) and mid[:1] == "m" and mid[1:].isdigit() and len(mid) <= 8):
-            continue
-        if not isinstance(info, dict):
-            continue
-        clean: dict[str, Any] = {}
-        if info.get("mode") in ("fx", "aten"):
-            clean["mode"] = info["mode"]
-        graphs = info.get("graphs")
-        if isinstance(graphs, builtins.list):
-            clean["graphs"] = [g for g in graphs if g in ("eval", "train")][:2]
-        for key in _SUMMARY_INTS:
-            value = info.get(key)
-            if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
-                clean[key] = value
-        seconds = info.get("seconds")
-        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 <= seconds < 1e7:
-            clean["seconds"] = float(seconds)
-        if isinstance(info.get("dynamic_batch"), bool):
-            clean["dynamic_batch"] = info["dynamic_batch"]
-        out["modules"][mid] = clean
-    return out
 
 
 def _attach_info(obj: Any, info: LoadInfo) -> None:
@@ -352,7 +205,7 @@ def _attach_info(obj: Any, info: LoadInfo) -> None:
         if isinstance(value, torch.nn.Module):
             # object.__setattr__ keeps it a plain attribute, not a submodule or buffer.
             object.__setattr__(value, "safehub_info", info)
-        elif isinstance(value, (tuple, builtins.list)):
+        elif isinstance(value, (tuple, list)):
             for item in value:
                 visit(item)
         elif isinstance(value, dict):
@@ -374,7 +227,7 @@ def _record(hub_dir: Path, info: LoadInfo) -> None:
         logger.warning("could not record the load in %s: %s", hub_dir / "history.jsonl", exc)
 
 
-def list(  # noqa: A001 - torch.hub's name
+def list_entrypoints(
     github: str | os.PathLike[str],
     force_reload: bool = False,
     skip_validation: bool = False,
@@ -386,22 +239,19 @@ def list(  # noqa: A001 - torch.hub's name
     sandbox: str | SandboxBackend | None = None,
     dependencies_mode: str | None = None,
     extra_dependencies: Any = None,
-) -> builtins.list[str]:
-    """Entrypoint names of a repo, like ``torch.hub.list``.
+) -> list[str]:
+    """Entrypoint names of a repo, like ``torch.hub.list`` (exported as ``safehub.list``).
 
     Answered from hubconf.py's syntax tree when that is exact; otherwise (star imports,
     imported names) the sandbox imports hubconf and reports ``dir()``.
     """
+    from ._fetch import RepoRequest
+
     repo, hub, hub_dir = _prepare(
-        github,
-        source=source,
-        trust_repo=trust_repo,
-        force_reload=force_reload,
-        verbose=verbose,
-        skip_validation=skip_validation,
-        revision=revision,
-        calling_fn="list",
-        env=None,
+        RepoRequest(
+            repo_or_dir=str(github), source=source, trust_repo=trust_repo, force_reload=force_reload,
+            verbose=verbose, skip_validation=skip_validation, revision=revision, calling_fn="list",
+        )
     )
     if hub.static_list_is_exact:
         return hub.names()
@@ -410,25 +260,26 @@ def list(  # noqa: A001 - torch.hub's name
                                                 extra_dependencies=extra_dependencies)]
 
 
-def _sandbox_listing(repo: _Repo, hub: Hubconf, hub_dir: Path, *, verbose: bool, sandbox: str | SandboxBackend | None,
-                     dependencies_mode: str | None = None, extra_dependencies: Any = None) -> builtins.list[dict[str, Any]]:
-    from ._channel._listing import validate_listing
+def _sandbox_listing(
+    repo: RepoCheckout, hub: Hubconf, hub_dir: Path, *, verbose: bool, sandbox: str | SandboxBackend | None,
+    dependencies_mode: str | None = None, extra_dependencies: Any = None,
+) -> list[dict[str, Any]]:
+    from ._channel import read_listing
+    from ._fetch._downloads import DownloadBudget
+    from ._jobs import JobRequest
 
     logger.info("hubconf of %s cannot be listed statically (%s); asking the sandbox",
-                repo.name, "; ".join(hub.reasons) or "imported names")
-    from ._fetch._downloads import DownloadBudget
-
+                repo.display_name, "; ".join(hub.reasons) or "imported names")
     budget = DownloadBudget()
     with budget.discard_on_error():
-        job, _backend, _env = _run(
-            action="list", repo=repo, hub=hub, hub_dir=hub_dir, verbose=verbose, sandbox=sandbox, limits=None,
-            budget=budget, dependencies_mode=dependencies_mode, extra_dependencies=extra_dependencies,
-        )
+        job, _env = _run(JobRequest(action="list", repo_dir=repo.path), repo=repo, hub=hub, hub_dir=hub_dir,
+                         verbose=verbose, sandbox=sandbox, budget=budget, dependencies_mode=dependencies_mode,
+                         extra_dependencies=extra_dependencies)
     with job:
-        return validate_listing(job.result)
+        return read_listing(job.result)
 
 
-def help(  # noqa: A001 - torch.hub's name
+def entrypoint_help(
     github: str | os.PathLike[str],
     model: str,
     force_reload: bool = False,
@@ -441,17 +292,14 @@ def help(  # noqa: A001 - torch.hub's name
     dependencies_mode: str | None = None,
     extra_dependencies: Any = None,
 ) -> str | None:
-    """The docstring of an entrypoint, like ``torch.hub.help``."""
+    """The docstring of an entrypoint, like ``torch.hub.help`` (exported as ``safehub.help``)."""
+    from ._fetch import RepoRequest
+
     repo, hub, hub_dir = _prepare(
-        github,
-        source=source,
-        trust_repo=trust_repo,
-        force_reload=force_reload,
-        verbose=True,
-        skip_validation=skip_validation,
-        revision=revision,
-        calling_fn="help",
-        env=None,
+        RepoRequest(
+            repo_or_dir=str(github), source=source, trust_repo=trust_repo, force_reload=force_reload,
+            verbose=True, skip_validation=skip_validation, revision=revision, calling_fn="help",
+        )
     )
     ep = hub.require(model)
     if ep is not None and ep.kind in ("function", "class"):
@@ -461,4 +309,3 @@ def help(  # noqa: A001 - torch.hub's name
         if entry["name"] == model:
             return entry["doc"]
     raise EntrypointNotFoundError(f"Cannot find callable {model} in hubconf")
-

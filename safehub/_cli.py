@@ -53,14 +53,17 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
 
 
 def _repo_args(p: argparse.ArgumentParser, *, entry: bool) -> None:
+    from ._fetch import SOURCES
+    from ._sandbox import BACKENDS
+
     p.add_argument("repo", nargs="?", help="owner/repo[:ref] or a local folder (default: the bundled demo repo)")
     if entry:
         p.add_argument("entrypoint", nargs="?", help=f"entrypoint name (default for the demo: {DEMO_ENTRYPOINT})")
-    p.add_argument("--source", choices=["github", "local"], help="default: local for folders, github otherwise")
+    p.add_argument("--source", choices=list(SOURCES), help="default: local for folders, github otherwise")
     p.add_argument("--revision", help="a full 40-hex commit SHA to load exactly")
     p.add_argument("--trust-repo", choices=["true", "false", "check"], help="as torch.hub's trust_repo")
     p.add_argument("--force-reload", action="store_true")
-    p.add_argument("--sandbox", choices=["auto", "bwrap", "landlock", "process"])
+    p.add_argument("--sandbox", choices=list(BACKENDS))
     p.add_argument("--dependencies", dest="dependencies_mode", choices=["scan", "declared", "requirements"],
                    help="what the repo's env gets (default: $SAFEHUB_DEPENDENCIES or scan)")
     p.add_argument("--extra-dependency", "-d", dest="extra_dependencies", action="append", metavar="REQUIREMENT",
@@ -76,7 +79,8 @@ def _resolve_repo_arg(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def _trust(args: argparse.Namespace) -> bool | str | None:
-    return {"true": True, "false": False, "check": "check", None: "check"}[args.trust_repo]
+    choices: dict[str | None, bool | str | None] = {"true": True, "false": False, "check": "check", None: "check"}
+    return choices[args.trust_repo]
 
 
 def _cmd_load(args: argparse.Namespace) -> int:
@@ -223,14 +227,23 @@ def build_parser() -> argparse.ArgumentParser:
     _repo_args(p, entry=True)
     p.set_defaults(func=_cmd_help)
 
-    _add_optional_commands(sub)
+    p = sub.add_parser("doctor", help="report which sandbox layers this machine can provide")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_doctor)
+
+    from ._env._cli import add_env_cache_commands  # cache envs|rm-env
+    from ._fetch import add_cache_commands  # cache ls|rm|verify
+
+    add_env_cache_commands(add_cache_commands(sub))
     return parser
 
 
-def _add_optional_commands(sub: Any) -> None:
-    from ._cli_extra import add_commands
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from ._doctor import doctor_report, format_report
 
-    add_commands(sub)
+    report = doctor_report()
+    print(json.dumps(report, indent=2, default=str) if args.json else format_report(report))
+    return 0 if report.get("ok", True) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

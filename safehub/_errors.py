@@ -29,6 +29,7 @@ __all__ = [
     "EntrypointNotFoundError",
     "MissingHostPackageError",
     "EnvironmentBuildError",
+    "RunnerEnvironmentError",
     "SandboxError",
     "SandboxUnavailableError",
     "SandboxLimitError",
@@ -42,6 +43,7 @@ __all__ = [
     "ExportError",
     "UnsupportedReturnError",
     "PolicyError",
+    "DeviceUnavailableError",
     "escape_untrusted",
 ]
 
@@ -55,6 +57,12 @@ class SafehubError(Exception):
         self.message = message
         self.hint = hint
         super().__init__(message if not hint else f"{message}\n  hint: {hint}")
+
+
+class DeviceUnavailableError(SafehubError, RuntimeError):
+    """The requested device (e.g. ``cuda``) is not usable by this torch."""
+
+    exit_code = 2
 
 
 # --- repository names, fetching and the cache -------------------------------
@@ -136,6 +144,18 @@ class EnvironmentBuildError(SafehubError, RuntimeError):
     """Building the per-repo virtualenv failed."""
 
     exit_code = 7
+
+
+class RunnerEnvironmentError(SafehubError, ImportError):
+    """safehub's own sandbox code (runners/) could not import a module it needs in
+    the environment it runs in: an install problem, not the repo's or an export's.
+    ``module`` is the missing module's name when the runner could tell."""
+
+    exit_code = 7
+
+    def __init__(self, message: str = "", *, module: str | None = None, hint: str | None = None) -> None:
+        self.module = module
+        super().__init__(message, hint=hint)
 
 
 # --- the sandbox ------------------------------------------------------------

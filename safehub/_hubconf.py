@@ -210,7 +210,7 @@ def _visit_top_level(stmt: ast.stmt, hub: Hubconf, bound: dict[str, str], *, con
     elif isinstance(stmt, ast.Expr) or isinstance(stmt, ast.Pass):
         pass
     elif hasattr(ast, "TypeAlias") and isinstance(stmt, getattr(ast, "TypeAlias")):
-        bind(stmt.name.id, "value")  # type: ignore[attr-defined]
+        bind(stmt.name.id, "value")
     elif isinstance(stmt, ast.Match):
         for case in stmt.cases:
             for child in case.body:

@@ -1,17 +1,15 @@
 """The host end of one sandboxed job: lay out the job folder, run the runner in a
-sandbox backend, and hand back the result document for validation.
+sandbox backend, and hand what it wrote to the return channel.
 
-Protocol (version 1) between the host and ``runners/safehub_runner.py``::
+A thin orchestrator: the protocol (file names, request and result shapes, error
+categories) is ``safehub/_contract.py``, the file the runner imports too; every
+byte the runner wrote is read by ``safehub/_channel``. Job folder::
 
-    <job>/in/request.json        written by the host, read-only for the runner
-        {"protocol": 1, "action": "load" | "list", "repo_dir": str,
-         "entrypoint": str | null, "export": {...}, "confine": {...}}
-    <job>/in/args.pkl            cloudpickle of (args, kwargs)   host -> sandbox only
-    <job>/in/example_inputs.pkl  cloudpickle of example inputs   host -> sandbox only
-    <job>/out/                   the only folder the runner may write
-        result.json              {"protocol": 1, "status": "ok" | "error", ...}
-        spec.json, weights.safetensors   (action "load", see docs/architecture-format.md)
-    <job>/home, <job>/tmp        scratch HOME and TMPDIR, thrown away afterwards
+    <job>/in/      request.json, args.pkl, example_inputs.pkl, staged downloads
+                   (written by the host, read-only in the sandbox)
+    <job>/out/     the only folder the runner may write (result.json, spec.json,
+                   weights.safetensors, checkpoint.json)
+    <job>/home, <job>/tmp   scratch HOME and TMPDIR, thrown away afterwards
 
 Nothing under ``out/`` is ever unpickled, imported or executed by the host.
 """
@@ -27,46 +25,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._channel._files import read_output_file
+from ._channel import needs_download_urls, raise_for_runner_error, read_result, stderr_tail
+from ._contract import ARGS_FILE, EXAMPLE_INPUTS_FILE, PROTOCOL, REQUEST_FILE, ExportOptions, Request, Result
+from ._env._hints import missing_module_hint
 from ._env._types import PythonEnv
-from ._fsutil import remove_tree
-from ._errors import (
-    EntrypointFailedError,
-    EntrypointNotFoundError,
-    ExportError,
-    HubconfError,
-    SandboxError,
-    SandboxLimitError,
-    SandboxTimeoutError,
-    SpecTooLargeError,
-    UnsafeSpecError,
-    UnsupportedReturnError,
-    escape_untrusted,
-)
+from ._errors import SandboxError, SandboxLimitError, SandboxTimeoutError
+from ._resources import runner_dir
 from ._sandbox import Limits, SandboxBackend, SandboxRequest, SandboxResult
+from ._fsutil import remove_tree
 
-__all__ = ["Job", "run_job", "runner_dir", "PROTOCOL"]
+__all__ = ["Job", "JobRequest", "run_job", "PROTOCOL"]
 
 logger = logging.getLogger("safehub")
 
-PROTOCOL = 1
-MAX_RESULT_JSON_BYTES = 4 * 1024 * 1024
 
+@dataclass(frozen=True)
+class JobRequest:
+    """What one sandboxed job should do (see ``safehub._contract.Request``)."""
 
-def runner_dir() -> Path:
-    """The folder holding the runner scripts, located without importing them."""
-    from ._resources import shipped_folder
-
-    found = shipped_folder("safehub._runners", "runners", "safehub_runner.py")
-    if found is not None:
-        return found
-    raise SandboxError("safehub's runner scripts are missing", hint="reinstall safehub")
+    action: str  # "load" | "list" | "convert"
+    repo_dir: Path | None = None  # None only for "convert"
+    entrypoint: str | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    example_inputs: Any = None
+    export: ExportOptions = field(default_factory=lambda: ExportOptions())
+    limits: Limits = field(default_factory=Limits)
+    allow_gpu: bool = False
+    downloads: Mapping[str, Path] = field(default_factory=dict)  # URL -> host file fetched for it
+    checkpoint: Path | None = None  # "convert": the pickled file, exposed read-only
+    weights_only: bool = False
 
 
 @dataclass
 class Job:
     root: Path
-    result: dict[str, Any]
+    result: Result
     sandbox: SandboxResult
     out_dir: Path = field(init=False)
 
@@ -75,14 +69,9 @@ class Job:
 
     def needs_download(self) -> list[str]:
         """URLs the entrypoint asked for (category ``needs_download``), validated; else []."""
-        from ._fetch._downloads import parse_needs_download, validate_url
+        from ._fetch._downloads import validate_url
 
-        error = self.result.get("error")
-        if self.result.get("status") != "error" or not isinstance(error, dict):
-            return []
-        if error.get("category") != "needs_download":
-            return []
-        return [validate_url(url) for url in parse_needs_download(error)]
+        return [validate_url(url) for url in needs_download_urls(self.result)]
 
     def cleanup(self) -> None:
         # Never raises: the job folder holds what the sandbox left (deep chains,
@@ -99,7 +88,7 @@ class Job:
         self.cleanup()
 
 
-def sandbox_environment(job_root: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def sandbox_environment(job_root: Path) -> dict[str, str]:
     """The whole environment the runner sees: nothing is inherited from the host,
     so no token, proxy or cloud credential can leak in."""
     env = {
@@ -113,37 +102,32 @@ def sandbox_environment(job_root: Path, extra: Mapping[str, str] | None = None) 
         "TORCH_HOME": str(job_root / "home" / ".cache" / "torch"),
         "OMP_NUM_THREADS": str(min(4, os.cpu_count() or 1)),
     }
-    if extra:
-        env.update(extra)
     return env
 
 
-def run_job(
-    *,
-    action: str,
-    repo_dir: Path | None,
-    python_env: PythonEnv,
-    backend: SandboxBackend,
-    hub_dir: Path,
-    entrypoint: str | None = None,
-    args: tuple[Any, ...] = (),
-    kwargs: Mapping[str, Any] | None = None,
-    example_inputs: Any = None,
-    export_options: Mapping[str, Any] | None = None,
-    limits: Limits | None = None,
-    allow_gpu: bool = False,
-    downloads: Mapping[str, Path] | None = None,
-    extra_request: Mapping[str, Any] | None = None,
-    extra_ro_paths: tuple[Path, ...] = (),
-) -> Job:
-    """Run one job and return it with its validated ``result.json``.
+def _request_json(job: JobRequest) -> Request:
+    request: Request = {
+        "protocol": PROTOCOL,
+        "action": job.action,
+        "repo_dir": str(job.repo_dir) if job.repo_dir is not None else None,
+        "entrypoint": job.entrypoint,
+        "export": job.export,
+    }
+    if job.checkpoint is not None:
+        request["checkpoint"] = str(job.checkpoint)
+        request["weights_only"] = job.weights_only
+    return request
+
+
+def run_job(job: JobRequest, *, python_env: PythonEnv, backend: SandboxBackend, hub_dir: Path) -> Job:
+    """Run ``job`` with ``python_env``'s interpreter in ``backend``, under ``hub_dir``/jobs,
+    and return it with its validated ``result.json``.
 
     Raises a typed error if the runner failed, was killed, or reported an error.
     The caller must ``cleanup()`` the returned job (it is a context manager).
     """
     import cloudpickle
 
-    limits = limits or Limits()
     jobs = hub_dir / "jobs"
     jobs.mkdir(parents=True, exist_ok=True)
     root = jobs / f"job-{secrets.token_hex(8)}"
@@ -151,25 +135,18 @@ def run_job(
     try:
         for sub in ("in", "out", "home", "tmp"):
             (root / sub).mkdir(mode=0o700)
-        request = {
-            "protocol": PROTOCOL,
-            "action": action,
-            "repo_dir": str(repo_dir) if repo_dir is not None else None,
-            "entrypoint": entrypoint,
-            "export": dict(export_options or {}),
-            **dict(extra_request or {}),
-        }
-        with open(root / "in" / "args.pkl", "wb") as f:
-            cloudpickle.dump((tuple(args), dict(kwargs or {})), f)
-        if example_inputs is not None:
-            with open(root / "in" / "example_inputs.pkl", "wb") as f:
-                cloudpickle.dump(example_inputs, f)
+        request = _request_json(job)
+        with open(root / "in" / ARGS_FILE, "wb") as f:
+            cloudpickle.dump((tuple(job.args), dict(job.kwargs)), f)
+        if job.example_inputs is not None:
+            with open(root / "in" / EXAMPLE_INPUTS_FILE, "wb") as f:
+                cloudpickle.dump(job.example_inputs, f)
 
-        if downloads:
+        if job.downloads:
             from ._fetch._downloads import stage_downloads
 
             # Files the host fetched for this entrypoint, linked into in/ (read-only there).
-            stage_downloads(downloads, root / "in")
+            stage_downloads(job.downloads, root / "in")
 
         rdir = runner_dir()
         sandbox_request = SandboxRequest(
@@ -178,26 +155,29 @@ def run_job(
             cwd=root / "tmp",
             ro_paths=(
                 *python_env.ro_paths,
-                *([repo_dir] if repo_dir is not None else []),
+                *([job.repo_dir] if job.repo_dir is not None else []),
                 rdir,
                 root / "in",
-                *extra_ro_paths,
+                *([job.checkpoint] if job.checkpoint is not None else []),
             ),
             rw_paths=(root / "out",),
             scratch_paths=(root / "home", root / "tmp"),
-            limits=limits,
-            allow_gpu=allow_gpu,
+            limits=job.limits,
+            allow_gpu=job.allow_gpu,
+            runner_dir=rdir,
         )
         # What the runner applies to itself before repo code (rlimits, Landlock).
         request["confine"] = backend.confine_config(sandbox_request)
-        (root / "in" / "request.json").write_text(json.dumps(request), encoding="utf-8")
+        (root / "in" / REQUEST_FILE).write_text(json.dumps(request), encoding="utf-8")
         _share_read_only(root / "in")
-        logger.debug("running %s job for %s in the %s sandbox", action, repo_dir, backend.name)
+        logger.debug("running %s job for %s in the %s sandbox", job.action, job.repo_dir, backend.name)
         sandbox_result = backend.run(sandbox_request)
-        result = _read_result(root / "out", sandbox_result)
-        job = Job(root=root, result=result, sandbox=sandbox_result)
-        _raise_for_reported_error(job, entrypoint=entrypoint, repo_dir=repo_dir)
-        return job
+        _raise_for_sandbox(sandbox_result)
+        result = read_result(root / "out")
+        raise_for_runner_error(result, entrypoint=job.entrypoint, repo=str(job.repo_dir), import_hint=missing_module_hint)
+        done = Job(root=root, result=result, sandbox=sandbox_result)
+        done.needs_download()  # validates the URLs now: a bad report fails here, and the folder goes
+        return done
     except BaseException:
         remove_tree(root)
         raise
@@ -213,11 +193,8 @@ def _share_read_only(folder: Path) -> None:
             os.chmod(os.path.join(dirpath, name), 0o644, follow_symlinks=False)
 
 
-def _stderr_tail(result: SandboxResult) -> str:
-    return escape_untrusted(result.stderr, limit=3000)
-
-
-def _read_result(out_dir: Path, sandbox: SandboxResult) -> dict[str, Any]:
+def _raise_for_sandbox(sandbox: SandboxResult) -> None:
+    """A run the backend ended, or a runner that died before reporting."""
     if sandbox.killed_by is not None:
         limit = sandbox.killed_by
         message = f"the sandboxed runner was killed: it hit the {limit} limit ({_limit_text(sandbox.limits, limit)})"
@@ -228,23 +205,9 @@ def _read_result(out_dir: Path, sandbox: SandboxResult) -> dict[str, Any]:
     if sandbox.returncode != 0:
         raise SandboxError(
             f"the sandboxed runner exited with status {sandbox.returncode} before reporting a result "
-            f"({sandbox.backend} backend). Its stderr ends with:\n{_stderr_tail(sandbox)}",
+            f"({sandbox.backend} backend). Its stderr ends with:\n{stderr_tail(sandbox.stderr)}",
             hint="if the repo crashed the interpreter, check its native dependencies",
         )
-    raw = read_output_file(out_dir, "result.json", max_bytes=MAX_RESULT_JSON_BYTES)
-    try:
-        result = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except RecursionError:
-        raise SpecTooLargeError("the runner's result.json nests deeper than Python can parse") from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise UnsafeSpecError(f"the runner's result.json is not valid JSON: {escape_untrusted(str(exc), limit=200)}") from None
-    if not isinstance(result, dict) or result.get("protocol") != PROTOCOL or result.get("status") not in ("ok", "error"):
-        raise UnsafeSpecError("the runner's result.json does not follow protocol 1")
-    return result
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not allowed")
 
 
 def _limit_text(limits: Limits, limit: str) -> str:
@@ -255,43 +218,3 @@ def _limit_text(limits: Limits, limit: str) -> str:
         "disk": f"{limits.max_file_bytes} bytes per file / {limits.tmpfs_bytes} bytes of scratch",
         "cpu": f"{limits.cpu_time_s} s of CPU time",
     }.get(limit, limit)
-
-
-def _raise_for_reported_error(job: Job, *, entrypoint: str | None, repo_dir: Path) -> None:
-    result = job.result
-    if result["status"] == "ok" or job.needs_download():
-        return
-    error = result.get("error")
-    if not isinstance(error, dict):
-        raise UnsafeSpecError("the runner reported an error without details")
-    category = escape_untrusted(str(error.get("category", "")), limit=40)
-    remote_type = escape_untrusted(str(error.get("type", "")), limit=200)
-    message = escape_untrusted(str(error.get("message", "")), limit=2000)
-    tb = escape_untrusted(str(error.get("traceback", "")), limit=8000)
-    from ._env._hints import missing_module_hint
-
-    missing = missing_module_hint(remote_type, message)  # None unless an import failed
-    if category == "hubconf":
-        raise HubconfError(
-            f"importing hubconf.py of {repo_dir} failed inside the sandbox: {remote_type}: {message}\n{tb}",
-            hint=missing or "the repo may need a dependency its hubconf does not declare",
-        )
-    if category == "entrypoint" and remote_type == "RuntimeError" and message.startswith("Cannot find callable"):
-        raise EntrypointNotFoundError(message, hint="run safehub.list() on the repo to see its entrypoints")
-    if category == "entrypoint":
-        raise EntrypointFailedError(
-            f"entrypoint {entrypoint!r} raised {remote_type} inside the sandbox: {message}",
-            remote_type=remote_type,
-            remote_traceback=tb,
-            hint=missing or "the sandbox traceback is in .remote_traceback",
-        )
-    if category == "unsupported_return":
-        raise UnsupportedReturnError(message, hint="safehub carries nn.Modules and tuples/lists/dicts of them")
-    if category == "checkpoint":
-        raise SandboxError(
-            f"the checkpoint could not be read inside the sandbox: {remote_type}: {message}",
-            hint="is it a torch.save file? With weights_only=True, objects other than tensors and containers are refused",
-        )
-    if category == "export":
-        raise ExportError(f"{message}", hint="pass example_inputs=... or choose export='aten' / 'fx'")
-    raise SandboxError(f"the runner failed ({category or 'unknown'}): {remote_type}: {message}\n{tb}")

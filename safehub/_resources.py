@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-__all__ = ["shipped_folder"]
+__all__ = ["shipped_folder", "runner_dir"]
 
 _CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -22,3 +22,13 @@ def shipped_folder(package: str, checkout_path: str, marker: str) -> Path | None
             return found
     here = _CHECKOUT / checkout_path
     return here if (here / marker).is_file() else None
+
+
+def runner_dir() -> Path:
+    """The folder holding the runner scripts (``runners/``), located without importing them."""
+    found = shipped_folder("safehub._runners", "runners", "safehub_runner.py")
+    if found is not None:
+        return found
+    from ._errors import SandboxError
+
+    raise SandboxError("safehub's runner scripts are missing", hint="reinstall safehub")

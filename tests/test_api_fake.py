@@ -21,6 +21,7 @@ import safehub
 import specgen
 from safehub._env import host_env
 from safehub._errors import (
+    RunnerEnvironmentError,
     EntrypointFailedError,
     EntrypointNotFoundError,
     ExportError,
@@ -98,7 +99,10 @@ def test_the_request_carries_limits_and_read_only_paths(repo: Path) -> None:
     "handler, error",
     [
         (error_handler("hubconf", "ModuleNotFoundError", "No module named 'x'"), HubconfError),
-        (error_handler("entrypoint", "RuntimeError", "Cannot find callable tiny in hubconf"), EntrypointNotFoundError),
+        (error_handler("entrypoint_missing", "RuntimeError", "Cannot find callable tiny in hubconf"), EntrypointNotFoundError),
+        # the category decides, not the message text
+        (error_handler("entrypoint", "RuntimeError", "Cannot find callable tiny in hubconf"), EntrypointFailedError),
+        (error_handler("environment", "ModuleNotFoundError", "No module named 'numpy'"), RunnerEnvironmentError),
         (error_handler("entrypoint", "ValueError", "bad width"), EntrypointFailedError),
         (error_handler("unsupported_return", "UnsupportedReturn", "a function"), UnsupportedReturnError),
         (error_handler("export", "ExportFailed", "cannot export"), ExportError),

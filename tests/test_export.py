@@ -296,7 +296,7 @@ def test_data_dependent_without_examples_explains(tmp_path: Path) -> None:
 
 
 def test_mode_fx_is_strict(zoo, tmp_path: Path) -> None:
-    with pytest.raises(_export.ExportFailed, match="fx mode failed.*mode='aten'"):
+    with pytest.raises(_export.ExportFailed, match="fx mode failed.*export='aten'"):
         export(zoo, "data_dependent", tmp_path, options={"mode": "fx"})
     with pytest.raises(_export.ExportFailed, match="unknown export mode"):
         export(zoo, "resnet", tmp_path, options={"mode": "pickle"})

@@ -14,7 +14,8 @@ import pytest
 from github_server import FakeGitHub
 
 from safehub._errors import FetchError, OfflineError, UnsafeSpecError
-from safehub._fetch import _http, download_url_to_file, parse_needs_download, prefetch_downloads, stage_downloads
+from safehub._channel import needs_download_urls
+from safehub._fetch import _http, download_url_to_file, prefetch_downloads, stage_downloads
 from safehub._fetch._downloads import checkpoint_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,11 +136,17 @@ def test_download_url_to_file_hash_prefix(gh, tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]  # no .partial left behind
 
 
-def test_parse_needs_download():
-    assert parse_needs_download({"urls": ["https://a/x", "https://a/x", "https://a/y"]}) == ["https://a/x", "https://a/y"]
+def _needs(**error):
+    return {"protocol": 1, "status": "error", "error": {"category": "needs_download", "type": "NeedsDownload",
+                                                          "message": "", **error}}
+
+
+def test_needs_download_urls():
+    assert needs_download_urls(_needs(urls=["https://a/x", "https://a/x", "https://a/y"])) == ["https://a/x", "https://a/y"]
+    assert needs_download_urls({"protocol": 1, "status": "ok"}) == []
     for bad in ({}, {"urls": []}, {"urls": "https://a"}, {"urls": [1]}, {"urls": ["https://a"] * 17}):
         with pytest.raises(UnsafeSpecError):
-            parse_needs_download(bad)
+            needs_download_urls(_needs(**bad))
 
 
 SANDBOX_SIDE = textwrap.dedent("""

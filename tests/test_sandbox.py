@@ -222,11 +222,11 @@ def test_captured_output_is_bounded(backend, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["bwrap", "landlock"])
 def test_control_characters_are_escaped_in_errors(backend, tmp_path):
-    from safehub._jobs import run_job
+    from safehub._jobs import JobRequest, run_job
 
     with pytest.raises(SandboxError) as err:
-        run_job(action="load", repo_dir=REPO, python_env=host_python_env(), backend=get_backend(backend),
-                hub_dir=tmp_path / "hub", entrypoint="crash_with_escapes", limits=Limits(timeout_s=60.0))
+        run_job(JobRequest(action="load", repo_dir=REPO, entrypoint="crash_with_escapes", limits=Limits(timeout_s=60.0)),
+                python_env=host_python_env(), backend=get_backend(backend), hub_dir=tmp_path / "hub")
     text = str(err.value)
     assert "exited with status 3" in text and "FAKE" in text
     assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text

@@ -30,7 +30,7 @@ import pytest
 from safehub._env import host_env
 from safehub._env._types import PythonEnv
 from safehub._errors import SafehubError, SandboxLimitError, SandboxTimeoutError
-from safehub._jobs import run_job
+from safehub._jobs import JobRequest, run_job
 from safehub._sandbox import Limits, SandboxBackend, SandboxRequest, SandboxResult, get_backend
 
 REPO = Path(__file__).resolve().parent / "fixtures" / "malicious" / "hostile"
@@ -112,8 +112,9 @@ def attack(backend_name: str, entry: str, hub_dir: Path, python_env: PythonEnv, 
     out_files: dict[str, bytes] = {}
     with caplog.at_level("DEBUG", logger="safehub"):
         try:
-            job = run_job(action="load", repo_dir=REPO, python_env=python_env, backend=backend, hub_dir=hub_dir,
-                          entrypoint=entry, kwargs=kwargs, limits=limits or Limits(**SMALL))
+            job = run_job(JobRequest(action="load", repo_dir=REPO, entrypoint=entry, kwargs=kwargs,
+                                     limits=limits or Limits(**SMALL)),
+                          python_env=python_env, backend=backend, hub_dir=hub_dir)
         except SafehubError as exc:
             error = exc
             returned += str(exc).encode() + repr(exc).encode()
@@ -345,8 +346,9 @@ def test_bwrap_tmpfs_counts_as_memory(tmp_path, python_env, caplog):
 def test_double_forked_daemon_dies_with_the_run(backend, tmp_path, python_env, caplog):
     marker = tmp_path / "daemon-marker"
     backend_obj = Recording(get_backend(backend))
-    job = run_job(action="load", repo_dir=REPO, python_env=python_env, backend=backend_obj, hub_dir=tmp_path / "hub",
-                  entrypoint="daemon", kwargs={"marker": str(marker)}, limits=Limits(**SMALL))
+    job = run_job(JobRequest(action="load", repo_dir=REPO, entrypoint="daemon", kwargs={"marker": str(marker)},
+                             limits=Limits(**SMALL)),
+                  python_env=python_env, backend=backend_obj, hub_dir=tmp_path / "hub")
     with job:
         written = job.out_dir / "daemon.txt"
         assert written.exists()  # the daemon did run inside the sandbox
@@ -445,8 +447,8 @@ def test_a_bomb_next_to_a_normal_job_leaves_it_alone(backend, tmp_path, python_e
     from concurrent.futures import ThreadPoolExecutor
 
     def normal():
-        job = run_job(action="list", repo_dir=REPO, python_env=python_env, backend=get_backend(backend),
-                      hub_dir=tmp_path / "hub-normal", limits=Limits(**SMALL))
+        job = run_job(JobRequest(action="list", repo_dir=REPO, limits=Limits(**SMALL)),
+                      python_env=python_env, backend=get_backend(backend), hub_dir=tmp_path / "hub-normal")
         with job:
             return [e["name"] for e in job.result["entrypoints"]]
 

@@ -29,7 +29,7 @@ import safehub
 from safehub._doctor import doctor_report, format_report
 from safehub._env import host_env
 from safehub._errors import SafehubError, SandboxUnavailableError
-from safehub._jobs import run_job
+from safehub._jobs import JobRequest, run_job
 from safehub._sandbox import Limits, SandboxBackend, SandboxRequest, SandboxResult, _seccomp, get_backend
 
 from conftest import REPOS, ROOT
@@ -161,10 +161,10 @@ def run_kernel_attack(backend_name: str, keys: dict, tmp_path: Path, caplog: pyt
     returned, out_files = b"", {}
     with caplog.at_level("DEBUG", logger="safehub"):
         try:
-            job = run_job(action="load", repo_dir=HOSTILE, python_env=host_env(), backend=backend,
-                          hub_dir=tmp_path / "hub", entrypoint="kernel", limits=Limits(**SMALL),
-                          kwargs=dict(key_id=keys["id"], user_key_id=keys["user_id"],
-                                      description=keys["description"], plant=keys["plant"]))
+            job = run_job(JobRequest(action="load", repo_dir=HOSTILE, entrypoint="kernel", limits=Limits(**SMALL),
+                                     kwargs=dict(key_id=keys["id"], user_key_id=keys["user_id"],
+                                                 description=keys["description"], plant=keys["plant"])),
+                          python_env=host_env(), backend=backend, hub_dir=tmp_path / "hub")
         except SafehubError as exc:
             raise AssertionError(f"the attack did not run to the end: {exc}") from exc
         with job:

@@ -1,4 +1,11 @@
-"""The host end of the return channel: validate what the sandbox wrote, then rebuild.
+"""The host end of the return channel: everything the sandbox wrote is read here.
+
+* ``read_result`` / ``raise_for_runner_error`` / ``needs_download_urls`` /
+  ``read_summary`` / ``read_listing``: the runner's ``result.json`` (_result.py,
+  _listing.py); ``stderr_tail``: its captured stderr, for messages;
+* ``read_converted_checkpoint`` / ``load_safetensors_checked``: checkpoints
+  (_checkpoint.py);
+* ``rebuild_from_output``: a model, below.
 
 ``rebuild_from_output(out_dir)`` reads exactly ``spec.json`` and
 ``weights.safetensors`` (docs/architecture-format.md), checks *everything*
@@ -16,17 +23,33 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .._errors import UnsafeSpecError
+from .._contract import SPEC_FILE, WEIGHTS_FILE
+from .._errors import DeviceUnavailableError, UnsafeSpecError
+from ._checkpoint import load_safetensors_checked, read_converted_checkpoint
 from ._limits import ChannelLimits
+from ._listing import read_listing
+from ._result import needs_download_urls, raise_for_runner_error, read_result, read_summary, stderr_tail
 
-__all__ = ["rebuild_from_output", "ChannelLimits", "SafehubGraphModule", "SPEC_FILE", "WEIGHTS_FILE"]
+__all__ = [
+    "rebuild_from_output",
+    "read_result",
+    "raise_for_runner_error",
+    "needs_download_urls",
+    "read_summary",
+    "read_listing",
+    "stderr_tail",
+    "read_converted_checkpoint",
+    "load_safetensors_checked",
+    "ChannelLimits",
+    "SafehubGraphModule",
+    "SPEC_FILE",
+    "WEIGHTS_FILE",
+]
 
 _DEFAULT_HINT = (
     "nothing was built. The repo's model could not be carried out of the sandbox as validated data; "
     "if the repo is trusted and unmodified, report this message to the safehub maintainers"
 )
-SPEC_FILE = "spec.json"
-WEIGHTS_FILE = "weights.safetensors"
 
 
 def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLimits | None = None) -> Any:
@@ -47,7 +70,10 @@ def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLim
     limits = limits or ChannelLimits()
     device = torch.device(device if device is not None else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={str(device)!r} was requested but this torch has no usable CUDA device")
+        raise DeviceUnavailableError(
+            f"device={str(device)!r} was requested but this torch has no usable CUDA device",
+            hint="pass device='cpu', or install a CUDA build of torch on a machine with a GPU",
+        )
     out_dir = Path(out_dir)
 
     try:

@@ -22,8 +22,11 @@ import functools
 import math
 import operator
 import re
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
+from .._contract import FACTORIES as _FACTORIES
+from .._contract import GETATTR_ATTRS
+from .._contract import METHOD_DENY as _METHOD_DENY
 from .._errors import DisallowedTargetError
 from ._names import show
 
@@ -40,19 +43,11 @@ __all__ = [
 ]
 
 GETATTR_KEY = "builtins.getattr"
-# builtins.getattr(x, name) is allowed for these attribute names only.
-GETATTR_ATTRS = frozenset(
-    {"shape", "dtype", "device", "ndim", "T", "mT", "H", "mH", "is_cuda", "requires_grad", "layout", "real", "imag",
-     "is_sparse", "is_quantized", "is_complex", "is_floating_point", "itemsize", "nbytes"}
-)  # fmt: skip
-
-# Tensor factories that torch.overrides does not list as overridable.
-_FACTORIES = (
-    "empty", "empty_like", "empty_strided", "zeros", "zeros_like", "ones", "ones_like", "full", "full_like",
-    "arange", "linspace", "logspace", "eye", "rand", "rand_like", "randn", "randn_like", "randint",
-    "randint_like", "randperm", "tensor", "as_tensor", "scalar_tensor", "normal", "bernoulli", "tril_indices",
-    "triu_indices", "complex", "polar", "_assert",
-)  # fmt: skip
+# The lists the runner pre-checks live in the host<->runner contract, the one file
+# both ends import: GETATTR_ATTRS (getattr(x, name) is allowed for these names
+# only), _FACTORIES (tensor factories torch.overrides does not list) and
+# _METHOD_DENY (public Tensor methods that touch memory, hooks, storage, other
+# processes or the interpreter, or hand out Python objects).
 _OPERATOR = (
     "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "neg", "pos", "abs", "invert", "and_",
     "or_", "xor", "lshift", "rshift", "eq", "ne", "lt", "le", "gt", "ge", "not_", "truth", "is_", "is_not",
@@ -66,15 +61,6 @@ _MATH = (
 )  # fmt: skip
 _FUNCTION_NAMESPACES = ("torch", "torch.functional", "torch.nn.functional", "torch.linalg", "torch.fft", "torch.special")
 
-# Public Tensor methods that touch memory, hooks, storage, other processes or the
-# interpreter, or hand out Python objects.
-_METHOD_DENY = frozenset(
-    {"apply_", "map_", "map2_", "register_hook", "register_post_accumulate_grad_hook", "retain_grad", "backward",
-     "storage", "untyped_storage", "storage_type", "data_ptr", "const_data_ptr", "numpy", "set_", "share_memory_",
-     "record_stream", "item", "tolist", "module_load", "resize", "resize_", "resize_as", "resize_as_",
-     "resize_as_sparse_", "sparse_resize_", "sparse_resize_and_clear_", "as_strided_", "pin_memory", "is_pinned",
-     "is_shared", "type", "cuda", "ipu", "xpu", "mtia", "is_set_to", "hash_tensor"}
-)  # fmt: skip
 # Methods FX graphs use that torch.overrides does not list.
 _METHOD_EXTRA = ("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "new_empty_strided", "dim", "size")
 
@@ -158,7 +144,7 @@ def function_allowlist() -> dict[str, Callable[..., Any]]:
                 or attr in _FX_FUNCTION_DENY
             ):
                 continue
-            table[f"{modname}.{attr}"] = obj
+            table[f"{modname}.{attr}"] = cast(Callable[..., Any], obj)
     for obj in list(table.values()):
         try:
             qual = torch.fx.node._get_qualified_name(obj)

@@ -112,13 +112,13 @@ def build_module(mspec: ModuleSpec, leaves: dict[str, Any], tensors: dict[str, A
         if path in in_leaf:
             continue
         *parent_atoms, name = path.split(".")
-        parent = module_at(parent_atoms)
+        owner = module_at(parent_atoms)
         obj = objects[path]
         info = mspec.tensors[mspec.aliases.get(path, path)]
         if isinstance(obj, nn.Parameter):
-            parent.register_parameter(name, obj)
+            owner.register_parameter(name, obj)
         else:
-            parent.register_buffer(name, obj, persistent=info.persistent)
+            owner.register_buffer(name, obj, persistent=info.persistent)
 
     # Training flags: root first, then submodules from the outside in, then leaves.
     root.train(mspec.training)

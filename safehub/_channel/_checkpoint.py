@@ -7,13 +7,14 @@ every tensor key must be used exactly once... or shared where the source shared 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
+from .._contract import CHECKPOINT_FILE, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, WEIGHTS_FILE
 from .._errors import SpecTooLargeError, TensorMismatchError, UnsafeSpecError, UnsupportedReturnError, escape_untrusted
 from ._files import open_output_file, read_output_file
+from ._json import load_json
 
 __all__ = ["read_converted_checkpoint", "load_safetensors_checked", "MAX_CHECKPOINT_JSON_BYTES"]
 
@@ -24,20 +25,14 @@ _TENSOR_KEY = re.compile(r"^t[0-9]{1,9}$")
 _FLOAT = re.compile(r"^(nan|inf|-inf|[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)$")
 
 
-def _reject(name: str) -> None:
-    raise ValueError(f"{name} is not allowed")
-
-
 def read_converted_checkpoint(out_dir: Path, *, max_weight_bytes: int) -> Any:
-    raw = read_output_file(out_dir, "checkpoint.json", max_bytes=MAX_CHECKPOINT_JSON_BYTES)
-    try:
-        doc = json.loads(raw.decode("utf-8"), parse_constant=_reject)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise UnsafeSpecError(f"checkpoint.json is not valid JSON: {escape_untrusted(str(exc), limit=200)}") from None
-    if not isinstance(doc, dict) or doc.get("format") != "safehub-checkpoint" or doc.get("version") != 1:
-        raise UnsafeSpecError("checkpoint.json is not a safehub-checkpoint v1 document")
+    raw = read_output_file(out_dir, CHECKPOINT_FILE, max_bytes=MAX_CHECKPOINT_JSON_BYTES)
+    # Each level of the structure is two JSON levels ({"list": [...]}).
+    doc = load_json(raw, CHECKPOINT_FILE, cap_bytes=MAX_CHECKPOINT_JSON_BYTES, max_depth=2 * MAX_DEPTH + 4)
+    if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT or doc.get("version") != CHECKPOINT_VERSION:
+        raise UnsafeSpecError(f"{CHECKPOINT_FILE} is not a {CHECKPOINT_FORMAT} v{CHECKPOINT_VERSION} document")
 
-    tensors = load_safetensors_checked(out_dir, "weights.safetensors", max_bytes=max_weight_bytes)
+    tensors = load_safetensors_checked(out_dir, WEIGHTS_FILE, max_bytes=max_weight_bytes)
     used: set[str] = set()
     unsupported: list[str] = []
 

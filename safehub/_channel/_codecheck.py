@@ -143,7 +143,7 @@ def _same(expected: Any, got: Any) -> bool:
     if isinstance(expected, Node):
         return got is expected
     # FX stores lists and dicts as its immutable_list / immutable_dict subclasses.
-    kind = list if isinstance(expected, list) else dict if isinstance(expected, dict) else type(expected)
+    kind: Any = list if isinstance(expected, list) else dict if isinstance(expected, dict) else type(expected)
     if type(got) is not kind:
         return False
     if isinstance(expected, (tuple, list)):

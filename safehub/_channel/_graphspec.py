@@ -10,7 +10,7 @@ import math
 import re
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from .._errors import DisallowedTargetError, InvalidNameError, SpecTooLargeError, UnsafeSpecError
 from ._allowlist import GETATTR_ATTRS, GETATTR_KEY, function_allowlist, method_allowlist, resolve_aten
@@ -110,6 +110,7 @@ def parse_graph(
             args = tuple(decode_literal(a, ctx) for a in args_raw)
             kwargs = {k: decode_literal(v, ctx) for k, v in kwargs_raw.items()}
             target = _resolve_target(op, target_raw, nwhere, mode, tensors, aliases, leaves, functions, methods, limits)
+            target_raw = cast(str, target_raw)  # _resolve_target refused anything but a string
             if op == "get_attr" and (args or kwargs):
                 raise UnsafeSpecError(f"{nwhere}: get_attr takes no arguments")
             if op == "call_method" and (not args or not isinstance(args[0], NodeRef)):

@@ -6,18 +6,19 @@ import keyword
 import re
 from typing import Any
 
+from .._contract import Result
 from .._errors import SpecTooLargeError, UnsafeSpecError
 
-__all__ = ["validate_listing", "MAX_ENTRYPOINTS", "MAX_DOC_CHARS"]
+__all__ = ["read_listing", "MAX_ENTRYPOINTS", "MAX_DOC_CHARS"]
 
 MAX_ENTRYPOINTS = 10_000
 MAX_DOC_CHARS = 64 * 1024
 _IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 
 
-def validate_listing(result: dict[str, Any]) -> list[dict[str, Any]]:
+def read_listing(result: Result) -> list[dict[str, Any]]:
     """Return ``[{"name": str, "doc": str | None}, ...]`` sorted by name, or raise."""
-    entries = result.get("entrypoints")
+    entries: Any = result.get("entrypoints")
     if not isinstance(entries, list):
         raise UnsafeSpecError("the runner's listing has no entrypoints list")
     if len(entries) > MAX_ENTRYPOINTS:

@@ -15,7 +15,8 @@ graph's code generator is :class:`._codecheck.CheckedCodeGen`, so the source
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from torch import fx, nn
 from torch.fx.graph_module import _forward_from_src
@@ -29,6 +30,10 @@ class SafehubGraphModule(fx.GraphModule):
     ``graph``/``code`` are the eval graph; ``train_graph``/``train_code`` the
     train graph (the same objects when the model has a single graph).
     """
+
+    # Set by recompile() on the class FX generates per instance.
+    _safehub_eval_forward: ClassVar[Callable[..., Any]]
+    _safehub_train_forward: ClassVar[Callable[..., Any]]
 
     def __init__(
         self,
@@ -47,7 +52,7 @@ class SafehubGraphModule(fx.GraphModule):
         for name, param in root._parameters.items():
             if param is not None:
                 setattr(self, name, param)
-        non_persistent = getattr(root, "_non_persistent_buffers_set", set())
+        non_persistent: set[str] = getattr(root, "_non_persistent_buffers_set", set())
         for name, buf in root._buffers.items():
             if buf is not None:
                 self.register_buffer(name, buf, persistent=name not in non_persistent)
@@ -101,7 +106,7 @@ def _dispatch_forward(self: SafehubGraphModule, *args: Any, **kwargs: Any) -> An
     return fn(self, *args, **kwargs)
 
 
-SafehubGraphModule.forward = _dispatch_forward  # type: ignore[method-assign]
+SafehubGraphModule.forward = _dispatch_forward
 
 
 @functools.lru_cache(maxsize=None)

@@ -12,6 +12,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._contract import SPEC_FORMAT, SPEC_VERSION
 from .._errors import DisallowedTargetError, InvalidNameError, SpecTooLargeError, UnsafeSpecError
 from ._allowlist import COUNT_KWARGS, leaf_allowlist
 from ._graphspec import GraphSpec, NodeSpec, parse_graph
@@ -32,8 +33,8 @@ __all__ = [
     "load_json",
 ]
 
-FORMAT = "safehub-arch"
-VERSION = 1
+FORMAT = SPEC_FORMAT  # the host<->runner contract fixes both
+VERSION = SPEC_VERSION
 _KINDS = ("parameter", "buffer", "constant")
 _FLOATING = ("float64", "float32", "float16", "bfloat16", "complex64", "complex128")
 _MAX_DIM = 2**62

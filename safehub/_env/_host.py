@@ -116,7 +116,7 @@ def _base_requires(dist: md.Distribution) -> list:
 
 def _dist_folder(dist: md.Distribution) -> Path | None:
     try:
-        return _real(dist.locate_file(""))
+        return _real(str(dist.locate_file("")))
     except Exception:  # a custom finder may not support it
         return None
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._build import MARKER, _read_marker, lock_path
-from ._installers import remove_tree
+from .._fsutil import remove_tree
 
 __all__ = ["EnvRecord", "list_envs", "remove_env", "prune_envs", "env_size"]
 
@@ -38,7 +38,8 @@ def _record(root: Path) -> EnvRecord:
     marker = _read_marker(root) or {}
     key = str(marker.get("key", ""))
     complete = key[:16] == root.name and (root / "bin" / "python").exists() and (root / MARKER).is_file()
-    dists = marker.get("distributions") if isinstance(marker.get("distributions"), list) else []
+    raw_dists = marker.get("distributions")
+    dists = raw_dists if isinstance(raw_dists, list) else []
     created = marker.get("created")
     return EnvRecord(
         root=root,

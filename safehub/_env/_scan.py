@@ -108,7 +108,7 @@ def _imports(tree: ast.AST) -> list[tuple[ast.Import | ast.ImportFrom, bool]]:
             out.append((node, optional))
             continue
         if isinstance(node, ast.Try) or (sys.version_info >= (3, 11) and isinstance(node, getattr(ast, "TryStar"))):
-            guarded = optional or _is_optional_try(node)  # type: ignore[arg-type]
+            guarded = optional or _is_optional_try(node)
             stack.extend((c, guarded) for c in node.body)
             for part in (*node.handlers, *node.orelse, *node.finalbody):
                 stack.append((part, optional))

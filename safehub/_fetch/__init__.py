@@ -1,9 +1,10 @@
 """Fetching repos from GitHub (or a mirror), safely, into a verified cache.
 
 Public to the rest of safehub:
-- :func:`get_repo` -> :class:`RepoCheckout` (torch.hub's ``_get_cache_or_reload``)
+- :func:`fetch_repo` (:class:`RepoRequest`) / :func:`get_repo` (keywords) -> :class:`RepoCheckout`
+  (torch.hub's ``_get_cache_or_reload``); ``SOURCES`` is the registry of fetch sources
 - :func:`download_url_to_file` (torch.hub's signature)
-- :func:`prefetch_downloads` / :func:`stage_downloads` / :func:`parse_needs_download`
+- :func:`prefetch_downloads` / :func:`stage_downloads`
   (the weight-download broker for entrypoints that call load_state_dict_from_url)
 - :func:`add_cache_commands` (``safehub cache ls|rm|verify``)
 """
@@ -11,17 +12,19 @@ Public to the rest of safehub:
 from __future__ import annotations
 
 from ._cli import add_cache_commands
-from ._downloads import download_url_to_file, parse_needs_download, prefetch_downloads, stage_downloads
+from ._downloads import download_url_to_file, prefetch_downloads, stage_downloads
 from ._names import RepoSpec, parse_repo
-from ._repo import RepoCheckout, get_repo
+from ._repo import SOURCES, RepoCheckout, RepoRequest, fetch_repo, get_repo
 
 __all__ = [
     "get_repo",
+    "fetch_repo",
+    "RepoRequest",
+    "SOURCES",
     "RepoCheckout",
     "download_url_to_file",
     "prefetch_downloads",
     "stage_downloads",
-    "parse_needs_download",
     "add_cache_commands",
     "parse_repo",
     "RepoSpec",

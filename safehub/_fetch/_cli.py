@@ -112,7 +112,7 @@ def _cmd_rm(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     cache = RepoCache(_hub(args))
-    results = []
+    results: list[dict[str, Any]] = []
     for e in cache.entries():
         if not _matches(e, args.repo):
             continue

@@ -4,7 +4,7 @@ fetches the weight URLs an entrypoint asked for inside the (offline) sandbox.
 Broker protocol (the sandbox half is ``runners/_downloads.py``)::
 
     round 1: the runner reports {"category": "needs_download", "urls": [...]}
-    host:    urls = parse_needs_download(error); files = prefetch_downloads(urls, ...)
+    host:    urls = needs_download_urls(result) (safehub/_channel/_result.py); files = prefetch_downloads(urls, ...)
              stage_downloads(files, <job>/in)  ->  <job>/in/downloads/{manifest.json, files}
     round 2: the runner serves those URLs from the read-only files
 
@@ -45,8 +45,9 @@ from typing import Any
 from urllib.parse import unquote, urlparse, urlsplit
 
 from .._config import is_offline, progress_enabled
+from .._contract import MAX_DOWNLOAD_URLS
 from .._errors import FetchError, OfflineError, SandboxLimitError, SandboxTimeoutError, UnsafeSpecError
-from .._sandbox._base import Limits
+from .._sandbox._limits import Limits
 from ._cache import atomic_write_json
 from ._github import github_host, make_client
 from ._http import BodyTooLargeError, DeadlineError, HttpClient, origin_of
@@ -55,14 +56,12 @@ __all__ = [
     "download_url_to_file",
     "prefetch_downloads",
     "stage_downloads",
-    "parse_needs_download",
     "DownloadBudget",
     "MAX_DOWNLOAD_URLS",
 ]
 
 logger = logging.getLogger("safehub")
 
-MAX_DOWNLOAD_URLS = 16
 MAX_URL_LEN = 2048
 DEFAULT_MAX_DOWNLOAD_BYTES = 16 << 30
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
@@ -101,18 +100,6 @@ def download_url_to_file(url: str, dst: str, hash_prefix: str | None = None, pro
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def parse_needs_download(error: Mapping[str, Any]) -> list[str]:
-    """The URL list of a runner's ``needs_download`` error, checked for shape only."""
-    urls = error.get("urls")
-    if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
-        raise UnsafeSpecError("the runner's needs_download report has no list of URL strings")
-    if len(urls) > MAX_DOWNLOAD_URLS:
-        raise UnsafeSpecError(
-            f"the entrypoint asked for {len(urls)} downloads, more than the {MAX_DOWNLOAD_URLS} allowed",
-        )
-    return list(dict.fromkeys(urls))
 
 
 Origin = tuple[str, str, int]
@@ -154,7 +141,7 @@ def _check_public(url: str, allowed: set[Origin]) -> None:
     except socket.gaierror as exc:
         raise FetchError(f"cannot resolve the download host {hostname!r}: {exc.strerror}") from None
     for info in infos:
-        addr = ipaddress.ip_address(info[4][0].split("%")[0])
+        addr = ipaddress.ip_address(str(info[4][0]).split("%")[0])
         if addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_multicast or addr.is_reserved or addr.is_unspecified:
             raise FetchError(
                 f"refusing to download from {hostname!r}: it resolves to the non-public address {addr}",

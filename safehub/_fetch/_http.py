@@ -22,6 +22,8 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
+from email.message import Message
+from http.client import HTTPMessage
 from typing import IO, Any
 from urllib.parse import urlsplit
 
@@ -90,7 +92,9 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
     def __init__(self, client: "HttpClient") -> None:
         self._client = client
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[override]
+    def redirect_request(
+        self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str, headers: HTTPMessage, newurl: str
+    ) -> urllib.request.Request | None:
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
         if new is None:
             return None
@@ -192,7 +196,7 @@ class HttpClient:
 
     def _http_error(self, url: str, exc: urllib.error.HTTPError, what: str) -> FetchError:
         subject = what or _show(url)
-        headers = exc.headers or {}
+        headers = exc.headers if exc.headers is not None else Message()
         if exc.code in (403, 429) and (headers.get("X-RateLimit-Remaining") == "0" or exc.code == 429):
             reset = headers.get("X-RateLimit-Reset")
             when = ""
@@ -286,7 +290,7 @@ class HttpClient:
 
 
 def _retry_after(exc: urllib.error.HTTPError) -> float | None:
-    value = (exc.headers or {}).get("Retry-After")
+    value = exc.headers.get("Retry-After") if exc.headers is not None else None
     if value and value.strip().isdigit():
         return float(value.strip())
     return None

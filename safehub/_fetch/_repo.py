@@ -16,13 +16,14 @@ from pathlib import Path
 
 from .._config import is_offline, progress_enabled
 from .._errors import HubconfError, InvalidRepoError, OfflineError
-from ._cache import CacheEntry, RepoCache, remove_tree
+from .._fsutil import remove_tree
+from ._cache import CacheEntry, RepoCache
 from ._extract import ArchiveLimits, extract_zip, make_read_only, tree_hash, tree_size
 from ._github import GitHubHost, Resolver, github_host, make_client
 from ._names import SHA_RE, parse_repo
 from ._trust import check_trust
 
-__all__ = ["RepoCheckout", "get_repo", "ref_ttl"]
+__all__ = ["RepoCheckout", "RepoRequest", "SOURCES", "fetch_repo", "get_repo", "ref_ttl"]
 
 logger = logging.getLogger("safehub")
 
@@ -46,6 +47,11 @@ class RepoCheckout:
     def slug(self) -> str | None:
         return None if self.owner is None else f"{self.owner}/{self.name}"
 
+    @property
+    def display_name(self) -> str:
+        """owner/name, or the folder of a local repo."""
+        return self.slug or str(self.path)
+
 
 def ref_ttl(env: Mapping[str, str]) -> float:
     raw = env.get("SAFEHUB_REF_CACHE_TTL")
@@ -57,13 +63,39 @@ def ref_ttl(env: Mapping[str, str]) -> float:
         raise ValueError(f"SAFEHUB_REF_CACHE_TTL={raw!r} is not a number of seconds") from None
 
 
-def _local(repo_or_dir: str) -> RepoCheckout:
-    path = Path(repo_or_dir).expanduser()
+@dataclass(frozen=True)
+class RepoRequest:
+    """Which repo to fetch and how: torch.hub's options, in one object."""
+
+    repo_or_dir: str
+    source: str = "github"
+    force_reload: bool = False
+    trust_repo: bool | str | None = None
+    calling_fn: str = "load"
+    verbose: bool = True
+    skip_validation: bool = False
+    revision: str | None = None  # a full commit SHA to load exactly
+    allow_prompt: bool = True  # False: a needed trust prompt raises UntrustedRepoError
+    prompt: Callable[[str], str] | None = None
+
+
+def _from_local(request: RepoRequest, hub_dir: Path, env: Mapping[str, str]) -> RepoCheckout:
+    path = Path(request.repo_or_dir).expanduser()
     if not path.is_dir():
         raise HubconfError(f"local repo folder {str(path)!r} does not exist", hint="pass an existing folder")
     if not (path / "hubconf.py").is_file():
         raise HubconfError(f"{str(path)!r} has no hubconf.py", hint="source='local' needs a folder with hubconf.py")
     return RepoCheckout(path=path.resolve(), sha=None, host=None, owner=None, name=None, ref=None, source="local")
+
+
+def fetch_repo(request: RepoRequest, *, hub_dir: Path, env: Mapping[str, str] | None = None) -> RepoCheckout:
+    """Return a verified, read-only checkout for ``request`` from its source's fetcher."""
+    source = str(request.source).lower()
+    fetch = SOURCES.get(source)
+    if fetch is None:
+        allowed = " | ".join(f'"{name}"' for name in SOURCES)
+        raise ValueError(f'Unknown source: "{source}". Allowed values: {allowed}.')
+    return fetch(request, Path(hub_dir), os.environ if env is None else env)
 
 
 def get_repo(
@@ -81,19 +113,24 @@ def get_repo(
     allow_prompt: bool = True,
     prompt: Callable[[str], str] | None = None,
 ) -> RepoCheckout:
-    """Return a verified, read-only checkout of ``repo_or_dir``.
+    """Return a verified, read-only checkout of ``repo_or_dir`` (keyword form of
+    :func:`fetch_repo`).
 
     ``revision`` pins a full commit SHA: exactly that tree is loaded, whatever the
     ref now points at. ``allow_prompt=False`` turns a needed trust prompt into an
     UntrustedRepoError (for policies that forbid prompts).
     """
-    env = os.environ if env is None else env
-    source = str(source).lower()
-    if source not in ("github", "local"):
-        raise ValueError(f'Unknown source: "{source}". Allowed values: "github" | "local".')
-    if source == "local":
-        return _local(str(repo_or_dir))
+    request = RepoRequest(
+        repo_or_dir=str(repo_or_dir), source=source, force_reload=force_reload, trust_repo=trust_repo,
+        calling_fn=calling_fn, verbose=verbose, skip_validation=skip_validation, revision=revision,
+        allow_prompt=allow_prompt, prompt=prompt,
+    )
+    return fetch_repo(request, hub_dir=hub_dir, env=env)
 
+
+def _from_github(request: RepoRequest, hub_dir: Path, env: Mapping[str, str]) -> RepoCheckout:
+    repo_or_dir, revision, force_reload = request.repo_or_dir, request.revision, request.force_reload
+    skip_validation, verbose = request.skip_validation, request.verbose
     spec = parse_repo(repo_or_dir)
     if revision is not None:
         revision = str(revision).lower()
@@ -111,10 +148,10 @@ def get_repo(
         is_github_com=host.is_github_com,
         owner=spec.owner,
         name=spec.name,
-        trust_repo=trust_repo,
-        calling_fn=calling_fn,
-        allow_prompt=allow_prompt,
-        prompt=prompt,
+        trust_repo=request.trust_repo,
+        calling_fn=request.calling_fn,
+        allow_prompt=request.allow_prompt,
+        prompt=request.prompt,
     )
     cache = RepoCache(hub_dir)
     cache.clean_tmp()
@@ -244,3 +281,10 @@ class _Fetcher:
                 pass
             if tree.exists():
                 remove_tree(tree)
+
+
+# The fetch sources, like the sandbox backends: a name -> how to get a checkout.
+SOURCES: dict[str, Callable[[RepoRequest, Path, Mapping[str, str]], RepoCheckout]] = {
+    "github": _from_github,
+    "local": _from_local,
+}

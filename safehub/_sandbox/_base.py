@@ -19,38 +19,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Limits", "SandboxRequest", "SandboxResult", "SandboxBackend", "MAX_CAPTURE_BYTES"]
+from .._resources import runner_dir
+from ._limits import Limits, confine_rlimits
+
+__all__ = ["Limits", "SandboxRequest", "SandboxResult", "SandboxBackend", "MAX_CAPTURE_BYTES", "GPU_DEVICES"]
 
 # Captured stdout/stderr are cut to this many bytes each (the tail is kept).
 MAX_CAPTURE_BYTES = 64 * 1024
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Resource limits for one sandboxed run. ``None`` means "no limit of this kind"."""
-
-    timeout_s: float = 600.0
-    memory_bytes: int | None = 8 * 1024**3
-    max_pids: int | None = 256
-    max_file_bytes: int | None = 8 * 1024**3
-    cpu_time_s: int | None = None
-    tmpfs_bytes: int = 512 * 1024**2
-    # Everything the job may leave on the host's disk (out/ plus, for backends
-    # without tmpfs, the scratch folders) and how many files it may create there.
-    disk_bytes: int | None = 16 * 1024**3
-    max_files: int = 100_000
-
-    def as_dict(self) -> dict[str, float | int | None]:
-        return {
-            "timeout_s": self.timeout_s,
-            "memory_bytes": self.memory_bytes,
-            "max_pids": self.max_pids,
-            "max_file_bytes": self.max_file_bytes,
-            "cpu_time_s": self.cpu_time_s,
-            "tmpfs_bytes": self.tmpfs_bytes,
-            "disk_bytes": self.disk_bytes,
-            "max_files": self.max_files,
-        }
+# Device nodes a job with allow_gpu may open (plus /dev/nvidia0..15).
+GPU_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset", "/dev/dri")
 
 
 @dataclass(frozen=True)
@@ -65,6 +42,9 @@ class SandboxRequest:
     # Scratch folders (HOME, TMPDIR): a fresh size-capped tmpfs at that path under
     # bubblewrap, never backed by the host folder; a plain writable folder elsewhere.
     scratch_paths: Sequence[Path] = ()
+    # The runner scripts: runners/_confine.py applies the confinement, for
+    # backends that confine through the reaper (landlock, process).
+    runner_dir: Path = field(default_factory=runner_dir)
 
 
 @dataclass
@@ -95,8 +75,6 @@ class SandboxBackend(abc.ABC):
         """What the runner must apply to itself before repo code runs (request.json
         "confine", read by runners/_confine.py): rlimits, fd hygiene, and for
         Landlock the rule set. JSON-able."""
-        from ._limits import confine_rlimits
-
         return {"close_fds": True, "no_new_privs": True, "rlimits": confine_rlimits(request.limits)}
 
     def describe(self) -> dict[str, object]:

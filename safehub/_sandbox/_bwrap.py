@@ -31,21 +31,20 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from .._errors import SandboxUnavailableError
-from ._base import MAX_CAPTURE_BYTES, SandboxBackend, SandboxRequest, SandboxResult
+from ._base import GPU_DEVICES, MAX_CAPTURE_BYTES, SandboxBackend, SandboxRequest, SandboxResult
 from ._capture import TailPipe
 from ._keyring import fresh_session_keyring
 from ._limits import Watchdog, confine_rlimits, killed_by_signal
-from ._paths import ancestors, normalise_request
+from ._binds import ancestors, normalise_request
 from ._seccomp import build, enabled, warn_if_off
 from ._seccomp import problem as seccomp_problem
-from ._tree import kill_uid, wait_gone
+from ._kill import kill_uid, wait_gone
 
 __all__ = ["BwrapBackend"]
 
 logger = logging.getLogger("safehub")
 
 SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-GPU_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset", "/dev/dri")
 SHM_BYTES = 64 * 1024**2
 PRLIMIT_NAMES = {"AS": "as", "CORE": "core", "CPU": "cpu", "FSIZE": "fsize", "NPROC": "nproc", "NOFILE": "nofile"}
 INSTALL_HINT = (
@@ -147,7 +146,8 @@ class BwrapBackend(SandboxBackend):
                 preexec_fn=fresh_session_keyring(strict=not self.seccomp),
             )
         except subprocess.SubprocessError as exc:  # the fresh session keyring (preexec_fn)
-            out.close(), err.close()
+            out.close()
+            err.close()
             cleanup()
             raise SandboxUnavailableError(
                 f"could not start the job in a fresh session keyring: {exc}",
@@ -155,7 +155,8 @@ class BwrapBackend(SandboxBackend):
                 "(/proc/sys/kernel/keys/maxkeys), or keep the seccomp filter on (unset SAFEHUB_SECCOMP)",
             ) from None
         except BaseException:
-            out.close(), err.close()
+            out.close()
+            err.close()
             cleanup()
             raise
         out.start()

@@ -30,10 +30,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from ._base import SandboxBackend, SandboxRequest, SandboxResult
+from ._base import GPU_DEVICES, SandboxBackend, SandboxRequest, SandboxResult
 from ._cgroup import PidsCgroup
 from ._limits import confine_rlimits
-from ._paths import normalise_request
+from ._binds import normalise_request
 from ._seccomp import confine_entry, enabled, warn_if_off
 from ._seccomp import problem as seccomp_problem
 from ._supervised import run_supervised
@@ -47,7 +47,6 @@ SYSTEM_READ = (
     "/proc/cpuinfo", "/sys/devices/system/cpu",
 )
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
-GPU_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset", "/dev/dri")
 HINT = "Landlock needs Linux >= 5.13 with 'landlock' in the lsm= boot list (check /sys/kernel/security/lsm)"
 
 
@@ -106,8 +105,8 @@ class LandlockBackend(SandboxBackend):
         if self.abi < MIN_ABI:
             why = " (SAFEHUB_LANDLOCK_ABI says so)" if self.forced else " on this kernel"
             return f"Landlock is not available{why}; {HINT}"
-        if self.seccomp and (why := seccomp_problem(self.name)):
-            return why
+        if self.seccomp and (problem := seccomp_problem(self.name)):
+            return problem
         if os.geteuid() == 0 and not self.pids_cgroup_ok:
             return (
                 "running as root, the job's process limit needs a pids cgroup (RLIMIT_NPROC does not "

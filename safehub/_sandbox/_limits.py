@@ -23,9 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._base import Limits
-
-__all__ = ["confine_rlimits", "Watchdog", "killed_by_signal", "tree_usage_bytes"]
+__all__ = ["Limits", "confine_rlimits", "Watchdog", "killed_by_signal", "tree_usage_bytes"]
 
 # Headroom above the memory limit for RLIMIT_AS: virtual size runs well above
 # resident size (torch maps ~0.7 GB at import; thread stacks), and the watchdog
@@ -33,6 +31,35 @@ __all__ = ["confine_rlimits", "Watchdog", "killed_by_signal", "tree_usage_bytes"
 AS_HEADROOM = 2 * 1024**3
 POLL_S = 0.05
 DISK_POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits for one sandboxed run. ``None`` means "no limit of this kind"."""
+
+    timeout_s: float = 600.0
+    memory_bytes: int | None = 8 * 1024**3
+    max_pids: int | None = 256
+    max_file_bytes: int | None = 8 * 1024**3
+    cpu_time_s: int | None = None
+    tmpfs_bytes: int = 512 * 1024**2
+    # Everything the job may leave on the host's disk (out/ plus, for backends
+    # without tmpfs, the scratch folders) and how many files it may create there.
+    disk_bytes: int | None = 16 * 1024**3
+    max_files: int = 100_000
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {
+            "timeout_s": self.timeout_s,
+            "memory_bytes": self.memory_bytes,
+            "max_pids": self.max_pids,
+            "max_file_bytes": self.max_file_bytes,
+            "cpu_time_s": self.cpu_time_s,
+            "tmpfs_bytes": self.tmpfs_bytes,
+            "disk_bytes": self.disk_bytes,
+            "max_files": self.max_files,
+        }
+
 
 
 def confine_rlimits(limits: Limits) -> dict[str, int | list[int]]:
@@ -199,7 +226,7 @@ class Watchdog:
         return None
 
 
-def _pss(tree: list[object]) -> int:
+def _pss(tree: Sequence[object]) -> int:
     import psutil
 
     total = 0

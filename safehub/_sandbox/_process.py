@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from ._base import SandboxBackend, SandboxRequest, SandboxResult
 from ._cgroup import PidsCgroup
 from ._limits import confine_rlimits
-from ._paths import normalise_request
+from ._binds import normalise_request
 from ._seccomp import confine_entry, enabled, warn_if_off
 from ._seccomp import problem as seccomp_problem
 from ._supervised import run_supervised

@@ -42,8 +42,6 @@ def run_supervised(
 
     import psutil
 
-    from .._jobs import runner_dir
-
     for path in request.scratch_paths:
         Path(path).mkdir(parents=True, exist_ok=True)
     out, err = TailPipe(MAX_CAPTURE_BYTES), TailPipe(MAX_CAPTURE_BYTES)
@@ -51,7 +49,7 @@ def run_supervised(
     try:
         proc = subprocess.Popen(
             [os.path.realpath(sys.executable), "-I", "-S", "-B", str(REAPER), json.dumps(confine),
-             str(runner_dir()),
+             str(request.runner_dir),
              json.dumps({"pidns": pid_namespace, "cgroup_procs": cgroup.procs_file if cgroup else None}),
              *request.argv],
             env=dict(request.env),
@@ -67,14 +65,16 @@ def run_supervised(
     except subprocess.SubprocessError as exc:  # the fresh session keyring (preexec_fn)
         from .._errors import SandboxUnavailableError
 
-        out.close(), err.close()
+        out.close()
+        err.close()
         raise SandboxUnavailableError(
             f"could not start the job in a fresh session keyring: {exc}",
             hint="keyctl(KEYCTL_JOIN_SESSION_KEYRING) failed on the host; check the key quota "
             "(/proc/sys/kernel/keys/maxkeys), or keep the seccomp filter on (unset SAFEHUB_SECCOMP)",
         ) from None
     except BaseException:
-        out.close(), err.close()
+        out.close()
+        err.close()
         raise
     out.start()
     err.start()

@@ -76,7 +76,7 @@ def load_checkpoint_file(
     """Read a checkpoint file: safetensors directly, anything else through the sandbox."""
     path = Path(path).resolve()
     if _is_safetensors(path):
-        from ._channel._checkpoint import load_safetensors_checked
+        from ._channel import load_safetensors_checked
 
         obj: Any = load_safetensors_checked(path.parent, path.name, max_bytes=MAX_CHECKPOINT_BYTES)
     else:
@@ -85,22 +85,15 @@ def load_checkpoint_file(
 
 
 def _convert_in_sandbox(path: Path, *, weights_only: bool, sandbox: str | SandboxBackend | None) -> Any:
-    from ._channel._checkpoint import read_converted_checkpoint
+    from ._channel import read_converted_checkpoint
     from ._env import host_env
-    from ._jobs import run_job
+    from ._jobs import JobRequest, run_job
     from ._sandbox import get_backend
 
     backend = get_backend(sandbox)
     logger.info("unpickling %s inside the %s sandbox", path, backend.name)
-    with run_job(
-        action="convert",
-        repo_dir=None,
-        python_env=host_env(),
-        backend=backend,
-        hub_dir=hub_path(),
-        extra_request={"checkpoint": str(path), "weights_only": weights_only},
-        extra_ro_paths=(path,),
-    ) as job:
+    request = JobRequest(action="convert", checkpoint=path, weights_only=weights_only)
+    with run_job(request, python_env=host_env(), backend=backend, hub_dir=hub_path()) as job:
         return read_converted_checkpoint(job.out_dir, max_weight_bytes=MAX_CHECKPOINT_BYTES)
 
 

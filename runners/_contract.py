@@ -1,0 +1,151 @@
+"""The host <-> runner contract: one file, read by both ends.
+
+The runner imports it from its own folder inside the sandbox; the host imports
+the very same file as ``safehub._contract`` (a link to this one in a checkout, an
+identical copy in the wheel; tests/test_contract.py checks both). So it must stay
+standard-library only, import nothing from safehub or torch, and hold data and
+shapes, never behaviour.
+
+What it fixes:
+  * the protocol version and the names of the files in a job folder;
+  * the error categories a runner may report (the host maps each one to one typed
+    exception: safehub/_channel/_result.py, ``raise_for_runner_error``);
+  * the shapes of ``request.json`` and ``result.json`` (TypedDicts);
+  * the literal allowlists the runner pre-checks so that a graph the host would
+    refuse falls back to aten inside the sandbox (the host builds its full
+    allowlists from these: safehub/_channel/_allowlist.py).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, TypedDict, Union
+
+if TYPE_CHECKING:  # annotations are never evaluated at run time (Python 3.10 lacks NotRequired)
+    from typing import NotRequired
+
+__all__ = [
+    "PROTOCOL",
+    "REQUEST_FILE",
+    "ARGS_FILE",
+    "EXAMPLE_INPUTS_FILE",
+    "RESULT_FILE",
+    "SPEC_FILE",
+    "WEIGHTS_FILE",
+    "CHECKPOINT_FILE",
+    "SPEC_FORMAT",
+    "SPEC_VERSION",
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "ACTIONS",
+    "MAX_DOWNLOAD_URLS",
+    "EXPORT_MODES",
+    "ERROR_CATEGORIES",
+    "FACTORIES",
+    "GETATTR_ATTRS",
+    "METHOD_DENY",
+    "Request",
+    "ExportOptions",
+    "RunnerError",
+    "Result",
+]
+
+# --- protocol and files ------------------------------------------------------
+
+PROTOCOL = 1
+
+# <job>/in/ (written by the host, read-only in the sandbox)
+REQUEST_FILE = "request.json"
+ARGS_FILE = "args.pkl"  # cloudpickle of (args, kwargs): host -> sandbox only
+EXAMPLE_INPUTS_FILE = "example_inputs.pkl"  # host -> sandbox only
+# <job>/out/ (the only folder the runner writes; hostile input to the host)
+RESULT_FILE = "result.json"
+SPEC_FILE = "spec.json"
+WEIGHTS_FILE = "weights.safetensors"
+CHECKPOINT_FILE = "checkpoint.json"
+
+SPEC_FORMAT = "safehub-arch"
+SPEC_VERSION = 1
+CHECKPOINT_FORMAT = "safehub-checkpoint"
+CHECKPOINT_VERSION = 1
+
+ACTIONS = ("load", "list", "convert")
+MAX_DOWNLOAD_URLS = 16  # URLs one needs_download report may name
+EXPORT_MODES = ("auto", "fx", "aten")
+
+# --- error categories --------------------------------------------------------
+# What went wrong, decided by the runner from *where* it happened, never from the
+# text of a message.
+ERROR_CATEGORIES = (
+    "hubconf",  # importing the repo's hubconf.py raised
+    "entrypoint_missing",  # the entrypoint is not a public callable of hubconf
+    "entrypoint",  # the entrypoint itself raised
+    "unsupported_return",  # it returned something that is not modules (or containers of them)
+    "export",  # neither fx nor aten could carry a module out
+    "checkpoint",  # a pickled checkpoint could not be converted (action "convert")
+    "needs_download",  # the entrypoint asked for URLs the host has not fetched yet
+    "environment",  # the runner's own code could not import what it needs (not the repo's code)
+)
+
+# --- what the host will accept, pre-checked in the sandbox --------------------
+
+# Tensor factories that torch.overrides does not list as overridable.
+FACTORIES = (
+    "empty", "empty_like", "empty_strided", "zeros", "zeros_like", "ones", "ones_like", "full", "full_like",
+    "arange", "linspace", "logspace", "eye", "rand", "rand_like", "randn", "randn_like", "randint",
+    "randint_like", "randperm", "tensor", "as_tensor", "scalar_tensor", "normal", "bernoulli", "tril_indices",
+    "triu_indices", "complex", "polar", "_assert",
+)  # fmt: skip
+# builtins.getattr(x, name) is allowed for these attribute names only.
+GETATTR_ATTRS = frozenset(
+    {"shape", "dtype", "device", "ndim", "T", "mT", "H", "mH", "is_cuda", "requires_grad", "layout", "real", "imag",
+     "is_sparse", "is_quantized", "is_complex", "is_floating_point", "itemsize", "nbytes"}
+)  # fmt: skip
+# Public Tensor methods that touch memory, hooks, storage, other processes or the
+# interpreter, or hand out Python objects.
+METHOD_DENY = frozenset(
+    {"apply_", "map_", "map2_", "register_hook", "register_post_accumulate_grad_hook", "retain_grad", "backward",
+     "storage", "untyped_storage", "storage_type", "data_ptr", "const_data_ptr", "numpy", "set_", "share_memory_",
+     "record_stream", "item", "tolist", "module_load", "resize", "resize_", "resize_as", "resize_as_",
+     "resize_as_sparse_", "sparse_resize_", "sparse_resize_and_clear_", "as_strided_", "pin_memory", "is_pinned",
+     "is_shared", "type", "cuda", "ipu", "xpu", "mtia", "is_set_to", "hash_tensor"}
+)  # fmt: skip
+
+# --- shapes --------------------------------------------------------------------
+
+
+class ExportOptions(TypedDict, total=False):
+    mode: str  # one of EXPORT_MODES
+
+
+class Request(TypedDict, total=False):
+    """``<job>/in/request.json``: written by the host, trusted by the runner."""
+
+    protocol: int
+    action: str  # one of ACTIONS
+    repo_dir: Optional[str]
+    entrypoint: Optional[str]
+    export: ExportOptions
+    confine: Dict[str, Any]  # rlimits and Landlock rules (runners/_confine.py)
+    checkpoint: str  # action "convert"
+    weights_only: bool  # action "convert"
+
+
+class RunnerError(TypedDict):
+    """``result.json`` "error" when status is "error"."""
+
+    category: str  # one of ERROR_CATEGORIES
+    type: str  # the exception's class name
+    message: str
+    traceback: NotRequired[str]
+    urls: NotRequired[List[str]]  # category "needs_download"
+    module: NotRequired[str]  # category "environment": the module that could not be imported
+
+
+class Result(TypedDict):
+    """``<job>/out/result.json``: written by the runner, hostile to the host."""
+
+    protocol: int
+    status: str  # "ok" | "error"
+    error: NotRequired[RunnerError]
+    summary: NotRequired[Dict[str, Any]]  # action "load" / "convert"
+    entrypoints: NotRequired[List[Dict[str, Union[str, None]]]]  # action "list"
