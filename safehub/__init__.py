@@ -8,9 +8,13 @@ from __future__ import annotations
 from ._api import LoadInfo, load
 from ._api import entrypoint_help as help  # noqa: A004 - torch.hub's name
 from ._api import list_entrypoints as list  # noqa: A004 - torch.hub's name
+from ._artifact import ArtifactInfo, load_artifact, save
 from ._config import get_dir, set_dir
 from ._checkpoints import download_url_to_file, load_state_dict_from_url
 from ._errors import (
+    ArtifactError,
+    ArtifactSaveError,
+    ArtifactVersionError,
     CacheCorruptedError,
     DeviceUnavailableError,
     DisallowedTargetError,
@@ -56,8 +60,14 @@ __all__ = [
     # safehub's additions
     "Limits",
     "LoadInfo",
+    "save",
+    "load_artifact",
+    "ArtifactInfo",
     # errors
     "SafehubError",
+    "ArtifactError",
+    "ArtifactSaveError",
+    "ArtifactVersionError",
     "CacheCorruptedError",
     "DeviceUnavailableError",
     "DisallowedTargetError",

@@ -194,6 +194,9 @@ def load(
             downloads=budget.summary(),
         )
     _attach_info(obj, info)
+    from ._artifact import note_load  # provenance for safehub.save
+
+    note_load(obj, info, repo_path=repo.path, args=args, kwargs=kwargs, export=export)
     _record(hub_dir, info)
     return obj
 

@@ -42,6 +42,9 @@ __all__ = [
     "TensorMismatchError",
     "ExportError",
     "UnsupportedReturnError",
+    "ArtifactError",
+    "ArtifactVersionError",
+    "ArtifactSaveError",
     "PolicyError",
     "DeviceUnavailableError",
     "escape_untrusted",
@@ -237,6 +240,23 @@ class ExportError(SafehubError, RuntimeError):
 
 class UnsupportedReturnError(SafehubError, TypeError):
     """The entrypoint returned something that is not a module or a container of them."""
+
+    exit_code = 10
+
+
+# --- model artifacts (safehub.save / safehub.load_artifact) -----------------
+
+
+class ArtifactError(UnsafeSpecError):
+    """An artifact folder failed its checks (layout, provenance, hashes). Nothing was built."""
+
+
+class ArtifactVersionError(ArtifactError):
+    """An artifact's format version is not one this safehub reads."""
+
+
+class ArtifactSaveError(SafehubError, ValueError):
+    """``safehub.save`` refused: the object is not a model safehub rebuilt, or it changed in a way an artifact cannot carry."""
 
     exit_code = 10
 

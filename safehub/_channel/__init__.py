@@ -64,6 +64,7 @@ def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLim
     from ._build import build_graphs, build_module
     from ._files import open_output_file, read_output_file
     from ._leaves import build_leaves_on_meta
+    from ._origin import attach_origin
     from ._spec import ModuleRef, parse_spec
     from ._weights import check_against_spec, load_tensors, read_header
 
@@ -78,7 +79,8 @@ def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLim
 
     try:
         # 1. Validate everything that needs no tensor data.
-        spec = parse_spec(read_output_file(out_dir, SPEC_FILE, max_bytes=limits.spec_bytes), limits=limits, device=device)
+        spec_raw = read_output_file(out_dir, SPEC_FILE, max_bytes=limits.spec_bytes)
+        spec = parse_spec(spec_raw, limits=limits, device=device)
         graphs = {mid: build_graphs(mspec) for mid, mspec in spec.modules.items()}
         fd = open_output_file(out_dir, WEIGHTS_FILE, max_bytes=limits.weights_bytes)
         try:
@@ -93,6 +95,7 @@ def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLim
         for mid, mspec in spec.modules.items():
             tensors = {p: loaded.pop(f"{mid}.{p}") for p in mspec.tensors}
             built[mid] = build_module(mspec, meta_leaves[mid], tensors, graphs[mid])
+        attach_origin(built, spec, spec_raw)  # what safehub.save needs (the validated spec)
     except UnsafeSpecError as exc:
         if exc.hint is not None:
             raise

@@ -84,6 +84,8 @@ class SafehubGraphModule(fx.GraphModule):
     def _deepcopy_init(self) -> Any:
         def init(res: Any, fake_mod: Any, graph: fx.Graph) -> None:
             SafehubGraphModule.__init__(res, fake_mod, graph, fake_mod.__dict__.get("_safehub_train_graph"))
+            if "_safehub_origin" in fake_mod.__dict__:  # a copy can still be saved with safehub.save
+                res.__dict__["_safehub_origin"] = fake_mod.__dict__["_safehub_origin"]
 
         return init
 
@@ -95,7 +97,8 @@ class SafehubGraphModule(fx.GraphModule):
 
     def __reduce__(self) -> Any:
         raise TypeError(
-            "a SafehubGraphModule cannot be pickled: save model.state_dict() with safetensors instead "
+            "a SafehubGraphModule cannot be pickled (torch.save(model) pickles it): use safehub.save(model, folder) "
+            "and safehub.load_artifact(folder), a code-free artifact, or save model.state_dict() with safetensors "
             "(unpickling a model is the code-execution path safehub exists to avoid)"
         )
 
@@ -116,7 +119,10 @@ def reserved_root_attrs() -> frozenset[str]:
     graph = fx.Graph()
     graph.output(None)
     probe = SafehubGraphModule(nn.Module(), graph)
-    names = set(dir(probe)) | {"_in_spec", "_out_spec", "_safehub_train_code", "_safehub_train_graph"}
+    # Plus the instance attributes safehub sets later (build origin, load info):
+    # a tensor of that name would be shadowed by them in generated code.
+    names = set(dir(probe)) | {"_in_spec", "_out_spec", "_safehub_train_code", "_safehub_train_graph",
+                               "_safehub_origin", "safehub_info"}
     return frozenset(names)
 
 
