@@ -330,3 +330,17 @@ def test_extra_missing_and_linked_files_are_refused(art: Path, tmp_path: Path) -
     with pytest.raises(ArtifactError, match="cannot open artifact folder"):
         safehub.load_artifact(link)
     safehub.load_artifact(art)  # intact again
+
+
+def test_cli_inspect(art: Path, capsys) -> None:
+    from safehub._cli import main
+
+    assert main(["inspect", str(art), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["provenance"]["format"] == "safehub-artifact" and report["modules"]["m0"]["mode"] == "fx"
+    assert main(["inspect", str(art)]) == 0
+    text = capsys.readouterr().out
+    assert "m0: mode=fx" in text and "parameters" in text
+    _flip(art / "weights.safetensors", 100)
+    assert main(["inspect", str(art), "--json"]) == ArtifactError.exit_code
+    assert json.loads(capsys.readouterr().out)["error"] == "ArtifactError"
