@@ -26,21 +26,26 @@ from ._artifact_format import (
     ARTIFACT_VERSION,
     PROVENANCE_FILE,
     SOURCE_KEYS,
+    BackgroundHash,
+    check_file_hash,
     check_hashes,
     check_listing,
     describe_arguments,
     read_provenance,
     write_safetensors,
 )
+from ._channel import _DEFAULT_HINT as REBUILD_HINT
 from ._channel import SPEC_FILE, WEIGHTS_FILE, ChannelLimits, rebuild_from_output
 from ._channel._names import show
 from ._channel._origin import BuildOrigin, BuildRecord, origin_of
-from ._errors import ArtifactError, ArtifactSaveError
+from ._errors import ArtifactError, ArtifactSaveError, UnsafeSpecError
 
 __all__ = ["save", "load_artifact", "inspect_artifact", "ArtifactInfo", "note_load"]
 
 logger = logging.getLogger("safehub")
 _MAX_DEPTH = 8
+_TAMPERED_HINT = ("nothing was built. This artifact's files match its recorded hashes but fail the checks every "
+                  "model gets: it was not written by safehub.save, or was edited and re-hashed. Do not use it")
 
 
 @dataclass(frozen=True)
@@ -296,8 +301,18 @@ def load_artifact(path: str | os.PathLike[str], *, device: Any = None, limits: C
     limits = limits or ChannelLimits()
     check_listing(folder)
     provenance = read_provenance(folder)
-    check_hashes(folder, provenance["files"], _caps(limits))
-    obj = rebuild_from_output(folder, device=device, limits=limits)
+    files, caps = provenance["files"], _caps(limits)
+    check_file_hash(folder, SPEC_FILE, files[SPEC_FILE], caps[SPEC_FILE])
+    weights_hash = BackgroundHash(folder, WEIGHTS_FILE, files[WEIGHTS_FILE], caps[WEIGHTS_FILE])
+    try:
+        obj = rebuild_from_output(folder, device=device, limits=limits, before_load=weights_hash.check)
+    except UnsafeSpecError as exc:
+        weights_hash.check()  # a changed weights file explains the failure better: raise that if so
+        if exc.hint == REBUILD_HINT:
+            raise type(exc)(exc.message, hint=_TAMPERED_HINT) from None
+        raise
+    finally:
+        weights_hash.join()  # never leave the thread behind (a failed rebuild's own error stands)
     record = _record_of(obj)
     assert record is not None  # rebuild_from_output attaches one to every module
     described = {mid: (m["mode"], m["graphs"]) for mid, m in provenance["modules"].items()}

@@ -18,6 +18,7 @@ import re
 import stat
 import struct
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from ._errors import ArtifactError, ArtifactSaveError, ArtifactVersionError, Spe
 __all__ = [
     "ARTIFACT_FORMAT", "ARTIFACT_VERSION", "PROVENANCE_FILE", "ARTIFACT_FILES", "SOURCE_KEYS",
     "write_safetensors", "describe_arguments", "check_listing", "read_provenance", "check_hashes",
+    "check_file_hash", "BackgroundHash",
 ]  # fmt: skip
 
 ARTIFACT_FORMAT = "safehub-artifact"
@@ -279,20 +281,51 @@ def read_provenance(folder: Path) -> dict[str, Any]:
 def check_hashes(folder: Path, files: dict[str, dict[str, Any]], caps: dict[str, int]) -> None:
     """Each file's size and sha256 must equal what provenance.json recorded."""
     for name in (SPEC_FILE, WEIGHTS_FILE):
-        expected = files[name]
-        fd = open_output_file(folder, name, max_bytes=caps[name])
-        with os.fdopen(fd, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size != expected["bytes"]:
-                raise ArtifactError(f"artifact file {name} is {size} bytes; provenance.json recorded {expected['bytes']}",
-                                    hint="the artifact was changed or truncated after it was saved; export it again")
-            hasher, total = hashlib.sha256(), 0
-            while chunk := f.read(1 << 20):
-                total += len(chunk)
-                if total > size:  # growing while read: never hash more than was recorded
-                    raise ArtifactError(f"artifact file {name} grew while it was being read")
-                hasher.update(chunk)
-            digest = hasher.hexdigest()
-        if digest != expected["sha256"]:
-            raise ArtifactError(f"artifact file {name} has sha256 {digest}; provenance.json recorded {expected['sha256']}",
-                                hint="the artifact was changed after it was saved; export it again")
+        check_file_hash(folder, name, files[name], caps[name])
+
+
+def check_file_hash(folder: Path, name: str, expected: dict[str, Any], cap: int) -> None:
+    fd = open_output_file(folder, name, max_bytes=cap)
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size != expected["bytes"]:
+            raise ArtifactError(f"artifact file {name} is {size} bytes; provenance.json recorded {expected['bytes']}",
+                                hint="the artifact was changed or truncated after it was saved; export it again")
+        hasher, total = hashlib.sha256(), 0
+        while chunk := f.read(1 << 20):
+            total += len(chunk)
+            if total > size:  # growing while read: never hash more than was recorded
+                raise ArtifactError(f"artifact file {name} grew while it was being read")
+            hasher.update(chunk)
+    digest = hasher.hexdigest()
+    if digest != expected["sha256"]:
+        raise ArtifactError(f"artifact file {name} has sha256 {digest}; provenance.json recorded {expected['sha256']}",
+                            hint="the artifact was changed after it was saved; export it again")
+
+
+class BackgroundHash:
+    """Hash a file in a thread (hashlib and file reads release the GIL), so the
+    weights are hashed while the spec is being validated; ``check()`` waits for
+    it and raises what it found. Used as ``rebuild_from_output``'s ``before_load``:
+    no tensor byte is loaded and no module built before the hash matched."""
+
+    def __init__(self, folder: Path, name: str, expected: dict[str, Any], cap: int) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(folder, name, expected, cap),
+                                        name="safehub-artifact-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self, *args: Any) -> None:
+        try:
+            check_file_hash(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller in check()
+            self._error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def check(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .._contract import SPEC_FILE, WEIGHTS_FILE
 from .._errors import DeviceUnavailableError, UnsafeSpecError
@@ -52,12 +52,15 @@ _DEFAULT_HINT = (
 )
 
 
-def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLimits | None = None) -> Any:
+def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLimits | None = None,
+                        before_load: Callable[[], None] | None = None) -> Any:
     """Rebuild what the entrypoint returned from a job's ``out/`` folder.
 
     Returns a ``SafehubGraphModule`` (an ``fx.GraphModule``), or a tuple/list/dict
     of them as recorded in the spec's ``root``. ``device`` is where weights are
     loaded and what device literals in the graphs point to (None: cpu).
+    ``before_load`` runs after every check and before any tensor data is read
+    (load_artifact waits there for the weights' hash).
     """
     import torch
 
@@ -88,6 +91,8 @@ def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLim
             check_against_spec(entries, spec)
             meta_leaves = {mid: build_leaves_on_meta(mspec) for mid, mspec in spec.modules.items()}
             # 2. Only now read tensor data and build.
+            if before_load is not None:
+                before_load()
             loaded = load_tensors(fd, entries, device)
         finally:
             os.close(fd)

@@ -1,0 +1,172 @@
+"""safehub.load_artifact vs torch.hub.load(source="local") of the same model, same run.
+
+Run by hand:  python benchmarks/bench_artifact.py [--repeat 7] [--json]
+
+The model is a ViT-shaped network (9.0 M parameters: patch embedding, 5 pre-norm
+blocks with attention and an MLP, a head) in a local hub repo that this script
+writes to a temporary folder, with its weights as a pickled checkpoint in the
+repo (as real repos ship them). The artifact is made the real way, once: a
+sandboxed ``safehub.load`` (env build included), then ``safehub.save``.
+
+Timed, each as the median of ``--repeat`` runs in this process (torch imported):
+
+* ``torch_hub_cached``: torch.hub.load with the repo's model module already
+  imported (hubconf is re-executed, the model built with its random init, the
+  checkpoint ``torch.load``-ed and loaded); the harder baseline;
+* ``torch_hub_fresh_import``: the same with the repo's modules dropped first;
+* ``load_artifact``: hashes checked, spec validated, leaves built on meta,
+  tensors read and the module built.
+
+Goal (issue 17): load_artifact <= 0.5 x torch.hub.load. Shared machines are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+HUBCONF = '''
+dependencies = ["torch"]
+import os, torch
+from vitnet import ViT
+
+def vit(pretrained=True):
+    """ViT-shaped benchmark model (9.0 M parameters)."""
+    m = ViT()
+    if pretrained:
+        m.load_state_dict(torch.load(os.path.join(os.path.dirname(__file__), "vit.pth"), weights_only=True))
+    return m.eval()
+'''
+
+VIT = '''
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+class Block(nn.Module):
+    def __init__(self, dim, heads, hidden):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+        x = x + self.drop(self.proj(a))
+        return x + self.drop(self.fc2(F.gelu(self.fc1(self.norm2(x)))))
+
+class ViT(nn.Module):
+    def __init__(self, image=64, patch=8, dim=384, depth=5, heads=6, hidden=1536, classes=100):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, patch, patch)
+        self.pos = nn.Parameter(torch.zeros(1, (image // patch) ** 2, dim))
+        self.blocks = nn.Sequential(*[Block(dim, heads, hidden) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2) + self.pos
+        x = self.norm(self.blocks(x))
+        return self.head(x.mean(1))
+'''
+
+
+def make_repo(root: Path) -> Path:
+    import torch
+
+    repo = root / "bench-hub"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text(textwrap.dedent(HUBCONF))
+    (repo / "vitnet.py").write_text(textwrap.dedent(VIT))
+    sys.path.insert(0, str(repo))
+    import vitnet  # noqa: E402  (the benchmark's own trusted model file)
+
+    torch.manual_seed(0)
+    torch.save(vitnet.ViT().state_dict(), repo / "vit.pth")
+    sys.path.remove(str(repo))
+    sys.modules.pop("vitnet", None)
+    return repo
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    import torch
+
+    import safehub
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        os.environ["SAFEHUB_HOME"] = str(root / "home")
+        repo = make_repo(root)
+        start = time.perf_counter()
+        loaded = safehub.load(str(repo), "vit", source="local", verbose=False)
+        export_s = time.perf_counter() - start
+        art = safehub.save(loaded, root / "vit-artifact")
+        params = sum(p.numel() for p in loaded.parameters())
+
+        def torch_hub_cached() -> None:
+            torch.hub.load(str(repo), "vit", source="local", trust_repo=True)
+            sys.modules.pop("hubconf", None)
+
+        def torch_hub_fresh_import() -> None:
+            torch_hub_cached()
+            sys.modules.pop("vitnet", None)
+
+        def load_artifact() -> None:
+            safehub.load_artifact(art)
+
+        # Same outputs (eval), checked once before timing.
+        ref = torch.hub.load(str(repo), "vit", source="local", trust_repo=True)
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            same = torch.equal(ref(x), safehub.load_artifact(art)(x))
+        runs: dict[str, list[float]] = {"torch_hub_cached": [], "torch_hub_fresh_import": [], "load_artifact": []}
+        for _ in range(args.repeat):  # interleaved, so drift hits all three alike
+            runs["torch_hub_fresh_import"].append(timed(torch_hub_fresh_import))
+            runs["torch_hub_cached"].append(timed(torch_hub_cached))
+            runs["load_artifact"].append(timed(load_artifact))
+        med = {k: statistics.median(v) for k, v in runs.items()}
+        report = {
+            "model": f"ViT-shaped, {params / 1e6:.2f} M parameters",
+            "weights_mib": round((art / "weights.safetensors").stat().st_size / 2**20, 1),
+            "repeat": args.repeat,
+            "median_s": {k: round(v, 4) for k, v in med.items()},
+            "ratio_load_artifact_vs_torch_hub_cached": round(med["load_artifact"] / med["torch_hub_cached"], 3),
+            "ratio_load_artifact_vs_torch_hub_fresh_import": round(med["load_artifact"] / med["torch_hub_fresh_import"], 3),
+            "goal": "<= 0.5",
+            "same_eval_output": same,
+            "sandboxed_export_s": round(export_s, 2),
+        }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for key, value in report.items():
+            print(f"{key:48s} {value}")
+
+
+if __name__ == "__main__":
+    main()
