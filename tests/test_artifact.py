@@ -344,3 +344,24 @@ def test_cli_inspect(art: Path, capsys) -> None:
     _flip(art / "weights.safetensors", 100)
     assert main(["inspect", str(art), "--json"]) == ArtifactError.exit_code
     assert json.loads(capsys.readouterr().out)["error"] == "ArtifactError"
+
+
+def test_weights_truncated_after_the_header_check_are_refused(tmp_path: Path) -> None:
+    """The loader reads each tensor's exact byte range with pread; a file that
+    shrank after its header was checked fails with a typed error, nothing half-read."""
+    from safehub._channel import ChannelLimits
+    from safehub._channel._weights import load_tensors, read_header
+    from safehub._errors import TensorMismatchError
+
+    spec, weights = specgen.full_spec(Net())
+    out = specgen.write(tmp_path / "out", spec, weights)
+    fd = os.open(out / "weights.safetensors", os.O_RDWR)
+    try:
+        entries = read_header(fd, ChannelLimits())
+        full = load_tensors(fd, entries, None)
+        assert all(torch.equal(full[k], weights[k]) for k in weights)
+        os.ftruncate(fd, os.fstat(fd).st_size - 5)
+        with pytest.raises(TensorMismatchError, match="ended early"):
+            load_tensors(fd, entries, None)
+    finally:
+        os.close(fd)
