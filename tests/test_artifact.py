@@ -365,3 +365,37 @@ def test_weights_truncated_after_the_header_check_are_refused(tmp_path: Path) ->
             load_tensors(fd, entries, None)
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("name", ["_safehub_origin", "safehub_info"])
+def test_attributes_safehub_sets_are_reserved_names(tmp_path: Path, name: str) -> None:
+    """A tensor named like the attributes safehub puts on a rebuilt module would be
+    shadowed by them in the generated forward (``self.safehub_info``)."""
+    from safehub._errors import InvalidNameError
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer(name, torch.ones(2))
+
+        def forward(self, x):
+            return x + getattr(self, name)
+
+    spec, weights = specgen.full_spec(Model())
+    with pytest.raises(InvalidNameError, match=name):
+        rebuild_from_output(specgen.write(tmp_path / "out", spec, weights))
+
+
+def test_archive_hash_comes_from_the_cache_metadata(net, tmp_path: Path) -> None:
+    from safehub._api import LoadInfo
+    from safehub._artifact import note_load
+
+    sha, digest = "a" * 40, "b" * 64
+    checkout = tmp_path / "repos" / "github.com" / "o" / "r" / sha
+    checkout.mkdir(parents=True)
+    (checkout.parent / f"{sha}.json").write_text(json.dumps({"sha": sha, "archive_sha256": digest}))
+    info = LoadInfo(repo="o/r", source="github", sha=sha, entrypoint="net", backend="bwrap", limits={}, env_key="",
+                    env_backend="", summary={}, sandbox_details={})
+    note_load(net, info, repo_path=checkout, args=(), kwargs={}, export="fx")
+    prov = inspect_artifact(safehub.save(net, tmp_path / "art"))["provenance"]
+    assert (prov["sha"], prov["archive_sha256"], prov["source"], prov["export"]) == (sha, digest, "github", "fx")
