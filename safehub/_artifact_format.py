@@ -51,6 +51,7 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _MID = re.compile(r"m[0-9]{1,6}")
 _TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _MAX_TEXT = 4096
+_HASH_CHUNK = 16 << 20
 _MAX_ARG_DEPTH = 16
 _MAX_ARG_NODES = 10_000
 
@@ -291,12 +292,17 @@ def check_file_hash(folder: Path, name: str, expected: dict[str, Any], cap: int)
         if size != expected["bytes"]:
             raise ArtifactError(f"artifact file {name} is {size} bytes; provenance.json recorded {expected['bytes']}",
                                 hint="the artifact was changed or truncated after it was saved; export it again")
+        # Big chunks: reads and updates release the GIL, and each chunk means
+        # waiting for it again (up to the 5 ms switch interval) while the main
+        # thread validates the spec.
         hasher, total = hashlib.sha256(), 0
-        while chunk := f.read(1 << 20):
-            total += len(chunk)
+        buf = bytearray(min(size + 1, _HASH_CHUNK))
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            total += n
             if total > size:  # growing while read: never hash more than was recorded
                 raise ArtifactError(f"artifact file {name} grew while it was being read")
-            hasher.update(chunk)
+            hasher.update(view[:n])
     digest = hasher.hexdigest()
     if digest != expected["sha256"]:
         raise ArtifactError(f"artifact file {name} has sha256 {digest}; provenance.json recorded {expected['sha256']}",
