@@ -102,8 +102,9 @@ def save(model: Any, path: str | os.PathLike[str]) -> Path:
         provenance.update({key: record.provenance.get(key) for key in SOURCE_KEYS})
         provenance.update({
             "root": "module" if "module" in root else next(iter(root)),
-            "modules": {mid: {"mode": o.mspec.mode, "graphs": builtins.list(o.mspec.graphs), "training": m.training}
-                        for mid, (m, o) in sorted(picked.items())},
+            # training: the mode the spec restores at load (as exported), not the current one
+            "modules": {mid: {"mode": o.mspec.mode, "graphs": builtins.list(o.mspec.graphs), "training": o.mspec.training}
+                        for mid, (_m, o) in sorted(picked.items())},
             "torch_version": torch.__version__,
             "safehub_version": safehub.__version__,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -116,6 +117,7 @@ def save(model: Any, path: str | os.PathLike[str]) -> Path:
             f.write(json.dumps(provenance, indent=2, ensure_ascii=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o755)  # mkdtemp made it 0700; an artifact is for sharing (its files follow the umask)
         os.rename(tmp, dest)  # all three files appear at once, or none
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -315,8 +317,9 @@ def load_artifact(path: str | os.PathLike[str], *, device: Any = None, limits: C
         weights_hash.join()  # never leave the thread behind (a failed rebuild's own error stands)
     record = _record_of(obj)
     assert record is not None  # rebuild_from_output attaches one to every module
-    described = {mid: (m["mode"], m["graphs"]) for mid, m in provenance["modules"].items()}
-    built = {o.mid: (o.mspec.mode, builtins.list(o.mspec.graphs)) for o in map(origin_of, _modules(obj)) if o}
+    described = {mid: (m["mode"], m["graphs"], m["training"]) for mid, m in provenance["modules"].items()}
+    built = {o.mid: (o.mspec.mode, builtins.list(o.mspec.graphs), o.mspec.training)
+             for o in map(origin_of, _modules(obj)) if o}
     if described != built:
         raise ArtifactError("provenance.json describes other modules than spec.json holds",
                             hint="the artifact was assembled from different saves; export it again")

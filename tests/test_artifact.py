@@ -399,3 +399,12 @@ def test_archive_hash_comes_from_the_cache_metadata(net, tmp_path: Path) -> None
     note_load(net, info, repo_path=checkout, args=(), kwargs={}, export="fx")
     prov = inspect_artifact(safehub.save(net, tmp_path / "art"))["provenance"]
     assert (prov["sha"], prov["archive_sha256"], prov["source"], prov["export"]) == (sha, digest, "github", "fx")
+
+
+def test_modes_come_from_the_spec_and_the_folder_is_readable(net, tmp_path: Path) -> None:
+    assert net.training  # exported in train mode
+    net.eval()
+    art = safehub.save(net, tmp_path / "art")
+    assert (art.stat().st_mode & 0o777) == 0o755
+    back = safehub.load_artifact(art)
+    assert back.training and back.safehub_info.provenance["modules"]["m0"]["training"] is True
