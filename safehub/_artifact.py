@@ -15,6 +15,7 @@ import builtins
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -75,8 +76,6 @@ def save(model: Any, path: str | os.PathLike[str]) -> Path:
     """
     import torch
 
-    import safehub
-
     dest = Path(path)
     if os.path.lexists(dest):
         raise ArtifactSaveError(f"{str(dest)!r} already exists", hint="save to a new folder, or remove the old one first")
@@ -106,7 +105,8 @@ def save(model: Any, path: str | os.PathLike[str]) -> Path:
             "modules": {mid: {"mode": o.mspec.mode, "graphs": builtins.list(o.mspec.graphs), "training": o.mspec.training}
                         for mid, (_m, o) in sorted(picked.items())},
             "torch_version": torch.__version__,
-            "safehub_version": safehub.__version__,
+            # The package is always imported before its submodules; no import edge up to it.
+            "safehub_version": str(getattr(sys.modules.get("safehub"), "__version__", "unknown")),
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "files": {SPEC_FILE: {"sha256": hashlib.sha256(spec_raw).hexdigest(), "bytes": len(spec_raw)},
                       WEIGHTS_FILE: {"sha256": weights_sha, "bytes": weights_bytes}},

@@ -3,36 +3,48 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ._errors import SafehubError, escape_untrusted
 
-__all__ = ["add_artifact_commands"]
+__all__ = ["add_artifact_commands", "CliHelpers"]
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
-    import safehub
+@dataclass(frozen=True)
+class CliHelpers:
+    """The shared argument helpers of ``_cli`` (passed in: this module sits below it)."""
 
-    from ._artifact import inspect_artifact
-    from ._cli import DEMO_ENTRYPOINT, _resolve_repo_arg, _trust
+    repo_args: Callable[..., None]
+    kwarg: Callable[[str], tuple[str, Any]]
+    resolve_repo: Callable[[argparse.Namespace], tuple[str, str]]
+    trust: Callable[[argparse.Namespace], Any]
+    demo_entrypoint: str
 
-    repo, source = _resolve_repo_arg(args)
-    entry = args.entrypoint or (DEMO_ENTRYPOINT if args.repo is None else None)
+
+def _cmd_export(args: argparse.Namespace, *, helpers: CliHelpers) -> int:
+    from ._api import load
+    from ._artifact import inspect_artifact, save
+
+    repo, source = helpers.resolve_repo(args)
+    entry = args.entrypoint or (helpers.demo_entrypoint if args.repo is None else None)
     if entry is None:
         raise SafehubError("no entrypoint given", hint="usage: safehub export REPO ENTRYPOINT -o DIR")
     out = Path(args.output)
     if out.exists() or out.is_symlink():  # before the sandbox run, not after it
         raise SafehubError(f"{str(out)!r} already exists", hint="export to a new folder")
     start = time.perf_counter()
-    obj = safehub.load(
-        repo, entry, source=source, trust_repo=_trust(args), force_reload=args.force_reload,
+    obj = load(
+        repo, entry, source=source, trust_repo=helpers.trust(args), force_reload=args.force_reload,
         verbose=not args.json, revision=args.revision, sandbox=args.sandbox, export=args.export,
         **dict(args.kwarg or []),
     )
-    safehub.save(obj, out)
+    save(obj, out)
     report = inspect_artifact(out)
     report["seconds"] = round(time.perf_counter() - start, 3)
     text = f"exported {entry} from {repo} to {out} in {report['seconds']:.2f} s\n" + _format(report)
@@ -76,16 +88,14 @@ def _format(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def add_artifact_commands(sub: Any) -> None:
-    from ._cli import _kwarg, _repo_args
-
+def add_artifact_commands(sub: Any, helpers: CliHelpers) -> None:
     p = sub.add_parser("export", help="load an entrypoint in the sandbox and save it as a code-free artifact folder")
-    _repo_args(p, entry=True)
-    p.add_argument("--kwarg", "-k", action="append", type=_kwarg, metavar="NAME=VALUE",
+    helpers.repo_args(p, entry=True)
+    p.add_argument("--kwarg", "-k", action="append", type=helpers.kwarg, metavar="NAME=VALUE",
                    help="keyword argument for the entrypoint; VALUE is JSON if it parses")
     p.add_argument("--export", choices=["auto", "fx", "aten"], default="auto", help="how the sandbox exports the model")
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="the artifact folder to create (must not exist)")
-    p.set_defaults(func=_cmd_export)
+    p.set_defaults(func=functools.partial(_cmd_export, helpers=helpers))
 
     p = sub.add_parser("inspect", help="check an artifact folder and show its provenance, graphs and size")
     p.add_argument("artifact", metavar="DIR")

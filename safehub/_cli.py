@@ -235,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ._fetch import add_cache_commands  # cache ls|rm|verify
 
     add_env_cache_commands(add_cache_commands(sub))
+
+    from ._artifact_cli import CliHelpers, add_artifact_commands  # export, inspect
+
+    add_artifact_commands(sub, CliHelpers(_repo_args, _kwarg, _resolve_repo_arg, _trust, DEMO_ENTRYPOINT))
     return parser
 
 
