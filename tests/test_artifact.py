@@ -10,6 +10,7 @@ import os
 import pickle
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -120,11 +121,10 @@ def test_inspect(net, tmp_path: Path) -> None:
 
 
 def test_provenance_from_load_is_recorded(net, tmp_path: Path) -> None:
-    from safehub._api import LoadInfo
     from safehub._artifact import note_load
 
-    info = LoadInfo(repo="o/r", source="local", sha=None, entrypoint="net", backend="x", limits={}, env_key="",
-                    env_backend="", summary={}, sandbox_details={})
+    # note_load reads these fields of safehub.load's LoadInfo
+    info = SimpleNamespace(repo="o/r", source="local", sha=None, entrypoint="net")
     note_load(net, info, repo_path=tmp_path, args=(3, "a\x1b[2J"), kwargs={"w": torch.zeros(2, 3), "f": 0.5},
               export="auto")
     prov = safehub.load_artifact(safehub.save(net, tmp_path / "art")).safehub_info.provenance
@@ -387,15 +387,13 @@ def test_attributes_safehub_sets_are_reserved_names(tmp_path: Path, name: str) -
 
 
 def test_archive_hash_comes_from_the_cache_metadata(net, tmp_path: Path) -> None:
-    from safehub._api import LoadInfo
     from safehub._artifact import note_load
 
     sha, digest = "a" * 40, "b" * 64
     checkout = tmp_path / "repos" / "github.com" / "o" / "r" / sha
     checkout.mkdir(parents=True)
     (checkout.parent / f"{sha}.json").write_text(json.dumps({"sha": sha, "archive_sha256": digest}))
-    info = LoadInfo(repo="o/r", source="github", sha=sha, entrypoint="net", backend="bwrap", limits={}, env_key="",
-                    env_backend="", summary={}, sandbox_details={})
+    info = SimpleNamespace(repo="o/r", source="github", sha=sha, entrypoint="net")
     note_load(net, info, repo_path=checkout, args=(), kwargs={}, export="fx")
     prov = inspect_artifact(safehub.save(net, tmp_path / "art"))["provenance"]
     assert (prov["sha"], prov["archive_sha256"], prov["source"], prov["export"]) == (sha, digest, "github", "fx")
