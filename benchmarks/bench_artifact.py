@@ -115,9 +115,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads (0: torch's default); 1 steadies runs on a busy machine")
     args = parser.parse_args()
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import safehub
 
@@ -165,6 +170,7 @@ def main() -> None:
             "median_cpu_s": {k: round(v, 4) for k, v in cpu.items()},
             "cpu_ratio_load_artifact_vs_torch_hub_cached": round(cpu["load_artifact"] / cpu["torch_hub_cached"], 3),
             "goal": "<= 0.5",
+            "torch_threads": torch.get_num_threads(),
             "same_eval_output": same,
             "sandboxed_export_s": round(export_s, 2),
         }
