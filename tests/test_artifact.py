@@ -5,9 +5,11 @@ the refusals (modules safehub did not build, changed modules, tampered artifacts
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import pickle
+import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -283,6 +285,9 @@ def test_unknown_format_version_is_refused(art: Path, version) -> None:
         lambda p: p.update(files={"spec.json": p["files"]["spec.json"]}),
         lambda p: p["files"]["spec.json"].update(bytes=-1),
         lambda p: p.update(modules={}),
+        lambda p: p.update(arguments={"args": [functools.reduce(lambda a, _: [a], range(20), 0)], "kwargs": {}}),
+        lambda p: p.update(arguments={"args": list(range(20_000)), "kwargs": {}}),
+        lambda p: p.update(saved_at="yesterday"),
     ],
 )
 def test_invalid_provenance_is_refused(art: Path, edit) -> None:
@@ -322,9 +327,16 @@ def test_extra_missing_and_linked_files_are_refused(art: Path, tmp_path: Path) -
         safehub.load_artifact(art)
     weights.unlink()
     os.link(moved, weights)  # a hard link: another name can change the file under us
+    shutil.copyfile(moved, tmp_path / "w2.safetensors")
     with pytest.raises(UnsafeSpecError, match="hard links"):
         safehub.load_artifact(art)
     moved.unlink()
+    weights.unlink()
+    os.mkfifo(weights)  # a reader of a FIFO would block forever
+    with pytest.raises(ArtifactError, match="not a regular file"):
+        safehub.load_artifact(art)
+    weights.unlink()
+    os.replace(tmp_path / "w2.safetensors", weights)
     link = tmp_path / "link"
     link.symlink_to(art)
     with pytest.raises(ArtifactError, match="cannot open artifact folder"):
