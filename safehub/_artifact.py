@@ -12,8 +12,11 @@ docs/architecture-format.md, *Artifacts*.
 from __future__ import annotations
 
 import builtins
+import hashlib
+import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -90,8 +93,6 @@ def save(model: Any, path: str | os.PathLike[str]) -> Path:
     parent = dest.parent if str(dest.parent) else Path(".")
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=parent))
     try:
-        import hashlib
-
         with open(tmp / SPEC_FILE, "xb") as f:
             f.write(spec_raw)
             f.flush()
@@ -111,8 +112,6 @@ def save(model: Any, path: str | os.PathLike[str]) -> Path:
             "files": {SPEC_FILE: {"sha256": hashlib.sha256(spec_raw).hexdigest(), "bytes": len(spec_raw)},
                       WEIGHTS_FILE: {"sha256": weights_sha, "bytes": weights_bytes}},
         })  # fmt: skip
-        import json
-
         with open(tmp / PROVENANCE_FILE, "x", encoding="ascii") as f:
             f.write(json.dumps(provenance, indent=2, ensure_ascii=True) + "\n")
             f.flush()
@@ -219,8 +218,6 @@ def _current_tensors(module: Any, origin: BuildOrigin) -> dict[str, Any]:
 def _spec_for(record: BuildRecord, root: dict[str, Any], picked: dict[str, Any]) -> bytes:
     """The validated spec bytes as they were, or (for part of what a load
     returned) the same spec with only those modules and that root."""
-    import json
-
     from ._channel._spec import ModuleRef
 
     def encode(value: Any) -> Any:
@@ -256,8 +253,6 @@ def note_load(obj: Any, info: Any, *, repo_path: Path, args: tuple[Any, ...], kw
 def _archive_sha256(repo_path: Path, sha: str) -> str | None:
     """The sha256 of the archive the checkout was extracted from, from the cache's
     metadata next to it (``<sha>.json``); None when not known."""
-    import re
-
     from ._fetch._cache import _read_json
 
     try:
