@@ -6,14 +6,17 @@ output is ``weights.safetensors`` (tensors keyed ``t0``, ``t1``, ...) plus
 
     {"tensor": "t0"}  null  true  1  "text"  {"float": "0.5"}
     {"list": [...]}  {"tuple": [...]}  {"dict": [[key, value], ...]}   (keys: str or int)
+    {"namespace": [[name, value], ...]}   an argparse.Namespace / types.SimpleNamespace
     {"unsupported": "<type name>"}   anything else, reported by the host as an error
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
+import types
 import zipfile
 
 from _contract import CHECKPOINT_FILE, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, WEIGHTS_FILE
@@ -41,7 +44,9 @@ def _float(value: float) -> dict:
         return {"float": "nan"}
     if math.isinf(value):
         return {"float": "inf" if value > 0 else "-inf"}
-    return {"float": repr(value)}
+    # float.__repr__, not repr(): a subclass (numpy.float64 prints "np.float64(0.5)"
+    # under numpy 2) must still come out as a plain decimal literal.
+    return {"float": float.__repr__(float(value))}
 
 
 def convert(path: str, out_dir: str, *, weights_only: bool, scratch: str) -> dict:
@@ -64,10 +69,13 @@ def convert(path: str, out_dir: str, *, weights_only: bool, scratch: str) -> dic
                 seen[id(value)] = key
                 tensors[key] = value
             return {"tensor": key}
-        if value is None or isinstance(value, (bool, str)):
-            return value
+        if value is None or isinstance(value, bool):
+            return None if value is None else bool(value)
+        if isinstance(value, str):
+            return str.__str__(value)  # a subclass (numpy.str_) as the plain string
         if isinstance(value, int):
-            return value if abs(value) < 2**63 else {"unsupported": "int (too large)"}
+            # int(): an IntEnum or numpy-like subclass comes out as its number.
+            return int(value) if abs(value) < 2**63 else {"unsupported": "int (too large)"}
         if isinstance(value, float):
             return _float(value)
         if isinstance(value, dict):
@@ -77,6 +85,13 @@ def convert(path: str, out_dir: str, *, weights_only: bool, scratch: str) -> dic
                     return {"unsupported": f"dict with {type(k).__name__} keys"}
                 items.append([k, encode(v, depth + 1)])
             return {"dict": items}
+        if isinstance(value, (argparse.Namespace, types.SimpleNamespace)):
+            # Training scripts save their parsed arguments; the host rebuilds a
+            # Namespace from the names and values (no class is named).
+            attrs = vars(value)
+            if not all(isinstance(k, str) for k in attrs):
+                return {"unsupported": "namespace with non-string attribute names"}
+            return {"namespace": [[k, encode(v, depth + 1)] for k, v in attrs.items()]}
         if isinstance(value, (list, tuple)):
             tag = "list" if isinstance(value, list) else "tuple"
             return {tag: [encode(v, depth + 1) for v in value]}

@@ -7,6 +7,7 @@ every tensor key must be used exactly once... or shared where the source shared 
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ MAX_CHECKPOINT_JSON_BYTES = 64 * 1024 * 1024
 MAX_DEPTH = 32
 MAX_STRING = 1 << 16
 _TENSOR_KEY = re.compile(r"^t[0-9]{1,9}$")
+# Namespace attribute names: printable, bounded, never a dunder (setattr of
+# "__class__" or "__dict__" would change the object itself).
+_ATTR = re.compile(r"^(?!__)[A-Za-z0-9_.\-]{1,128}$")
 _FLOAT = re.compile(r"^(nan|inf|-inf|[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)$")
 
 
@@ -78,6 +82,24 @@ def read_converted_checkpoint(out_dir: Path, *, max_weight_bytes: int) -> Any:
                     raise UnsafeSpecError(f"dict key at {where} is not a string or an integer")
                 out[key] = decode(value, depth + 1, f"{where}[{key!r}]")
             return out
+        if tag == "namespace":
+            if not isinstance(body, list):
+                raise UnsafeSpecError(f"bad namespace at {where}")
+            attrs: dict[str, Any] = {}
+            for pair in body:
+                if not isinstance(pair, list) or len(pair) != 2:
+                    raise UnsafeSpecError(f"bad namespace item at {where}")
+                key, value = pair
+                if not isinstance(key, str) or not _ATTR.match(key) or key in attrs:
+                    shown = escape_untrusted(str(key), limit=60)
+                    raise UnsafeSpecError(
+                        f"namespace attribute name {shown!r} at {where} is not allowed",
+                        hint="attribute names are letters, digits, '_', '-' and '.', not starting with '__'",
+                    )
+                attrs[key] = decode(value, depth + 1, f"{where}.{key}")
+            # Always argparse.Namespace, whatever the sandbox's object was: the host
+            # never resolves a class from the checkpoint.
+            return argparse.Namespace(**attrs)
         if tag == "unsupported":
             unsupported.append(f"{where}: {escape_untrusted(str(body), limit=100)}")
             return None
