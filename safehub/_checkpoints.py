@@ -98,15 +98,28 @@ def _convert_in_sandbox(path: Path, *, weights_only: bool, sandbox: str | Sandbo
 
 
 def _apply_map_location(obj: Any, map_location: Any) -> Any:
-    """Tensors arrive on CPU; move them as torch.load's ``map_location`` would."""
+    """Tensors arrive on CPU; move them as torch.load's ``map_location`` would.
+
+    A callable is torch.load's ``fn(storage, location)``: it is called on the host,
+    after the rebuild, once per tensor with the tensor's storage and ``"cpu"`` (the
+    sandbox read every tensor to CPU, so the original location tag is gone). It
+    returns a storage (the tensor moves to that storage's device) or None (stays).
+    """
     if map_location is None:
         return obj
     import torch
 
-    if callable(map_location) and not isinstance(map_location, (str, torch.device)):
-        raise ValueError("safehub does not support a callable map_location; pass a device or a dict")
+    func = map_location if callable(map_location) and not isinstance(map_location, (str, torch.device)) else None
 
     def target(t: torch.Tensor) -> Any:
+        if func is not None:
+            moved = func(t.untyped_storage(), "cpu")
+            if moved is None:
+                return t.device
+            device = getattr(moved, "device", None)
+            if not isinstance(device, torch.device):
+                raise TypeError(f"map_location returned {type(moved).__name__}, not a storage or None")
+            return device
         if isinstance(map_location, dict):
             return map_location.get(str(t.device), t.device)
         return map_location
@@ -115,7 +128,7 @@ def _apply_map_location(obj: Any, map_location: Any) -> Any:
         if isinstance(value, torch.Tensor):
             return value.to(target(value))
         if isinstance(value, dict):
-            return type(value)((k, visit(v)) for k, v in value.items()) if isinstance(value, dict) else value
+            return type(value)((k, visit(v)) for k, v in value.items())
         if isinstance(value, list):
             return [visit(v) for v in value]
         if isinstance(value, tuple):

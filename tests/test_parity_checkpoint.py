@@ -114,3 +114,22 @@ def test_forged_namespace_duplicate_and_malformed(tmp_path: Path) -> None:
         _forged(tmp_path, {"namespace": {"a": 1}})
     with pytest.raises(UnsafeSpecError, match="bad namespace item"):
         _forged(tmp_path, {"namespace": [["a"]]})
+
+
+def test_callable_map_location_is_applied_on_the_host(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def to_meta(storage: object, location: str) -> object:
+        calls.append(location)
+        return torch.empty(0, device="meta").untyped_storage()
+
+    got = _roundtrip(tmp_path, {"a": torch.ones(2), "b": [torch.zeros(1)]}, map_location=to_meta)
+    assert calls == ["cpu", "cpu"]
+    assert got["a"].device.type == "meta" and got["b"][0].device.type == "meta"
+    # torch.load's identity idiom: lambda storage, loc: storage
+    same = _roundtrip(tmp_path, {"a": torch.ones(2)}, map_location=lambda storage, loc: storage)
+    assert torch.equal(same["a"], torch.ones(2))
+    # None means "where it was loaded": CPU
+    assert _roundtrip(tmp_path, {"a": torch.ones(1)}, map_location=lambda s, loc: None)["a"].device.type == "cpu"
+    with pytest.raises(TypeError, match="map_location returned str"):
+        _roundtrip(tmp_path, {"a": torch.ones(1)}, map_location=lambda s, loc: "cuda")
