@@ -236,8 +236,12 @@ def test_default_branch_probe_tags_and_ambiguity(gh, hub):
     v1 = repo.commit({"hubconf.py": hubconf("tag v1.0")})
     repo.tag("v1.0", v1)
     repo.commit({"hubconf.py": hubconf("branch v1.0")}, branch="v1.0")
-    with pytest.warns(UserWarning, match="both a branch and a tag"):
+    with pytest.warns(UserWarning, match="both a branch and a tag") as caught:
         assert marker(load(gh, hub, "alice/model:v1.0")) == "branch v1.0"
+    # issue 16: the name is filled in (was a literal "{name}"), and skip_validation warns too
+    assert "pass refs/tags/v1.0 for the tag" in str(caught[0].message)
+    with pytest.warns(UserWarning, match=r"pass refs/tags/v1\.0 for the tag"):
+        assert marker(load(gh, hub, "alice/model:v1.0", skip_validation=True, force_reload=True)) == "branch v1.0"
     assert marker(load(gh, hub, "alice/model:refs/tags/v1.0")) == "tag v1.0"
     with pytest.raises(RepoNotFoundError, match="not a branch or tag"):
         load(gh, hub, "alice/model:nope")

@@ -199,6 +199,33 @@ class Resolver:
             hint="if you trust this commit anyway, pass skip_validation=True",
         )
 
+    def _warn_ambiguous(self, name: str) -> None:
+        warnings.warn(
+            f"The ref {name} is both a branch and a tag of {self.slug}; using the branch "
+            f"(pass refs/tags/{name} for the tag)",
+            UserWarning,
+            stacklevel=5,
+        )
+
+    def _resolve_unvalidated(self, ref: str) -> str:
+        """skip_validation: no branch/tag listings, but a name that is both a branch
+        and a tag still warns (two direct lookups instead of one)."""
+        if ref.startswith(("refs/heads/", "refs/tags/")) or looks_like_short_sha(ref):
+            return self.commit_sha(ref)
+
+        def lookup(full: str) -> str | None:
+            try:
+                return self.commit_sha(full)
+            except RepoNotFoundError:
+                return None
+
+        branch = lookup(f"refs/heads/{ref}")
+        tag = lookup(f"refs/tags/{ref}")
+        if branch is not None and tag is not None and branch != tag:
+            self._warn_ambiguous(ref)
+        found = branch if branch is not None else tag
+        return found if found is not None else self.commit_sha(ref)
+
     def resolve(self, ref: str | None, *, skip_validation: bool) -> tuple[str, str]:
         """Return (resolved ref name, full SHA)."""
         if ref is None:
@@ -208,7 +235,7 @@ class Resolver:
                 self.check_reachable(ref)
             return ref, ref
         if skip_validation:
-            return ref, self.commit_sha(ref)
+            return ref, self._resolve_unvalidated(ref)
         kind_filter = None
         name = ref
         if ref.startswith("refs/heads/"):
@@ -218,11 +245,7 @@ class Resolver:
         branch = next((sha for n, sha in self.listing("branches") if n == name), None) if kind_filter != "tags" else None
         tag = next((sha for n, sha in self.listing("tags") if n == name), None) if kind_filter != "branches" else None
         if branch is not None and tag is not None and branch != tag:
-            warnings.warn(
-                f"The ref {name} is both a branch and a tag of {self.slug}; using the branch "
-                "(pass refs/tags/{name} for the tag)",
-                stacklevel=4,
-            )
+            self._warn_ambiguous(name)
         if branch is not None:
             return ref, branch
         if tag is not None:
