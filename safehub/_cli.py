@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._errors import SafehubError, escape_untrusted
+from ._cli_text import CliFormatter, cli_spelling
+from ._errors import InvalidRepoError, SafehubError, escape_untrusted
 
 __all__ = ["main", "demo_repo_dir"]
 
@@ -63,6 +64,8 @@ def _repo_args(p: argparse.ArgumentParser, *, entry: bool) -> None:
     p.add_argument("--revision", help="a full 40-hex commit SHA to load exactly")
     p.add_argument("--trust-repo", choices=["true", "false", "check"], help="as torch.hub's trust_repo")
     p.add_argument("--force-reload", action="store_true")
+    p.add_argument("--skip-validation", action="store_true",
+                   help="do not check that the ref is on a branch or tag of the repo itself (fewer API calls)")
     p.add_argument("--sandbox", choices=list(BACKENDS))
     p.add_argument("--dependencies", dest="dependencies_mode", choices=["scan", "declared", "requirements"],
                    help="what the repo's env gets (default: $SAFEHUB_DEPENDENCIES or scan)")
@@ -74,8 +77,30 @@ def _repo_args(p: argparse.ArgumentParser, *, entry: bool) -> None:
 def _resolve_repo_arg(args: argparse.Namespace) -> tuple[str, str]:
     if args.repo is None:
         return str(demo_repo_dir()), "local"
-    source = args.source or ("local" if Path(args.repo).expanduser().is_dir() else "github")
-    return args.repo, source
+    path = Path(args.repo).expanduser()
+    if args.source:
+        if args.source == "local" and not path.is_dir():
+            raise _no_folder(args.repo, path)
+        return args.repo, args.source
+    if path.is_dir():
+        return args.repo, "local"
+    from ._fetch import parse_repo
+
+    try:
+        parse_repo(args.repo)
+    except InvalidRepoError:
+        # Not owner/name[:ref]: the user most likely meant a folder.
+        raise _no_folder(args.repo, path) from None
+    return args.repo, "github"
+
+
+def _no_folder(text: str, path: Path) -> InvalidRepoError:
+    shown = escape_untrusted(text, limit=200)
+    what = "is not a folder" if path.exists() else "does not exist"
+    return InvalidRepoError(
+        f"{shown} {what}, and it is not a GitHub repo of the form owner/name[:ref]",
+        hint="pass the folder that holds hubconf.py (check the path), or a repo like pytorch/vision:v0.10.0",
+    )
 
 
 def _trust(args: argparse.Namespace) -> bool | str | None:
@@ -94,6 +119,7 @@ def _cmd_load(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     obj = safehub.load(
         repo, entry, source=source, trust_repo=_trust(args), force_reload=args.force_reload,
+        skip_validation=args.skip_validation,
         verbose=not args.json, revision=args.revision, device=args.device, sandbox=args.sandbox,
         dependencies_mode=args.dependencies_mode, extra_dependencies=args.extra_dependencies, **kwargs,
     )
@@ -184,6 +210,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     repo, source = _resolve_repo_arg(args)
     names = safehub.list(repo, force_reload=args.force_reload, trust_repo=_trust(args), verbose=not args.json,
+                         skip_validation=args.skip_validation,
                          source=source, revision=args.revision, sandbox=args.sandbox,
                          dependencies_mode=args.dependencies_mode, extra_dependencies=args.extra_dependencies)
     _emit(args, {"repo": repo, "entrypoints": names}, "\n".join(names))
@@ -198,6 +225,7 @@ def _cmd_help(args: argparse.Namespace) -> int:
     if entry is None:
         raise SafehubError("no entrypoint given", hint="usage: safehub help REPO ENTRYPOINT")
     doc = safehub.help(repo, entry, force_reload=args.force_reload, trust_repo=_trust(args), source=source,
+                       skip_validation=args.skip_validation,
                        revision=args.revision, sandbox=args.sandbox,
                        dependencies_mode=args.dependencies_mode, extra_dependencies=args.extra_dependencies)
     # Docstrings are repo text: escape terminal control sequences before printing.
@@ -254,7 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="safehub: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(CliFormatter("safehub: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     # torch warns at import when numpy is absent; safehub never needs numpy, so the
     # line would only alarm CLI users.
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
@@ -262,10 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SafehubError as exc:
         if getattr(args, "json", False):
-            print(json.dumps({"error": type(exc).__name__, "message": exc.message, "hint": exc.hint,
+            print(json.dumps({"error": type(exc).__name__, "message": exc.message,
+                              "hint": cli_spelling(exc.hint) if exc.hint else exc.hint,
                               "exit_code": exc.exit_code}, indent=2))
         else:
-            print(f"safehub: error: {exc}", file=sys.stderr)
+            print(f"safehub: error: {cli_spelling(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -266,7 +266,7 @@ def _build(tmp: Path, final: Path, resolution: Resolution, host: HostInfo, famil
         old_check.join()
     old = old_found
     if old:
-        logger.warning("safehub: the resolver picked releases far older than the newest: %s. Usually the host's "
+        logger.warning("the resolver picked releases far older than the newest: %s. Usually the host's "
                        "torch or Python rules the newer ones out; pin a version with extra_dependencies= "
                        "if the repo needs a newer one", ", ".join(old))
     marker = {

@@ -199,7 +199,7 @@ def ensure_family(hub: Path, dists: Sequence[tuple[str, str, Path]]) -> Family:
     if found is None:
         raise EnvironmentBuildError(f"could not build the torch family folder {folder}",
                                     hint=f"delete {folder} and retry")
-    logger.debug("safehub: torch family folder %s links %d entries", folder, len(entries))
+    logger.debug("torch family folder %s links %d entries", folder, len(entries))
     return found
 
 

@@ -142,7 +142,7 @@ def _matches_torch(dist: md.Distribution, torch: md.Distribution | None) -> bool
         except InvalidVersion:
             ok = False
         if not ok:
-            logger.warning("safehub: not sharing %s %s with repos: it requires %s, the host has torch %s",
+            logger.warning("not sharing %s %s with repos: it requires %s, the host has torch %s",
                            escape_untrusted(str(dist.metadata["Name"]), limit=60), escape_untrusted(dist.version, limit=40),
                            escape_untrusted(str(req), limit=120), torch.version if torch else "none")
             return False

@@ -106,7 +106,7 @@ def choose_backend(backend: str | None, env: Mapping[str, str]) -> tuple[str, Pa
             return "uv", uv
         if wanted == "uv":
             raise EnvironmentBuildError("uv was requested but is not installed", hint="pip install uv")
-        logger.info("safehub: uv not found; building environments with virtualenv and pip (slower)")
+        logger.info("uv not found; building environments with virtualenv and pip (slower)")
     import importlib.util
 
     if importlib.util.find_spec("virtualenv") is None or importlib.util.find_spec("pip") is None:
@@ -157,7 +157,7 @@ def _pdeathsig_hook():
 
 
 def _run(argv: list[str], *, env: Mapping[str, str], cwd: Path, what: str) -> subprocess.CompletedProcess[str]:
-    logger.debug("safehub: running %s", argv)
+    logger.debug("running %s", argv)
     try:
         return subprocess.run(
             argv, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
@@ -269,7 +269,7 @@ def compile_bytecode(tmp: Path, final: Path, site: Path, host: HostInfo, env: Ma
             "-s", str(tmp), "-p", str(final), str(site)]
     proc = _run(argv, env=env, cwd=host.base_python.parent, what="compileall")
     if proc.returncode != 0:  # e.g. a package ships a template with bad syntax; harmless
-        logger.debug("safehub: compileall reported problems: %s", escape_untrusted(proc.stdout, limit=500))
+        logger.debug("compileall reported problems: %s", escape_untrusted(proc.stdout, limit=500))
 
 
 # --- the two backends -----------------------------------------------------------

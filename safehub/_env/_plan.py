@@ -187,7 +187,7 @@ def plan_dependencies(
     if mode == "requirements":
         reqs, skipped = read_requirements(repo)
         for why in skipped:
-            logger.warning("safehub: requirements of %s: skipped %s", repo, why)
+            logger.warning("requirements of %s: skipped %s", repo, why)
         return DependencyPlan(mode=mode, entries=tuple(entries + reqs), skipped=tuple(skipped))
 
     scan: ScanResult = cached_scan(repo, cache_dir, family=family, immutable=immutable)
@@ -219,10 +219,10 @@ def plan_dependencies(
             "or use dependencies_mode='declared' / 'requirements' (SAFEHUB_DEPENDENCIES)",
         )
     if scan.optional:
-        logger.info("safehub: optional imports (under try/except ImportError) not installed: %s",
+        logger.info("optional imports (under try/except ImportError) not installed: %s",
                     ", ".join(sorted(scan.optional)))
     if scan.truncated:
-        logger.warning("safehub: the import scan of %s stopped at a size bound; it may have missed imports", repo)
+        logger.warning("the import scan of %s stopped at a size bound; it may have missed imports", repo)
     return DependencyPlan(mode=mode, entries=tuple(entries + added), scanned=tuple(added),
                           optional=tuple(sorted(scan.optional)), report=scan.as_dict())
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import builtins
 import json
 import logging
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -71,6 +72,14 @@ def _ask(question: str, prompt: Callable[[str], str] | None) -> str:
     try:
         return ask(question)
     except (EOFError, OSError):
+        # input() left the prompt without its newline; end the line so the error
+        # that follows starts on its own.
+        if prompt is None:
+            try:
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                pass
         # No terminal (CI, a service, pytest's captured stdin): an error that says what to do.
         raise UntrustedRepoError(
             "Untrusted repository: safehub needed to ask whether you trust it, but no answer could be read "
@@ -121,7 +130,7 @@ def check_trust(
             )
         answer = _ask(
             f"The repository {slug} does not belong to the list of trusted repositories and as such cannot be "
-            "downloaded. Do you trust this repository and wish to add it to the trusted list of repositories (y/N)?",
+            "downloaded. Do you trust this repository and wish to add it to the trusted list of repositories (y/N)? ",
             prompt,
         )
         answer = answer.strip().lower()
