@@ -42,7 +42,12 @@ def env_flag(name: str, env: Mapping[str, str] | None = None, default: bool = Fa
         return True
     if value in _FALSE:
         return False
-    raise ValueError(f"{name}={raw!r} is not a boolean; use 1/0, true/false, yes/no or on/off")
+    from ._errors import ConfigError, escape_untrusted
+
+    raise ConfigError(
+        f"{name}={escape_untrusted(raw, limit=40)!r} is not a boolean",
+        hint=f"set {name} to 1/0, true/false, yes/no or on/off, or unset it",
+    )
 
 
 def get_dir(env: Mapping[str, str] | None = None) -> str:

@@ -18,6 +18,7 @@ import re
 __all__ = [
     "SafehubError",
     "InvalidRepoError",
+    "ConfigError",
     "RepoNotFoundError",
     "FetchError",
     "RateLimitError",
@@ -60,6 +61,13 @@ class SafehubError(Exception):
         self.message = message
         self.hint = hint
         super().__init__(message if not hint else f"{message}\n  hint: {hint}")
+
+
+class ConfigError(SafehubError, ValueError):
+    """A setting (an environment variable such as ``SAFEHUB_OFFLINE``) has a value
+    safehub does not understand; it never guesses."""
+
+    exit_code = 2
 
 
 class DeviceUnavailableError(SafehubError, RuntimeError):
