@@ -14,6 +14,7 @@ import pytest
 from github_server import FakeGitHub
 
 from safehub._errors import (
+    ConfigError,
     CacheCorruptedError,
     FetchError,
     HubconfError,
@@ -350,6 +351,40 @@ def test_trust_values_match_torch_hub(tmp_path):
                     name="vision", prompt=lambda q: "n")
     with pytest.raises(ValueError):
         check_trust(tmp_path, trust_repo="yes", **kw)
+
+
+def test_builtin_owners_on_a_mirror_only_when_configured(gh, hub):
+    gh.add_repo("pytorch", "vision").commit({"hubconf.py": hubconf("v")})
+    with pytest.raises(UntrustedRepoError):
+        load(gh, hub, "pytorch/vision", trust_repo="check", prompt=lambda q: "n")
+    # SAFEHUB_TRUST_BUILTIN_OWNERS=1: this GHE host mirrors github.com's owners.
+    env = {**gh.env(), "SAFEHUB_TRUST_BUILTIN_OWNERS": "1"}
+    co = load(gh, hub, "pytorch/vision", trust_repo="check", env=env, prompt=lambda q: pytest.fail("asked"))
+    assert marker(co) == "v"
+    assert TrustStore(hub).load() == set()  # built-in trust is not written to the list
+    # only the built-in owners, not anyone on that host
+    gh.add_repo("mallory", "vision").commit({"hubconf.py": hubconf("m")})
+    with pytest.raises(UntrustedRepoError):
+        load(gh, hub, "mallory/vision", trust_repo="check", env=env, prompt=lambda q: "n")
+    with pytest.raises(ConfigError, match="SAFEHUB_TRUST_BUILTIN_OWNERS='maybe' is not a boolean"):
+        load(gh, hub, "pytorch/vision", trust_repo="check", env={**env, "SAFEHUB_TRUST_BUILTIN_OWNERS": "maybe"})
+
+
+def test_invalid_offline_value_is_a_config_error(gh, hub, capsys, monkeypatch):
+    gh.add_repo("alice", "model").commit({"hubconf.py": hubconf("x")})
+    with pytest.raises(ConfigError, match="SAFEHUB_OFFLINE='sometimes' is not a boolean") as info:
+        load(gh, hub, "alice/model", env={**gh.env(), "SAFEHUB_OFFLINE": "sometimes"})
+    assert isinstance(info.value, ValueError) and "1/0, true/false" in info.value.hint
+    # the CLI prints it as an error line with its exit code, no traceback
+    from safehub._cli import main
+
+    monkeypatch.setenv("SAFEHUB_OFFLINE", "sometimes")
+    monkeypatch.setenv("SAFEHUB_HOME", str(hub))
+    for key, value in gh.env().items():
+        monkeypatch.setenv(key, value)
+    assert main(["list", "alice/model", "--trust-repo", "true"]) == ConfigError.exit_code
+    err = capsys.readouterr().err
+    assert err.startswith("safehub: error: SAFEHUB_OFFLINE='sometimes' is not a boolean") and "Traceback" not in err
 
 
 # --- HTTP failures ----------------------------------------------------------------

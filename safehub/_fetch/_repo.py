@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._config import is_offline, progress_enabled
+from .._config import env_flag, is_offline, progress_enabled
 from .._errors import HubconfError, InvalidRepoError, OfflineError
 from .._fsutil import remove_tree
 from ._cache import CacheEntry, RepoCache
@@ -152,6 +152,8 @@ def _from_github(request: RepoRequest, hub_dir: Path, env: Mapping[str, str]) ->
         calling_fn=request.calling_fn,
         allow_prompt=request.allow_prompt,
         prompt=request.prompt,
+        # A GitHub Enterprise mirror of github.com may opt in to torch.hub's built-in owners.
+        builtin_owners=host.is_github_com or env_flag("SAFEHUB_TRUST_BUILTIN_OWNERS", env),
     )
     cache = RepoCache(hub_dir)
     cache.clean_tmp()

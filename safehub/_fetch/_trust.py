@@ -1,15 +1,21 @@
 """trust_repo, with torch.hub's values and meanings, kept where repo code cannot write.
 
 - ``False``: always ask; ``"y"`` adds the repo to the trusted list.
-- ``"check"``: ask only if the repo is not trusted yet.
+- ``"check"`` (the default of load/list/help, as in torch.hub): ask only if the repo
+  is not trusted yet.
 - ``True``: trust it and add it to the list without asking.
-- ``None`` (default): warn if the repo is not trusted, never ask, never add.
+- ``None``: warn if the repo is not trusted, never ask, never add. torch.hub 2.13
+  no longer special-cases None: it falls through to "trust and add to the list
+  silently". safehub keeps the older warning on purpose: a value that means "I did
+  not choose" should not grow the trusted list.
 
 Differences from torch.hub, on purpose:
 - the list is ``<hub_dir>/trusted_list.json``, keyed by host/owner/name (a GitHub
   Enterprise "pytorch" org is not github.com's), and is never mounted into a sandbox;
 - a folder in the cache never implies trust (torch.hub's "legacy" rule);
-- torch.hub's built-in trusted owners count only on github.com itself;
+- torch.hub's built-in trusted owners count only on github.com itself, or on a
+  GitHub Enterprise host that mirrors github.com's owners when the user says so
+  (``SAFEHUB_TRUST_BUILTIN_OWNERS=1``);
 - when no answer can be read (no terminal, closed stdin) or prompts are not
   allowed, the result is an UntrustedRepoError that says what to pass, not EOFError.
 """
@@ -99,12 +105,17 @@ def check_trust(
     calling_fn: str = "load",
     allow_prompt: bool = True,
     prompt: Callable[[str], str] | None = None,
+    builtin_owners: bool | None = None,
 ) -> None:
+    """``builtin_owners``: whether TRUSTED_OWNERS count on this host (default: only
+    on github.com; see SAFEHUB_TRUST_BUILTIN_OWNERS)."""
     if trust_repo not in _VALID or isinstance(trust_repo, int) and not isinstance(trust_repo, bool):
         raise ValueError(f"trust_repo must be True, False, 'check' or None, not {trust_repo!r}")
     store = TrustStore(hub_dir)
     key = trust_key(host, owner, name)
-    is_trusted = key in store.load() or (is_github_com and owner.lower() in TRUSTED_OWNERS)
+    if builtin_owners is None:
+        builtin_owners = is_github_com
+    is_trusted = key in store.load() or (builtin_owners and owner.lower() in TRUSTED_OWNERS)
     slug = f"{owner}/{name}" if is_github_com else f"{host}/{owner}/{name}"
 
     if trust_repo is None:
