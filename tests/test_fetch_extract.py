@@ -118,6 +118,16 @@ def test_nul_in_name(tmp_path):
     assert not any((tmp_path / "out").iterdir())
 
 
+def test_refusal_shows_a_backslash_once_and_escapes_controls(tmp_path):
+    # issue 16: the name was escaped twice (unicode_escape, then repr): 'a\\\\b'.
+    (tmp_path / "a.zip").write_bytes(raw_zip([("top/hubconf.py", HUBCONF, REG), ("top/a\\..\\x\u202e.py", b"x", REG)]))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(UnsafeArchiveError, match="backslash") as info:
+        extract_zip(tmp_path / "a.zip", tmp_path / "out", ArchiveLimits())
+    assert "entry 'top/a\\..\\x\\u202e.py' has" in info.value.message, info.value.message
+    assert "\u202e" not in info.value.message  # the bidi override itself never reaches a terminal
+
+
 def test_symlink_escaping_is_refused(gh, tmp_path, victim):
     rel = os.path.relpath(victim, tmp_path)
     archive = build_zip("top", {"hubconf.py": HUBCONF, "link": Symlink(f"../../../../../../../../..{victim}")})

@@ -90,10 +90,17 @@ class _Member:
     executable: bool
 
 
+def _show(name: str, limit: int = 300) -> str:
+    """An archive name, quoted, with each non-printable character escaped once
+    (a backslash stays one backslash: names are shown, not Python literals)."""
+    text = "".join(c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+                                              if ord(c) < 0x10000 else f"\\U{ord(c):08x}") for c in name[:limit])
+    return f"'{text}'" + ("..." if len(name) > limit else "")
+
+
 def _fail(name: str, why: str) -> UnsafeArchiveError:
-    shown = name.encode("unicode_escape").decode("ascii")[:300]
     return UnsafeArchiveError(
-        f"refusing the archive: entry {shown!r} {why}. Nothing was extracted.",
+        f"refusing the archive: entry {_show(name)} {why}. Nothing was extracted.",
         hint="the repo archive is malformed or malicious; report it to the repo owner",
     )
 
@@ -222,7 +229,7 @@ def _plan(
         for depth in range(1, len(parts)):
             parent = "/".join(parts[:depth])
             if seen.get(parent, "d") != "d":
-                raise _fail(rel, f"lies under {parent!r}, which is a {'symlink' if seen[parent] == 'l' else 'file'}")
+                raise _fail(rel, f"lies under {_show(parent)}, which is a {'symlink' if seen[parent] == 'l' else 'file'}")
     links: dict[str, str] = {}
     for m in members:
         if m.kind != "l":
@@ -239,7 +246,7 @@ def _plan(
         links[m.path] = target
     for link, target in links.items():
         if not _link_stays_inside(link, links):
-            raise _fail(link, f"is a symlink to {target!r}, which resolves outside the repo")
+            raise _fail(link, f"is a symlink to {_show(target)}, which resolves outside the repo")
     if expected_sha is not None:
         _check_commit(zf, tops if strip else set(), expected_sha)
     return members, links
@@ -263,13 +270,13 @@ def _check_commit(zf: zipfile.ZipFile, tops: set[str], sha: str) -> None:
         except UnicodeDecodeError:
             raise refuse("its zip comment is not a commit SHA") from None
         if text.lower() != sha:
-            raise refuse(f"its zip comment names commit {text[:40]!r}")
+            raise refuse(f"its zip comment names commit {_show(text, 40)}")
     top = next(iter(tops)) if len(tops) == 1 else None
     m = re.fullmatch(r".+-([0-9a-f]{7,40})", top or "")
     if m is None:
-        raise refuse(f"its top folder {top!r} is not named owner-repo-<sha>" if top else "it has no single top folder")
+        raise refuse(f"its top folder {_show(top)} is not named owner-repo-<sha>" if top else "it has no single top folder")
     if not sha.startswith(m.group(1)):
-        raise refuse(f"its top folder {top!r} names commit {m.group(1)}")
+        raise refuse(f"its top folder {_show(top)} names commit {m.group(1)}")
 
 
 def extract_zip(archive: Path, dest: Path, limits: ArchiveLimits, expected_sha: str | None = None) -> int:
