@@ -16,7 +16,9 @@ import argparse
 import json
 import math
 import os
+import shutil
 import types
+import warnings
 import zipfile
 
 from _contract import CHECKPOINT_FILE, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, WEIGHTS_FILE
@@ -27,15 +29,26 @@ MAX_DEPTH = 32
 def _load(path: str, weights_only: bool, scratch: str):
     import torch
 
-    # torch.hub's legacy format: a .zip holding exactly one pickled checkpoint.
+    # torch.hub's legacy format: a .zip holding exactly one pickled checkpoint. Its
+    # entry name is the archive's, so it may be "../x" or absolute: the bytes are
+    # copied to a fixed name in scratch instead of extracting under that name.
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            legacy = len(names) == 1 and not names[0].endswith("/") and "data.pkl" not in names[0] \
+            infos = zf.infolist()
+            names = [i.filename for i in infos]
+            legacy = len(infos) == 1 and not infos[0].is_dir() and "data.pkl" not in names[0] \
                 and not any(n.endswith("/data.pkl") for n in names)
             if legacy:
-                zf.extract(names[0], scratch)
-                path = os.path.join(scratch, names[0])
+                warnings.warn(
+                    "Falling back to the old format < 1.6. This support will be deprecated in favor of default "
+                    "zipfile format introduced in 1.6. Please redo torch.save() to save it in the new zipfile format.",
+                    FutureWarning,
+                    stacklevel=2,
+                )
+                target = os.path.join(scratch, "legacy-checkpoint")
+                with zf.open(infos[0]) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+                path = target
     return torch.load(path, map_location="cpu", weights_only=weights_only)
 
 

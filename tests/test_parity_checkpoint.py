@@ -42,6 +42,7 @@ class Text(str):
 
 def _runner(job: FakeJob) -> None:
     req = job.request
+    (job.root / "scratch").mkdir(exist_ok=True)
     summary = _convert.convert(req["checkpoint"], str(job.out_dir), weights_only=req["weights_only"],
                                scratch=str(job.root / "scratch"))
     job.write_result({"status": "ok", **summary})
@@ -133,3 +134,22 @@ def test_callable_map_location_is_applied_on_the_host(tmp_path: Path) -> None:
     assert _roundtrip(tmp_path, {"a": torch.ones(1)}, map_location=lambda s, loc: None)["a"].device.type == "cpu"
     with pytest.raises(TypeError, match="map_location returned str"):
         _roundtrip(tmp_path, {"a": torch.ones(1)}, map_location=lambda s, loc: "cuda")
+
+
+@pytest.mark.parametrize("entry", ["../../escape.pth", "/abs/ckpt.pth", "plain.pth"])
+def test_legacy_zip_with_any_entry_name_loads(tmp_path: Path, entry: str) -> None:
+    # torch.hub's pre-1.6 format: a zip holding one pickled checkpoint. The entry
+    # name used to be joined onto scratch raw ("../..": a confusing "not a torch.save file").
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.ones(3)}, buf, _use_new_zipfile_serialization=False)
+    path = tmp_path / "legacy.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(entry, buf.getvalue())
+    (tmp_path / "scratch").mkdir()
+    with pytest.warns(FutureWarning, match="old format < 1.6"):
+        got = load_checkpoint_file(path, sandbox=FakeBackend(_runner))
+    assert torch.equal(got["w"], torch.ones(3))
+    assert not (tmp_path.parent / "escape.pth").exists()
