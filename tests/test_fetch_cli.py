@@ -48,6 +48,19 @@ def test_ls_json_and_text(capsys, filled):
     assert "bob/net@" in out and "alice" not in out
 
 
+def test_ls_counts_the_envs_and_points_to_cache_envs(capsys, filled):
+    hub, _ = filled
+    code, out = run_cli(capsys, hub, "cache", "ls")
+    assert code == 0 and "0 environments, 0 B: list them with `safehub cache envs`" in out
+    env = hub / "envs" / ("a" * 16)  # a folder shaped like an env (incomplete: no marker)
+    (env / "lib").mkdir(parents=True)
+    (env / "lib" / "x.py").write_bytes(b"x" * 3000)
+    data = json.loads(run_cli(capsys, hub, "cache", "ls", "--json")[1])
+    assert data["envs"]["count"] == 1 and data["envs"]["total_bytes"] >= 3000
+    assert data["envs"]["details"] == "safehub cache envs"
+    assert "1 environments, 2.9 KiB" in run_cli(capsys, hub, "cache", "ls")[1]
+
+
 def test_rm_shows_what_it_frees_before_deleting(capsys, filled, monkeypatch):
     hub, _ = filled
     code, out = run_cli(capsys, hub, "cache", "rm", "alice/model", "--dry-run")

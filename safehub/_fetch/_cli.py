@@ -1,4 +1,5 @@
-"""``safehub cache ls|rm|verify`` (each with --json)."""
+"""``safehub cache ls|rm|verify`` (each with --json). ``ls`` also counts the repo envs
+(listed by ``safehub cache envs``)."""
 
 from __future__ import annotations
 
@@ -56,20 +57,31 @@ def _human(n: int) -> str:
     return str(n)
 
 
+def _env_summary(hub: Path) -> dict[str, Any]:
+    """The built repo envs, counted, so ``cache ls`` shows everything the cache holds."""
+    from .._env._manage import env_size, list_envs
+
+    envs = list_envs(hub)
+    return {"count": len(envs), "total_bytes": sum(env_size(r.root) for r in envs), "details": "safehub cache envs"}
+
+
 def _cmd_ls(args: argparse.Namespace) -> int:
     cache = RepoCache(_hub(args))
     rows = [_describe(cache, e) for e in cache.entries() if _matches(e, args.repo)]
+    envs = _env_summary(_hub(args))
     if args.json:
-        json.dump({"entries": rows, "total_bytes": sum(r["size_bytes"] for r in rows)}, sys.stdout, indent=1)
+        json.dump({"entries": rows, "total_bytes": sum(r["size_bytes"] for r in rows), "envs": envs},
+                  sys.stdout, indent=1)
         print()
         return 0
     if not rows:
         print(f"no cached repos in {cache.repos}")
-        return 0
     for r in rows:
         refs = f" ({', '.join(r['refs'])})" if r["refs"] else ""
         print(f"{r['host']}/{r['owner']}/{r['name']}@{r['sha'][:12]}{refs}  {_human(r['size_bytes'])}  {r['path']}")
-    print(f"{len(rows)} entries, {_human(sum(r['size_bytes'] for r in rows))}")
+    if rows:
+        print(f"{len(rows)} entries, {_human(sum(r['size_bytes'] for r in rows))}")
+    print(f"{envs['count']} environments, {_human(envs['total_bytes'])}: list them with `safehub cache envs`")
     return 0
 
 
@@ -138,7 +150,7 @@ def add_cache_commands(subparsers: Any) -> Any:
     cache = subparsers.add_parser("cache", help="inspect and clean the repo cache")
     sub = cache.add_subparsers(dest="cache_command", required=True)
 
-    ls = sub.add_parser("ls", help="list cached repo trees")
+    ls = sub.add_parser("ls", help="list cached repo trees (and count the envs: `cache envs` lists them)")
     ls.add_argument("repo", nargs="?", help="owner/name[@sha] filter")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=_cmd_ls)
