@@ -26,7 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._config import is_offline, progress_enabled
+from .._config import is_offline
+from .._status import status
 from .._errors import EnvironmentBuildError, escape_untrusted
 from ._family import Family, ensure_family, family_digest
 from ._host import HostInfo, check_host_requirements, check_installed_requirements, host_info, minimal_paths
@@ -178,7 +179,9 @@ def ensure_env(
 
     env = os.environ if env is None else env
     offline = is_offline(env)
-    say = logger.info if progress_enabled(verbose, env) else logger.debug
+
+    def say(message: str, *args: object) -> None:
+        status(message, *args, verbose=verbose, env=env)
 
     resolution = resolve_dependencies(dependencies)
     host = host_info()
@@ -215,7 +218,7 @@ def ensure_env(
             remove_tree(final)
         tmp = envs / f".tmp-{key[:16]}-{uuid.uuid4().hex[:8]}"
         started = time.monotonic()
-        say("safehub: building environment %s (%s) for: %s", key[:16], backend_name,
+        say("building environment %s (%s) for: %s", key[:16], backend_name,
             ", ".join(resolution.install_lines) or "no extra packages")
         try:
             marker = _build(tmp, final, resolution, host, family, backend_name, uv, env, offline, key, inputs)
@@ -223,7 +226,7 @@ def ensure_env(
         except BaseException:
             remove_tree(tmp)
             raise
-        say("safehub: environment %s ready in %.1f s (%s)", key[:16], time.monotonic() - started,
+        say("environment %s ready in %.1f s (%s)", key[:16], time.monotonic() - started,
             ", ".join(marker.get("distributions") or []) or "torch only")
         return _python_env(final, host, family, key, marker)
     finally:

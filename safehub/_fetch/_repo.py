@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._config import env_flag, is_offline, progress_enabled
+from .._status import status
 from .._errors import HubconfError, InvalidRepoError, OfflineError
 from .._fsutil import remove_tree
 from ._cache import CacheEntry, RepoCache
@@ -173,7 +174,7 @@ def _from_github(request: RepoRequest, hub_dir: Path, env: Mapping[str, str]) ->
             usable = False  # fetched once with skip_validation; check reachability now
         if usable:
             cache.verify(entry)
-            logger.info("Using cache found in %s", entry.path)
+            status("Using cache found in %s", entry.path, verbose=verbose, env=env)
         else:
             if wanted is not None and not skip_validation:
                 fetcher.check_reachable(sha)
@@ -255,7 +256,7 @@ class _Fetcher:
         tree = self.cache.new_tmp(".tree")
         show = progress_enabled(self.verbose, self.env)
         try:
-            logger.info("Downloading %s@%s", self.slug, entry.sha)
+            status("Downloading %s@%s", self.slug, entry.sha, verbose=self.verbose, env=self.env)
             with open(archive, "xb") as f:
                 nbytes, archive_sha256 = client.download(
                     url, f, max_bytes=limits.max_archive_bytes, progress=show,
