@@ -291,13 +291,19 @@ class TestHub:
         self._assert_in_trusted_list("ailzhang/torchhub_example")
 
     @patch("builtins.input", return_value="no")
-    def test_trust_repo_builtin_trusted_owners(self, patched_input):
+    def test_trust_repo_builtin_trusted_owners(self, patched_input, monkeypatch):
         # HOST: torch.hub loads pytorch/vision with "check" silently because pytorch is a
         # built-in trusted owner. On any host but github.com (here: the loopback server)
         # the owner name proves nothing, so safehub asks; a "no" leaves the list empty.
         with pytest.raises(safehub.UntrustedRepoError, match="Untrusted repository"):
             safehub.load("pytorch/vision", "resnet18", trust_repo="check")
         patched_input.assert_called_once()
+        self._assert_trusted_list_is_empty()
+        # A GitHub Enterprise mirror of github.com opts in: then it is torch.hub's test as is.
+        monkeypatch.setenv("SAFEHUB_TRUST_BUILTIN_OWNERS", "1")
+        patched_input.reset_mock()
+        safehub.load("pytorch/vision", "resnet18", trust_repo="check")
+        patched_input.assert_not_called()
         self._assert_trusted_list_is_empty()
 
     def test_trust_repo_none(self):
