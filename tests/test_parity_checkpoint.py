@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from safehub._errors import UnsafeSpecError
-from safehub._hub_io import load_checkpoint_file
+from safehub._checkpoints import load_checkpoint_file
 from safehub._sandbox import FakeBackend, FakeJob
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runners"))
