@@ -276,7 +276,7 @@ def _check_commit(zf: zipfile.ZipFile, tops: set[str], sha: str) -> None:
     if m is None:
         raise refuse(f"its top folder {_show(top)} is not named owner-repo-<sha>" if top else "it has no single top folder")
     if not sha.startswith(m.group(1)):
-        raise refuse(f"its top folder {_show(top)} names commit {m.group(1)}")
+        raise refuse(f"its top folder {_show(top or '')} names commit {m.group(1)}")
 
 
 def extract_zip(archive: Path, dest: Path, limits: ArchiveLimits, expected_sha: str | None = None) -> int:
