@@ -40,12 +40,16 @@ __all__ = [
     "MAX_DOWNLOAD_URLS",
     "EXPORT_MODES",
     "ERROR_CATEGORIES",
+    "WARNING_CATEGORIES",
+    "MAX_WARNINGS",
+    "MAX_WARNING_CHARS",
     "FACTORIES",
     "GETATTR_ATTRS",
     "METHOD_DENY",
     "Request",
     "ExportOptions",
     "RunnerError",
+    "RunnerWarning",
     "Result",
 ]
 
@@ -85,6 +89,18 @@ ERROR_CATEGORIES = (
     "needs_download",  # the entrypoint asked for URLs the host has not fetched yet
     "environment",  # the runner's own code could not import what it needs (not the repo's code)
 )
+
+# --- warnings ------------------------------------------------------------------
+# Warnings that repo code raised (importing hubconf, calling the entrypoint, reading a
+# checkpoint) come back in result.json "warnings": each as the nearest of these
+# built-in categories and its message. The host re-raises them from this fixed list;
+# a class is never looked up by a name the sandbox wrote.
+WARNING_CATEGORIES = (
+    "UserWarning", "DeprecationWarning", "PendingDeprecationWarning", "FutureWarning", "RuntimeWarning",
+    "SyntaxWarning", "ImportWarning", "UnicodeWarning", "BytesWarning", "ResourceWarning",
+)  # fmt: skip
+MAX_WARNINGS = 32  # distinct warnings one result may carry
+MAX_WARNING_CHARS = 2000  # of one warning's message
 
 # --- what the host will accept, pre-checked in the sandbox --------------------
 
@@ -141,11 +157,19 @@ class RunnerError(TypedDict):
     module: NotRequired[str]  # category "environment": the module that could not be imported
 
 
+class RunnerWarning(TypedDict):
+    """One entry of ``result.json`` "warnings"."""
+
+    category: str  # one of WARNING_CATEGORIES
+    message: str
+
+
 class Result(TypedDict):
     """``<job>/out/result.json``: written by the runner, hostile to the host."""
 
     protocol: int
     status: str  # "ok" | "error"
     error: NotRequired[RunnerError]
+    warnings: NotRequired[List[RunnerWarning]]  # raised by repo code, at most MAX_WARNINGS
     summary: NotRequired[Dict[str, Any]]  # action "load" / "convert"
     entrypoints: NotRequired[List[Dict[str, Union[str, None]]]]  # action "list"

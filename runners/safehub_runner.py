@@ -15,10 +15,12 @@ means the host gets no usable result.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import traceback
+import warnings
 
 # -I drops the script folder from sys.path; the runner's own helpers live beside it.
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -29,15 +31,61 @@ import _confine  # noqa: E402  (must run before anything from the repo)
 from _contract import (  # noqa: E402
     ARGS_FILE,
     EXAMPLE_INPUTS_FILE,
+    MAX_WARNING_CHARS,
+    MAX_WARNINGS,
     PROTOCOL,
     REQUEST_FILE,
     RESULT_FILE,
     Request,
     Result,
     RunnerError,
+    RunnerWarning,
+    WARNING_CATEGORIES,
 )
 
 MAX_TRACEBACK = 16_000
+
+# Warnings raised while repo code ran (see _collect_warnings), reported in result.json.
+_WARNINGS: list[RunnerWarning] = []
+
+
+def _warning_category(cls: type) -> str:
+    """The nearest built-in category of a warning class (a repo's own subclass of
+    FutureWarning is reported as FutureWarning)."""
+    for base in getattr(cls, "__mro__", ()):
+        if getattr(base, "__module__", None) == "builtins" and base.__name__ in WARNING_CATEGORIES:
+            return base.__name__
+    return "UserWarning"
+
+
+@contextlib.contextmanager
+def _collect_warnings():
+    """Record every warning raised inside (repo code, or libraries on its behalf) so
+    the host can raise it again; distinct ones only, at most MAX_WARNINGS."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for record in caught:
+                try:
+                    text = str(record.message)[:MAX_WARNING_CHARS]
+                except Exception:  # noqa: BLE001 - a hostile __str__
+                    text = "(a warning whose message could not be read)"
+                entry: RunnerWarning = {"category": _warning_category(record.category), "message": text}
+                if entry not in _WARNINGS and len(_WARNINGS) < MAX_WARNINGS:
+                    _WARNINGS.append(entry)
+
+
+def _type_name(exc: BaseException) -> str:
+    """The exception's qualified type name (``mypkg.errors.ShapeError``); built-ins by
+    their plain name, as Python prints them."""
+    cls = type(exc)
+    module = getattr(cls, "__module__", None)
+    name = getattr(cls, "__qualname__", None) or cls.__name__
+    if not isinstance(module, str) or module == "builtins":
+        return str(name)[:200]
+    return f"{module}.{name}"[:200]
 
 
 def _write_json(path: str, payload: Result) -> None:
@@ -56,7 +104,7 @@ def _error(category: str, exc: BaseException, repo_dir: str | None = None) -> Re
         category = "environment"
     error: RunnerError = {
         "category": category,
-        "type": type(exc).__name__,
+        "type": _type_name(exc),
         "message": str(exc)[:4000],
         "traceback": tb[-MAX_TRACEBACK:],
     }
@@ -162,10 +210,11 @@ def run(job_dir: str) -> Result:
         try:
             import _convert  # imports torch
 
-            summary = _convert.convert(
-                request["checkpoint"], out_dir, weights_only=bool(request.get("weights_only")),
-                scratch=os.environ.get("TMPDIR", "/tmp"),
-            )
+            with _collect_warnings():
+                summary = _convert.convert(
+                    request["checkpoint"], out_dir, weights_only=bool(request.get("weights_only")),
+                    scratch=os.environ.get("TMPDIR", "/tmp"),
+                )
         except BaseException as exc:  # noqa: BLE001
             return _error("checkpoint", exc)
         return {"protocol": PROTOCOL, "status": "ok", "summary": summary}
@@ -179,7 +228,8 @@ def run(job_dir: str) -> Result:
     repo_dir = request["repo_dir"]
     assert repo_dir is not None, "the host sends repo_dir for list and load"
     try:
-        hub = _import_hubconf(repo_dir)
+        with _collect_warnings():
+            hub = _import_hubconf(repo_dir)
     except BaseException as exc:  # noqa: BLE001 - everything is reported, nothing escapes
         return _downloads.check() or _error("hubconf", exc)
 
@@ -195,7 +245,8 @@ def run(job_dir: str) -> Result:
         return _error("entrypoint_missing", RuntimeError(f"Cannot find callable {name} in hubconf"))
     try:
         args, kwargs = _read_args(in_dir)
-        obj = entry(*args, **kwargs)
+        with _collect_warnings():
+            obj = entry(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001
         return _downloads.check() or _error("entrypoint", exc)
     swallowed = _downloads.check()
@@ -230,6 +281,8 @@ def main(argv: list[str]) -> int:
     job_dir = argv[1]
     result = run(job_dir)
     result["protocol"] = PROTOCOL
+    if _WARNINGS:
+        result["warnings"] = list(_WARNINGS)
     _write_json(os.path.join(job_dir, "out", RESULT_FILE), result)
     sys.stdout.flush()
     sys.stderr.flush()

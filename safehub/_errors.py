@@ -199,18 +199,21 @@ class SandboxTimeoutError(SandboxLimitError, TimeoutError):
 
 
 class EntrypointFailedError(SandboxError):
-    """Repo code raised inside the sandbox. ``remote_type`` and ``remote_traceback``
-    are the sandbox's own words, escaped and bounded."""
+    """Repo code raised inside the sandbox. ``remote_type`` (the qualified type name,
+    e.g. ``mypkg.errors.ShapeError``; built-ins plain), ``remote_message`` and
+    ``remote_traceback`` are the sandbox's own words, escaped and bounded."""
 
     def __init__(
         self,
         message: str = "",
         *,
         remote_type: str = "",
+        remote_message: str = "",
         remote_traceback: str = "",
         hint: str | None = None,
     ) -> None:
         self.remote_type = remote_type
+        self.remote_message = remote_message
         self.remote_traceback = remote_traceback
         super().__init__(message, hint=hint)
 

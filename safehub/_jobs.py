@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._channel import needs_download_urls, raise_for_runner_error, read_result, stderr_tail
+from ._channel import needs_download_urls, raise_for_runner_error, raise_runner_warnings, read_result, stderr_tail
 from ._contract import ARGS_FILE, EXAMPLE_INPUTS_FILE, PROTOCOL, REQUEST_FILE, ExportOptions, Request, Result
 from ._env._hints import missing_module_hint
 from ._env._types import PythonEnv
@@ -174,6 +174,8 @@ def run_job(job: JobRequest, *, python_env: PythonEnv, backend: SandboxBackend, 
         sandbox_result = backend.run(sandbox_request)
         _raise_for_sandbox(sandbox_result)
         result = read_result(root / "out")
+        if not needs_download_urls(result):  # the retry's run reports them, once
+            raise_runner_warnings(result, repo=str(job.repo_dir or job.checkpoint or "the job"))
         raise_for_runner_error(result, entrypoint=job.entrypoint, repo=str(job.repo_dir), import_hint=missing_module_hint)
         done = Job(root=root, result=result, sandbox=sandbox_result)
         done.needs_download()  # validates the URLs now: a bad report fails here, and the folder goes

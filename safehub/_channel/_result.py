@@ -13,12 +13,23 @@ exactly one place, :func:`raise_for_runner_error` (like huggingface_hub's
 
 from __future__ import annotations
 
+import re
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .._contract import ERROR_CATEGORIES, MAX_DOWNLOAD_URLS, PROTOCOL, RESULT_FILE, Result, RunnerError
+from .._contract import (
+    ERROR_CATEGORIES,
+    MAX_DOWNLOAD_URLS,
+    MAX_WARNING_CHARS,
+    MAX_WARNINGS,
+    PROTOCOL,
+    RESULT_FILE,
+    Result,
+    RunnerError,
+)
 from .._errors import (
     EntrypointFailedError,
     EntrypointNotFoundError,
@@ -36,6 +47,7 @@ from ._json import load_json
 __all__ = [
     "read_result",
     "raise_for_runner_error",
+    "raise_runner_warnings",
     "needs_download_urls",
     "read_summary",
     "stderr_tail",
@@ -44,6 +56,22 @@ __all__ = [
 ]
 
 MAX_RESULT_JSON_BYTES = 4 * 1024 * 1024
+# The fixed classes a sandbox warning may come back as (contract.WARNING_CATEGORIES):
+# looked up in this table, never by resolving a name.
+_WARNING_CLASSES: dict[str, type[Warning]] = {
+    "UserWarning": UserWarning,
+    "DeprecationWarning": DeprecationWarning,
+    "PendingDeprecationWarning": PendingDeprecationWarning,
+    "FutureWarning": FutureWarning,
+    "RuntimeWarning": RuntimeWarning,
+    "SyntaxWarning": SyntaxWarning,
+    "ImportWarning": ImportWarning,
+    "UnicodeWarning": UnicodeWarning,
+    "BytesWarning": BytesWarning,
+    "ResourceWarning": ResourceWarning,
+}
+# A remote exception's type name: dotted identifiers (anything else is shown escaped).
+_TYPE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_<>][A-Za-z0-9_<>]*)*$")
 _MODULE_RE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.")
 
 
@@ -82,6 +110,32 @@ def needs_download_urls(result: Result) -> list[str]:
     return list(dict.fromkeys(urls))
 
 
+def raise_runner_warnings(result: Result, *, repo: str) -> None:
+    """Raise again, on the host, the warnings repo code raised in the sandbox: each
+    as one of a fixed set of built-in categories (unknown: UserWarning), its message
+    escaped and bounded, with where it came from."""
+    raw: Any = result.get("warnings")
+    if raw is None:
+        return
+    if not isinstance(raw, list) or len(raw) > MAX_WARNINGS:
+        raise UnsafeSpecError(f"the runner's warnings are not a list of at most {MAX_WARNINGS} entries")
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("message"), str) \
+                or not isinstance(item.get("category"), str):
+            raise UnsafeSpecError("a warning in the runner's result is not {category, message} strings")
+        category = _WARNING_CLASSES.get(item["category"], UserWarning)
+        text = escape_untrusted(item["message"], limit=MAX_WARNING_CHARS)
+        where = escape_untrusted(repo, limit=200)
+        warnings.warn(f"{text} (raised inside the sandbox by {where})", category, stacklevel=2)
+
+
+def _type_name(error: RunnerError) -> str:
+    value: Any = error.get("type", "")
+    if isinstance(value, str) and len(value) <= 200 and _TYPE_NAME.match(value):
+        return value
+    return escape_untrusted(value if isinstance(value, str) else str(value), limit=200)
+
+
 def _text(error: RunnerError, key: str, limit: int) -> str:
     value: Any = error.get(key, "")
     return escape_untrusted(value if isinstance(value, str) else str(value), limit=limit)
@@ -112,7 +166,7 @@ def raise_for_runner_error(
     if category == "needs_download":
         needs_download_urls(result)  # its shape is checked even here
         return
-    remote_type = _text(error, "type", 200)
+    remote_type = _type_name(error)
     message = _text(error, "message", 2000)
     tb = _text(error, "traceback", 8000)
     missing = import_hint(remote_type, message) if import_hint is not None else None
@@ -127,6 +181,7 @@ def raise_for_runner_error(
         raise EntrypointFailedError(
             f"entrypoint {entrypoint!r} raised {remote_type} inside the sandbox: {message}",
             remote_type=remote_type,
+            remote_message=message,
             remote_traceback=tb,
             hint=missing or "the sandbox traceback is in .remote_traceback",
         )
