@@ -60,7 +60,7 @@ def _repo_args(p: argparse.ArgumentParser, *, entry: bool) -> None:
     p.add_argument("repo", nargs="?", help="owner/repo[:ref] or a local folder (default: the bundled demo repo)")
     if entry:
         p.add_argument("entrypoint", nargs="?", help=f"entrypoint name (default for the demo: {DEMO_ENTRYPOINT})")
-    p.add_argument("--source", choices=list(SOURCES), help="default: local for folders, github otherwise")
+    p.add_argument("--source", type=str.lower, choices=list(SOURCES), help="default: local for folders, github otherwise")
     p.add_argument("--revision", help="a full 40-hex commit SHA to load exactly")
     p.add_argument("--trust-repo", choices=["true", "false", "check"], help="as torch.hub's trust_repo")
     p.add_argument("--force-reload", action="store_true")
@@ -291,12 +291,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SafehubError as exc:
+        remote_tb = getattr(exc, "remote_traceback", "") or ""
         if getattr(args, "json", False):
-            print(json.dumps({"error": type(exc).__name__, "message": exc.message,
-                              "hint": cli_spelling(exc.hint) if exc.hint else exc.hint,
-                              "exit_code": exc.exit_code}, indent=2))
+            payload = {"error": type(exc).__name__, "message": exc.message,
+                       "hint": cli_spelling(exc.hint) if exc.hint else exc.hint, "exit_code": exc.exit_code}
+            if hasattr(exc, "remote_type"):
+                payload.update(remote_type=exc.remote_type, remote_message=getattr(exc, "remote_message", ""),
+                               remote_traceback=remote_tb)
+            print(json.dumps(payload, indent=2))
         else:
             print(f"safehub: error: {cli_spelling(str(exc))}", file=sys.stderr)
+            if remote_tb and args.verbose:
+                # Already escaped by the channel: sandbox text, shown as text.
+                print(f"safehub: the sandbox's traceback:\n{remote_tb.rstrip()}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -24,6 +24,7 @@ _REWRITES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"skip_validation=True", "--skip-validation"),
         (r"source='(\w+)'", r"--source \1"),
         (r"sandbox='(\w+)'", r"--sandbox \1"),
+        (r"device='([\w:]+)'", r"--device \1"),
         (r"revision=<", "--revision <"),
         (r"revision=", "--revision "),
         (r"safehub\.list\(\)", "`safehub list REPO`"),
