@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ._config import hub_path
 from ._errors import EntrypointNotFoundError, SafehubError
 from ._hubconf import Hubconf, read_hubconf
+from ._status import status
 
 if TYPE_CHECKING:
     from ._env import PythonEnv
@@ -90,7 +92,11 @@ def _run(
     downloads: dict[str, Path] = {}
     for _round in range(MAX_DOWNLOAD_ROUNDS + 1):
         this_round = dataclasses.replace(job, downloads=dict(downloads), limits=budget.round_limits())
+        what = f"{job.entrypoint} (the entrypoint, then its export)" if job.action == "load" else f"a {job.action} job"
+        status("running %s in the %s sandbox", what, backend.name, verbose=verbose)
+        started = time.monotonic()
         done = run_job(this_round, python_env=python_env, backend=backend, hub_dir=hub_dir)
+        status("sandbox run finished in %.1f s", time.monotonic() - started, verbose=verbose)
         needed = done.needs_download()
         if not needed:
             return done, python_env
@@ -152,8 +158,11 @@ def load(
     from ._fetch._downloads import DownloadBudget
     from ._jobs import JobRequest
 
+    from ._channel import check_device
+
     if export not in EXPORT_MODES:
         raise ValueError(f"export={export!r}: use 'auto', 'fx' or 'aten'")
+    check_device(device)  # before any fetch, env build or sandbox run
     repo, hub, hub_dir = _prepare(
         RepoRequest(
             repo_or_dir=str(repo_or_dir), source=source, trust_repo=trust_repo, force_reload=force_reload,
@@ -193,6 +202,8 @@ def load(
                           "records": dict(python_env.records)},
             downloads=budget.summary(),
         )
+    modes = sorted({str(m.get("mode")) for m in info.summary.get("modules", {}).values() if m.get("mode")})
+    status("rebuilt %s here from the sandbox's export (%s)", model, ", ".join(modes) or "no graphs", verbose=verbose)
     _attach_info(obj, info)
     from ._artifact import note_load  # provenance for safehub.save
 

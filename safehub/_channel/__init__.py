@@ -24,16 +24,25 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .._contract import SPEC_FILE, WEIGHTS_FILE
-from .._errors import DeviceUnavailableError, UnsafeSpecError
+from .._errors import DeviceUnavailableError, UnsafeSpecError, escape_untrusted
 from ._checkpoint import load_safetensors_checked, read_converted_checkpoint
 from ._limits import ChannelLimits
 from ._listing import read_listing
-from ._result import needs_download_urls, raise_for_runner_error, read_result, read_summary, stderr_tail
+from ._result import (
+    needs_download_urls,
+    raise_for_runner_error,
+    raise_runner_warnings,
+    read_result,
+    read_summary,
+    stderr_tail,
+)
 
 __all__ = [
     "rebuild_from_output",
     "read_result",
     "raise_for_runner_error",
+    "raise_runner_warnings",
+    "check_device",
     "needs_download_urls",
     "read_summary",
     "read_listing",
@@ -50,6 +59,33 @@ _DEFAULT_HINT = (
     "nothing was built. The repo's model could not be carried out of the sandbox as validated data; "
     "if the repo is trusted and unmodified, report this message to the safehub maintainers"
 )
+
+
+def check_device(device: Any) -> Any:
+    """``device`` as a ``torch.device`` this torch can use, else DeviceUnavailableError.
+    ``load`` calls it before fetching anything, so a missing GPU fails in
+    milliseconds, not after the sandbox run."""
+    import torch
+
+    try:
+        dev = torch.device(device if device is not None else "cpu")
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise DeviceUnavailableError(
+            f"device={escape_untrusted(repr(device), limit=80)} is not a device torch knows ({exc})",
+            hint="pass device='cpu', 'cuda' or 'cuda:N'",
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(
+                f"device={str(dev)!r} was requested but this torch has no usable CUDA device",
+                hint="pass device='cpu', or install a CUDA build of torch on a machine with a GPU",
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(
+                f"device={str(dev)!r} was requested but this machine has {torch.cuda.device_count()} CUDA device(s)",
+                hint="pass device='cuda' or an index below the device count",
+            )
+    return dev
 
 
 def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLimits | None = None,
@@ -72,12 +108,7 @@ def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLim
     from ._weights import check_against_spec, load_tensors, read_header
 
     limits = limits or ChannelLimits()
-    device = torch.device(device if device is not None else "cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailableError(
-            f"device={str(device)!r} was requested but this torch has no usable CUDA device",
-            hint="pass device='cpu', or install a CUDA build of torch on a machine with a GPU",
-        )
+    device = check_device(device)
     out_dir = Path(out_dir)
 
     try:
