@@ -180,13 +180,16 @@ class TestHub:
         assert sum_of_state_dict(loaded_state) == SUM_OF_HUB_EXAMPLE
 
     def test_load_legacy_zip_checkpoint(self):
-        # torch.hub also asserts a FutureWarning ("will be deprecated in favor of default
-        # zipfile"). The checkpoint is unzipped and read inside the sandbox, whose warnings
-        # stay there (runners/_downloads.py emits it); the host sees only the result.
-        hub_model = safehub.load(
-            "ailzhang/torchhub_example", "mnist_zip", pretrained=True, verbose=False, trust_repo=True
-        )
-        assert sum_of_state_dict(hub_model.state_dict()) == SUM_OF_HUB_EXAMPLE
+        # The checkpoint is unzipped and read inside the sandbox (runners/_downloads.py);
+        # the FutureWarning raised there comes back to the host as a FutureWarning.
+        with warnings.catch_warnings(record=True) as ws:
+            warnings.simplefilter("always")
+            hub_model = safehub.load(
+                "ailzhang/torchhub_example", "mnist_zip", pretrained=True, verbose=False, trust_repo=True
+            )
+            assert sum_of_state_dict(hub_model.state_dict()) == SUM_OF_HUB_EXAMPLE
+            assert any("will be deprecated in favor of default zipfile" in str(w) for w in ws)
+            assert any(issubclass(w.category, FutureWarning) for w in ws if "default zipfile" in str(w.message))
 
     # Test the default zipfile serialization format produced by >=1.6 release.
     def test_load_zip_1_6_checkpoint(self):
