@@ -12,8 +12,9 @@ __all__ = ["cli_spelling", "CliFormatter"]
 _REWRITES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(p), r)
     for p, r in (
-        (r"(?:load|list|help)\(\.\.\., (\w+=)", r"\1"),  # load(..., trust_repo=True) -> trust_repo=True
+        (r"\b(?:load|list|help)\(\.\.\., ([^()]*?)\)", r"\1"),  # load(..., trust_repo=True) -> trust_repo=True
         (r"extra_dependencies=\['([^'\]]*)'\]", r"-d '\1'"),
+        (r" \(or \{'[\w.]+': '<package>'\} when the import name differs\)", ""),  # no dict form in the CLI
         (r"extra_dependencies=", "-d REQUIREMENT"),
         (r"dependencies_mode='(\w+)' / '(\w+)'", r"--dependencies \1 / \2"),
         (r"dependencies_mode='(\w+)'", r"--dependencies \1"),

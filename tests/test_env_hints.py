@@ -191,7 +191,10 @@ def test_cli_unknown_import_exits_with_the_fix(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "safehub", "load", str(repo), "tiny", "--json"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 7, proc.stderr
-    assert "numpyy" in proc.stdout + proc.stderr and "extra_dependencies=" in proc.stdout + proc.stderr
+    assert "numpyy" in proc.stdout + proc.stderr
+    # the hint in CLI spelling (issue 16): the flag, not the keyword argument
+    assert "name the distribution yourself: -d '<package>', or use --dependencies declared" in proc.stdout
+    assert "extra_dependencies=" not in proc.stdout + proc.stderr
     assert not (tmp_path / "hub" / "envs").exists()  # refused before building anything
     proc = subprocess.run([sys.executable, "-m", "safehub", "load", str(repo), "tiny", "--dependencies", "bogus"],
                           capture_output=True, text=True, env=env, timeout=120)

@@ -24,6 +24,9 @@ def test_hints_use_cli_flags() -> None:
     assert cli_spelling("refetch with force_reload=True or remove it") == "refetch with --force-reload or remove it"
     assert cli_spelling("pass extra_dependencies=['timm'] to load(), or use the default dependencies_mode='scan'") == \
         "pass -d 'timm', or use the default --dependencies scan"
+    assert cli_spelling("name it: load(..., extra_dependencies=['<package>']) (or {'cv2': '<package>'} when the "
+                        "import name differs), or use dependencies_mode='declared' / 'requirements'") == \
+        "name it: -d '<package>', or use --dependencies declared / requirements"
     assert cli_spelling("if you trust this commit anyway, pass skip_validation=True") == \
         "if you trust this commit anyway, pass --skip-validation"
     assert cli_spelling("use source='local' for a folder; or use sandbox='landlock'") == \
