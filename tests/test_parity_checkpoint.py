@@ -102,7 +102,8 @@ def _forged(tmp_path: Path, root: object) -> object:
     return load_checkpoint_file(path, sandbox=FakeBackend(handler))
 
 
-@pytest.mark.parametrize("name", ["__class__", "__dict__", "__init__", "", "a b", "x" * 129, "é", 3, None])
+@pytest.mark.parametrize("name", ["__class__", "__dict__", "__init__", "_get_kwargs", "_get_args", "", "a b", "x" * 129,
+                                  "é", 3, None])
 def test_forged_namespace_attribute_names_are_refused(tmp_path: Path, name: object) -> None:
     with pytest.raises(UnsafeSpecError, match="namespace attribute name"):
         _forged(tmp_path, {"namespace": [[name, 1]]})

@@ -90,7 +90,9 @@ def read_converted_checkpoint(out_dir: Path, *, max_weight_bytes: int) -> Any:
                 if not isinstance(pair, list) or len(pair) != 2:
                     raise UnsafeSpecError(f"bad namespace item at {where}")
                 key, value = pair
-                if not isinstance(key, str) or not _ATTR.match(key) or key in attrs:
+                # hasattr on the class: a name like "_get_kwargs" would shadow a method.
+                if (not isinstance(key, str) or not _ATTR.match(key) or key in attrs
+                        or hasattr(argparse.Namespace, key)):
                     shown = escape_untrusted(str(key), limit=60)
                     raise UnsafeSpecError(
                         f"namespace attribute name {shown!r} at {where} is not allowed",
