@@ -41,6 +41,7 @@ def _cmd_export(args: argparse.Namespace, *, helpers: CliHelpers) -> int:
     start = time.perf_counter()
     obj = load(
         repo, entry, source=source, trust_repo=helpers.trust(args), force_reload=args.force_reload,
+        skip_validation=args.skip_validation,
         verbose=not args.json, revision=args.revision, sandbox=args.sandbox, export=args.export,
         **dict(args.kwarg or []),
     )
