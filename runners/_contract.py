@@ -114,7 +114,8 @@ FACTORIES = (
 # builtins.getattr(x, name) is allowed for these attribute names only.
 GETATTR_ATTRS = frozenset(
     {"shape", "dtype", "device", "ndim", "T", "mT", "H", "mH", "is_cuda", "requires_grad", "layout", "real", "imag",
-     "is_sparse", "is_quantized", "is_complex", "is_floating_point", "itemsize", "nbytes"}
+     "is_sparse", "is_quantized", "is_complex", "is_floating_point", "itemsize", "nbytes",
+     "data"}  # .data: a detached alias, what detach() gives (docs/architecture-format.md)
 )  # fmt: skip
 # Public Tensor methods that touch memory, hooks, storage, other processes or the
 # interpreter, or hand out Python objects.

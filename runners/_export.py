@@ -21,11 +21,12 @@ from torch import nn
 import _export_aten
 import _export_fx
 import _export_state
-from _contract import EXPORT_MODES as MODES
-from _contract import SPEC_FILE, SPEC_FORMAT, SPEC_VERSION, WEIGHTS_FILE
 from _safetensors_write import write_safetensors
 
+FORMAT = "safehub-arch"
+VERSION = 1
 MAX_VALUE_DEPTH = 8
+MODES = ("auto", "fx", "aten")
 HUBCONF_EXAMPLES = "example_inputs"  # module-level dict in hubconf.py: {"entry": callable or tuple}
 
 
@@ -123,7 +124,7 @@ def _on_model_device(examples: tuple | None, model: nn.Module) -> tuple | None:
     to a GPU gets them on its own device."""
     if examples is None:
         return None
-    first: torch.Tensor | None = next(iter(model.parameters()), None)
+    first = next(iter(model.parameters()), None)
     if first is None:
         first = next(iter(model.buffers()), None)
     if first is None or first.device.type in ("cpu", "meta"):
@@ -169,10 +170,18 @@ def _export_module(
     except (_export_aten.AtenExportError, _export_state.StateExportError) as exc:
         aten_error = exc
     prefix = f"fx tracing failed ({fx_error}); " if fx_error is not None else ""
-    raise ExportFailed(
-        f"cannot export {_describe(model)}: {prefix}aten export failed ({aten_error}). Check the example_inputs "
-        "(a tuple of forward arguments with a batch dimension of at least 2), or try export='fx' / 'aten'"
-    )
+    attempts = getattr(aten_error, "attempts", [])
+    export_ran = any(a.get("error") is None for a in attempts) or isinstance(aten_error, _export_state.StateExportError)
+    if export_ran or not attempts:
+        # torch.export ran on these inputs; what failed is carrying its graph.
+        advice = "the example inputs were accepted; the exported graph cannot be carried (see above)"
+    else:
+        advice = (
+            "torch.export rejected every attempt (dynamic batch, static batch, strict); check that the example "
+            "inputs are what forward() takes (a tuple of forward arguments)"
+        )
+    other = "; or try export='fx'" if mode == "aten" else ""
+    raise ExportFailed(f"cannot export {_describe(model)}: {prefix}aten export failed ({aten_error}). {advice}{other}")
 
 
 # ---------------------------------------------------------------------------
@@ -228,9 +237,9 @@ def export_object(
         }
 
     os.makedirs(out_dir, exist_ok=True)
-    nbytes = _write_weights(os.path.join(out_dir, WEIGHTS_FILE), states)
+    nbytes = _write_weights(os.path.join(out_dir, "weights.safetensors"), states)
     _write_json(
-        os.path.join(out_dir, SPEC_FILE),
-        {"format": SPEC_FORMAT, "version": SPEC_VERSION, "torch_version": torch.__version__, "root": root, "modules": specs},
+        os.path.join(out_dir, "spec.json"),
+        {"format": FORMAT, "version": VERSION, "torch_version": torch.__version__, "root": root, "modules": specs},
     )
     return {"root": next(iter(root)), "modules": summary_modules, "weight_bytes": nbytes}

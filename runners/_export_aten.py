@@ -32,12 +32,35 @@ def _batched(example_inputs: tuple) -> tuple[tuple, bool]:
     return tuple(out), changed
 
 
-def _dynamic_shapes(example_inputs: tuple, dynamic: bool) -> tuple | None:
-    if not dynamic:
-        return None
+def _dim_spec(a: Any) -> Any:
     from torch.export import Dim
 
-    return tuple({0: Dim.AUTO} if isinstance(a, torch.Tensor) and a.dim() >= 1 else None for a in example_inputs)
+    return {0: Dim.AUTO} if isinstance(a, torch.Tensor) and a.dim() >= 1 else None
+
+
+def _dynamic_shapes(model: nn.Module, example_inputs: tuple, dynamic: bool) -> Any:
+    """A batch dim per tensor argument, shaped like the forward signature:
+    ``forward(self, *args)`` binds all inputs to one parameter, so a flat tuple
+    has the wrong structure there; a dict keyed by parameter name always fits."""
+    if not dynamic:
+        return None
+    import inspect
+
+    try:
+        bound = inspect.signature(model.forward).bind(*example_inputs)
+    except (TypeError, ValueError):
+        return tuple(_dim_spec(a) for a in example_inputs)
+    params = inspect.signature(model.forward).parameters
+    out: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = params[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            out[name] = tuple(_dim_spec(a) for a in value)
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            out[name] = {k: _dim_spec(v) for k, v in value.items()}
+        else:
+            out[name] = _dim_spec(value)
+    return out
 
 
 def _batch_is_dynamic(gm: fx.GraphModule) -> bool:
@@ -103,23 +126,49 @@ def _add_input_guards(gm: fx.GraphModule, ranges: dict) -> None:
     graph.lint()
 
 
-def _export_once(model: nn.Module, example_inputs: tuple, dynamic: bool) -> fx.GraphModule:
+# (dynamic batch, strict): dynamic batch first, then static, then the other strictness.
+ATTEMPTS = ((True, False), (False, False), (False, True))
+MAX_ERROR_CHARS = 400
+
+
+def _export_once(model: nn.Module, example_inputs: tuple, dynamic: bool, strict: bool = False) -> fx.GraphModule:
     ep = torch.export.export(
-        model, example_inputs, dynamic_shapes=_dynamic_shapes(example_inputs, dynamic), strict=False
+        model, example_inputs, dynamic_shapes=_dynamic_shapes(model, example_inputs, dynamic), strict=strict
     )
     gm = ep.module(check_guards=False)
     _add_input_guards(gm, dict(ep.range_constraints))
     return gm
 
 
-def _export_gm(model: nn.Module, example_inputs: tuple) -> tuple[fx.GraphModule, bool]:
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text.splitlines()[0][:MAX_ERROR_CHARS] if text else type(exc).__name__
+
+
+def _export_gm(model: nn.Module, example_inputs: tuple, attempts: list[dict]) -> tuple[fx.GraphModule, bool]:
+    """Export with retries; every attempt (and its error) is appended to ``attempts``."""
     batched, changed = _batched(example_inputs)
-    gm = _export_once(model, batched, True)
-    dynamic = _batch_is_dynamic(gm)
-    if changed and not dynamic:
-        # The model pins its batch size: export the user's own batch statically.
-        gm = _export_once(model, example_inputs, False)
-    return gm, dynamic
+    last: BaseException | None = None
+    for dynamic, strict in ATTEMPTS:
+        record: dict[str, Any] = {"dynamic": dynamic, "strict": strict}
+        attempts.append(record)
+        try:
+            if dynamic:
+                gm = _export_once(model, batched, True, strict)
+                if changed and not _batch_is_dynamic(gm):
+                    # The model pins its batch size: export the user's own batch statically.
+                    gm = _export_once(model, example_inputs, False, strict)
+                    record["dynamic"] = False
+            else:
+                gm = _export_once(model, example_inputs, False, strict)
+        except Exception as exc:  # noqa: BLE001 - recorded, then the next attempt
+            record["error"] = _short(exc)
+            last = exc
+            continue
+        record["error"] = None
+        return gm, _batch_is_dynamic(gm) if record["dynamic"] else False
+    assert last is not None
+    raise last
 
 
 def _check_inputs(gm: fx.GraphModule, n_args: int) -> None:
@@ -178,12 +227,21 @@ def export_aten(model: nn.Module, example_inputs: tuple) -> tuple[dict, _export_
     state: _export_state.ModuleState | None = None
     dynamic_all = True
     node_count = 0
+    attempts: list[dict] = []
     for mode_name, training in (("eval", False), ("train", True)):
+        tried = len(attempts)
         try:
             with _export_state.training_mode(model, training):
-                gm, dynamic = _export_gm(model, example_inputs)
+                gm, dynamic = _export_gm(model, example_inputs, attempts)
         except Exception as exc:  # noqa: BLE001 - reported with the fx error by the caller
-            raise AtenExportError(f"torch.export failed ({mode_name} mode): {type(exc).__name__}: {exc}") from exc
+            err = AtenExportError(
+                f"torch.export failed ({mode_name} mode) after {len(attempts) - tried} attempts "
+                f"(dynamic batch, static, strict): {type(exc).__name__}: {exc}"
+            )
+            err.attempts = attempts  # type: ignore[attr-defined]
+            raise err from exc
+        for a in attempts[tried:]:
+            a["graph"] = mode_name
         dynamic_all = dynamic_all and dynamic
         _check_inputs(gm, len(example_inputs))
         try:
@@ -224,4 +282,4 @@ def export_aten(model: nn.Module, example_inputs: tuple) -> tuple[dict, _export_
         "submodules": _export_state.submodule_flags(model, set()),
         "graphs": graphs,
     }
-    return spec, state, {"nodes": node_count, "dynamic_batch": dynamic_all}
+    return spec, state, {"nodes": node_count, "dynamic_batch": dynamic_all, "attempts": attempts}

@@ -622,3 +622,88 @@ def test_zoo_in_aten_mode_through_host_consumer(zoo, tmp_path: Path, name: str) 
     assert close(outputs_of(twin, x, train=True, seed=5), outputs_of(rebuilt, x, train=True, seed=5)), name
     for k, b in twin.named_buffers():
         assert torch.allclose(b.float(), rebuilt.get_buffer(k).float()), (name, k)
+
+
+# --- issue 11: retries, hints, .data -------------------------------------------
+
+
+class _VarArgs(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 3)
+
+    def forward(self, *args):
+        return self.lin(args[0]) + args[1]
+
+
+def test_forward_star_args_exports_with_a_dynamic_batch(tmp_path: Path) -> None:
+    """A flat dynamic_shapes tuple has the wrong structure for forward(*args)."""
+    model = _VarArgs().eval()
+    x, y = torch.randn(2, 3), torch.randn(2, 3)
+    summary = _export.export_object(model, str(tmp_path / "v"), options={"mode": "aten"}, example_inputs=(x, y),
+                                    hubconf=None, entrypoint="v")
+    info = summary["modules"]["m0"]
+    assert info["dynamic_batch"] is True
+    assert info["attempts"][0] == {"dynamic": True, "strict": False, "error": None, "graph": "eval"}
+    from safehub._channel import rebuild_from_output
+
+    rebuilt = rebuild_from_output(tmp_path / "v")
+    for b in (1, 3, 5):
+        x, y = torch.randn(b, 3), torch.randn(b, 3)
+        assert close(rebuilt(x, y), model(x, y))
+
+
+class _StrictOnly(torch.nn.Module):
+    """Fails non-strict export only (a Python-side check that reads a global
+    counter the non-strict tracer cannot see through), to exercise the retry order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 3)
+
+    def forward(self, x):
+        if not torch.compiler.is_dynamo_compiling():
+            raise RuntimeError("only under strict export")
+        return self.lin(x)
+
+
+def test_retries_record_every_attempt(tmp_path: Path) -> None:
+    model = _StrictOnly().eval()
+    summary = _export.export_object(model, str(tmp_path / "s"), options={"mode": "aten"},
+                                    example_inputs=(torch.randn(2, 3),), hubconf=None, entrypoint="s")
+    attempts = [a for a in summary["modules"]["m0"]["attempts"] if a["graph"] == "eval"]
+    assert [(a["dynamic"], a["strict"]) for a in attempts] == [(True, False), (False, False), (False, True)]
+    assert "only under strict export" in attempts[0]["error"] and attempts[-1]["error"] is None
+
+
+def test_aten_failure_hint_names_export_and_spares_good_inputs(tmp_path: Path) -> None:
+    class Bad(torch.nn.Module):
+        def forward(self, x):
+            raise ValueError("broken model")
+
+    with pytest.raises(_export.ExportFailed) as err:
+        _export.export_object(Bad(), str(tmp_path / "b"), options={"mode": "aten"},
+                              example_inputs=(torch.randn(2, 3),), hubconf=None, entrypoint="b")
+    msg = str(err.value)
+    assert "mode=" not in msg.replace("export='", "")
+    assert "export='fx'" in msg and "rejected every attempt" in msg
+
+
+def test_fx_graph_reading_dot_data_is_carried(tmp_path: Path) -> None:
+    class UsesData(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.lin(x.data) + self.lin.weight.data.sum()
+
+    model = UsesData()
+    summary = _export.export_object(model, str(tmp_path / "d"), options={"mode": "fx"}, example_inputs=None,
+                                    hubconf=None, entrypoint="d")
+    assert summary["modules"]["m0"]["mode"] == "fx"
+    from safehub._channel import rebuild_from_output
+
+    rebuilt = rebuild_from_output(tmp_path / "d")
+    x = torch.randn(4, 3)
+    assert close(rebuilt(x), model(x))

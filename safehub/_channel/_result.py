@@ -254,5 +254,11 @@ def read_summary(result: Result) -> dict[str, Any]:
             clean["seconds"] = float(seconds)
         if isinstance(info.get("dynamic_batch"), bool):
             clean["dynamic_batch"] = info["dynamic_batch"]
+        from .._summary import clean_attempts, clean_text
+
+        if "attempts" in info:
+            clean["attempts"] = clean_attempts(info["attempts"])
+        if clean_text(info.get("fx_error")) is not None:
+            clean["fx_error"] = clean_text(info["fx_error"])
         out["modules"][mid] = clean
     return out
