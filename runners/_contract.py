@@ -48,6 +48,7 @@ __all__ = [
     "METHOD_DENY",
     "Request",
     "ExportOptions",
+    "DeferredCall",
     "RunnerError",
     "RunnerWarning",
     "Result",
@@ -64,7 +65,7 @@ EXAMPLE_INPUTS_FILE = "example_inputs.pkl"  # host -> sandbox only
 # <job>/out/ (the only folder the runner writes; hostile input to the host)
 RESULT_FILE = "result.json"
 SPEC_FILE = "spec.json"
-WEIGHTS_FILE = "weights.safetensors"
+WEIGHTS_FILE = "weights.safetensors"  # also in/ of an "export" job: the first load's weights
 CHECKPOINT_FILE = "checkpoint.json"
 
 SPEC_FORMAT = "safehub-arch"
@@ -72,7 +73,7 @@ SPEC_VERSION = 1
 CHECKPOINT_FORMAT = "safehub-checkpoint"
 CHECKPOINT_VERSION = 1
 
-ACTIONS = ("load", "list", "convert")
+ACTIONS = ("load", "list", "convert", "export")  # "export": deferred export at a module's first forward
 MAX_DOWNLOAD_URLS = 16  # URLs one needs_download report may name
 EXPORT_MODES = ("auto", "fx", "aten")
 
@@ -132,6 +133,15 @@ METHOD_DENY = frozenset(
 
 class ExportOptions(TypedDict, total=False):
     mode: str  # one of EXPORT_MODES
+    deferred: bool  # no inputs to export with: send tensors only, the graph at the first forward
+
+
+class DeferredCall(TypedDict):
+    """Request "deferred" of action "export": the structure of one call, never data."""
+
+    mid: str  # which module of what the entrypoint returned
+    training: bool
+    args: List[Dict[str, Any]]  # {"tensor": {"dtype", "shape"}} | {"int"|"float"|"bool": v} | {"none": None}
 
 
 class Request(TypedDict, total=False):
@@ -145,6 +155,7 @@ class Request(TypedDict, total=False):
     confine: Dict[str, Any]  # rlimits and Landlock rules (runners/_confine.py)
     checkpoint: str  # action "convert"
     weights_only: bool  # action "convert"
+    deferred: DeferredCall  # action "export"
 
 
 class RunnerError(TypedDict):

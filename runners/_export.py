@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import _export_aten
+import _export_deferred
 import _export_fx
 import _export_state
 from _safetensors_write import write_safetensors
@@ -133,7 +134,7 @@ def _on_model_device(examples: tuple | None, model: nn.Module) -> tuple | None:
 
 
 def _export_module(
-    model: nn.Module, mode: str, examples: tuple | None, examples_ignored: bool = False
+    model: nn.Module, mode: str, examples: tuple | None, examples_ignored: bool = False, deferred: bool = False
 ) -> tuple[dict, _export_state.ModuleState, dict]:
     examples = _on_model_device(examples, model)
     fx_error = aten_error = None
@@ -151,6 +152,12 @@ def _export_module(
                 ) from exc
     if type(model).forward is nn.Module.forward:
         raise ExportFailed(f"cannot export {_describe(model)}: it has no forward(); return the submodule you want instead")
+    if examples is None and deferred:
+        # No inputs to export with: send the tensors now, the graph at the first forward.
+        spec, state, info = _export_deferred.deferred_module_spec(model)
+        if fx_error is not None:
+            info["fx_error"] = str(fx_error)[:500]
+        return spec, state, info
     if examples is None and examples_ignored:
         raise ExportFailed(
             f"cannot export {_describe(model)}: fx tracing failed ({fx_error}); aten mode needs example inputs, "
@@ -224,7 +231,8 @@ def export_object(
     for mid, model in found.values():
         t0 = time.perf_counter()
         spec, state, info = _export_module(
-            model, mode, _examples_for(examples, len(found)), examples is not None and len(found) > 1
+            model, mode, _examples_for(examples, len(found)), examples is not None and len(found) > 1,
+            deferred=bool(options.get("deferred")),
         )
         specs[mid] = spec
         states[mid] = state
@@ -243,3 +251,25 @@ def export_object(
         {"format": FORMAT, "version": VERSION, "torch_version": torch.__version__, "root": root, "modules": specs},
     )
     return {"root": next(iter(root)), "modules": summary_modules, "weight_bytes": nbytes}
+
+
+def export_call(obj: Any, out_dir: str, request: dict, in_dir: str) -> dict:
+    """The "export" action: one module of what the entrypoint returned, exported
+    for the call structure in ``request`` (see _export_deferred)."""
+    found: dict[int, tuple[str, nn.Module]] = {}
+    _walk_value(obj, found)
+    t0 = time.perf_counter()
+    try:
+        spec, state, info = _export_deferred.export_for_call(found, request, in_dir)
+    except (_export_aten.AtenExportError, _export_state.StateExportError, _export_deferred.DeferredExportError) as exc:
+        raise ExportFailed(f"deferred export at the first forward failed: {exc}") from exc
+    os.makedirs(out_dir, exist_ok=True)
+    nbytes = _write_weights(os.path.join(out_dir, "weights.safetensors"), {"m0": state})
+    _write_json(
+        os.path.join(out_dir, "spec.json"),
+        {"format": FORMAT, "version": VERSION, "torch_version": torch.__version__, "root": {"module": "m0"},
+         "modules": {"m0": spec}},
+    )
+    summary = {"mode": spec["mode"], "graphs": sorted(spec["graphs"]), "tensors": len(state.tensors),
+               "seconds": round(time.perf_counter() - t0, 3), **info}
+    return {"root": "module", "modules": {"m0": summary}, "weight_bytes": nbytes}

@@ -218,8 +218,14 @@ def _model_flags(model: nn.Module) -> tuple[dict[str, bool], dict[str, bool]]:
     return rg, pers
 
 
-def export_aten(model: nn.Module, example_inputs: tuple) -> tuple[dict, _export_state.ModuleState, dict]:
-    """Return ``(module spec, state, info)`` or raise AtenExportError."""
+MODES = (("eval", False), ("train", True))
+
+
+def export_aten(
+    model: nn.Module, example_inputs: tuple, modes: tuple = MODES
+) -> tuple[dict, _export_state.ModuleState, dict]:
+    """Return ``(module spec, state, info)`` or raise AtenExportError. ``modes``
+    (a prefix of MODES) leaves out the train graph when only eval is needed."""
     if not isinstance(example_inputs, tuple):
         raise AtenExportError("aten mode needs example inputs as a tuple of forward arguments")
     rg, pers = _model_flags(model)
@@ -228,7 +234,7 @@ def export_aten(model: nn.Module, example_inputs: tuple) -> tuple[dict, _export_
     dynamic_all = True
     node_count = 0
     attempts: list[dict] = []
-    for mode_name, training in (("eval", False), ("train", True)):
+    for mode_name, training in modes:
         tried = len(attempts)
         try:
             with _export_state.training_mode(model, training):
@@ -271,7 +277,7 @@ def export_aten(model: nn.Module, example_inputs: tuple) -> tuple[dict, _export_
         graphs[mode_name] = spec
         node_count = max(node_count, len(spec["nodes"]))
     assert state is not None
-    if graphs["train"] == graphs["eval"]:
+    if "train" in graphs and graphs["train"] == graphs["eval"]:
         del graphs["train"]
     spec = {
         "mode": "aten",

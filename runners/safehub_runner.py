@@ -236,7 +236,7 @@ def run(job_dir: str) -> Result:
     if action == "list":
         return {"protocol": PROTOCOL, "status": "ok", "entrypoints": _list_entrypoints(hub)}
 
-    if action != "load":
+    if action not in ("load", "export"):
         raise RuntimeError(f"unknown action {action!r}")
 
     name = request["entrypoint"] or ""
@@ -252,6 +252,14 @@ def run(job_dir: str) -> Result:
     swallowed = _downloads.check()
     if swallowed:  # the repo swallowed the NeedsDownload: never export without its weights
         return swallowed
+
+    if action == "export":  # deferred export at the module's first forward (_export_deferred)
+        try:
+            return {"status": "ok", "summary": _export.export_call(obj, out_dir, request.get("deferred") or {}, in_dir)}
+        except _export.UnsupportedReturn as exc:
+            return _error("unsupported_return", exc)
+        except BaseException as exc:  # noqa: BLE001
+            return _error("export", exc)
 
     try:
         import _export  # imported late: it imports torch

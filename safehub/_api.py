@@ -99,6 +99,7 @@ def _run(
         status("sandbox run finished in %.1f s", time.monotonic() - started, verbose=verbose)
         needed = done.needs_download()
         if not needed:
+            done.rerun = (this_round, backend)  # type: ignore[attr-defined]  # a deferred export runs it again
             return done, python_env
         done.cleanup()
         if _round == MAX_DOWNLOAD_ROUNDS:
@@ -177,7 +178,7 @@ def load(
         job, python_env = _run(
             JobRequest(
                 action="load", repo_dir=repo.path, entrypoint=model, args=args, kwargs=kwargs,
-                example_inputs=example_inputs, export={"mode": export},
+                example_inputs=example_inputs, export={"mode": export, "deferred": True},
             ),
             repo=repo, hub=hub, hub_dir=hub_dir, verbose=verbose, sandbox=sandbox, budget=budget,
             dependencies_mode=dependencies_mode, extra_dependencies=extra_dependencies,
@@ -202,6 +203,9 @@ def load(
                           "records": dict(python_env.records)},
             downloads=budget.summary(),
         )
+        from ._deferred import attach_jobs
+
+        attach_jobs(obj, job=job, python_env=python_env, hub_dir=hub_dir, sha=repo.sha, summary=info.summary)
     modes = sorted({str(m.get("mode")) for m in info.summary.get("modules", {}).values() if m.get("mode")})
     status("rebuilt %s here from the sandbox's export (%s)", model, ", ".join(modes) or "no graphs", verbose=verbose)
     _attach_info(obj, info)
@@ -215,12 +219,17 @@ def load(
 def _attach_info(obj: Any, info: LoadInfo) -> None:
     import torch
 
+    from ._namespace import SafehubNamespace
+
     def visit(value: Any) -> None:
         if isinstance(value, torch.nn.Module):
             # object.__setattr__ keeps it a plain attribute, not a submodule or buffer.
             object.__setattr__(value, "safehub_info", info)
         elif isinstance(value, (tuple, list)):
             for item in value:
+                visit(item)
+        elif isinstance(value, SafehubNamespace):
+            for item in value.safehub_attrs().values():
                 visit(item)
         elif isinstance(value, dict):
             for item in value.values():

@@ -43,7 +43,7 @@ logger = logging.getLogger("safehub")
 class JobRequest:
     """What one sandboxed job should do (see ``safehub._contract.Request``)."""
 
-    action: str  # "load" | "list" | "convert"
+    action: str  # "load" | "list" | "convert" | "export"
     repo_dir: Path | None = None  # None only for "convert"
     entrypoint: str | None = None
     args: tuple[Any, ...] = ()
@@ -55,6 +55,11 @@ class JobRequest:
     downloads: Mapping[str, Path] = field(default_factory=dict)  # URL -> host file fetched for it
     checkpoint: Path | None = None  # "convert": the pickled file, exposed read-only
     weights_only: bool = False
+    # "export" (safehub/_deferred.py): the first load's pickled (args, kwargs), sent
+    # again byte for byte; host files linked into in/ by name; the call structure.
+    args_pickle: bytes | None = None
+    in_files: Mapping[str, Path] = field(default_factory=dict)
+    deferred: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -116,6 +121,8 @@ def _request_json(job: JobRequest) -> Request:
     if job.checkpoint is not None:
         request["checkpoint"] = str(job.checkpoint)
         request["weights_only"] = job.weights_only
+    if job.deferred is not None:
+        request["deferred"] = dict(job.deferred)  # type: ignore[typeddict-item]
     return request
 
 
@@ -137,7 +144,12 @@ def run_job(job: JobRequest, *, python_env: PythonEnv, backend: SandboxBackend, 
             (root / sub).mkdir(mode=0o700)
         request = _request_json(job)
         with open(root / "in" / ARGS_FILE, "wb") as f:
-            cloudpickle.dump((tuple(job.args), dict(job.kwargs)), f)
+            if job.args_pickle is not None:
+                f.write(job.args_pickle)
+            else:
+                cloudpickle.dump((tuple(job.args), dict(job.kwargs)), f)
+        for name, src in job.in_files.items():
+            _stage_file(Path(src), root / "in" / name)
         if job.example_inputs is not None:
             with open(root / "in" / EXAMPLE_INPUTS_FILE, "wb") as f:
                 cloudpickle.dump(job.example_inputs, f)
@@ -183,6 +195,18 @@ def run_job(job: JobRequest, *, python_env: PythonEnv, backend: SandboxBackend, 
     except BaseException:
         remove_tree(root)
         raise
+
+
+def _stage_file(src: Path, dst: Path) -> None:
+    """A host file into in/ (read-only there): a hard link where possible, else a copy."""
+    import shutil
+
+    if dst.name in (REQUEST_FILE, ARGS_FILE, EXAMPLE_INPUTS_FILE, "downloads") or dst.name.startswith("."):
+        raise ValueError(f"in/ file name {dst.name!r} is taken")
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def _share_read_only(folder: Path) -> None:

@@ -127,6 +127,10 @@ def build_module(mspec: ModuleSpec, leaves: dict[str, Any], tensors: dict[str, A
     for path, lspec in mspec.leaves.items():
         leaves[path].train(lspec.training)
 
+    if mspec.mode == "deferred":
+        from .._deferred import DeferredModule
+
+        return DeferredModule(root, mspec.mid)
     eval_graph, train_graph = graphs["eval"], graphs.get("train")
     try:
         gm = SafehubGraphModule(root, eval_graph, train_graph)

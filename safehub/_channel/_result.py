@@ -227,7 +227,7 @@ def read_summary(result: Result) -> dict[str, Any]:
     out: dict[str, Any] = {"root": None, "modules": {}}
     if not isinstance(raw, dict):
         return out
-    if raw.get("root") in ("module", "tuple", "list", "dict"):
+    if raw.get("root") in ("module", "tuple", "list", "dict", "object"):
         out["root"] = raw["root"]
     if isinstance(raw.get("weight_bytes"), int) and not isinstance(raw.get("weight_bytes"), bool):
         out["weight_bytes"] = raw["weight_bytes"]
@@ -240,7 +240,7 @@ def read_summary(result: Result) -> dict[str, Any]:
         if not isinstance(info, dict):
             continue
         clean: dict[str, Any] = {}
-        if info.get("mode") in ("fx", "aten"):
+        if info.get("mode") in ("fx", "aten", "deferred"):
             clean["mode"] = info["mode"]
         graphs = info.get("graphs")
         if isinstance(graphs, list):
@@ -252,8 +252,9 @@ def read_summary(result: Result) -> dict[str, Any]:
         seconds = info.get("seconds")
         if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 <= seconds < 1e7:
             clean["seconds"] = float(seconds)
-        if isinstance(info.get("dynamic_batch"), bool):
-            clean["dynamic_batch"] = info["dynamic_batch"]
+        for flag in ("dynamic_batch", "deferred"):
+            if isinstance(info.get(flag), bool):
+                clean[flag] = info[flag]
         from .._summary import clean_attempts, clean_text
 
         if "attempts" in info:

@@ -178,8 +178,8 @@ def _parse_module(mid: str, raw: Any, limits: ChannelLimits, device: Any) -> Mod
     where = f"module {mid}"
     raw = obj(raw, where, ("mode", "training", "tensors", "graphs"), ("aliases", "leaves", "submodules"))
     mode = raw["mode"]
-    if mode not in ("fx", "aten"):
-        raise UnsafeSpecError(f"{where}: mode {show(mode)} is neither 'fx' nor 'aten'")
+    if mode not in ("fx", "aten", "deferred"):
+        raise UnsafeSpecError(f"{where}: mode {show(mode)} is not 'fx', 'aten' or 'deferred'")
     training = boolean(raw["training"], f"{where} training")
     root_res, mod_res = reserved_root_attrs(), reserved_module_attrs()
 
@@ -205,8 +205,8 @@ def _parse_module(mid: str, raw: Any, limits: ChannelLimits, device: Any) -> Mod
             raise UnsafeSpecError(f"{where}: {show(p)} is both a tensor and an alias")
         aliases[p] = target
     leaves_raw = dict_capped(raw.get("leaves", {}), f"{where} leaves", limits.leaves)
-    if mode == "aten" and leaves_raw:
-        raise UnsafeSpecError(f"{where}: aten-mode modules have no leaves")
+    if mode in ("aten", "deferred") and leaves_raw:
+        raise UnsafeSpecError(f"{where}: {mode}-mode modules have no leaves")
     leaves: dict[str, LeafSpec] = {}
     for p, leaf in leaves_raw.items():
         path(p, "leaf path")
@@ -218,6 +218,11 @@ def _parse_module(mid: str, raw: Any, limits: ChannelLimits, device: Any) -> Mod
         submodules[p] = boolean(sub["training"], f"{where} submodule {show(p)} training")
     _check_tree(where, tensors, aliases, leaves, submodules)
 
+    if mode == "deferred":
+        # Tensors only: the graph is exported at the first forward (safehub/_deferred.py).
+        if raw["graphs"] != {}:
+            raise UnsafeSpecError(f"{where}: a deferred module carries no graphs")
+        return ModuleSpec(mid, mode, training, tensors, aliases, leaves, submodules, {})
     graphs_raw = obj(raw["graphs"], f"{where} graphs", ("eval",), ("train",))
     graphs = {
         name: parse_graph(g, f"{where} {name} graph", mode, tensors, aliases, leaves, limits, device)

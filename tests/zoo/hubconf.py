@@ -11,6 +11,7 @@ dependencies = ["torch"]
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from zoo_fxfail import IterProxy, LenOfTensor, ScalarArg, ScriptHelper, SizeBranch  # noqa: E402
 from zoo_models import (  # noqa: E402
     CNN,
     DataDependent,
@@ -174,6 +175,36 @@ def seq2seq():
     """nn.Transformer with two inputs: carried by aten mode from declared example inputs."""
     torch.manual_seed(20)
     return Seq2Seq()
+
+
+def size_branch():
+    """fx fails: Python control flow on sizes (exported at the first forward)."""
+    torch.manual_seed(21)
+    return SizeBranch()
+
+
+def len_of_tensor():
+    """fx fails: len() of a tensor."""
+    torch.manual_seed(22)
+    return LenOfTensor()
+
+
+def iter_proxy():
+    """fx fails: iterating over a tensor."""
+    torch.manual_seed(23)
+    return IterProxy()
+
+
+def script_helper():
+    """fx fails: a TorchScript function inside forward."""
+    torch.manual_seed(24)
+    return ScriptHelper()
+
+
+def scalar_arg():
+    """fx fails: a Python int argument drives a loop."""
+    torch.manual_seed(25)
+    return ScalarArg()
 
 
 example_inputs = {
