@@ -86,7 +86,8 @@ def _check_tree(model: nn.Module, weights: dict[str, Any], mid: str) -> None:
             w = want[path]
             if tuple(w.shape) != tuple(t.shape) or w.dtype != t.dtype:
                 raise DeferredExportError(
-                    f"tensor {path} is {tuple(t.shape)} {t.dtype} now but was {tuple(w.shape)} {w.dtype} at load"
+                    f"the entrypoint built a different module this time: tensor {path} is {tuple(t.shape)} {t.dtype} "
+                    f"now but was {tuple(w.shape)} {w.dtype} at load"
                 )
             t.copy_(w)
 

@@ -1,0 +1,152 @@
+"""Deferred export (issue 11), the parts that need no sandbox: the load-time
+spec, the host-side DeferredModule before any forward, the call structure, and
+the sandbox-side export job run in-process. The real round trip is in
+tests/test_deferred_e2e.py (slow)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+for p in (str(ROOT / "runners"), str(ROOT / "tests" / "zoo")):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import _export  # noqa: E402
+import zoo_fxfail  # noqa: E402
+from safehub._channel import rebuild_from_output  # noqa: E402
+from safehub._deferred import DeferredModule, call_signature  # noqa: E402
+from safehub._errors import ExportError, UnsafeSpecError  # noqa: E402
+
+
+def _load_deferred(model: torch.nn.Module, out: Path) -> DeferredModule:
+    summary = _export.export_object(model, str(out), options={"mode": "auto", "deferred": True},
+                                    example_inputs=None, hubconf=None, entrypoint="x")
+    assert summary["modules"]["m0"]["mode"] == "deferred" and "fx_error" in summary["modules"]["m0"]
+    built = rebuild_from_output(out)
+    assert isinstance(built, DeferredModule)
+    return built
+
+
+def test_deferred_module_works_before_any_forward(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = zoo_fxfail.SizeBranch()
+    model.bn.running_mean.add_(1.5)
+    ours = _load_deferred(model, tmp_path / "o")
+    assert ours.state_dict().keys() == model.state_dict().keys()
+    for k, v in model.state_dict().items():
+        assert torch.equal(ours.state_dict()[k], v), k
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in model.named_parameters()]
+    assert [n for n, _ in ours.named_modules()] == [n for n, _ in model.named_modules()]
+    assert ours.training is True and ours.eval().training is False and ours.bn.training is False
+    ours.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in ours.parameters())
+    ours.load_state_dict(model.state_dict())  # float32 values copy into the float64 tensors
+    assert all(p.requires_grad for p in ours.parameters())
+    twin = copy.deepcopy(ours)
+    assert twin.state_dict().keys() == ours.state_dict().keys()
+
+
+def test_without_a_load_job_the_first_forward_explains(tmp_path: Path) -> None:
+    ours = _load_deferred(zoo_fxfail.LenOfTensor(), tmp_path / "o")
+    with pytest.raises(ExportError, match="never exported"):
+        ours(torch.randn(2, 6))
+
+
+def test_explicit_fx_mode_still_fails_at_load(tmp_path: Path) -> None:
+    with pytest.raises(_export.ExportFailed, match="fx mode failed"):
+        _export.export_object(zoo_fxfail.LenOfTensor(), str(tmp_path / "o"), options={"mode": "fx", "deferred": True},
+                              example_inputs=None, hubconf=None, entrypoint="x")
+
+
+def test_call_structure_carries_no_data() -> None:
+    x = torch.randn(3, 4)
+    key, structure = call_signature((x, 2, None, 0.5, True), {})
+    assert structure == [{"tensor": {"dtype": "float32", "shape": [3, 4]}}, {"int": 2}, {"none": None},
+                         {"float": 0.5}, {"bool": True}]
+    assert key[0] == ("tensor", "float32", (3, 4))
+    with pytest.raises(ExportError, match="positional arguments only"):
+        call_signature((x,), {"mask": x})
+    with pytest.raises(ExportError, match="argument 0 is a list"):
+        call_signature(([x, x],), {})
+    with pytest.raises(ExportError, match="argument 0 is a str"):
+        call_signature(("x",), {})
+
+
+# --- hostile specs ---------------------------------------------------------------
+
+
+def _tamper(out: Path, edit) -> None:
+    spec = json.loads((out / "spec.json").read_text())
+    edit(spec["modules"]["m0"])
+    (out / "spec.json").write_text(json.dumps(spec))
+
+
+def test_deferred_spec_with_graphs_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    _load_deferred(zoo_fxfail.LenOfTensor(), out)
+    _tamper(out, lambda m: m.update(graphs={"eval": {"nodes": []}}))
+    with pytest.raises(UnsafeSpecError, match="deferred module carries no graphs"):
+        rebuild_from_output(out)
+
+
+def test_deferred_spec_with_leaves_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    _load_deferred(zoo_fxfail.LenOfTensor(), out)
+    _tamper(out, lambda m: m.update(leaves={"lin": {"cls": "torch.nn.Linear", "kwargs": {}}}))
+    with pytest.raises(UnsafeSpecError, match="deferred-mode modules have no leaves"):
+        rebuild_from_output(out)
+
+
+# --- the sandbox side of the export job, in-process -------------------------------
+
+
+def _export_job(model: torch.nn.Module, weights_of: torch.nn.Module, tmp_path: Path, args: list, training: bool) -> Path:
+    from _safetensors_write import write_safetensors
+
+    in_dir = tmp_path / "in"
+    in_dir.mkdir(exist_ok=True)
+    write_safetensors(str(in_dir / "weights.safetensors"), {f"m0.{k}": v for k, v in weights_of.state_dict().items()})
+    out = tmp_path / "out"
+    _export.export_call(model, str(out), {"mid": "m0", "training": training, "args": args}, str(in_dir))
+    return out
+
+
+def test_export_job_loads_the_first_weights_and_exports_for_the_structure(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    first = zoo_fxfail.ScriptHelper()
+    torch.manual_seed(2)
+    rerun = zoo_fxfail.ScriptHelper()  # a different random init: the first load's weights win
+    out = _export_job(rerun, first, tmp_path, [{"tensor": {"dtype": "float32", "shape": [3, 5]}}], training=True)
+    spec = json.loads((out / "spec.json").read_text())
+    assert sorted(spec["modules"]["m0"]["graphs"]) == ["eval", "train"] and spec["modules"]["m0"]["mode"] == "aten"
+    gm = rebuild_from_output(out)
+    x = torch.randn(4, 5)
+    first.eval()
+    gm.eval()
+    assert torch.allclose(gm(x), first(x), atol=1e-6)
+
+
+def test_export_job_refuses_a_different_module(tmp_path: Path) -> None:
+    with pytest.raises(_export.ExportFailed, match="different module"):
+        _export_job(zoo_fxfail.ScalarArg(), zoo_fxfail.ScriptHelper(), tmp_path,
+                    [{"tensor": {"dtype": "float32", "shape": [3, 4]}}], training=False)
+
+
+@pytest.mark.parametrize("args", [
+    [{"tensor": {"dtype": "float32", "shape": [3, -4]}}],
+    [{"tensor": {"dtype": "object", "shape": [3]}}],
+    [{"tensor": {"dtype": "float32", "shape": [1 << 20, 1 << 20]}}],
+    [{"code": "print(1)"}],
+    [{"int": 1.5}],
+])
+def test_export_job_refuses_bad_structures(tmp_path: Path, args: list) -> None:
+    model = zoo_fxfail.ScalarArg()
+    with pytest.raises(_export.ExportFailed, match="argument 0"):
+        _export_job(model, model, tmp_path, args, training=False)
