@@ -63,12 +63,21 @@ def _dynamic_shapes(model: nn.Module, example_inputs: tuple, dynamic: bool) -> A
     return out
 
 
+def _static_size(size: Any) -> int | None:
+    """The size a dim was specialised to, or None while it is symbolic. A SymInt
+    whose expression is a constant is static too (``len(x)`` specialises the
+    batch that way, with no range constraint left to say so)."""
+    if not isinstance(size, torch.SymInt):
+        return int(size)
+    return _finite_int(size.node.expr)
+
+
 def _batch_is_dynamic(gm: fx.GraphModule) -> bool:
     for node in gm.graph.nodes:
         if node.op != "placeholder":
             continue
         val = node.meta.get("val")
-        if isinstance(val, torch.Tensor) and val.dim() >= 1 and not isinstance(val.shape[0], torch.SymInt):
+        if isinstance(val, torch.Tensor) and val.dim() >= 1 and _static_size(val.shape[0]) is not None:
             return False
     return True
 
@@ -100,7 +109,7 @@ def _add_input_guards(gm: fx.GraphModule, ranges: dict) -> None:
         if not isinstance(val, torch.Tensor):
             continue
         for d, size in enumerate(val.shape):
-            if isinstance(size, torch.SymInt):
+            if _static_size(size) is None:
                 expr = size.node.expr
                 vr = ranges.get(expr) if isinstance(expr, sympy.Symbol) else None
                 if vr is None:
@@ -112,10 +121,10 @@ def _add_input_guards(gm: fx.GraphModule, ranges: dict) -> None:
                     checks.append((ph, d, operator.le, hi, f"{ph.target} dim {d} must be <= {hi}"))
             else:
                 msg = (
-                    f"{ph.target} dim {d} must be {int(size)}, the size in the example inputs "
+                    f"{ph.target} dim {d} must be {_static_size(size)}, the size in the example inputs "
                     "(aten mode: only the batch dimension is dynamic; export with example inputs of the size you need)"
                 )
-                checks.append((ph, d, operator.eq, int(size), msg))
+                checks.append((ph, d, operator.eq, _static_size(size), msg))
     for ph, d, cmp, bound, msg in reversed(checks):
         with graph.inserting_after(anchor):
             size_node = graph.call_function(torch.ops.aten.sym_size.int, (ph, d))

@@ -707,3 +707,20 @@ def test_fx_graph_reading_dot_data_is_carried(tmp_path: Path) -> None:
     rebuilt = rebuild_from_output(tmp_path / "d")
     x = torch.randn(4, 3)
     assert close(rebuilt(x), model(x))
+
+
+def test_batch_specialised_by_len_is_guarded(tmp_path: Path) -> None:
+    """len(x) specialises the batch to a SymInt with a constant value and no range
+    constraint: the graph must still refuse another batch instead of dividing by 2."""
+    import zoo_fxfail
+    from safehub._channel import rebuild_from_output
+
+    model = zoo_fxfail.LenOfTensor().eval()
+    summary = _export.export_object(model, str(tmp_path / "l"), options={"mode": "aten"},
+                                    example_inputs=(torch.randn(2, 6),), hubconf=None, entrypoint="l")
+    assert summary["modules"]["m0"]["dynamic_batch"] is False
+    rebuilt = rebuild_from_output(tmp_path / "l").eval()
+    x = torch.randn(2, 6)
+    assert close(rebuilt(x), model(x))
+    with pytest.raises(RuntimeError, match="dim 0 must be 2"):
+        rebuilt(torch.randn(5, 6))
