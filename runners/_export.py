@@ -10,9 +10,11 @@ the sandbox with stdlib + torch only; never imports safehub.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
+import types
 from typing import Any
 
 import torch
@@ -53,7 +55,9 @@ def _walk_value(obj: Any, modules: dict[int, tuple[str, nn.Module]], depth: int 
         raise UnsupportedReturn(f"the returned value nests containers deeper than {MAX_VALUE_DEPTH}")
     if isinstance(obj, torch.jit.ScriptModule) or isinstance(obj, torch._C.ScriptModule):
         raise UnsupportedReturn(
-            f"the entrypoint returned a TorchScript module ({_describe(obj)}); TorchScript is code and cannot cross the sandbox"
+            f"the entrypoint returned a TorchScript module ({_describe(obj)}); TorchScript is compiled code and cannot "
+            "cross the sandbox. Use the repo's entrypoint that returns the nn.Module before torch.jit.script, or, "
+            "only for a repo you trust, torch.hub.load / torch.jit.load outside safehub"
         )
     if isinstance(obj, (nn.ModuleList, nn.ModuleDict)) and type(obj).forward is nn.Module.forward:
         obj = list(obj) if isinstance(obj, nn.ModuleList) else dict(obj.items())
@@ -74,11 +78,77 @@ def _walk_value(obj: Any, modules: dict[int, tuple[str, nn.Module]], depth: int 
                 raise UnsupportedReturn(f"the returned dict has key {k!r}; only short printable string keys are supported")
             out[k] = _walk_value(v, modules, depth + 1)
         return {"dict": out}
-    kind = "a plain function" if callable(obj) and not isinstance(obj, type) else "an object"
-    raise UnsupportedReturn(
-        f"the entrypoint returned {kind} of type {_describe(obj)}; safehub can only return torch.nn.Module objects "
-        "and tuples/lists/str-keyed dicts of them"
-    )
+    if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, functools.partial)):
+        raise UnsupportedReturn(
+            f"the entrypoint returned a plain function ({_describe(obj)}); a function is code and cannot cross the "
+            "sandbox. Call the entrypoint that builds the model instead, or return the nn.Module the function wraps"
+        )
+    if isinstance(obj, type) or not hasattr(obj, "__dict__"):
+        raise UnsupportedReturn(
+            f"the entrypoint returned an object of type {_describe(obj)}; safehub can only return torch.nn.Module "
+            "objects, tuples/lists/str-keyed dicts of them, and objects whose attributes hold modules"
+        )
+    return _walk_object(obj, modules, depth)
+
+
+MAX_OBJECT_ATTRS = 256
+MAX_DATA_STR = 1000
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _plain_data(value: Any, depth: int = 0) -> Any:
+    """int, float, str, bool, None and tuples of them, as JSON; else _SKIP."""
+    if type(value) in _PLAIN:
+        if isinstance(value, str) and len(value) > MAX_DATA_STR:
+            return _SKIP
+        if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+            return _SKIP  # JSON carries finite numbers only
+        return value
+    if type(value) is tuple and depth < 4 and len(value) <= 64:
+        items = [_plain_data(v, depth + 1) for v in value]
+        return _SKIP if any(i is _SKIP for i in items) else {"tuple": items}
+    return _SKIP
+
+
+_SKIP = object()
+
+
+def _holds_module(walked: dict) -> bool:
+    (tag, val), = walked.items()
+    if tag == "module":
+        return True
+    if tag in ("tuple", "list"):
+        return any(_holds_module(v) for v in val)
+    if tag == "dict":
+        return any(_holds_module(v) for v in val.values())
+    return False
+
+
+def _walk_object(obj: Any, modules: dict[int, tuple[str, nn.Module]], depth: int) -> dict:
+    """An object whose attributes hold modules (a GAN class exposing ``.netG``):
+    its public module attributes and plain data attributes; nothing else travels."""
+    attrs: dict[str, Any] = {}
+    has_module = False
+    for name, value in list(vars(obj).items())[:MAX_OBJECT_ATTRS]:
+        if not isinstance(name, str) or not name.isidentifier() or name.startswith("_"):
+            continue
+        if isinstance(value, (nn.Module, list, dict)) or (isinstance(value, tuple) and _plain_data(value) is _SKIP):
+            try:
+                walked = _walk_value(value, modules, depth + 1)
+            except UnsupportedReturn:
+                continue  # an attribute that cannot travel is left behind, like any other code
+            attrs[name] = walked
+            has_module = has_module or _holds_module(walked)
+            continue
+        data = _plain_data(value)
+        if data is not _SKIP:
+            attrs[name] = {"value": data}
+    if not has_module:
+        raise UnsupportedReturn(
+            f"the entrypoint returned an object of type {_describe(obj)} with no nn.Module attributes; safehub can only "
+            "return torch.nn.Module objects, containers of them, and objects whose attributes hold modules"
+        )
+    return {"object": {"type": type(obj).__qualname__[:200], "attrs": attrs}}
 
 
 # ---------------------------------------------------------------------------

@@ -324,6 +324,11 @@ def deferred_modules(obj: Any) -> list[DeferredModule]:
         elif isinstance(v, dict):
             for x in v.values():
                 visit(x)
+        elif isinstance(v, SafehubNamespace):
+            for x in v.safehub_attrs().values():
+                visit(x)
+
+    from ._namespace import SafehubNamespace
 
     visit(obj)
     return out

@@ -150,3 +150,67 @@ def test_export_job_refuses_bad_structures(tmp_path: Path, args: list) -> None:
     model = zoo_fxfail.ScalarArg()
     with pytest.raises(_export.ExportFailed, match="argument 0"):
         _export_job(model, model, tmp_path, args, training=False)
+
+
+# --- objects that hold modules ------------------------------------------------------
+
+
+def test_object_holding_modules_comes_back_as_a_read_only_namespace(tmp_path: Path) -> None:
+    from safehub._namespace import SafehubNamespace
+
+    torch.manual_seed(0)
+    gan = zoo_fxfail.GANWrapper()
+    summary = _export.export_object(gan, str(tmp_path / "g"), options={"deferred": True}, example_inputs=None,
+                                    hubconf=None, entrypoint="gan")
+    assert summary["root"] == "object"
+    ns = rebuild_from_output(tmp_path / "g")
+    assert isinstance(ns, SafehubNamespace) and ns.safehub_type == "GANWrapper"
+    assert sorted(dir(ns)) == ["flags", "heads", "image_size", "name", "netD", "netG", "scale"]
+    assert (ns.image_size, ns.name, ns.scale, ns.flags) == (16, "pix2pix", 0.5, (True, None, (1, 2)))
+    assert isinstance(ns.netD, DeferredModule) and isinstance(ns.heads, list)
+    z = torch.randn(3, 4)
+    assert torch.allclose(ns.netG(z), gan.netG(z))
+    with pytest.raises(AttributeError, match="read-only"):
+        ns.netG = None
+    with pytest.raises(AttributeError, match="methods are code"):
+        ns.generate
+
+
+@pytest.mark.parametrize("value, match", [
+    (lambda x: x, "a function is code"),
+    (len, "a function is code"),
+    (torch.jit.script(torch.nn.Linear(2, 2)), "TorchScript is compiled code"),
+    (object(), "object of type builtins.object"),
+])
+def test_code_stays_refused_with_a_reason(tmp_path: Path, value, match: str) -> None:
+    with pytest.raises(_export.UnsupportedReturn, match=match):
+        _export.export_object(value, str(tmp_path / "x"), options={}, example_inputs=None, hubconf=None, entrypoint="x")
+
+
+def test_object_without_modules_is_refused(tmp_path: Path) -> None:
+    class Config:
+        def __init__(self) -> None:
+            self.size = 3
+
+    with pytest.raises(_export.UnsupportedReturn, match="no nn.Module attributes"):
+        _export.export_object(Config(), str(tmp_path / "x"), options={}, example_inputs=None, hubconf=None, entrypoint="x")
+
+
+@pytest.mark.parametrize("attrs, match", [
+    ({"__class__": {"value": 1}}, "not a plain identifier"),
+    ({"_hidden": {"value": 1}}, "private"),
+    ({"x": {"value": [1, 2]}}, "plain data"),
+    ({"x": {"value": {"tuple": [{"code": 1}]}}}, "plain data"),
+    ({"x": {"value": "a" * 2000}}, "longer than"),
+    ({"x": {"value": 2**70}}, "out of range"),
+    ({"x": {"module": "m9"}}, "unknown module"),
+])
+def test_hostile_object_roots_are_refused(tmp_path: Path, attrs: dict, match: str) -> None:
+    out = tmp_path / "o"
+    _export.export_object(zoo_fxfail.GANWrapper(), str(out), options={"deferred": True}, example_inputs=None,
+                          hubconf=None, entrypoint="gan")
+    spec = json.loads((out / "spec.json").read_text())
+    spec["root"]["object"]["attrs"] = attrs
+    (out / "spec.json").write_text(json.dumps(spec))
+    with pytest.raises(UnsafeSpecError, match=match):
+        rebuild_from_output(out)

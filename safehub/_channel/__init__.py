@@ -104,7 +104,7 @@ def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLim
     from ._files import open_output_file, read_output_file
     from ._leaves import build_leaves_on_meta
     from ._origin import attach_origin
-    from ._spec import ModuleRef, parse_spec
+    from ._spec import ModuleRef, ObjectRoot, PlainValue, parse_spec
     from ._weights import check_against_spec, load_tensors, read_header
 
     limits = limits or ChannelLimits()
@@ -144,6 +144,12 @@ def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLim
             return tuple(materialize(v) for v in value)
         if isinstance(value, list):
             return [materialize(v) for v in value]
+        if isinstance(value, ObjectRoot):
+            from .._namespace import SafehubNamespace
+
+            return SafehubNamespace(value.type_name, {
+                k: v.value if isinstance(v, PlainValue) else materialize(v) for k, v in value.attrs.items()
+            })
         return {k: materialize(v) for k, v in value.items()}
 
     return materialize(spec.root)

@@ -9,6 +9,7 @@ strings, Python literals, torch enum values and allowlisted callables.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,39 @@ _MAX_DIM = 2**62
 @dataclass(frozen=True)
 class ModuleRef:
     mid: str
+
+
+@dataclass(frozen=True)
+class ObjectRoot:
+    """An object whose attributes held modules: type name and validated attributes."""
+
+    type_name: str
+    attrs: dict[str, Any]  # identifier -> ModuleRef/containers/ObjectRoot or PlainValue
+
+
+@dataclass(frozen=True)
+class PlainValue:
+    value: Any  # int, float, str, bool, None or tuples of them
+
+
+_MAX_DATA_STR = 1000
+_MAX_OBJECT_ATTRS = 256
+
+
+def _parse_data(value: Any, where: str, depth: int) -> Any:
+    if value is None or type(value) in (bool, int, float):
+        if type(value) is int and not -(2**63) <= value < 2**63:
+            raise UnsafeSpecError(f"{where}: integer out of range")
+        return value
+    if isinstance(value, str):
+        if len(value) > _MAX_DATA_STR:
+            raise SpecTooLargeError(f"{where}: string longer than {_MAX_DATA_STR} characters")
+        return value
+    if isinstance(value, dict) and set(value) == {"tuple"} and isinstance(value["tuple"], list):
+        if depth >= 4 or len(value["tuple"]) > 64:
+            raise SpecTooLargeError(f"{where}: tuple nested deeper than 4 or longer than 64")
+        return tuple(_parse_data(v, where, depth + 1) for v in value["tuple"])
+    raise UnsafeSpecError(f"{where}: plain data must be int, float, str, bool, None or a tuple of them")
 
 
 @dataclass
@@ -166,6 +200,21 @@ def _parse_root(value: Any, modules: dict[str, ModuleSpec], limits: ChannelLimit
                 raise InvalidNameError(f"spec.json root dict key {show(k)} is too long or holds control characters")
             out[k] = _parse_root(v, modules, limits, depth + 1)
         return out
+    if tag == "object":
+        val = obj(val, "spec.json root object", ("type", "attrs"))
+        type_name = val["type"]
+        if not isinstance(type_name, str) or not re.fullmatch(r"[A-Za-z_<][A-Za-z0-9_.<>]{0,199}", type_name):
+            raise InvalidNameError(f"spec.json root object type {show(type_name)} is not a dotted name")
+        attrs: dict[str, Any] = {}
+        for name, v in dict_capped(val["attrs"], "spec.json root object attrs", _MAX_OBJECT_ATTRS).items():
+            check_ident(name, "spec.json root object attribute", limits)
+            if name.startswith("_"):
+                raise InvalidNameError(f"spec.json root object attribute {show(name)} is private")
+            if isinstance(v, dict) and len(v) == 1 and "value" in v:
+                attrs[name] = PlainValue(_parse_data(v["value"], f"spec.json root object attribute {name}", 0))
+            else:
+                attrs[name] = _parse_root(v, modules, limits, depth + 1)
+        return ObjectRoot(type_name, attrs)
     raise UnsafeSpecError(f"spec.json root has unknown tag {show(tag)}")
 
 

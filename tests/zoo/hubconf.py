@@ -11,7 +11,7 @@ dependencies = ["torch"]
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from zoo_fxfail import IterProxy, LenOfTensor, ScalarArg, ScriptHelper, SizeBranch  # noqa: E402
+from zoo_fxfail import GANWrapper, IterProxy, LenOfTensor, ScalarArg, ScriptHelper, SizeBranch  # noqa: E402
 from zoo_models import (  # noqa: E402
     CNN,
     DataDependent,
@@ -205,6 +205,12 @@ def scalar_arg():
     """fx fails: a Python int argument drives a loop."""
     torch.manual_seed(25)
     return ScalarArg()
+
+
+def gan():
+    """Returns a wrapper object whose attributes hold modules."""
+    torch.manual_seed(26)
+    return GANWrapper()
 
 
 example_inputs = {
