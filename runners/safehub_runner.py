@@ -253,18 +253,18 @@ def run(job_dir: str) -> Result:
     if swallowed:  # the repo swallowed the NeedsDownload: never export without its weights
         return swallowed
 
-    if action == "export":  # deferred export at the module's first forward (_export_deferred)
-        try:
-            return {"status": "ok", "summary": _export.export_call(obj, out_dir, request.get("deferred") or {}, in_dir)}
-        except _export.UnsupportedReturn as exc:
-            return _error("unsupported_return", exc)
-        except BaseException as exc:  # noqa: BLE001
-            return _error("export", exc)
-
     try:
         import _export  # imported late: it imports torch
     except BaseException as exc:  # noqa: BLE001
         return _error("export", exc, repo_dir)
+    if action == "export":  # deferred export at the module's first forward (_export_deferred)
+        try:
+            summary = _export.export_call(obj, out_dir, dict(request.get("deferred") or {}), in_dir)
+        except _export.UnsupportedReturn as exc:
+            return _error("unsupported_return", exc)
+        except BaseException as exc:  # noqa: BLE001
+            return _error("export", exc, repo_dir)
+        return {"protocol": PROTOCOL, "status": "ok", "summary": summary}
     try:
         example_inputs = _read_example_inputs(in_dir)
         summary = _export.export_object(
