@@ -82,3 +82,20 @@ def test_graph_cache_has_a_cap() -> None:
     ours(x, 3)  # cached: no new export
     with pytest.raises(ExportError, match=f"{MAX_GRAPHS} call signatures"):
         ours(x, MAX_GRAPHS + 1)
+
+
+def test_gan_wrapper_comes_back_as_a_namespace_through_the_sandbox() -> None:
+    from safehub._namespace import SafehubNamespace
+
+    ns = safehub.load(str(ZOO), "gan", source="local", verbose=False)
+    ref = torch_hub_load_local(ZOO, "gan")
+    assert isinstance(ns, SafehubNamespace)
+    assert (ns.image_size, ns.name, ns.scale, ns.flags) == (ref.image_size, ref.name, ref.scale, ref.flags)
+    assert ns.netG.safehub_info.summary["root"] == "object"
+    z = torch.randn(3, 4)
+    assert close(ns.netG(z), ref.netG(z))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():  # netD is fx-untraceable: exported at this first call
+        assert close(outputs_of(ref.netD, (x,), train=False), outputs_of(ns.netD, (x,), train=False))
+    with pytest.raises(AttributeError, match="methods are code"):
+        ns.generate
