@@ -17,6 +17,7 @@ parameters and buffers. Nothing here imports or runs repo code.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import weakref
@@ -89,6 +90,8 @@ def call_signature(args: tuple, kwargs: dict) -> tuple[tuple, list[dict]]:
             shape = [int(s) for s in a.shape]
             key.append(("tensor", dtype, tuple(shape)))
             structure.append({"tensor": {"dtype": dtype, "shape": shape}})
+        elif type(a) is float and not math.isfinite(a):
+            raise ExportError(f"argument {i} is {a}; deferred export carries finite floats only")
         elif a is None or type(a) in _SCALARS:
             kind = "none" if a is None else type(a).__name__
             key.append((kind, a))
@@ -285,8 +288,11 @@ def run_export(job: DeferredJob, mid: str, training: bool, structure: list[dict]
         if isinstance(mod.get("dynamic_batch"), bool):
             info["dynamic_batch"] = mod["dynamic_batch"]
         info["attempts"] = clean_attempts(mod.get("attempts"))
-    if not isinstance(gm, nn.Module):
-        raise ExportError("the deferred export returned no module")
+    from ._channel._module import SafehubGraphModule
+    from ._errors import UnsafeSpecError
+
+    if not isinstance(gm, SafehubGraphModule):  # not a container, not another deferred module
+        raise UnsafeSpecError("the deferred export job returned something other than one graph module")
     return gm, info
 
 

@@ -214,3 +214,21 @@ def test_hostile_object_roots_are_refused(tmp_path: Path, attrs: dict, match: st
     (out / "spec.json").write_text(json.dumps(spec))
     with pytest.raises(UnsafeSpecError, match=match):
         rebuild_from_output(out)
+
+
+def test_a_graph_for_another_tensor_tree_is_not_swapped_in(tmp_path: Path) -> None:
+    """What an export job returns is checked against the loaded tree before use."""
+    from safehub._deferred import _bindings
+    from safehub._errors import TensorMismatchError
+
+    ours = _load_deferred(zoo_fxfail.ScriptHelper(), tmp_path / "o")
+    out = _export_job(zoo_fxfail.ScalarArg(), zoo_fxfail.ScalarArg(), tmp_path,
+                      [{"tensor": {"dtype": "float32", "shape": [3, 4]}}], training=False)
+    other = rebuild_from_output(out)
+    with pytest.raises(TensorMismatchError, match="does not match"):
+        _bindings(ours, other)
+
+
+def test_non_finite_scalars_are_refused() -> None:
+    with pytest.raises(ExportError, match="finite"):
+        call_signature((torch.zeros(1), float("nan")), {})
