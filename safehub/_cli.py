@@ -144,6 +144,10 @@ def _cmd_load(args: argparse.Namespace) -> int:
 
 
 def _first_info(obj: Any) -> Any:
+    from ._namespace import SafehubNamespace
+
+    if isinstance(obj, SafehubNamespace):
+        obj = dict(obj.safehub_attrs())
     if hasattr(obj, "safehub_info"):
         return obj.safehub_info
     items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (tuple, list)) else []
@@ -162,6 +166,10 @@ def _describe(obj: Any, path: str = "") -> list[dict[str, Any]]:
         mode = None
         if info is not None:
             mode = (info.summary.get("modules") or {}).get("m0", {}).get("mode") if isinstance(info.summary, dict) else None
+        from ._deferred import DeferredModule
+
+        if isinstance(obj, DeferredModule):
+            mode = "deferred"  # exported at its first call
         entry: dict[str, Any] = {
             "path": path,
             "class": type(obj).__name__,
@@ -173,8 +181,13 @@ def _describe(obj: Any, path: str = "") -> list[dict[str, Any]]:
             "output_shape": None,
         }
         return [entry]
+    from ._namespace import SafehubNamespace
+
     out: list[dict[str, Any]] = []
-    if isinstance(obj, dict):
+    if isinstance(obj, SafehubNamespace):  # an object holding modules: its module attributes
+        for k, v in obj.safehub_attrs().items():
+            out += _describe(v, f"{path}.{k}")
+    elif isinstance(obj, dict):
         for k, v in obj.items():
             out += _describe(v, f"{path}[{k!r}]")
     elif isinstance(obj, (tuple, list)):
