@@ -70,6 +70,12 @@ class _Keep:
 def call_signature(args: tuple, kwargs: dict) -> tuple[tuple, list[dict]]:
     """``(cache key, call structure for the job)``; only flat positional tensors
     and plain scalars are described (aten mode's input rule)."""
+    key, structure, _ = _signature(args, kwargs)
+    return key, structure
+
+
+def _signature(args: tuple, kwargs: dict) -> tuple[tuple, list[dict], tuple]:
+    """Also the arguments to call the graph with (numpy-style scalars as Python values)."""
     if kwargs:
         raise ExportError(
             f"this model's graph is exported at its first call, which takes positional arguments only "
@@ -82,6 +88,7 @@ def call_signature(args: tuple, kwargs: dict) -> tuple[tuple, list[dict]]:
 
     key: list[Any] = []
     structure: list[dict] = []
+    plain: list[Any] = []
     for i, a in enumerate(args):
         if isinstance(a, torch.Tensor):
             dtype = str(a.dtype).removeprefix("torch.")
@@ -90,18 +97,41 @@ def call_signature(args: tuple, kwargs: dict) -> tuple[tuple, list[dict]]:
             shape = [int(s) for s in a.shape]
             key.append(("tensor", dtype, tuple(shape)))
             structure.append({"tensor": {"dtype": dtype, "shape": shape}})
-        elif type(a) is float and not math.isfinite(a):
-            raise ExportError(f"argument {i} is {a}; deferred export carries finite floats only")
-        elif a is None or type(a) in _SCALARS:
+            plain.append(a)
+        elif a is None or type(a) in _SCALARS or _scalar_like(a) is not None:
+            if a is not None and type(a) not in _SCALARS:
+                a = _scalar_like(a)  # numpy-style scalars: their Python value
+            if type(a) is float and not math.isfinite(a):
+                raise ExportError(f"argument {i} is {a}; deferred export carries finite floats only")
             kind = "none" if a is None else type(a).__name__
             key.append((kind, a))
             structure.append({kind: a})
+            plain.append(a)
         else:
             raise ExportError(
                 f"argument {i} is a {type(a).__name__}; deferred export carries tensors, int, float, bool and None",
                 hint="pass tensors as separate positional arguments, or load with example_inputs=(...)",
             )
-    return tuple(key), structure
+    return tuple(key), structure, tuple(plain)
+
+
+def _scalar_like(a: Any) -> int | float | None:
+    """The Python value of a scalar of another type (numpy.float64 subclasses
+    float; numpy.int64 has __index__), or None. Never a tensor or a bool-like."""
+    import operator
+
+    if isinstance(a, (torch.Tensor, bool, str, bytes)):
+        return None
+    if isinstance(a, float):
+        return float(a)
+    if isinstance(a, int):
+        return int(a)
+    if hasattr(type(a), "__index__"):
+        try:
+            return operator.index(a)
+        except TypeError:
+            return None
+    return None
 
 
 def _general(sig: tuple) -> tuple:
@@ -189,7 +219,7 @@ class DeferredModule(nn.Module):
         return torch.device("cpu")
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        sig, structure = call_signature(args, kwargs)
+        sig, structure, args = _signature(args, kwargs)
         device = self._device()
         key = (bool(self.training), str(device), sig)
         with self._safehub_lock:

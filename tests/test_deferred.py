@@ -232,3 +232,15 @@ def test_a_graph_for_another_tensor_tree_is_not_swapped_in(tmp_path: Path) -> No
 def test_non_finite_scalars_are_refused() -> None:
     with pytest.raises(ExportError, match="finite"):
         call_signature((torch.zeros(1), float("nan")), {})
+
+
+def test_numpy_style_scalars_travel_as_their_python_value() -> None:
+    class Int64:  # what numpy.int64 offers: __index__, not an int subclass
+        def __index__(self) -> int:
+            return 3
+
+    class Float64(float):  # numpy.float64 subclasses float
+        pass
+
+    key, structure = call_signature((torch.zeros(2), Int64(), Float64(0.25)), {})
+    assert structure[1:] == [{"int": 3}, {"float": 0.25}] and key[1] == ("int", 3)
