@@ -195,7 +195,7 @@ def _on_model_device(examples: tuple | None, model: nn.Module) -> tuple | None:
     to a GPU gets them on its own device."""
     if examples is None:
         return None
-    first = next(iter(model.parameters()), None)
+    first: torch.Tensor | None = next(iter(model.parameters()), None)
     if first is None:
         first = next(iter(model.buffers()), None)
     if first is None or first.device.type in ("cpu", "meta"):

@@ -109,7 +109,9 @@ def _add_input_guards(gm: fx.GraphModule, ranges: dict) -> None:
         if not isinstance(val, torch.Tensor):
             continue
         for d, size in enumerate(val.shape):
-            if _static_size(size) is None:
+            static = _static_size(size)
+            if static is None:
+                assert isinstance(size, torch.SymInt)
                 expr = size.node.expr
                 vr = ranges.get(expr) if isinstance(expr, sympy.Symbol) else None
                 if vr is None:
@@ -121,10 +123,10 @@ def _add_input_guards(gm: fx.GraphModule, ranges: dict) -> None:
                     checks.append((ph, d, operator.le, hi, f"{ph.target} dim {d} must be <= {hi}"))
             else:
                 msg = (
-                    f"{ph.target} dim {d} must be {_static_size(size)}, the size in the example inputs "
+                    f"{ph.target} dim {d} must be {static}, the size in the example inputs "
                     "(aten mode: only the batch dimension is dynamic; export with example inputs of the size you need)"
                 )
-                checks.append((ph, d, operator.eq, _static_size(size), msg))
+                checks.append((ph, d, operator.eq, static, msg))
     for ph, d, cmp, bound, msg in reversed(checks):
         with graph.inserting_after(anchor):
             size_node = graph.call_function(torch.ops.aten.sym_size.int, (ph, d))

@@ -96,7 +96,7 @@ def export_for_call(found: dict[int, tuple[str, nn.Module]], request: dict, in_d
     """Return ``(module spec, state, info)`` of module ``request['mid']`` exported for the call structure."""
     from _safetensors_read import read_safetensors
 
-    mid = request.get("mid")
+    mid = str(request.get("mid"))
     by_mid = {m: mod for m, mod in found.values()}
     model = by_mid.get(mid)
     if model is None:

@@ -182,6 +182,14 @@ def _bindings(owner: nn.Module, gm: nn.Module) -> list[tuple[dict, dict, str]]:
 class DeferredModule(nn.Module):
     """The loaded module tree; its graph is exported per call signature."""
 
+    # Plain attributes, set with object.__setattr__ (never submodules or tensors).
+    _safehub_job: DeferredJob | None
+    _safehub_mid: str
+    _safehub_graphs: list[_Graph]
+    _safehub_exports: list[dict]
+    _safehub_lock: threading.Lock
+    _safehub_keep: Any
+
     def __init__(self, root: nn.Module, mid: str = "m0") -> None:
         super().__init__()
         for name, child in root._modules.items():
@@ -212,10 +220,10 @@ class DeferredModule(nn.Module):
         return [dict(e) for e in self._safehub_exports]
 
     def _device(self) -> torch.device:
-        for t in self.parameters():
-            return t.device
-        for t in self.buffers():
-            return t.device
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
         return torch.device("cpu")
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
