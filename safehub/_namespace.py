@@ -44,6 +44,10 @@ class SafehubNamespace:
     def __repr__(self) -> str:
         return f"SafehubNamespace({self._safehub_type}: {', '.join(sorted(self._safehub_attrs))})"
 
+    def __reduce__(self) -> tuple:
+        # copy/deepcopy/pickle rebuild through __init__ (the slots are read-only).
+        return (SafehubNamespace, (self._safehub_type, dict(self._safehub_attrs)))
+
     def safehub_attrs(self) -> MappingProxyType:
         return self._safehub_attrs
 

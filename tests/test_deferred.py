@@ -244,3 +244,13 @@ def test_numpy_style_scalars_travel_as_their_python_value() -> None:
 
     key, structure = call_signature((torch.zeros(2), Int64(), Float64(0.25)), {})
     assert structure[1:] == [{"int": 3}, {"float": 0.25}] and key[1] == ("int", 3)
+
+
+def test_namespace_copies_keep_their_modules_apart() -> None:
+    from safehub._namespace import SafehubNamespace
+
+    ns = SafehubNamespace("GAN", {"netG": torch.nn.Linear(2, 2), "size": 3})
+    twin = copy.deepcopy(ns)
+    assert twin.size == 3 and twin.netG is not ns.netG
+    assert torch.equal(twin.netG.weight, ns.netG.weight)
+    assert copy.copy(ns).netG is ns.netG
