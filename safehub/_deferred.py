@@ -308,6 +308,14 @@ def run_export(job: DeferredJob, mid: str, training: bool, structure: list[dict]
     from ._jobs import run_job
     from ._summary import clean_attempts
 
+    repo_dir = job.request.repo_dir
+    if repo_dir is None or not Path(repo_dir).joinpath("hubconf.py").is_file():
+        raise ExportError(
+            f"the repo folder {repo_dir} this model was loaded from is gone, so its graph cannot be exported",
+            hint="load the model again (github checkouts live under the hub cache, one folder per commit)",
+        )
+    if not job.weights.is_file():
+        raise ExportError(f"the weights kept for this model's export ({job.weights}) are gone", hint="load the model again")
     request = dataclasses.replace(
         job.request, action="export", in_files={WEIGHTS_FILE: job.weights},
         deferred={"mid": mid, "training": training, "args": structure},

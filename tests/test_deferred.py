@@ -254,3 +254,13 @@ def test_namespace_copies_keep_their_modules_apart() -> None:
     assert twin.size == 3 and twin.netG is not ns.netG
     assert torch.equal(twin.netG.weight, ns.netG.weight)
     assert copy.copy(ns).netG is ns.netG
+
+
+def test_export_after_the_repo_folder_is_gone_explains(tmp_path: Path) -> None:
+    from safehub._deferred import DeferredJob, run_export
+    from safehub._jobs import JobRequest
+
+    job = DeferredJob(request=JobRequest(action="load", repo_dir=tmp_path / "gone", entrypoint="x", args_pickle=b""),
+                      sha=None, python_env=None, backend=None, hub_dir=tmp_path, weights=tmp_path / "w.safetensors")
+    with pytest.raises(ExportError, match="is gone"):
+        run_export(job, "m0", False, [], torch.device("cpu"))
