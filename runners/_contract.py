@@ -49,6 +49,7 @@ __all__ = [
     "Request",
     "ExportOptions",
     "DeferredCall",
+    "CALL_DTYPES",
     "RunnerError",
     "RunnerWarning",
     "Result",
@@ -134,6 +135,13 @@ METHOD_DENY = frozenset(
 class ExportOptions(TypedDict, total=False):
     mode: str  # one of EXPORT_MODES
     deferred: bool  # no inputs to export with: send tensors only, the graph at the first forward
+
+
+# dtypes a deferred call's tensor arguments may have (DeferredCall "args").
+CALL_DTYPES = (
+    "float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool",
+    "complex64", "complex128",
+)  # fmt: skip
 
 
 class DeferredCall(TypedDict):

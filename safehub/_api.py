@@ -203,7 +203,7 @@ def load(
                           "records": dict(python_env.records)},
             downloads=budget.summary(),
         )
-        from ._deferred import attach_jobs
+        from ._deferred_jobs import attach_jobs
 
         attach_jobs(obj, job=job, python_env=python_env, hub_dir=hub_dir, sha=repo.sha, summary=info.summary)
     modes = sorted({str(m.get("mode")) for m in info.summary.get("modules", {}).values() if m.get("mode")})

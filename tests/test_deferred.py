@@ -257,7 +257,7 @@ def test_namespace_copies_keep_their_modules_apart() -> None:
 
 
 def test_export_after_the_repo_folder_is_gone_explains(tmp_path: Path) -> None:
-    from safehub._deferred import DeferredJob, run_export
+    from safehub._deferred_jobs import DeferredJob, run_export
     from safehub._jobs import JobRequest
 
     job = DeferredJob(request=JobRequest(action="load", repo_dir=tmp_path / "gone", entrypoint="x", args_pickle=b""),

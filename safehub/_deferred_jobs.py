@@ -1,0 +1,143 @@
+"""The job side of deferred export (safehub/_deferred.py): keep what a load
+needs for later export jobs, and run one export job.
+
+Holds no repo code and no repo objects: the load's JobRequest (repo folder,
+entrypoint, env, limits, staged downloads) with its arguments replaced by the
+bytes the host pickled for the load, and the load's weights file.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._deferred import deferred_modules
+from ._errors import ExportError
+
+__all__ = ["DeferredJob", "attach_jobs", "keep_weights"]
+
+logger = logging.getLogger("safehub")
+
+
+class _Keep:
+    """Removes the kept weights folder when the last module of a load is gone."""
+
+    def __init__(self, folder: Path) -> None:
+        from ._fsutil import remove_tree
+
+        self.folder = folder
+        self._finalizer = weakref.finalize(self, remove_tree, folder)
+
+
+@dataclass
+class DeferredJob:
+    """What the host needs to re-run the sandbox: never repo code or repo objects.
+    ``request`` is the load's own JobRequest (repo folder, entrypoint, limits,
+    staged downloads) with its arguments replaced by the bytes the host pickled."""
+
+    request: Any  # JobRequest, args=() and args_pickle set
+    sha: str | None
+    python_env: Any  # PythonEnv
+    backend: Any  # SandboxBackend
+    hub_dir: Path
+    weights: Path  # the weights.safetensors the first load returned (kept under <hub>/deferred/)
+
+    @property
+    def entrypoint(self) -> str:
+        return str(self.request.entrypoint)
+
+    def export(self, mid: str, training: bool, structure: list[dict], device: torch.device) -> tuple[Any, dict]:
+        return run_export(self, mid, training, structure, device)
+
+
+def run_export(job: DeferredJob, mid: str, training: bool, structure: list[dict], device: torch.device) -> tuple[Any, dict]:
+    """One sandboxed "export" job; returns the validated, built graph module and its summary."""
+    import dataclasses
+
+    from ._channel import rebuild_from_output
+    from ._contract import WEIGHTS_FILE
+    from ._jobs import run_job
+    from ._summary import clean_attempts
+
+    repo_dir = job.request.repo_dir
+    if repo_dir is None or not Path(repo_dir).joinpath("hubconf.py").is_file():
+        raise ExportError(
+            f"the repo folder {repo_dir} this model was loaded from is gone, so its graph cannot be exported",
+            hint="load the model again (github checkouts live under the hub cache, one folder per commit)",
+        )
+    if not job.weights.is_file():
+        raise ExportError(f"the weights kept for this model's export ({job.weights}) are gone", hint="load the model again")
+    request = dataclasses.replace(
+        job.request, action="export", in_files={WEIGHTS_FILE: job.weights},
+        deferred={"mid": mid, "training": training, "args": structure},
+    )
+    with run_job(request, python_env=job.python_env, backend=job.backend, hub_dir=job.hub_dir) as result:
+        if result.needs_download():
+            raise ExportError(
+                "the entrypoint asked for a new download when it ran again for the deferred export",
+                hint="load with example_inputs=(...) so the graph is exported in the first run",
+            )
+        gm = rebuild_from_output(result.out_dir, device=device)
+        raw = result.result.get("summary")
+    info: dict[str, Any] = {}
+    mod = raw.get("modules", {}).get("m0") if isinstance(raw, dict) and isinstance(raw.get("modules"), dict) else None
+    if isinstance(mod, dict):
+        if isinstance(mod.get("dynamic_batch"), bool):
+            info["dynamic_batch"] = mod["dynamic_batch"]
+        info["attempts"] = clean_attempts(mod.get("attempts"))
+    from ._channel._module import SafehubGraphModule
+    from ._errors import UnsafeSpecError
+
+    if not isinstance(gm, SafehubGraphModule):  # not a container, not another deferred module
+        raise UnsafeSpecError("the deferred export job returned something other than one graph module")
+    return gm, info
+
+
+def keep_weights(out_dir: Path, hub_dir: Path) -> tuple[Path, _Keep]:
+    """Keep the first load's weights for later export jobs (a hard link when possible)."""
+    import os
+    import secrets
+    import shutil
+
+    import stat
+
+    src = Path(out_dir) / "weights.safetensors"
+    if not stat.S_ISREG(os.lstat(src).st_mode):  # the sandbox wrote it: a plain file or nothing
+        raise ExportError("the load job's weights.safetensors is not a regular file")
+    folder = hub_dir / "deferred" / f"load-{secrets.token_hex(8)}"
+    folder.mkdir(parents=True, mode=0o700)
+    dst = folder / "weights.safetensors"
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copyfile(src, dst, follow_symlinks=False)
+    os.chmod(dst, 0o644)  # read by the sandbox uid through in/
+    return dst, _Keep(folder)
+
+
+def attach_jobs(obj: Any, *, job: Any, python_env: Any, hub_dir: Path, sha: str | None, summary: dict) -> None:
+    """Give every DeferredModule of a fresh load what it needs to export later.
+    Must run before the load's job folder is removed (it keeps the weights and
+    the pickled arguments from it)."""
+    import dataclasses
+
+    from ._contract import ARGS_FILE
+
+    modules = deferred_modules(obj)
+    if not modules:
+        return
+    request, backend = job.rerun
+    weights, keep = keep_weights(job.out_dir, hub_dir)
+    args_pickle = (job.root / "in" / ARGS_FILE).read_bytes()
+    spec = DeferredJob(
+        request=dataclasses.replace(request, args=(), kwargs={}, example_inputs=None, args_pickle=args_pickle),
+        sha=sha, python_env=python_env, backend=backend, hub_dir=hub_dir, weights=weights,
+    )
+    for m in modules:
+        exports = summary.setdefault("modules", {}).setdefault(m._safehub_mid, {}).setdefault("exports", [])
+        m.attach(spec, m._safehub_mid, keep, exports)
