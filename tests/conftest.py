@@ -55,6 +55,7 @@ def torch_hub_load_local(repo: Path, entry: str, *args, **kwargs):
     import torch
 
     before = set(sys.modules)
+    on_path = sys.path.count(str(repo))  # a test module's own entry stays
     try:
         return torch.hub.load(str(repo), entry, *args, source="local", **kwargs)
     finally:
@@ -63,7 +64,7 @@ def torch_hub_load_local(repo: Path, entry: str, *args, **kwargs):
             if getattr(mod, "__file__", None) and str(getattr(mod, "__file__", "")).startswith(str(repo)):
                 del sys.modules[name]
         sys.modules.pop("hubconf", None)
-        while str(repo) in sys.path:
+        while sys.path.count(str(repo)) > on_path:
             sys.path.remove(str(repo))
 
 
