@@ -1,0 +1,138 @@
+"""Red team, round 2: attacks on the seccomp filter, the torch-family-only view,
+the JSON pre-scan, the result.json contract, fetch integrity and remove_tree.
+
+Each attack is a test. A contained attack asserts containment; a fixed one
+asserts the fix (the commit that fixed it is named in the test's docstring); an
+open one is ``xfail(strict=True)`` with the reason. Sandbox probes run
+``tests/fixtures/redteam2/probe.py`` (stdlib + ctypes) inside real bubblewrap and
+real Landlock, with the environment a real repo load gets (``ensure_env``: the
+env, the base interpreter prefix, the torch family folder and its targets).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from safehub._env import ensure_env
+from safehub._sandbox import Limits, SandboxRequest, get_backend
+
+HERE = Path(__file__).resolve().parent
+PROBE = HERE / "fixtures" / "redteam2" / "probe.py"
+VENV_SITE = Path(sysconfig.get_paths()["purelib"]).resolve()
+BASE_SITE = Path(sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_prefix})["purelib"]).resolve()
+
+
+def _host_key_serials() -> list[str]:
+    try:
+        with open("/proc/keys") as f:
+            return [line.split()[0] for line in f if line.strip()]
+    except OSError:
+        return []
+
+
+def _foreign_files() -> list[str]:
+    """[0]: a file next to torch in the host venv, outside the family (PyYAML, a test
+    dependency); [1]: a file in the base interpreter's own site-packages."""
+    venv_file = VENV_SITE / "yaml" / "__init__.py"
+    assert venv_file.is_file(), "the host venv should have PyYAML (a test dependency)"
+    base = [p for p in sorted(BASE_SITE.glob("*.py")) if p.is_file()][:1] if BASE_SITE != VENV_SITE else []
+    return [str(venv_file)] + [str(p) for p in base]
+
+
+def run_probe(backend: str, tmp_path: Path) -> dict[str, str]:
+    hub = tmp_path / "hub"
+    env = ensure_env(["torch"], hub_dir=hub, verbose=False)
+    job = tmp_path / "job"
+    for sub in ("out", "home", "tmp"):
+        (job / sub).mkdir(parents=True)
+    args = {"host_key_serials": _host_key_serials(), "foreign_files": _foreign_files()}
+    request = SandboxRequest(
+        argv=[str(env.python), "-I", "-S", str(PROBE), json.dumps(args)],
+        env={"PATH": "/usr/bin:/bin", "HOME": str(job / "home"), "TMPDIR": str(job / "tmp"), "LC_ALL": "C.UTF-8"},
+        cwd=job / "tmp",
+        ro_paths=(*env.ro_paths, PROBE.parent),
+        rw_paths=(job / "out",),
+        scratch_paths=(job / "home", job / "tmp"),
+        limits=Limits(timeout_s=60.0, memory_bytes=1024**3, max_pids=16, tmpfs_bytes=32 * 1024**2),
+    )
+    result = get_backend(backend).run(request)
+    text = result.stdout.decode(errors="replace")
+    assert result.returncode == 0 and "PROBE " in text, (result.returncode, text[-2000:], result.stderr[-2000:])
+    return json.loads(text.split("PROBE ", 1)[1])
+
+
+@pytest.fixture(scope="module", params=["bwrap", "landlock"])
+def probed(request, tmp_path_factory):
+    return request.param, run_probe(request.param, tmp_path_factory.mktemp("probe-" + request.param))
+
+
+# --- seccomp -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_socketpair_cannot_reach_other_socket_families(probed):
+    """FIXED (seccomp: socketpair AF_UNIX only). socketpair(2) runs the family's
+    create code (and module autoload) before it fails with EOPNOTSUPP: before the
+    fix, socketpair(AF_VSOCK) answered EOPNOTSUPP and socketpair(AF_PACKET) EPERM
+    from packet_create, under bwrap and under Landlock (where socket() is refused
+    outright). Now the filter answers EAFNOSUPPORT before the kernel creates
+    anything; AF_UNIX pairs still work."""
+    _backend, out = probed
+    assert out["socketpair_vsock"] == "EAFNOSUPPORT"
+    assert out["socketpair_packet"] == "EAFNOSUPPORT"
+    assert out["socketpair_inet"] == "EAFNOSUPPORT"
+    assert out["socketpair_unix"] == "ok"
+
+
+@pytest.mark.slow
+def test_high_bits_and_other_entries_are_refused(probed):
+    """CONTAINED. socket() with high bits over AF_NETLINK/AF_UNIX (the kernel
+    truncates to int), clone(CLONE_NEWUSER) with a high bit set (the kernel
+    truncates clone flags to 32 bits), AF_VSOCK, and open_by_handle_at (shocker)."""
+    backend, out = probed
+    refused = "EACCES" if backend == "landlock" else "EAFNOSUPPORT"
+    assert out["socket_netlink_highbits"] == refused
+    assert out["socket_unix_highbits"] == refused
+    assert out["socket_vsock"] == refused
+    assert out["clone_newuser_highbits"] == "EPERM"
+    assert out["open_by_handle_at"] == "ENOSYS"
+
+
+@pytest.mark.slow
+def test_proc_keys_shows_no_host_key(probed):
+    """CONTAINED. /proc/keys is global (filtered by key permissions, not by
+    namespace): under bwrap the job runs as a fresh uid, so none of the host's keys
+    (root's session/user keyrings) are listed; Landlock grants no /proc/keys."""
+    backend, out = probed
+    assert out["proc_keys"] == ("EACCES" if backend == "landlock" else "none")
+
+
+# --- the torch-family-only view -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_venv_package_is_unreadable_directly_and_through_proc_root(probed):
+    """CONTAINED. A file next to torch in the host venv (PyYAML), read by its path,
+    through /proc/self/root and through /proc/1/root."""
+    backend, out = probed
+    assert out["read0"] == out["read0_proc_self_root"] == ("EACCES" if backend == "landlock" else "ENOENT")
+    assert out["read0_proc_1_root"] == "EACCES"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "OPEN: the base interpreter's prefix is bound whole (it holds the standard library), so every "
+    "package installed into the base interpreter's own site-packages (here pyenv's: boto3, awscli, "
+    "requests, ...) is readable by path from the sandbox even when torch lives in a venv; the "
+    "torch-family-only view covers only the venv. Fix: under bwrap mask <base>/lib/pythonX.Y/site-packages "
+    "with an empty tmpfs after the prefix bind; under Landlock grant the prefix's children except that folder"))
+def test_the_base_interpreters_site_packages_are_unreadable(probed):
+    backend, out = probed
+    if "read1" not in out:
+        pytest.fail("this host's base interpreter has no site-packages of its own to probe")
+    assert out["read1"] in ("EACCES", "ENOENT"), out["read1"]
