@@ -136,3 +136,36 @@ def test_the_base_interpreters_site_packages_are_unreadable(probed):
     if "read1" not in out:
         pytest.fail("this host's base interpreter has no site-packages of its own to probe")
     assert out["read1"] in ("EACCES", "ENOENT"), out["read1"]
+
+
+# --- the JSON pre-scan and the result.json contract (fast) ----------------------------
+
+
+@pytest.mark.parametrize("doc", [b"[1e400]", b'{"eps": -1e999}', b'{"x": [0.5, 9' + b"9" * 400 + b'.0]}'])
+def test_overflowing_numbers_are_not_infinity_by_another_spelling(doc):
+    """FIXED (_json: parse_float refuses non-finite values). json.loads reads 1e400 as
+    inf, so 'no NaN/Infinity' held only for the literal spellings; a spec could carry
+    inf where the format only has its own {"float": "inf"} encoding."""
+    from safehub._channel._json import load_json
+    from safehub._errors import UnsafeSpecError
+
+    with pytest.raises(UnsafeSpecError, match="not finite"):
+        load_json(doc, "spec.json", cap_bytes=1 << 20)
+
+
+def test_finite_floats_still_parse():
+    from safehub._channel._json import load_json
+
+    assert load_json(b"[1.7976931348623157e308, -2.5e-320, 3]", "spec.json", cap_bytes=1 << 20) == [
+        1.7976931348623157e308, -2.5e-320, 3]
+
+
+def test_summary_module_ids_are_ascii():
+    """FIXED (_result.read_summary: ASCII digits only). str.isdigit() is true for
+    superscripts and other scripts' digits ('m²', 'm٣'), ids the runner never writes
+    and the spec reader refuses; they reached logs and safehub_info."""
+    from safehub._channel._result import read_summary
+
+    summary = {"summary": {"root": "module", "modules": {
+        "m\u00b2": {"mode": "fx"}, "m\u0663": {"nodes": 1}, "m\uff11": {"nodes": 2}, "m0": {"mode": "aten"}}}}
+    assert read_summary(summary)["modules"] == {"m0": {"mode": "aten"}}

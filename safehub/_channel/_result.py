@@ -180,7 +180,7 @@ def read_summary(result: Result) -> dict[str, Any]:
     if not isinstance(modules, dict):
         return out
     for mid, info in list(modules.items())[:1024]:
-        if not (isinstance(mid, str) and mid[:1] == "m" and mid[1:].isdigit() and len(mid) <= 8):
+        if not (isinstance(mid, str) and mid[:1] == "m" and mid[1:].isascii() and mid[1:].isdigit() and len(mid) <= 8):
             continue
         if not isinstance(info, dict):
             continue
