@@ -169,3 +169,63 @@ def test_summary_module_ids_are_ascii():
     summary = {"summary": {"root": "module", "modules": {
         "m\u00b2": {"mode": "fx"}, "m\u0663": {"nodes": 1}, "m\uff11": {"nodes": 2}, "m0": {"mode": "aten"}}}}
     assert read_summary(summary)["modules"] == {"m0": {"mode": "aten"}}
+
+
+# --- the download broker ----------------------------------------------------------------
+
+
+def test_dns_rebinding_cannot_point_a_download_at_loopback(tmp_path, monkeypatch):
+    """FIXED (_http: the download client connects only to an address it checked).
+    The broker checked a URL's host by resolving it, then let urllib resolve it again
+    to connect: a rebinding DNS server (public address first, 127.0.0.1 or the cloud
+    metadata address next) made the host fetch from its own loopback services and
+    hand the answer to the sandbox. The resolver is simulated (monkeypatched
+    getaddrinfo: this machine has no DNS server of ours); the service is a real
+    loopback HTTP server holding a secret."""
+    import secrets
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from safehub._errors import FetchError
+    from safehub._fetch._downloads import prefetch_downloads
+
+    secret = ("RT2-REBIND-" + secrets.token_hex(8)).encode()
+    hits = []
+
+    class Service(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server API
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(secret)))
+            self.end_headers()
+            self.wfile.write(secret)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Service)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    real = socket.getaddrinfo
+    answers = []
+
+    def rebinding(host, *args, **kwargs):
+        if host == "rebind.invalid":
+            answers.append(host)
+            return real("93.184.216.34" if len(answers) == 1 else "127.0.0.1", *args, **kwargs)
+        return real(host, *args, **kwargs)
+
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    url = f"http://rebind.invalid:{server.server_address[1]}/weights.pt"
+    try:
+        with pytest.raises(FetchError, match="non-public address 127.0.0.1"):
+            prefetch_downloads([url], hub_dir=tmp_path / "hub", verbose=False,
+                               env={"SAFEHUB_HTTP_TIMEOUT": "5"})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert hits == [], "the host fetched from its own loopback service"
+    for path in tmp_path.rglob("*"):
+        assert not path.is_file() or secret not in path.read_bytes()

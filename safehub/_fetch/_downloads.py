@@ -141,13 +141,26 @@ def _check_public(url: str, allowed: set[Origin]) -> None:
     except socket.gaierror as exc:
         raise FetchError(f"cannot resolve the download host {hostname!r}: {exc.strerror}") from None
     for info in infos:
-        addr = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_multicast or addr.is_reserved or addr.is_unspecified:
-            raise FetchError(
-                f"refusing to download from {hostname!r}: it resolves to the non-public address {addr}",
-                hint="repo code asked for this URL; if this server is yours and meant, add its origin "
-                "(scheme://host:port) to SAFEHUB_DOWNLOAD_ALLOW_HOSTS",
-            )
+        _refuse_non_public(hostname, str(info[4][0]))
+
+
+def _refuse_non_public(hostname: str, ip: str) -> None:
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    if addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_multicast or addr.is_reserved or addr.is_unspecified:
+        raise FetchError(
+            f"refusing to download from {hostname!r}: it resolves to the non-public address {addr}",
+            hint="repo code asked for this URL; if this server is yours and meant, add its origin "
+            "(scheme://host:port) to SAFEHUB_DOWNLOAD_ALLOW_HOSTS",
+        )
+
+
+def _check_address(host: str, port: int, ip: str, allowed: set[Origin]) -> None:
+    """The same rule at connect time, on the address the connection will use (the
+    name was checked by :func:`_check_public` already; a second lookup may differ)."""
+    host = host.lower()
+    if any(h == host and p == port for _scheme, h, p in allowed):
+        return
+    _refuse_non_public(host, ip)
 
 
 def validate_url(url: object) -> str:
@@ -342,9 +355,10 @@ def prefetch_downloads(
     _sweep_stale_partials(checkpoints / "by-url")
     allowed = _allowed_origins(env)
     host = github_host(env)
-    client = make_client(host, env, url_check=lambda u: _check_public(u, allowed))
+    at_connect = lambda h, p, ip: _check_address(h, p, ip, allowed)  # noqa: E731
+    client = make_client(host, env, url_check=lambda u: _check_public(u, allowed), address_check=at_connect)
     anonymous = HttpClient(token=None, timeout=float(env.get("SAFEHUB_HTTP_TIMEOUT") or 30),
-                           url_check=lambda u: _check_public(u, allowed))
+                           url_check=lambda u: _check_public(u, allowed), address_check=at_connect)
     lend_token = _token_scope(host, repo)
     per_file = _max_bytes(env)
     fresh_before = len(budget.fresh)
