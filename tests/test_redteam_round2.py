@@ -229,3 +229,30 @@ def test_dns_rebinding_cannot_point_a_download_at_loopback(tmp_path, monkeypatch
     assert hits == [], "the host fetched from its own loopback service"
     for path in tmp_path.rglob("*"):
         assert not path.is_file() or secret not in path.read_bytes()
+
+
+# --- allowed kernels, hostile geometry ---------------------------------------------------
+
+
+@pytest.mark.slow
+def test_allowed_kernels_refuse_hostile_geometry_cleanly():
+    """CONTAINED. Pads of +-2**62, shifts of INT64_MIN, groups and shuffle factors of
+    2**31..2**62, NaN/negative/1e30 upsample scales, pool kernels/padding past int32,
+    dilation 0, divisor_override 0, negative or huge output sizes, k past the size,
+    dims of 2**40, decreasing/negative embedding_bag offsets, unpool indices past the
+    output: each op resolved through the host's resolve_aten, run in a subprocess
+    (a kernel trusting its arguments would kill it) under an 8 GiB address-space cap.
+    Each must return or raise a Python exception."""
+    import resource
+    import subprocess
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+    proc = subprocess.run([sys.executable, str(HERE / "fixtures" / "redteam2" / "kernel_args.py")],
+                          capture_output=True, text=True, timeout=300, preexec_fn=cap, cwd=HERE.parent)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-3000:])
+    results = json.loads(proc.stdout.split("KERNELS ", 1)[1])
+    assert len(results) >= 45
+    assert "DisallowedTargetError" not in results.values(), results  # every op really is on the allowlist
+    assert set(results.values()) <= {"ok", "RuntimeError", "IndexError", "ValueError", "NotImplementedError"}, results
