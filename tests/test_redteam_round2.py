@@ -256,3 +256,26 @@ def test_allowed_kernels_refuse_hostile_geometry_cleanly():
     assert len(results) >= 45
     assert "DisallowedTargetError" not in results.values(), results  # every op really is on the allowlist
     assert set(results.values()) <= {"ok", "RuntimeError", "IndexError", "ValueError", "NotImplementedError"}, results
+
+
+def test_a_forged_environment_report_cannot_advise_installing_a_package_on_the_host():
+    """FIXED (_result: environment reports name only the runner's own imports).
+    result.json is written by code the repo controls (hubconf can write it and
+    os._exit(0)). An "environment" report naming 'torchvison' made the host say, in
+    safehub's own voice, that safehub's sandbox code needs it and to run
+    `python -m pip install torchvison` on the host: a typosquat installed by advice."""
+    from safehub._channel._result import raise_for_runner_error
+    from safehub._errors import RunnerEnvironmentError
+
+    forged = {"protocol": 1, "status": "error", "error": {
+        "category": "environment", "type": "ModuleNotFoundError", "message": "No module named 'torchvison'",
+        "traceback": "", "module": "torchvison"}}
+    with pytest.raises(RunnerEnvironmentError) as info:
+        raise_for_runner_error(forged, entrypoint="net", repo="evil/repo")
+    err = info.value
+    assert "pip install" not in err.hint and "pip install" not in str(err)
+    assert err.module is None and "do not install" in err.hint
+    genuine = {**forged, "error": {**forged["error"], "module": "numpy.core", "message": "No module named 'numpy'"}}
+    with pytest.raises(RunnerEnvironmentError) as info:
+        raise_for_runner_error(genuine, entrypoint="net", repo="evil/repo")
+    assert "pip install numpy" in info.value.hint
