@@ -279,3 +279,17 @@ def test_a_forged_environment_report_cannot_advise_installing_a_package_on_the_h
     with pytest.raises(RunnerEnvironmentError) as info:
         raise_for_runner_error(genuine, entrypoint="net", repo="evil/repo")
     assert "pip install numpy" in info.value.hint
+
+
+@pytest.mark.slow
+def test_the_job_cannot_raise_its_own_rlimits(probed):
+    """CONTAINED. Every rlimit the backend sets has soft == hard, so the job cannot
+    raise it back (setrlimit up to the hard limit needs no privilege)."""
+    backend, out = probed
+    assert not [k for k in out if k.startswith("raise_")], out
+    for name in ("RLIMIT_AS", "RLIMIT_FSIZE", "RLIMIT_CORE"):
+        soft, hard = out["limit_" + name].split("/")
+        assert soft == hard and soft != "-1", (name, out["limit_" + name])
+    assert out["limit_RLIMIT_CORE"] == "0/0"
+    if backend == "bwrap":  # the job's own uid: NPROC counts (as root under Landlock a pids cgroup does)
+        assert out["limit_RLIMIT_NPROC"] == "16/16"
