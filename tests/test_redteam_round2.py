@@ -293,3 +293,40 @@ def test_the_job_cannot_raise_its_own_rlimits(probed):
     assert out["limit_RLIMIT_CORE"] == "0/0"
     if backend == "bwrap":  # the job's own uid: NPROC counts (as root under Landlock a pids cgroup does)
         assert out["limit_RLIMIT_NPROC"] == "16/16"
+
+
+def test_raw_grid_sampler_with_an_unknown_mode_is_refused():
+    """FIXED (_allowlist: raw grid_sampler kernels refused). torch.grid_sampler /
+    grid_sampler_2d / grid_sampler_3d were on the fx function allowlist and take the
+    interpolation and padding modes as raw ints: an unknown padding mode (9) matches no
+    case of the CPU kernel and the output comes back uninitialised, i.e. host heap
+    memory (pointer-like values were seen) in the model's outputs. F.grid_sample, which
+    checks the mode names, stays allowed."""
+    from safehub._channel._allowlist import function_allowlist, kernel_refusal
+
+    table = function_allowlist()
+    for name in ("torch.grid_sampler", "torch.grid_sampler_2d", "torch.grid_sampler_3d"):
+        assert name not in table, name
+        assert kernel_refusal(name.rsplit(".", 1)[1])
+    assert "torch.nn.functional.grid_sample" in table
+    import torch
+
+    with pytest.raises(ValueError):  # the allowed path refuses a mode it does not know
+        table["torch.nn.functional.grid_sample"](torch.zeros(1, 1, 4, 4), torch.zeros(1, 2, 2, 2), padding_mode="x")
+
+
+@pytest.mark.slow
+def test_control_the_raw_grid_sampler_does_return_uninitialised_memory():
+    """The control for the test above: the raw kernel with padding mode 9 returns an
+    uninitialised tensor (so refusing it matters). Two calls over different garbage
+    must not both be exact copies of a zero/constant fill; checked in a subprocess."""
+    import subprocess
+
+    code = ("import torch, sys\n"
+            "x = torch.full((1, 1, 64, 64), 7.0); g = torch.zeros(1, 32, 32, 2)\n"
+            "outs = [torch.grid_sampler_2d(x, g, m, 9, False) for m in (0, 1)]\n"
+            "ok = [o for o in outs if torch.all(o == 7.0) or torch.all(o == 0.0)]\n"
+            "print('UNINIT' if len(ok) < len(outs) else 'DEFINED')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "UNINIT" in proc.stdout
