@@ -330,3 +330,32 @@ def test_control_the_raw_grid_sampler_does_return_uninitialised_memory():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "UNINIT" in proc.stdout
+
+
+@pytest.mark.slow
+def test_raw_loss_functions_with_unknown_reduction_ints_stay_defined():
+    """CONTAINED. The other allowed torch functions that take a mode as a raw int
+    (losses' ``reduction``): an unknown value (3, 7, -1, 2**40) returns the unreduced
+    loss, i.e. exactly reduction=0's output: defined values, never uninitialised memory."""
+    import subprocess
+
+    code = r'''
+import torch
+torch.manual_seed(0)
+a, b = torch.randn(64), torch.rand(64)
+x, y, z = torch.randn(8, 4), torch.randn(8, 4), torch.randn(8, 4)
+fns = {
+    "bce": lambda r: torch.binary_cross_entropy_with_logits(a, b, None, None, r),
+    "hinge": lambda r: torch.hinge_embedding_loss(a, torch.ones(64), 1.0, r),
+    "kl": lambda r: torch.kl_div(a, b, r),
+    "mrl": lambda r: torch.margin_ranking_loss(a, b, torch.ones(64), 0.0, r),
+    "pnll": lambda r: torch.poisson_nll_loss(a, b, True, False, 1e-8, r),
+    "cos": lambda r: torch.cosine_embedding_loss(x, y, torch.ones(8), 0.0, r),
+    "trip": lambda r: torch.triplet_margin_loss(x, y, z, 1.0, 2.0, 1e-6, False, r),
+}
+bad = [n for n, fn in fns.items() for r in (3, 7, -1, 1 << 40) if not torch.equal(fn(r), fn(0))]
+print("BAD", bad)
+'''
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "BAD []" in proc.stdout, proc.stdout
