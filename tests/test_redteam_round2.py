@@ -389,3 +389,39 @@ print("STALE", hits)
                           cwd=HERE.parent)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "STALE 0" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("unit", [b"1.5,", b"1.7976931348623157e308,", b"12345678901234567890123,", b"true,",
+                                  '"\u00e9",'.encode(), b'"",', b"[[[[]]]],", b'{"a":{}},', b'{"abcdefgh":1},'])
+def test_the_densest_json_the_prescan_accepts_stays_within_its_memory_budget(unit):
+    """CONTAINED. For each token shape, the largest count the pre-scan accepts at a
+    256 KiB cap (padded with spaces to the cap), then parsed under tracemalloc: peak
+    memory stays under MEMORY_FACTOR x the cap (measured 1.1-2.1x)."""
+    import tracemalloc
+
+    from safehub._channel._json import MEMORY_FACTOR, load_json, prescan
+    from safehub._errors import SafehubError
+
+    cap = 256 << 10
+
+    def doc(n: int) -> bytes:
+        body = b"[" + unit * n + b"0]"
+        return body + b" " * (cap - len(body))
+
+    lo, hi = 0, cap // len(unit) - 2
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        try:
+            prescan(doc(mid), "x", cap_bytes=cap)
+            lo = mid
+        except SafehubError:
+            hi = mid - 1
+    assert lo > 100
+    raw = doc(lo)
+    tracemalloc.start()
+    try:
+        load_json(raw, "x", cap_bytes=cap)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < MEMORY_FACTOR * cap, (peak / cap)
