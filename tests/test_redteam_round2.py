@@ -425,3 +425,25 @@ def test_the_densest_json_the_prescan_accepts_stays_within_its_memory_budget(uni
     finally:
         tracemalloc.stop()
     assert peak < MEMORY_FACTOR * cap, (peak / cap)
+
+
+@pytest.mark.parametrize("ip", ["100.100.100.200", "100.64.0.1", "2002:7f00:1::", "2002:a9fe:a9fe::1",
+                                "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe", "127.0.0.1", "169.254.169.254"])
+def test_downloads_refuse_shared_and_embedded_non_public_addresses(ip):
+    """FIXED (_downloads: non-public means not is_global, embedded IPv4 included).
+    The broker refused private, loopback, link-local, multicast, reserved and
+    unspecified addresses, but not the shared address space 100.64.0.0/10 (carrier
+    NAT, Tailscale nodes, Alibaba Cloud's metadata service 100.100.100.200), nor 6to4
+    addresses wrapping 127.0.0.1 or 169.254.169.254."""
+    from safehub._errors import FetchError
+    from safehub._fetch._downloads import _check_address
+
+    with pytest.raises(FetchError, match="non-public address"):
+        _check_address("repo-chosen.example", 80, ip, set())
+
+
+def test_downloads_still_accept_public_addresses():
+    from safehub._fetch._downloads import _check_address
+
+    for ip in ("93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "140.82.112.3"):
+        _check_address("example.org", 443, ip, set())

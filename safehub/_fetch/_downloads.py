@@ -144,9 +144,23 @@ def _check_public(url: str, allowed: set[Origin]) -> None:
         _refuse_non_public(hostname, str(info[4][0]))
 
 
+def _non_public(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    # is_global also excludes the shared address space 100.64.0.0/10 (carrier NAT,
+    # Tailscale, Alibaba Cloud's metadata service at 100.100.100.200), which is
+    # neither private nor reserved. IPv6 forms that embed an IPv4 address (mapped,
+    # 6to4) are judged by that address too.
+    if addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_multicast or addr.is_reserved \
+            or addr.is_unspecified or not addr.is_global:
+        return True
+    if isinstance(addr, ipaddress.IPv6Address):
+        embedded = [a for a in (addr.ipv4_mapped, addr.sixtofour, *(addr.teredo or ())) if a is not None]
+        return any(_non_public(a) for a in embedded)
+    return False
+
+
 def _refuse_non_public(hostname: str, ip: str) -> None:
     addr = ipaddress.ip_address(ip.split("%")[0])
-    if addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_multicast or addr.is_reserved or addr.is_unspecified:
+    if _non_public(addr):
         raise FetchError(
             f"refusing to download from {hostname!r}: it resolves to the non-public address {addr}",
             hint="repo code asked for this URL; if this server is yours and meant, add its origin "
