@@ -447,3 +447,20 @@ def test_downloads_still_accept_public_addresses():
 
     for ip in ("93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "140.82.112.3"):
         _check_address("example.org", 443, ip, set())
+
+
+@pytest.mark.parametrize("path", ["%2e%2e/%2e%2e/%2e%2e/victim/private/archive/main.zip", ".%2e/.%2E/x",
+                                  "%2E%2E/x", "v1%5c..%5c..%5cother/x", "v1/%252e%252e/x"])
+def test_the_token_is_not_lent_to_percent_encoded_traversals(path):
+    """FIXED (_downloads._token_scope judges the decoded path). The GitHub token is
+    lent only to the loaded repo's release assets, checked as 'path starts with
+    /owner/repo/releases/download/ and has no ..'; '%2e%2e' passed that check, and
+    servers decode it to '..', so a repo could have the host send the user's token
+    to /owner/repo/releases/download/%2e%2e/%2e%2e/%2e%2e/victim/private/... ."""
+    from safehub._fetch._downloads import _token_scope
+    from safehub._fetch._github import github_host
+
+    host = github_host({})
+    lend = _token_scope(host, ("owner", "repo"))
+    assert lend(f"{host.web}/owner/repo/releases/download/v1/weights.pt")
+    assert not lend(f"{host.web}/owner/repo/releases/download/{path}")

@@ -216,7 +216,11 @@ def _token_scope(host: Any, repo: tuple[str, str] | None) -> Callable[[str], boo
 
     def allowed(url: str) -> bool:
         u = urlparse(url)
-        return origin_of(url) == origin_of(host.web) and u.path.lower().startswith(prefix) and ".." not in u.path
+        # Judge the path as a server decodes it: %2e%2e is '..' to most servers.
+        decoded = unquote(u.path)
+        return (origin_of(url) == origin_of(host.web) and decoded.lower().startswith(prefix)
+                and u.path.lower().startswith(prefix) and ".." not in decoded and "\\" not in decoded
+                and "%" not in decoded and not u.params)
 
     return allowed
 
