@@ -216,7 +216,8 @@ KERNEL_DENY = frozenset(
      "_native_batch_norm_legit_functional", "batch_norm_update_stats", "batch_norm_elemt", "batch_norm_stats",
      "batch_norm_gather_stats", "batch_norm_gather_stats_with_counts", "batch_norm_backward_elemt",
      "batch_norm_backward_reduce", "miopen_batch_norm", "cudnn_batch_norm", "embedding_renorm_",
-     "_embedding_bag_forward_only", "_embedding_bag", "lstm", "_weight_norm"}
+     "_embedding_bag_forward_only", "_embedding_bag", "lstm", "_weight_norm", "grid_sampler", "grid_sampler_2d",
+     "grid_sampler_3d", "_grid_sampler_2d_cpu_fallback", "cudnn_grid_sampler"}
 )  # fmt: skip
 _OVERRIDABLE: set[int] | None = None
 

@@ -226,6 +226,15 @@ _KERNEL_DENY: dict[str, str] = {
     "embedding_renorm_": "renormalises rows picked by index values in place",
     "_embedding_bag_forward_only": "private embedding_bag kernel; aten.embedding_bag checks offsets",
     "_embedding_bag": "private embedding_bag kernel; aten.embedding_bag checks offsets",
+    # Red team round 2: an unknown interpolation or padding mode (raw ints here) matches
+    # no case of the CPU kernel's switch, so the output is returned uninitialised: host
+    # heap memory in the model's outputs. F.grid_sample checks the mode names.
+    **dict.fromkeys(
+        ("grid_sampler", "grid_sampler_2d", "grid_sampler_3d", "_grid_sampler_2d_cpu_fallback",
+         "cudnn_grid_sampler"),
+        "takes its interpolation and padding modes as raw ints and returns uninitialised memory for an "
+        "unknown one; torch.nn.functional.grid_sample checks the mode names",
+    ),
 }  # fmt: skip
 
 

@@ -13,6 +13,7 @@ tests/test_channel_memory.py.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,15 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abAB]")
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed in safehub JSON")
+
+
+def _finite_float(text: str) -> float:
+    # json.loads turns an overflowing literal such as 1e400 into inf: NaN/Infinity by
+    # another spelling. Non-finite values have their own literal encoding.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is not finite")
+    return value
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -160,7 +170,7 @@ def prescan(raw: bytes, what: str, *, cap_bytes: int, max_depth: int = DEFAULT_M
 
 def load_json(raw: bytes, what: str, *, cap_bytes: int, max_depth: int = DEFAULT_MAX_DEPTH,
               max_string_bytes: int = DEFAULT_MAX_STRING_BYTES) -> Any:
-    """Strict JSON: UTF-8, no NaN/Infinity, no duplicate keys, bounded nesting, and
+    """Strict JSON: UTF-8, no NaN/Infinity (nor 1e400), no duplicate keys, bounded nesting, and
     a parse whose memory is bounded by :func:`prescan` before it starts."""
     prescan(raw, what, cap_bytes=cap_bytes, max_depth=max_depth, max_string_bytes=max_string_bytes)
     try:
@@ -168,7 +178,8 @@ def load_json(raw: bytes, what: str, *, cap_bytes: int, max_depth: int = DEFAULT
     except UnicodeDecodeError:
         raise UnsafeSpecError(f"{what} is not UTF-8") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float,
+                          object_pairs_hook=_no_duplicates)
     except RecursionError:
         raise SpecTooLargeError(f"{what} is nested too deeply to parse") from None
     except ValueError as exc:  # JSONDecodeError, NaN/Infinity, duplicates, huge ints

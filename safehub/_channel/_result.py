@@ -72,6 +72,14 @@ _WARNING_CLASSES: dict[str, type[Warning]] = {
 }
 # A remote exception's type name: dotted identifiers (anything else is shown escaped).
 _TYPE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_<>][A-Za-z0-9_<>]*)*$")
+# Top-level modules the runner's own code (and torch's lazy imports under it) can
+# need: the torch family's import names and numpy. result.json is written by code
+# the repo controls, so an "environment" report naming anything else is the
+# repo's text, and the host must not tell the user to pip-install it on the host.
+RUNNER_IMPORTS = frozenset({
+    "torch", "torchvision", "torchaudio", "functorch", "torchgen", "triton", "numpy", "sympy", "mpmath",
+    "networkx", "jinja2", "markupsafe", "fsspec", "filelock", "typing_extensions", "setuptools", "pkg_resources",
+})
 _MODULE_RE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.")
 
 
@@ -197,6 +205,14 @@ def raise_for_runner_error(
     if category == "environment":
         module = _module_name(error)
         top = module.split(".")[0] if module else ""
+        if module and top not in RUNNER_IMPORTS:
+            raise RunnerEnvironmentError(
+                f"the sandbox reported that safehub's code could not import {module!r} ({remote_type}: {message}); "
+                "safehub's runner imports only the standard library, torch and torch's own requirements, so this "
+                "report came from the repo's code",
+                module=None,
+                hint=f"do not install {module!r} on the host for this; the repo {repo} may be broken or hostile",
+            )
         raise RunnerEnvironmentError(
             f"safehub's sandbox code could not import {module or 'a module'!r} in the environment it runs in "
             f"({remote_type}: {message}). This is a problem of the Python environment, not of the repo or its export",
@@ -235,7 +251,7 @@ def read_summary(result: Result) -> dict[str, Any]:
     if not isinstance(modules, dict):
         return out
     for mid, info in list(modules.items())[:1024]:
-        if not (isinstance(mid, str) and mid[:1] == "m" and mid[1:].isdigit() and len(mid) <= 8):
+        if not (isinstance(mid, str) and mid[:1] == "m" and mid[1:].isascii() and mid[1:].isdigit() and len(mid) <= 8):
             continue
         if not isinstance(info, dict):
             continue

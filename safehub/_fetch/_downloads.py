@@ -141,13 +141,40 @@ def _check_public(url: str, allowed: set[Origin]) -> None:
     except socket.gaierror as exc:
         raise FetchError(f"cannot resolve the download host {hostname!r}: {exc.strerror}") from None
     for info in infos:
-        addr = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_multicast or addr.is_reserved or addr.is_unspecified:
-            raise FetchError(
-                f"refusing to download from {hostname!r}: it resolves to the non-public address {addr}",
-                hint="repo code asked for this URL; if this server is yours and meant, add its origin "
-                "(scheme://host:port) to SAFEHUB_DOWNLOAD_ALLOW_HOSTS",
-            )
+        _refuse_non_public(hostname, str(info[4][0]))
+
+
+def _non_public(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    # is_global also excludes the shared address space 100.64.0.0/10 (carrier NAT,
+    # Tailscale, Alibaba Cloud's metadata service at 100.100.100.200), which is
+    # neither private nor reserved. IPv6 forms that embed an IPv4 address (mapped,
+    # 6to4) are judged by that address too.
+    if addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_multicast or addr.is_reserved \
+            or addr.is_unspecified or not addr.is_global:
+        return True
+    if isinstance(addr, ipaddress.IPv6Address):
+        embedded = [a for a in (addr.ipv4_mapped, addr.sixtofour, *(addr.teredo or ())) if a is not None]
+        return any(_non_public(a) for a in embedded)
+    return False
+
+
+def _refuse_non_public(hostname: str, ip: str) -> None:
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    if _non_public(addr):
+        raise FetchError(
+            f"refusing to download from {hostname!r}: it resolves to the non-public address {addr}",
+            hint="repo code asked for this URL; if this server is yours and meant, add its origin "
+            "(scheme://host:port) to SAFEHUB_DOWNLOAD_ALLOW_HOSTS",
+        )
+
+
+def _check_address(host: str, port: int, ip: str, allowed: set[Origin]) -> None:
+    """The same rule at connect time, on the address the connection will use (the
+    name was checked by :func:`_check_public` already; a second lookup may differ)."""
+    host = host.lower()
+    if any(h == host and p == port for _scheme, h, p in allowed):
+        return
+    _refuse_non_public(host, ip)
 
 
 def validate_url(url: object) -> str:
@@ -189,7 +216,11 @@ def _token_scope(host: Any, repo: tuple[str, str] | None) -> Callable[[str], boo
 
     def allowed(url: str) -> bool:
         u = urlparse(url)
-        return origin_of(url) == origin_of(host.web) and u.path.lower().startswith(prefix) and ".." not in u.path
+        # Judge the path as a server decodes it: %2e%2e is '..' to most servers.
+        decoded = unquote(u.path)
+        return (origin_of(url) == origin_of(host.web) and decoded.lower().startswith(prefix)
+                and u.path.lower().startswith(prefix) and ".." not in decoded and "\\" not in decoded
+                and "%" not in decoded and not u.params)
 
     return allowed
 
@@ -342,9 +373,10 @@ def prefetch_downloads(
     _sweep_stale_partials(checkpoints / "by-url")
     allowed = _allowed_origins(env)
     host = github_host(env)
-    client = make_client(host, env, url_check=lambda u: _check_public(u, allowed))
+    at_connect = lambda h, p, ip: _check_address(h, p, ip, allowed)  # noqa: E731
+    client = make_client(host, env, url_check=lambda u: _check_public(u, allowed), address_check=at_connect)
     anonymous = HttpClient(token=None, timeout=float(env.get("SAFEHUB_HTTP_TIMEOUT") or 30),
-                           url_check=lambda u: _check_public(u, allowed))
+                           url_check=lambda u: _check_public(u, allowed), address_check=at_connect)
     lend_token = _token_scope(host, repo)
     per_file = _max_bytes(env)
     fresh_before = len(budget.fresh)

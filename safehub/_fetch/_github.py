@@ -88,13 +88,14 @@ def github_token(env: Mapping[str, str]) -> str | None:
     return token or None
 
 
-def make_client(host: GitHubHost, env: Mapping[str, str], *, url_check=None) -> HttpClient:
+def make_client(host: GitHubHost, env: Mapping[str, str], *, url_check=None, address_check=None) -> HttpClient:
     timeout = float(env.get("SAFEHUB_HTTP_TIMEOUT") or 30)
     return HttpClient(
         token=github_token(env),
         token_origins={origin_of(host.web), origin_of(host.api)},
         timeout=timeout,
         url_check=url_check,
+        address_check=address_check,
     )
 
 

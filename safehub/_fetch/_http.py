@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import http.client
 import random
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -106,9 +108,72 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
         return new
 
 
+def _checked_connector(check: Callable[[str, int, str], None]) -> Callable[..., socket.socket]:
+    """``socket.create_connection`` that resolves once, passes every address to
+    ``check(host, port, ip)`` (which raises to refuse) and connects only to the
+    addresses it checked: a check by name followed by a second lookup to connect
+    loses to a DNS server that answers differently the second time (rebinding)."""
+
+    def create(address: tuple[str, int], timeout: Any = socket._GLOBAL_DEFAULT_TIMEOUT,  # type: ignore[attr-defined]
+               source_address: Any = None, **_: Any) -> socket.socket:
+        host, port = address
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        for info in infos:
+            check(host, port, str(info[4][0]))
+        last: OSError | None = None
+        for family, kind, proto, _name, sockaddr in infos:
+            sock = socket.socket(family, kind, proto)
+            try:
+                if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
+                    sock.settimeout(timeout)
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(sockaddr)
+                return sock
+            except OSError as exc:
+                sock.close()
+                last = exc
+        raise last or OSError(f"{host!r} resolved to no address")
+
+    return create
+
+
+def _connection_factory(cls: type, create: Callable[..., socket.socket]) -> Callable[..., Any]:
+    def make(*args: Any, **kwargs: Any) -> Any:
+        conn = cls(*args, **kwargs)
+        conn._create_connection = create  # http.client's own hook for opening the socket
+        return conn
+    return make
+
+
+class _CheckedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, create: Callable[..., socket.socket]) -> None:
+        super().__init__()
+        self._create = create
+
+    def http_open(self, req: urllib.request.Request) -> Any:
+        if req.has_proxy() or getattr(req, "_tunnel_host", None):
+            return super().http_open(req)  # a proxy resolves the name: the URL check is all we can do
+        return self.do_open(_connection_factory(http.client.HTTPConnection, self._create), req)
+
+
+class _CheckedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, create: Callable[..., socket.socket]) -> None:
+        super().__init__()
+        self._create = create
+
+    def https_open(self, req: urllib.request.Request) -> Any:
+        if req.has_proxy() or getattr(req, "_tunnel_host", None):
+            return super().https_open(req)
+        return self.do_open(_connection_factory(http.client.HTTPSConnection, self._create), req,
+                            context=self._context)  # type: ignore[attr-defined]
+
+
 class HttpClient:
     """``token`` is sent only to URLs whose origin is in ``token_origins``.
-    ``url_check`` is called on every URL, redirects included, and raises to refuse."""
+    ``url_check`` is called on every URL, redirects included, and raises to refuse.
+    ``address_check(host, port, ip)`` is called on every address a connection is
+    about to use (the one lookup it connects with), and raises to refuse."""
 
     def __init__(
         self,
@@ -118,13 +183,18 @@ class HttpClient:
         timeout: float = 30.0,
         retries: int = 3,
         url_check: Callable[[str], None] | None = None,
+        address_check: Callable[[str, int, str], None] | None = None,
     ) -> None:
         self._token = token or None
         self._token_origins = frozenset(token_origins)
         self.timeout = timeout
         self.retries = max(1, retries)
         self._url_check = url_check
-        self._opener = urllib.request.build_opener(_RedirectHandler(self))
+        handlers: list[Any] = [_RedirectHandler(self)]
+        if address_check is not None:
+            create = _checked_connector(address_check)
+            handlers += [_CheckedHTTPHandler(create), _CheckedHTTPSHandler(create)]
+        self._opener = urllib.request.build_opener(*handlers)
 
     @property
     def has_token(self) -> bool:

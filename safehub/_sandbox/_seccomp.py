@@ -36,6 +36,7 @@ MAX_INSNS = 4096  # BPF_MAXINSNS: the kernel refuses longer programs
 SUPPORTED = {"x86_64": (0xC000003E, "X86_64"), "aarch64": (0xC00000B7, "AARCH64")}
 SOCKET_FAMILIES = (0, 1, 2, 10, 16)  # AF_UNSPEC, AF_UNIX, AF_INET, AF_INET6, AF_NETLINK (Flatpak's list)
 EAFNOSUPPORT = errno.EAFNOSUPPORT
+AF_UNIX = 1
 
 
 def enabled(env: Mapping[str, str] | None = None) -> bool:
@@ -102,7 +103,7 @@ def _compile(sc, variant: str, machine: str) -> bytes:  # noqa: ANN001 - pysecco
     deny = dict(policy.DENY)
     if variant == "landlock":
         deny.update(policy.LANDLOCK_DENY)
-    special = {"personality", "clone", "socket"}
+    special = {"personality", "clone", "socket", "socketpair"}
     for name in sorted(policy.DOCKER_ALLOW - set(deny) - special):
         if known(name):  # libseccomp lacks the newest, the arch lacks 32-bit ones: default answers
             f.add_rule(sc.ALLOW, name)
@@ -129,6 +130,12 @@ def _compile(sc, variant: str, machine: str) -> bytes:  # noqa: ANN001 - pysecco
         for family in SOCKET_FAMILIES:
             f.add_rule(sc.ALLOW, "socket", sc.Arg(0, sc.EQ, family))
         f.add_rule(sc.ERRNO(EAFNOSUPPORT), "socket", sc.Arg(0, sc.GT, 0))
+    # socketpair: the kernel creates a socket of the family before its socketpair op
+    # fails (EOPNOTSUPP for every family but AF_UNIX), so an unfiltered socketpair
+    # reaches each family's create code and module autoload, under Landlock too.
+    # AF_UNIX only, all 64 bits matched (red team round 2).
+    f.add_rule(sc.ALLOW, "socketpair", sc.Arg(0, sc.EQ, AF_UNIX))
+    f.add_rule(sc.ERRNO(EAFNOSUPPORT), "socketpair", sc.Arg(0, sc.NE, AF_UNIX))
     with tempfile.TemporaryFile() as tmp:
         f.export_bpf(tmp)
         tmp.seek(0)

@@ -61,6 +61,8 @@ How it deviates, and why
    family is kernel code of its own. Allowed families match all 64 bits of the
    register (anything else is refused), so high bits cannot slip a family past
    the kernel's truncation to int, as they could past a bare ``> 40`` allow.
+   ``socketpair`` takes AF_UNIX only, under every backend: the kernel creates a
+   socket of the family before the pair fails, so it would reach the same code.
 
 A foreign architecture (i386 or arm32 compat calls, the x32 ABI on x86_64)
 kills the process: the filter only knows the native numbers.
