@@ -171,6 +171,7 @@ def load(
         )
     )
     hub.require(model)
+    hub.check_call(model, args, kwargs)  # milliseconds, before any env build or sandbox run
     if example_inputs is not None and not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     budget = DownloadBudget(limits)

@@ -28,6 +28,7 @@ __all__ = [
     "UntrustedRepoError",
     "HubconfError",
     "EntrypointNotFoundError",
+    "EntrypointArgumentsError",
     "MissingHostPackageError",
     "EnvironmentBuildError",
     "RunnerEnvironmentError",
@@ -140,6 +141,13 @@ class HubconfError(SafehubError, RuntimeError):
 
 class EntrypointNotFoundError(SafehubError, RuntimeError):
     """The named entrypoint is not in hubconf (torch.hub raises RuntimeError)."""
+
+    exit_code = 6
+
+
+class EntrypointArgumentsError(SafehubError, TypeError):
+    """The arguments do not bind to the entrypoint's signature, as read statically from
+    hubconf (torch.hub would raise the same TypeError from inside the call)."""
 
     exit_code = 6
 

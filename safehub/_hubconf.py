@@ -16,11 +16,14 @@ caller asks the sandbox (see :attr:`Hubconf.complete`).
 from __future__ import annotations
 
 import ast
+import difflib
+import inspect
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ._errors import EntrypointNotFoundError, HubconfError, escape_untrusted
+from ._errors import EntrypointArgumentsError, EntrypointNotFoundError, HubconfError, escape_untrusted
 
 __all__ = ["Entrypoint", "Hubconf", "read_hubconf", "parse_hubconf", "MAX_HUBCONF_BYTES"]
 
@@ -40,6 +43,9 @@ class Entrypoint:
     signature: str | None = None  # e.g. "(pretrained=False, **kwargs)"
     doc: str | None = None
     lineno: int | None = None
+    # (name, inspect kind, has a default) of each parameter, only when the call binding
+    # is certain from the syntax alone (see _static_params); None: unknown, never checked.
+    params: tuple[tuple[str, inspect._ParameterKind, bool], ...] | None = None
 
 
 @dataclass
@@ -77,11 +83,41 @@ class Hubconf:
             )
         ep = self.entrypoints.get(model)
         if ep is None and self.static_list_is_exact:
+            close = difflib.get_close_matches(model, self.names(), n=1)
+            maybe = f"did you mean {close[0]!r}? " if close else ""
             raise EntrypointNotFoundError(
                 f"Cannot find callable {model} in hubconf",
-                hint=f"available entrypoints: {', '.join(self.names()) or '(none)'}",
+                hint=f"{maybe}available entrypoints: {', '.join(self.names()) or '(none)'}",
             )
         return ep
+
+    def check_call(self, model: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Fail before any sandbox starts when ``args``/``kwargs`` cannot bind to the
+        entrypoint's signature. Only for signatures the syntax fixes for certain;
+        anything else is left to the real call (never refuse what torch.hub accepts)."""
+        ep = self.entrypoints.get(model)
+        if ep is None or ep.params is None or not self.complete or model not in self.certain:
+            return
+        # Placeholder defaults: nothing of the repo's is evaluated, only the shape is used.
+        sig = inspect.Signature([
+            inspect.Parameter(name, kind, default=None if has_default else inspect.Parameter.empty)
+            for name, kind, has_default in ep.params
+        ])
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            keywordable = [n for n, kind, _ in ep.params if kind is not inspect.Parameter.POSITIONAL_ONLY]
+            unknown = [k for k in kwargs if k not in keywordable]
+            hints = []
+            for key in unknown[:5]:
+                close = difflib.get_close_matches(key, keywordable, n=1)
+                if close:
+                    hints.append(f"did you mean {close[0]}= instead of {key}=?")
+            where = f"{self.path.name}" + (f" line {ep.lineno}" if ep.lineno else "")
+            raise EntrypointArgumentsError(
+                f"{model}{ep.signature or '()'} does not accept these arguments: {exc}",
+                hint=" ".join(hints) or f"see the signature of {model} in {where}, or safehub.help()",
+            ) from None
 
 
 def read_hubconf(repo_dir: Path) -> Hubconf:
@@ -153,8 +189,56 @@ def _read_tree(tree: ast.Module, path: Path) -> Hubconf:
         else:
             hub.entrypoints.pop(name, None)
 
+    _drop_unsure_params(tree, hub)
     hub.dependencies = _read_dependencies(deps_node, path) if deps_node is not None else []
     return hub
+
+
+# Attributes through which code can change how a function binds its arguments, or
+# rebind module names without a visible assignment.
+_SIGNATURE_HAZARDS = frozenset({"__code__", "__defaults__", "__kwdefaults__", "__dict__", "__wrapped__",
+                                "__signature__", "__call__", "modules", "__globals__", "__builtins__"})
+
+
+def _static_params(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[tuple[str, inspect._ParameterKind, bool], ...] | None:
+    """The parameters of a plain, undecorated function without ``**kwargs``, else None."""
+    a = fn.args
+    if fn.decorator_list or a.kwarg is not None:
+        return None
+    P = inspect.Parameter
+    positional = [(arg.arg, P.POSITIONAL_ONLY) for arg in a.posonlyargs] + \
+                 [(arg.arg, P.POSITIONAL_OR_KEYWORD) for arg in a.args]
+    first_default = len(positional) - len(a.defaults)
+    params: list[tuple[str, inspect._ParameterKind, bool]] = [
+        (name, kind, i >= first_default) for i, (name, kind) in enumerate(positional)
+    ]
+    if a.vararg is not None:
+        params.append((a.vararg.arg, P.VAR_POSITIONAL, False))
+    for arg, default in zip(a.kwonlyargs, a.kw_defaults):
+        params.append((arg.arg, P.KEYWORD_ONLY, default is not None))
+    return tuple(params)
+
+
+def _drop_unsure_params(tree: ast.Module, hub: Hubconf) -> None:
+    """Forget every static signature the file could change at run time: names that
+    are not certainly one plain function, and any file that reaches a function's
+    code/defaults, the module dict or sys.modules, or assigns an attribute named
+    like an entrypoint (``hubconf.tiny = ...`` through a self-import)."""
+    hazard = not hub.complete
+    stored_attrs: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            if node.attr in _SIGNATURE_HAZARDS:
+                hazard = True
+            if isinstance(node.ctx, (ast.Store, ast.Del)):
+                stored_attrs.add(node.attr)
+        elif isinstance(node, ast.Name) and node.id in ("__builtins__", "__spec__", "__loader__"):
+            hazard = True
+    for name, ep in list(hub.entrypoints.items()):
+        if ep.params is not None and (hazard or name not in hub.certain or name in stored_attrs):
+            hub.entrypoints[name] = Entrypoint(
+                name=ep.name, kind=ep.kind, signature=ep.signature, doc=ep.doc, lineno=ep.lineno
+            )
 
 
 def _visit_top_level(stmt: ast.stmt, hub: Hubconf, bound: dict[str, str], *, conditional: bool) -> None:
@@ -180,6 +264,7 @@ def _visit_top_level(stmt: ast.stmt, hub: Hubconf, bound: dict[str, str], *, con
             signature=sig,
             doc=ast.get_docstring(stmt, clean=False),  # __doc__ is not cleaned either
             lineno=stmt.lineno,
+            params=None if is_class or conditional else _static_params(stmt),  # type: ignore[arg-type]
         )
     elif isinstance(stmt, ast.Import):
         for alias in stmt.names:

@@ -38,7 +38,7 @@ HUBCONF = '''
 dependencies = []
 
 
-def tiny(width=4):
+def tiny(depth=1, width=4):
     """A tiny model."""
     raise AssertionError("the host never imports this")
 '''
