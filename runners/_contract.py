@@ -44,6 +44,8 @@ __all__ = [
     "MAX_WARNINGS",
     "MAX_WARNING_CHARS",
     "FACTORIES",
+    "RUNNER_TIMINGS",
+    "MAX_TIMING_S",
     "GETATTR_ATTRS",
     "METHOD_DENY",
     "Request",
@@ -103,6 +105,12 @@ WARNING_CATEGORIES = (
 )  # fmt: skip
 MAX_WARNINGS = 32  # distinct warnings one result may carry
 MAX_WARNING_CHARS = 2000  # of one warning's message
+
+# --- timings ---------------------------------------------------------------------
+# The parts of a load the runner times (seconds, in the load summary's "timings"). The
+# host keeps only these names, and only finite numbers in [0, MAX_TIMING_S).
+RUNNER_TIMINGS = ("import_torch", "hubconf", "entrypoint", "export")
+MAX_TIMING_S = 1e6
 
 # --- what the host will accept, pre-checked in the sandbox --------------------
 

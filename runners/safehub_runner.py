@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 import traceback
 import warnings
 
@@ -221,10 +222,20 @@ def run(job_dir: str) -> Result:
 
     import _downloads  # serves host-fetched weight URLs; unlisted ones -> needs_download
 
+    timings: dict[str, float] = {}  # seconds per part, reported in the load summary
+    mark = time.perf_counter()
+
+    def lap(part: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        timings[part] = round(now - mark, 6)
+        mark = now
+
     try:
         _downloads.install(in_dir)  # the runner's first import of torch
     except ImportError as exc:
         return _error("environment", exc)
+    lap("import_torch")
     repo_dir = request["repo_dir"]
     assert repo_dir is not None, "the host sends repo_dir for list and load"
     try:
@@ -238,6 +249,7 @@ def run(job_dir: str) -> Result:
 
     if action not in ("load", "export"):
         raise RuntimeError(f"unknown action {action!r}")
+    lap("hubconf")
 
     name = request["entrypoint"] or ""
     entry = getattr(hub, name, None)
@@ -252,6 +264,7 @@ def run(job_dir: str) -> Result:
     swallowed = _downloads.check()
     if swallowed:  # the repo swallowed the NeedsDownload: never export without its weights
         return swallowed
+    lap("entrypoint")
 
     try:
         import _export  # imported late: it imports torch
@@ -279,6 +292,9 @@ def run(job_dir: str) -> Result:
         return _error("unsupported_return", exc)
     except BaseException as exc:  # noqa: BLE001
         return _error("export", exc, repo_dir)
+    lap("export")
+    if isinstance(summary, dict):
+        summary["timings"] = timings
     return {"protocol": PROTOCOL, "status": "ok", "summary": summary}
 
 

@@ -51,6 +51,9 @@ class LoadInfo:
     dependencies: dict[str, Any]  # mode, installed "name==version" and the sha256 of each RECORD
     # Files the host fetched for the entrypoint: url, bytes, sha256, cached, seconds.
     downloads: tuple[dict[str, Any], ...] = ()
+    # Seconds per part of the load: measured here, plus "runner_*" as the runner reported
+    # them (whitelisted and bounded by read_summary). See _timings.
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -76,6 +79,7 @@ def _run(
     budget: DownloadBudget,
     dependencies_mode: str | None = None,
     extra_dependencies: Any = None,
+    timings: dict[str, float] | None = None,
 ) -> tuple[Job, PythonEnv]:
     """Run ``job`` in the repo's env and sandbox, fetching on the host whatever
     files the entrypoint asks for (at most MAX_DOWNLOAD_ROUNDS times). ``budget`` is
@@ -85,10 +89,13 @@ def _run(
     from ._jobs import run_job
     from ._sandbox import get_backend
 
+    timings = {} if timings is None else timings
     backend = get_backend(sandbox)
+    env_started = time.perf_counter()
     plan = plan_for_repo(repo.path, hub.dependencies, hub_dir=hub_dir, mode=dependencies_mode,
                          extra=extra_dependencies, pinned=repo.source == "github" and bool(repo.sha))
     python_env = ensure_env(plan.entries, hub_dir=hub_dir, verbose=verbose, mode=plan.mode)
+    timings["env"] = time.perf_counter() - env_started
     downloads: dict[str, Path] = {}
     for _round in range(MAX_DOWNLOAD_ROUNDS + 1):
         this_round = dataclasses.replace(job, downloads=dict(downloads), limits=budget.round_limits())
@@ -96,7 +103,9 @@ def _run(
         status("running %s in the %s sandbox", what, backend.name, verbose=verbose)
         started = time.monotonic()
         done = run_job(this_round, python_env=python_env, backend=backend, hub_dir=hub_dir)
-        status("sandbox run finished in %.1f s", time.monotonic() - started, verbose=verbose)
+        elapsed = time.monotonic() - started
+        timings["sandbox"] = timings.get("sandbox", 0.0) + elapsed
+        status("sandbox run finished in %.1f s", elapsed, verbose=verbose)
         needed = done.needs_download()
         if not needed:
             done.rerun = (this_round, backend)  # type: ignore[attr-defined]  # a deferred export runs it again
@@ -109,7 +118,9 @@ def _run(
         logger.info("the entrypoint asked for %d file(s); downloading them on the host", len(needed))
         # The GitHub token is lent only for the loaded repo's own release assets.
         owner_name = (repo.owner, repo.name) if repo.owner is not None and repo.name is not None else None
+        fetch_started = time.perf_counter()
         downloads.update(prefetch_downloads(needed, hub_dir=hub_dir, verbose=verbose, repo=owner_name, budget=budget))
+        timings["downloads"] = timings.get("downloads", 0.0) + time.perf_counter() - fetch_started
     raise SafehubError(
         f"the entrypoint kept asking for new downloads after {MAX_DOWNLOAD_ROUNDS} rounds",
         hint="ship the weights in the repo or as release assets with fixed URLs",
@@ -164,6 +175,8 @@ def load(
     if export not in EXPORT_MODES:
         raise ValueError(f"export={export!r}: use 'auto', 'fx' or 'aten'")
     check_device(device)  # before any fetch, env build or sandbox run
+    timings: dict[str, float] = {}
+    load_started = mark = time.perf_counter()
     repo, hub, hub_dir = _prepare(
         RepoRequest(
             repo_or_dir=str(repo_or_dir), source=source, trust_repo=trust_repo, force_reload=force_reload,
@@ -172,6 +185,7 @@ def load(
     )
     hub.require(model)
     hub.check_call(model, args, kwargs)  # milliseconds, before any env build or sandbox run
+    timings["fetch_and_static_checks"] = time.perf_counter() - mark
     if example_inputs is not None and not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     budget = DownloadBudget(limits)
@@ -182,13 +196,20 @@ def load(
                 example_inputs=example_inputs, export={"mode": export, "deferred": True},
             ),
             repo=repo, hub=hub, hub_dir=hub_dir, verbose=verbose, sandbox=sandbox, budget=budget,
-            dependencies_mode=dependencies_mode, extra_dependencies=extra_dependencies,
+            dependencies_mode=dependencies_mode, extra_dependencies=extra_dependencies, timings=timings,
         )
     from ._channel import read_summary, rebuild_from_output
 
     with job:
+        mark = time.perf_counter()
+        checked: list[float] = []
         with budget.discard_on_error():
-            obj = rebuild_from_output(job.out_dir, device=device)
+            obj = rebuild_from_output(job.out_dir, device=device,
+                                      before_load=lambda: checked.append(time.perf_counter()))
+        if checked:  # before_load runs once every check has passed and before tensor data is read
+            timings["validation"] = checked[0] - mark
+            timings["weights_and_build"] = time.perf_counter() - checked[0]
+        summary = read_summary(job.result)
         info = LoadInfo(
             repo=repo.display_name,
             source=repo.source,
@@ -198,11 +219,12 @@ def load(
             limits=job.sandbox.limits.as_dict(),
             env_key=python_env.key,
             env_backend=python_env.backend,
-            summary=read_summary(job.result),
+            summary=summary,
             sandbox_details=dict(job.sandbox.details),  # measured by the host-side watchdog
             dependencies={"mode": python_env.mode, "distributions": list(python_env.distributions),
                           "records": dict(python_env.records)},
             downloads=budget.summary(),
+            timings=_timings(timings, summary, total=time.perf_counter() - load_started),
         )
         from ._deferred_jobs import attach_jobs
 
@@ -215,6 +237,20 @@ def load(
     note_load(obj, info, repo_path=repo.path, args=args, kwargs=kwargs, export=export)
     _record(hub_dir, info)
     return obj
+
+
+def _timings(host: dict[str, float], summary: dict[str, Any], *, total: float) -> dict[str, float]:
+    """One flat table of seconds: the host's parts, the runner's reported parts as
+    ``runner_*``, and ``sandbox_overhead``: the sandbox run minus what the runner timed
+    (sandbox and interpreter start, reading the request, writing the result, exit)."""
+    out = {key: round(value, 4) for key, value in host.items()}
+    runner = summary.get("timings") or {}
+    for key, value in runner.items():
+        out[f"runner_{key}"] = round(value, 4)
+    if runner and "sandbox" in host:
+        out["sandbox_overhead"] = round(max(0.0, host["sandbox"] - sum(runner.values())), 4)
+    out["total"] = round(total, 4)
+    return out
 
 
 def _attach_info(obj: Any, info: LoadInfo) -> None:

@@ -139,6 +139,11 @@ def _cmd_load(args: argparse.Namespace) -> int:
                      f"{m['graph_nodes']} graph nodes, mode={m['mode']}, training={m['training']}")
         if m.get("output_shape") is not None:
             lines.append(f"    forward({m['example_input_shape']}) -> {m['output_shape']}")
+    if args.profile:
+        timings = dict(info.timings) if info else {}
+        payload["profile"] = timings
+        lines.append("  where the time went (seconds; runner_* as the sandboxed runner reported them):")
+        lines.extend(f"    {name:<24} {value:8.3f}" for name, value in timings.items())
     _emit(args, payload, "\n".join(lines))
     return 0
 
@@ -258,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
     p.add_argument("--input-shape", type=_shape, metavar="N,C,H,W",
                    help="run one forward pass on random input of this shape (the demo does 2,3,32,32)")
+    p.add_argument("--profile", action="store_true",
+                   help="print the time each part of the load took (also under \"profile\" with --json)")
     p.set_defaults(func=_cmd_load)
 
     p = sub.add_parser("list", help="list a repo's entrypoints")

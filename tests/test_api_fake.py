@@ -193,3 +193,49 @@ def test_the_fake_is_never_chosen_by_name(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("SAFEHUB_SANDBOX", "fake")
     with pytest.raises(safehub.SandboxUnavailableError):
         get_backend()
+
+
+def test_safehub_info_has_a_timing_breakdown_with_the_runners_parts(repo: Path) -> None:
+    def handler(job: FakeJob) -> None:
+        ok_handler(job)
+        job.write_result({"status": "ok", "summary": {"root": "module", "modules": {"m0": {"mode": "fx"}},
+                          "timings": {"import_torch": 1.5, "hubconf": 0.25, "entrypoint": 0.5, "export": 2}}})
+
+    got = safehub.load(str(repo), "tiny", source="local", sandbox=FakeBackend(handler), verbose=False)
+    timings = got.safehub_info.timings
+    assert {"fetch_and_static_checks", "env", "sandbox", "validation", "weights_and_build", "total"} <= set(timings)
+    assert (timings["runner_import_torch"], timings["runner_hubconf"], timings["runner_entrypoint"],
+            timings["runner_export"]) == (1.5, 0.25, 0.5, 2.0)
+    assert "sandbox_overhead" in timings
+    assert all(isinstance(v, float) and v >= 0 for v in timings.values())
+    assert got.safehub_info.as_dict()["timings"] == timings
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"import_torch": -0.5, "hubconf": 1e7, "entrypoint": -1, "export": True},
+        {"import_torch": "1.0", "hubconf": [1], "entrypoint": 1e300, "export": None},
+        {"\x1b[2J": 1.0, "../../x": 2.0, "__class__": 3.0},
+        [1.0, 2.0],
+        "fast",
+    ],
+)
+def test_hostile_runner_timings_are_dropped(repo: Path, raw) -> None:
+    def handler(job: FakeJob) -> None:
+        ok_handler(job)
+        job.write_result({"status": "ok", "summary": {"root": "module", "modules": {}, "timings": raw}})
+
+    got = safehub.load(str(repo), "tiny", source="local", sandbox=FakeBackend(handler), verbose=False)
+    assert "timings" not in got.safehub_info.summary
+    assert not any(k.startswith("runner_") for k in got.safehub_info.timings)
+    assert "sandbox_overhead" not in got.safehub_info.timings
+
+
+def test_non_finite_runner_timings_are_dropped() -> None:
+    from safehub._channel import read_summary
+
+    nan, inf = float("nan"), float("inf")
+    summary = read_summary({"protocol": 1, "status": "ok", "summary": {
+        "timings": {"import_torch": nan, "hubconf": inf, "entrypoint": -inf, "export": 0.5}}})
+    assert summary["timings"] == {"export": 0.5}

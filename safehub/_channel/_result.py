@@ -23,10 +23,12 @@ from typing import Any
 from .._contract import (
     ERROR_CATEGORIES,
     MAX_DOWNLOAD_URLS,
+    MAX_TIMING_S,
     MAX_WARNING_CHARS,
     MAX_WARNINGS,
     PROTOCOL,
     RESULT_FILE,
+    RUNNER_TIMINGS,
     Result,
     RunnerError,
 )
@@ -236,6 +238,11 @@ def stderr_tail(stderr: bytes) -> str:
 _SUMMARY_INTS = ("nodes", "tensors", "leaves")
 
 
+def _seconds(value: Any) -> bool:
+    # `0 <= v < MAX` is False for NaN; bool is an int subclass and is refused.
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < MAX_TIMING_S
+
+
 def read_summary(result: Result) -> dict[str, Any]:
     """Only the known, typed fields of the runner's summary: it came from the
     sandbox, and it ends up in logs, the CLI and ``safehub_info``."""
@@ -247,6 +254,12 @@ def read_summary(result: Result) -> dict[str, Any]:
         out["root"] = raw["root"]
     if isinstance(raw.get("weight_bytes"), int) and not isinstance(raw.get("weight_bytes"), bool):
         out["weight_bytes"] = raw["weight_bytes"]
+    timings = raw.get("timings")
+    if isinstance(timings, dict):
+        # Only the contract's names, only finite seconds in range: the rest is dropped.
+        clean_t = {key: float(timings[key]) for key in RUNNER_TIMINGS if _seconds(timings.get(key))}
+        if clean_t:
+            out["timings"] = clean_t
     modules = raw.get("modules")
     if not isinstance(modules, dict):
         return out
