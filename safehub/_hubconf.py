@@ -226,16 +226,22 @@ def _drop_unsure_params(tree: ast.Module, hub: Hubconf) -> None:
     like an entrypoint (``hubconf.tiny = ...`` through a self-import)."""
     hazard = not hub.complete
     stored_attrs: set[str] = set()
+    stored_names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute):
             if node.attr in _SIGNATURE_HAZARDS:
                 hazard = True
             if isinstance(node.ctx, (ast.Store, ast.Del)):
                 stored_attrs.add(node.attr)
-        elif isinstance(node, ast.Name) and node.id in ("__builtins__", "__spec__", "__loader__"):
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            stored_names.add(node.id)  # `tiny = lambda **kw: ...` keeps it "callable" but not this def
+        elif isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and node.name:
+            stored_names.add(node.name)
+        if isinstance(node, ast.Name) and node.id in ("__builtins__", "__spec__", "__loader__"):
             hazard = True
     for name, ep in list(hub.entrypoints.items()):
-        if ep.params is not None and (hazard or name not in hub.certain or name in stored_attrs):
+        if ep.params is not None and (hazard or name not in hub.certain or name in stored_attrs
+                                       or name in stored_names):
             hub.entrypoints[name] = Entrypoint(
                 name=ep.name, kind=ep.kind, signature=ep.signature, doc=ep.doc, lineno=ep.lineno
             )

@@ -101,6 +101,11 @@ DYNAMIC = {
     "sys_modules": "import sys\ndef tiny(width=4):\n    pass\nsys.modules[__name__].tiny = lambda **kw: None\n",
     "self_import": "import hubconf\ndef tiny(width=4):\n    pass\nhubconf.tiny = lambda **kw: None\n",
     "global_stmt": "def tiny(width=4):\n    pass\ndef _f():\n    global tiny\n    tiny = None\n",
+    "lambda_rebind": "def tiny(width=4):\n    pass\ntiny = lambda **kw: None\n",
+    "walrus": "def tiny(width=4):\n    pass\nif (tiny := make()):\n    pass\n",
+    "for_target": "def tiny(width=4):\n    pass\nfor tiny in [make()]:\n    pass\n",
+    "except_as": "def tiny(width=4):\n    pass\ntry:\n    raise make()\nexcept Exception as tiny:\n    pass\n",
+    "redefined_kwargs": "def tiny(width=4):\n    pass\ndef tiny(**kw):\n    pass\n",
     "module_getattr": "def tiny(width=4):\n    pass\ndef __getattr__(name):\n    pass\n",
 }
 
