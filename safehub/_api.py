@@ -175,7 +175,8 @@ def load(
 
     if export not in EXPORT_MODES:
         raise ValueError(f"export={export!r}: use 'auto', 'fx' or 'aten'")
-    check_device(device)  # before any fetch, env build or sandbox run
+    if device is not None:  # before any fetch, env build or sandbox run (None is the cpu: no torch import yet)
+        check_device(device)
     mark = time.perf_counter()
     timings: dict[str, float] = {"host_imports": mark - load_started}  # torch, the first time in a process
     repo, hub, hub_dir = _prepare(

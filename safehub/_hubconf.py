@@ -57,6 +57,8 @@ class Hubconf:
     uncertain: set[str] = field(default_factory=set)  # names that may or may not be callable
     complete: bool = True  # False: dir() may hold names we cannot see (star imports, dynamic code)
     reasons: list[str] = field(default_factory=list)  # why the static answer is incomplete
+    # Every name any statement in the file binds, at any depth (a superset of the module's names).
+    bound_anywhere: set[str] = field(default_factory=set)
 
     @property
     def static_list_is_exact(self) -> bool:
@@ -82,12 +84,17 @@ class Hubconf:
                 hint="entrypoints are hubconf's public callables; names starting with '_' are private",
             )
         ep = self.entrypoints.get(model)
-        if ep is None and self.static_list_is_exact:
-            close = difflib.get_close_matches(model, self.names(), n=1)
+        # Absent for certain: the list is exact, or no statement anywhere binds the name
+        # and nothing can bind names we cannot see.
+        proven_absent = self.static_list_is_exact or (self.complete and model not in self.bound_anywhere)
+        if ep is None and proven_absent:
+            known = sorted(n for n in self.entrypoints if not n.startswith("_"))
+            close = difflib.get_close_matches(model, known, n=1)
             maybe = f"did you mean {close[0]!r}? " if close else ""
+            listed = "available entrypoints" if self.static_list_is_exact else "public names that may be entrypoints"
             raise EntrypointNotFoundError(
                 f"Cannot find callable {model} in hubconf",
-                hint=f"{maybe}available entrypoints: {', '.join(self.names()) or '(none)'}",
+                hint=f"{maybe}{listed}: {', '.join(known) or '(none)'}",
             )
         return ep
 
@@ -190,6 +197,7 @@ def _read_tree(tree: ast.Module, path: Path) -> Hubconf:
             hub.entrypoints.pop(name, None)
 
     _drop_unsure_params(tree, hub)
+    hub.bound_anywhere = _names_bound_anywhere(tree)
     hub.dependencies = _read_dependencies(deps_node, path) if deps_node is not None else []
     return hub
 
@@ -198,6 +206,24 @@ def _read_tree(tree: ast.Module, path: Path) -> Hubconf:
 # rebind module names without a visible assignment.
 _SIGNATURE_HAZARDS = frozenset({"__code__", "__defaults__", "__kwdefaults__", "__dict__", "__wrapped__",
                                 "__signature__", "__call__", "modules", "__globals__", "__builtins__"})
+
+
+def _names_bound_anywhere(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and node.name:
+            names.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            names.add(node.rest)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.Global):
+            names.update(node.names)
+    return names
 
 
 def _static_params(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[tuple[str, inspect._ParameterKind, bool], ...] | None:

@@ -121,3 +121,27 @@ def test_a_plain_function_beside_ordinary_code_is_still_checked() -> None:
                         "def tiny(width=4):\n    pass\nif __name__ == '__main__':\n    tiny()\n")
     with pytest.raises(EntrypointArgumentsError, match="did you mean width="):
         hub.check_call("tiny", (), {"wdith": 1})
+
+
+def test_a_name_no_statement_binds_is_absent_even_beside_imported_names() -> None:
+    # `from x import Y` makes the list inexact, but nothing anywhere binds "tinnynet".
+    hub = parse_hubconf("import os\nfrom tinynet import TinyNet\ndef tinynet(pretrained=True):\n    pass\n")
+    assert not hub.static_list_is_exact
+    with pytest.raises(EntrypointNotFoundError, match="did you mean 'tinynet'"):
+        hub.require("tinynett")
+    hub.require("TinyNet")  # imported: may be callable, left to the sandbox
+
+
+@pytest.mark.parametrize("source", [
+    "from m import *\n",  # may bind anything
+    "globals()['tinynett'] = f\n",
+    "for tinynett in [f]:\n    pass\n",
+    "with f() as tinynett:\n    pass\n",
+    "(tinynett := f())\n",
+    "try:\n    pass\nexcept E as tinynett:\n    pass\n",
+    "import tinynett\n",
+    "def g():\n    global tinynett\n    tinynett = f\n",
+])
+def test_a_name_that_may_be_bound_is_left_to_the_sandbox(source: str) -> None:
+    hub = parse_hubconf("from tinynet import TinyNet\ndef tinynet():\n    pass\n" + source)
+    hub.require("tinynett")  # no early failure
