@@ -120,7 +120,7 @@ def test_load_records_backend_limits_and_history(loaded, safehub_home):
     assert info.backend in {"bwrap", "landlock", "process"}
     assert info.limits["timeout_s"] > 0
     # The timing breakdown: the host's parts and the runner's own, from a real sandbox run.
-    assert {"host_imports", "fetch_and_static_checks", "env", "sandbox", "validation", "weights_and_build",
+    assert {"host_imports", "host_import_torch", "fetch_and_static_checks", "env", "sandbox", "validation", "weights_and_build",
             "runner_import_torch", "runner_hubconf", "runner_entrypoint", "runner_export", "sandbox_overhead",
             "total"} <= set(info.timings)
     assert info.timings["total"] >= info.timings["sandbox"] >= info.timings["runner_export"] >= 0
