@@ -16,6 +16,7 @@ parameters and buffers. Nothing here imports or runs repo code.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import threading
@@ -263,11 +264,11 @@ class DeferredModule(nn.Module):
         # Tensors and tree copy; graphs are rebuilt on demand from the same load.
         root = nn.Module()
         for name, child in self._modules.items():
-            root.add_module(name, __import__("copy").deepcopy(child, memo))
+            root.add_module(name, copy.deepcopy(child, memo))
         for name, p in self._parameters.items():
-            root.register_parameter(name, __import__("copy").deepcopy(p, memo))
+            root.register_parameter(name, copy.deepcopy(p, memo))
         for name, b in self._buffers.items():
-            root.register_buffer(name, __import__("copy").deepcopy(b, memo), persistent=name not in self._non_persistent_buffers_set)
+            root.register_buffer(name, copy.deepcopy(b, memo), persistent=name not in self._non_persistent_buffers_set)
         root.training = self.training
         new = DeferredModule(root, self._safehub_mid)
         if self._safehub_job is not None:
