@@ -128,13 +128,15 @@ GETATTR_ATTRS = frozenset(
      "data"}  # .data: a detached alias, what detach() gives (docs/architecture-format.md)
 )  # fmt: skip
 # Public Tensor methods that touch memory, hooks, storage, other processes or the
-# interpreter, or hand out Python objects.
+# interpreter, hand out Python objects, or uninitialised memory.
 METHOD_DENY = frozenset(
     {"apply_", "map_", "map2_", "register_hook", "register_post_accumulate_grad_hook", "retain_grad", "backward",
      "storage", "untyped_storage", "storage_type", "data_ptr", "const_data_ptr", "numpy", "set_", "share_memory_",
      "record_stream", "item", "tolist", "module_load", "resize", "resize_", "resize_as", "resize_as_",
      "resize_as_sparse_", "sparse_resize_", "sparse_resize_and_clear_", "as_strided_", "pin_memory", "is_pinned",
-     "is_shared", "type", "cuda", "ipu", "xpu", "mtia", "is_set_to", "hash_tensor"}
+     "is_shared", "type", "cuda", "ipu", "xpu", "mtia", "is_set_to", "hash_tensor",
+     # uninitialised memory that a method call cannot be made to zero-fill (torch.empty* can: _channel._kernels)
+     "new_empty", "new_empty_strided"}
 )  # fmt: skip
 
 # --- shapes --------------------------------------------------------------------

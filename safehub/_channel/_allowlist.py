@@ -62,7 +62,7 @@ _MATH = (
 _FUNCTION_NAMESPACES = ("torch", "torch.functional", "torch.nn.functional", "torch.linalg", "torch.fft", "torch.special")
 
 # Methods FX graphs use that torch.overrides does not list.
-_METHOD_EXTRA = ("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "new_empty_strided", "dim", "size")
+_METHOD_EXTRA = ("new_zeros", "new_ones", "new_full", "new_tensor", "dim", "size")
 
 _ATEN_RE = re.compile(r"aten\.([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)")
 _ATEN_DENY = frozenset(
@@ -158,6 +158,12 @@ def function_allowlist() -> dict[str, Callable[..., Any]]:
             and qual.rsplit(".", 1)[-1] not in _FX_FUNCTION_DENY
         ):
             table.setdefault(qual, obj)
+    from ._kernels import ZEROED_FUNCTIONS
+
+    for key, obj in list(table.items()):  # empty* run zero-filled (see ._kernels)
+        name = key.rsplit(".", 1)[-1]
+        if name in ZEROED_FUNCTIONS and obj is getattr(torch, name, None):
+            table[key] = ZEROED_FUNCTIONS[name]
     for name in _OPERATOR:
         table[f"operator.{name}"] = getattr(operator, name)
     for name in _MATH:

@@ -22,7 +22,7 @@ from typing import Any
 
 from .._errors import TensorMismatchError
 
-__all__ = ["CHECKED", "weight_norm", "lstm_input"]
+__all__ = ["CHECKED", "ZEROED_FUNCTIONS", "weight_norm", "lstm_input"]
 
 
 def _fail(op: str, what: str) -> TensorMismatchError:
@@ -109,4 +109,59 @@ def lstm_input(
 
 
 # aten target -> the wrapper resolve_aten returns for it.
-CHECKED = {"aten._weight_norm.default": weight_norm, "aten.lstm.input": lstm_input}
+# The empty* factories hand out whatever the allocator last held: in the host that is
+# host memory (tensors it computed before), which a graph could return as its output.
+# A rebuilt graph gets zero-filled tensors instead, a valid instance of "uninitialised".
+
+
+def _zeroed(t: Any) -> Any:
+    import torch
+
+    with torch.no_grad():  # in place on a fresh tensor, even one made with requires_grad
+        t.zero_()
+    return t
+
+
+def empty(*args: Any, **kwargs: Any) -> Any:
+    """``torch.empty``, zero-filled."""
+    import torch
+
+    return _zeroed(torch.empty(*args, **kwargs))
+
+
+def empty_like(*args: Any, **kwargs: Any) -> Any:
+    """``torch.empty_like``, zero-filled."""
+    import torch
+
+    return _zeroed(torch.empty_like(*args, **kwargs))
+
+
+def empty_strided(*args: Any, **kwargs: Any) -> Any:
+    """``torch.empty_strided``, zero-filled."""
+    import torch
+
+    return _zeroed(torch.empty_strided(*args, **kwargs))
+
+
+def _aten_zeroed(op: str, overload: str) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return _zeroed(getattr(getattr(torch.ops.aten, op), overload)(*args, **kwargs))  # fixed names below
+
+    call.__name__ = call.__qualname__ = f"aten_{op}_zeroed"
+    return call
+
+
+# fx function names -> zero-filling replacements (the host's function table uses these).
+ZEROED_FUNCTIONS = {"empty": empty, "empty_like": empty_like, "empty_strided": empty_strided}
+
+CHECKED = {
+    "aten._weight_norm.default": weight_norm,
+    "aten.lstm.input": lstm_input,
+    "aten.empty.memory_format": _aten_zeroed("empty", "memory_format"),
+    "aten.empty_like.default": _aten_zeroed("empty_like", "default"),
+    "aten.empty_strided.default": _aten_zeroed("empty_strided", "default"),
+    "aten.new_empty.default": _aten_zeroed("new_empty", "default"),
+    "aten.new_empty_strided.default": _aten_zeroed("new_empty_strided", "default"),
+}
