@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import torch
 
+from safehub._sandbox import SandboxBackend
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 REPOS = FIXTURES / "repos"
@@ -143,3 +145,25 @@ def make_wheel(folder: Path, name: str, version: str, files: dict[str, str], req
         for path, text in files.items():
             z.writestr(path, text)
     return out
+
+
+class Recording(SandboxBackend):
+    """Wraps a real sandbox backend and remembers its last SandboxResult (the sandbox
+    tests read the run's stdout/stderr from it)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.name, self.last = inner, inner.name, None
+
+    def check(self) -> str | None:
+        return self.inner.check()
+
+    def confine_config(self, request: Any) -> dict[str, object]:
+        return self.inner.confine_config(request)
+
+    def describe(self) -> dict[str, object]:
+        return self.inner.describe()
+
+    def run(self, request: Any) -> Any:
+        self.last = self.inner.run(request)
+        return self.last
+

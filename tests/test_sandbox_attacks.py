@@ -27,11 +27,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import Recording
 from safehub._env import host_env
 from safehub._env._types import PythonEnv
 from safehub._errors import SafehubError, SandboxLimitError, SandboxTimeoutError
 from safehub._jobs import JobRequest, run_job
-from safehub._sandbox import Limits, SandboxBackend, SandboxRequest, SandboxResult, get_backend
+from safehub._sandbox import Limits, SandboxResult, get_backend
 
 REPO = Path(__file__).resolve().parent / "fixtures" / "malicious" / "hostile"
 BACKENDS = ["bwrap", "landlock"]
@@ -43,25 +44,6 @@ pytestmark = pytest.mark.slow
 def host_python_env() -> PythonEnv:
     """The host interpreter, exposed read-only (what safehub gives trusted jobs)."""
     return host_env()
-
-
-class Recording(SandboxBackend):
-    """A real backend, remembering its last SandboxResult (the test reads stdout/stderr)."""
-
-    def __init__(self, inner: SandboxBackend) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.last: SandboxResult | None = None
-
-    def check(self) -> str | None:
-        return self.inner.check()
-
-    def confine_config(self, request: SandboxRequest) -> dict[str, object]:
-        return self.inner.confine_config(request)
-
-    def run(self, request: SandboxRequest) -> SandboxResult:
-        self.last = self.inner.run(request)
-        return self.last
 
 
 @dataclass

@@ -30,9 +30,9 @@ from safehub._doctor import doctor_report, format_report
 from safehub._env import host_env
 from safehub._errors import SafehubError, SandboxUnavailableError
 from safehub._jobs import JobRequest, run_job
-from safehub._sandbox import Limits, SandboxBackend, SandboxRequest, SandboxResult, _seccomp, get_backend
+from safehub._sandbox import Limits, SandboxResult, _seccomp, get_backend
 
-from conftest import REPOS, ROOT
+from conftest import REPOS, ROOT, Recording
 
 HOSTILE = Path(__file__).resolve().parent / "fixtures" / "malicious" / "hostile"
 SPINE = REPOS / "spine"
@@ -125,23 +125,6 @@ def host_keys():
             keyctl(L(21), L(planted))
         except OSError:
             pass
-
-
-class Recording(SandboxBackend):
-    """A real backend, remembering its last SandboxResult."""
-
-    def __init__(self, inner: SandboxBackend) -> None:
-        self.inner, self.name, self.last = inner, inner.name, None
-
-    def check(self) -> str | None:
-        return self.inner.check()
-
-    def confine_config(self, request: SandboxRequest) -> dict[str, object]:
-        return self.inner.confine_config(request)
-
-    def run(self, request: SandboxRequest) -> SandboxResult:
-        self.last = self.inner.run(request)
-        return self.last
 
 
 class Outcome:
