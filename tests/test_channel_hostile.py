@@ -67,6 +67,12 @@ def recorder(tmp_path_factory: pytest.TempPathFactory) -> _Recorder:
     corpus.write_files(out, corpus.base_spec(), corpus.base_weights())
     model = rebuild_from_output(out)
     assert torch.equal(model(torch.ones(2, 4)), torch.full((2, 3), 4.0))
+    # The aten allowlist is read lazily (importlib.resources imports importlib.readers
+    # on first use): read it now too, or the first aten case's verdict would depend on
+    # which tests ran earlier in this process (it did under pytest-xdist).
+    from safehub._channel._allowlist import aten_forward_ops
+
+    assert aten_forward_ops()
     return _Recorder()
 
 
