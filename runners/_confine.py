@@ -13,7 +13,8 @@ Keys (all optional):
                            (for backends without a user namespace of their own)
   no_new_privs: bool       prctl(PR_SET_NO_NEW_PRIVS)
   drop_caps: bool          empty every capability set (landlock as root)
-  landlock: {abi_min, abi_max, read: [paths], write: [paths], devices: [paths],
+  landlock: {abi_min, abi_max, read: [paths], list: [folders: list names only],
+             write: [paths], devices: [paths],
              gpu_devices: [paths], deny_tcp: bool, scope: bool}
   seccomp: {arch: AUDIT_ARCH_*, bpf: base64}  a BPF program the host compiled
                            (safehub/_sandbox/_seccomp.py), installed last, on every
@@ -136,6 +137,7 @@ def _landlock(config: dict) -> None:
         gpu = device | FS_IOCTL_DEV | FS_READ_DIR
         rules = (
             (config.get("read", ()), read),
+            (config.get("list", ()), FS_READ_DIR),
             (config.get("write", ()), write),
             (config.get("devices", ()), device),
             (config.get("gpu_devices", ()), gpu),

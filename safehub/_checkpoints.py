@@ -93,7 +93,7 @@ def _convert_in_sandbox(path: Path, *, weights_only: bool, sandbox: str | Sandbo
     backend = get_backend(sandbox)
     logger.info("unpickling %s inside the %s sandbox", path, backend.name)
     request = JobRequest(action="convert", checkpoint=path, weights_only=weights_only)
-    with run_job(request, python_env=host_env(), backend=backend, hub_dir=hub_path()) as job:
+    with run_job(request, python_env=host_env(hub_path()), backend=backend, hub_dir=hub_path()) as job:
         return read_converted_checkpoint(job.out_dir, max_weight_bytes=MAX_CHECKPOINT_BYTES)
 
 

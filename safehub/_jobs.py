@@ -177,6 +177,7 @@ def run_job(job: JobRequest, *, python_env: PythonEnv, backend: SandboxBackend, 
             limits=job.limits,
             allow_gpu=job.allow_gpu,
             runner_dir=rdir,
+            hidden_paths=python_env.hidden_paths,
         )
         # What the runner applies to itself before repo code (rlimits, Landlock).
         request["confine"] = backend.confine_config(sandbox_request)

@@ -286,11 +286,14 @@ def test_host_inspection_never_imports_torch(tmp_path):
 
 def test_host_env_is_the_host_interpreter():
     env = host_env()
-    assert env.python == Path(sys.executable) and env.backend == "host"
+    # The base interpreter in a bare venv of its own, not the host venv (whose
+    # site-packages holds everything the user installed).
+    assert os.path.realpath(env.python) == os.path.realpath(sys._base_executable) and env.backend == "host"
+    assert Path(sys.prefix).resolve() not in env.ro_paths
     real_prefix = Path(os.path.realpath(sys.base_prefix))
     assert any(p == real_prefix or p in real_prefix.parents for p in env.ro_paths)
-    torch_dir = Path(os.path.realpath(md.distribution("torch").locate_file("")))
-    assert any(p == torch_dir or p in torch_dir.parents for p in env.ro_paths)
+    site = Path(os.path.realpath(md.distribution("torch").locate_file("")))
+    assert site / "torch" in env.ro_paths and site not in env.ro_paths  # torch, not its neighbours
     assert all(p == Path(os.path.realpath(p)) for p in env.ro_paths)
 
 

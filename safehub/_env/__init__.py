@@ -1,7 +1,7 @@
 """Per-repo virtual environments.
 
 ``ensure_env`` builds (once) and returns the env for a hubconf ``dependencies``
-list; ``host_env`` is the host interpreter for trusted helper jobs;
+list; ``host_env`` is the host interpreter with only the torch family, for helper jobs;
 ``resolve_dependencies`` is the pure name mapping both rely on; ``plan_for_repo``
 chooses the dependency entries by mode (declared / scan / requirements, _plan.py,
 _scan.py). Envs see only the host's torch family, through a folder of links
@@ -11,7 +11,8 @@ _scan.py). Envs see only the host's torch family, through a folder of links
 from __future__ import annotations
 
 from ._build import ensure_env, env_key, key_inputs
-from ._host import host_env, host_info
+from ._host import host_info
+from ._hostenv import host_env
 from ._plan import MODES, DependencyPlan, UnknownImportError, plan_for_repo
 from ._manage import EnvRecord, list_envs, prune_envs, remove_env
 from ._resolve import Resolution, Requirement, resolve_dependencies

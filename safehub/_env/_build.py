@@ -120,6 +120,16 @@ def _valid(root: Path, key: str) -> dict[str, Any] | None:
     return marker
 
 
+def env_ro_paths(root: Path, host: HostInfo, family: Family) -> tuple[Path, ...]:
+    """What an env's interpreter reads: the env, the base prefix, the family folder and
+    its targets (a target inside the base site-packages, which the sandbox hides, is
+    listed on its own so it is shown again)."""
+    shown = minimal_paths([root, *host.base_prefixes, family.folder, *family.targets])
+    again = [t for t in family.targets if t not in shown
+             and any(t == h or h in t.parents for h in host.base_site_packages)]
+    return (*shown, *again)
+
+
 def _python_env(root: Path, host: HostInfo, family: Family, key: str, marker: Mapping[str, Any]) -> PythonEnv:
     root = Path(os.path.realpath(root))
     try:
@@ -130,7 +140,8 @@ def _python_env(root: Path, host: HostInfo, family: Family, key: str, marker: Ma
     return PythonEnv(
         python=root / "bin" / "python",
         root=root,
-        ro_paths=minimal_paths([root, *host.base_prefixes, family.folder, *family.targets]),
+        ro_paths=env_ro_paths(root, host, family),
+        hidden_paths=host.base_site_packages,
         key=key,
         distributions=tuple(str(d) for d in dists),
         records={str(k): str(v) for k, v in (marker.get("records") or {}).items()}

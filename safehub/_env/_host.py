@@ -27,7 +27,6 @@ from ._types import PythonEnv
 __all__ = [
     "HostInfo",
     "host_info",
-    "host_env",
     "check_host_requirements",
     "check_installed_requirements",
     "minimal_paths",
@@ -53,6 +52,9 @@ class HostInfo:
     constraints: tuple[str, ...]  # what the torch family requires of other packages
     # (canonical name, version, real dist-info path) of the family and its requirement closure
     family_dists: tuple[tuple[str, str, Path], ...] = ()
+    # The base interpreter's own package folders (inside base_prefixes or /usr): the
+    # sandbox hides them; only the torch family's link targets in them are shown.
+    base_site_packages: tuple[Path, ...] = ()
 
 
 _SYSCONFIG_LOCK = threading.Lock()
@@ -149,6 +151,19 @@ def _matches_torch(dist: md.Distribution, torch: md.Distribution | None) -> bool
     return True
 
 
+def base_site_packages() -> tuple[Path, ...]:
+    """Package folders of the base interpreter (and a distro Python's dist-packages)."""
+    ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    found: list[Path] = []
+    for base in {sys.base_prefix, sys.base_exec_prefix}:
+        paths = sysconfig.get_paths(vars={"base": base, "platbase": base})
+        found += [Path(paths[k]) for k in ("purelib", "platlib") if paths.get(k)]
+    for prefix in ("/usr", "/usr/local"):  # Debian's site.py adds these to a system Python
+        found += [Path(prefix, "lib", "python3", "dist-packages"), Path(prefix, "lib", ver, "dist-packages"),
+                  Path(prefix, "lib", ver, "site-packages")]
+    return tuple(dict.fromkeys(_real(p) for p in found if p.is_dir()))
+
+
 def host_info() -> HostInfo:
     """Inspect the host. Cheap (metadata reads only); called once per ensure_env."""
     sysconfig_ready()
@@ -204,24 +219,7 @@ def host_info() -> HostInfo:
         share_paths=tuple(folders),
         constraints=tuple(sorted(constraints)),
         family_dists=tuple(sorted(closure)),
-    )
-
-
-def host_env() -> PythonEnv:
-    """The host interpreter itself, for trusted helper jobs that need no repo packages."""
-    sysconfig_ready()
-    paths = [_real(sys.prefix), _real(sys.exec_prefix)]
-    info = host_info()
-    paths += list(info.base_prefixes)
-    paths += [_real(p) for key in ("purelib", "platlib") if (p := sysconfig.get_paths().get(key))]
-    paths += list(info.share_paths)
-    return PythonEnv(
-        python=Path(sys.executable),  # not resolved: a venv is found through its symlink
-        root=Path(sys.prefix),
-        ro_paths=minimal_paths(p for p in paths if p.exists()),
-        key="host",
-        distributions=(),
-        backend="host",
+        base_site_packages=base_site_packages(),
     )
 
 

@@ -25,3 +25,6 @@ class PythonEnv:
     backend: str = ""  # "uv", "virtualenv" or "host"
     records: dict[str, str] = field(default_factory=dict, hash=False, compare=False)  # "name==ver" -> sha256 of RECORD
     mode: str = ""  # the dependency resolution mode the env was built for
+    # Folders inside ro_paths the sandbox hides (the base interpreter's site-packages);
+    # ro_paths inside them (the torch family's link targets) are shown again.
+    hidden_paths: tuple[Path, ...] = ()

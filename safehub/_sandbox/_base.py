@@ -45,6 +45,9 @@ class SandboxRequest:
     # The runner scripts: runners/_confine.py applies the confinement, for
     # backends that confine through the reaper (landlock, process).
     runner_dir: Path = field(default_factory=runner_dir)
+    # Folders inside a read-only path the job must not see (the base interpreter's
+    # site-packages inside its prefix); read-only paths inside them are shown again.
+    hidden_paths: Sequence[Path] = ()
 
 
 @dataclass

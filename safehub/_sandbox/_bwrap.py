@@ -6,7 +6,9 @@ root with only:
 
 * /usr (and the /bin, /lib* links), /etc/ld.so.cache and a synthetic
   /etc/passwd, read-only;
-* the request's read-only paths (interpreter, torch, venv, repo, runner, job in/);
+* the request's read-only paths (interpreter, torch, venv, repo, runner, job in/),
+  less its hidden paths (an empty read-only tmpfs over each; read-only paths
+  inside them bound again);
 * the request's writable paths (the job's out/) bound read-write;
 * a size-capped tmpfs on /tmp, /dev/shm and each scratch path (HOME, TMPDIR);
 * a fresh /proc (only the sandbox's processes) and a minimal /dev.
@@ -35,7 +37,7 @@ from ._base import GPU_DEVICES, MAX_CAPTURE_BYTES, SandboxBackend, SandboxReques
 from ._capture import TailPipe
 from ._keyring import fresh_session_keyring
 from ._limits import Watchdog, confine_rlimits, killed_by_signal
-from ._binds import ancestors, normalise_request
+from ._binds import ancestors, normalise_hidden, normalise_request, within
 from ._seccomp import build, enabled, warn_if_off
 from ._seccomp import problem as seccomp_problem
 from ._kill import kill_uid, wait_gone
@@ -133,7 +135,7 @@ class BwrapBackend(SandboxBackend):
         argv, fds, cleanup = self._argv(
             list(request.argv), dict(request.env), Path(request.cwd), ro, rw, scratch,
             uid=uid, allow_gpu=request.allow_gpu, tmpfs_bytes=request.limits.tmpfs_bytes,
-            rlimits=confine_rlimits(request.limits),
+            rlimits=confine_rlimits(request.limits), hidden=normalise_hidden(request, [*map(str, ro), "/usr"]),
         )
         import subprocess
 
@@ -250,6 +252,7 @@ class BwrapBackend(SandboxBackend):
         allow_gpu: bool = False,
         tmpfs_bytes: int = 64 * 1024**2,
         rlimits: dict[str, int | list[int]] | None = None,
+        hidden: list[Path] | None = None,
     ) -> tuple[list[str], tuple[int, ...], Callable[[], None]]:
         fds: list[int] = []
 
@@ -312,8 +315,19 @@ class BwrapBackend(SandboxBackend):
             if parent not in made:
                 args += ["--perms", "0711", "--dir", parent]
                 made.add(parent)
+        hidden = hidden or []
+        inner = [p for p in ro if any(within(p, h) for h in hidden)]
         for path in ro:
+            if path not in inner:
+                args += ["--ro-bind", str(path), str(path)]
+        # A hidden folder becomes an empty tmpfs (read-only once the read-only paths
+        # inside it, the torch family's link targets, are bound back onto it).
+        for path in hidden:
+            args += ["--size", str(1024**2), "--perms", "0755", "--tmpfs", str(path)]
+        for path in inner:
             args += ["--ro-bind", str(path), str(path)]
+        for path in hidden:
+            args += ["--remount-ro", str(path)]
         for path in rw:
             args += ["--bind", str(path), str(path)]
         for path in scratch:

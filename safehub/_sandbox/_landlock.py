@@ -5,7 +5,8 @@ The runner applies a Landlock rule set to itself (runners/_confine.py) before
 anything from the repo runs; every process it starts inherits it:
 
 * files: read+execute on /usr, the /bin and /lib* links, ld.so.cache and the
-  request's read-only paths; everything on its writable and scratch paths;
+  request's read-only paths, less its hidden paths (the folders above one get
+  their other children granted one by one, and are listable but not readable); everything on its writable and scratch paths;
   read/write on /dev/null, zero, full, random and urandom; nothing else
   (no HOME, no /proc, no /tmp, no /dev/shm);
 * network (ABI >= 4): TCP bind and connect denied;
@@ -33,7 +34,7 @@ from collections.abc import Mapping
 from ._base import GPU_DEVICES, SandboxBackend, SandboxRequest, SandboxResult
 from ._cgroup import PidsCgroup
 from ._limits import confine_rlimits
-from ._binds import normalise_request
+from ._binds import carve, normalise_hidden, normalise_request
 from ._seccomp import confine_entry, enabled, warn_if_off
 from ._seccomp import problem as seccomp_problem
 from ._supervised import run_supervised
@@ -139,6 +140,10 @@ class LandlockBackend(SandboxBackend):
 
     def confine_config(self, request: SandboxRequest) -> dict[str, object]:
         ro, rw, scratch = normalise_request(request)
+        read = [*SYSTEM_READ, *map(str, ro)]
+        # Hidden folders (the base interpreter's site-packages) are carved out: the
+        # shown path above one is granted child by child (rules only ever add).
+        read, listable = carve(read, normalise_hidden(request, read))
         rlimits = confine_rlimits(request.limits)
         nproc = rlimits.pop("NPROC", None)
         config: dict[str, object] = {
@@ -148,7 +153,8 @@ class LandlockBackend(SandboxBackend):
             "landlock": {
                 "abi_min": MIN_ABI,
                 "abi_max": self.abi,
-                "read": [*SYSTEM_READ, *map(str, ro)],
+                "read": read,
+                "list": listable,
                 "write": [*map(str, rw), *map(str, scratch)],
                 "devices": list(DEVICES),
                 "deny_tcp": True,
