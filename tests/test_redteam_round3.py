@@ -154,3 +154,44 @@ def test_hidden_paths_outside_every_shown_path_are_ignored_and_relative_ones_ref
     assert normalise_hidden(req, ["/usr"]) == []
     with pytest.raises(SandboxError, match="not absolute"):
         normalise_hidden(SandboxRequest(argv=["x"], env={}, cwd=tmp_path, hidden_paths=(Path("rel"),)), ["/"])
+
+
+# --- the function allowlist: every entry a callable -----------------------------------
+
+
+def test_the_function_allowlist_holds_only_functions():
+    """FIXED (round 3: _allowlist builds from id membership and refuses non-functions).
+    ``allowed_ids.get(id(obj)) is not obj`` was False for every None-valued attribute
+    (a missing id answers None), so torch.newaxis and torch.nn.functional.np were
+    entries whose value was None; classes (torch.autocast) were entries too."""
+    from safehub._channel._allowlist import function_allowlist
+
+    table = function_allowlist()
+    assert not [k for k, v in table.items() if v is None or not callable(v) or isinstance(v, type)]
+    for key in ("torch.newaxis", "torch.nn.functional.np", "torch.autocast", "torch.amp.autocast_mode.autocast"):
+        assert key not in table, key
+    assert callable(table["torch.add"]) and callable(table["torch.nn.functional.relu"])
+
+
+@pytest.mark.parametrize("target", ["torch.newaxis", "torch.nn.functional.np", "torch.autocast",
+                                    "torch.nn.functional.np.load", "torch.Tensor"])
+def test_a_graph_calling_a_non_function_is_refused(target, tmp_path):
+    """FIXED (round 3). A node whose target names a None or non-callable attribute
+    (or a class) is refused as off the allowlist, never resolved."""
+    import specgen
+    import torch
+
+    from safehub._channel import rebuild_from_output
+    from safehub._errors import DisallowedTargetError
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return torch.relu(x)
+
+    spec, weights = specgen.full_spec(Net())
+    nodes = spec["modules"]["m0"]["graphs"]["eval"]["nodes"]
+    calls = [n for n in nodes if n["op"] == "call_function"]
+    assert calls
+    calls[0]["target"] = target
+    with pytest.raises(DisallowedTargetError, match="not on safehub's allowlist"):
+        rebuild_from_output(specgen.write(tmp_path / "out", spec, weights))

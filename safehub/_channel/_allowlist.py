@@ -138,7 +138,11 @@ def function_allowlist() -> dict[str, Callable[..., Any]]:
         for attr, obj in vars(mod).items():
             if (
                 attr.startswith("__")
-                or allowed_ids.get(id(obj)) is not obj
+                # Membership, not .get(): .get() answered None for a missing id, which
+                # let every None-valued attribute in (torch.newaxis, F.np).
+                or id(obj) not in allowed_ids
+                or allowed_ids[id(obj)] is not obj
+                or _not_a_function(obj)
                 or unchecked_family(attr)
                 or kernel_refusal(attr) is not None
                 or attr in _FX_FUNCTION_DENY
@@ -169,7 +173,16 @@ def function_allowlist() -> dict[str, Callable[..., Any]]:
     for name in _MATH:
         table[f"math.{name}"] = getattr(math, name)
     table[GETATTR_KEY] = builtins.getattr
+    broken = sorted(k for k, v in table.items() if _not_a_function(v))
+    if broken:  # fail closed: a target that is not a plain callable never reaches a graph
+        raise RuntimeError(f"safehub's function allowlist holds non-functions: {broken}")
     return table
+
+
+def _not_a_function(obj: object) -> bool:
+    """Refused as call_function targets: None and other non-callables, and classes
+    (torch.autocast: a call would construct an object, not compute a tensor)."""
+    return obj is None or not callable(obj) or isinstance(obj, type)
 
 
 @functools.lru_cache(maxsize=None)

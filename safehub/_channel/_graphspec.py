@@ -188,7 +188,7 @@ def _resolve_target(
         return target
     # call_function
     fn = functions.get(target)
-    if fn is not None:
+    if fn is not None and callable(fn):
         return fn
     if target.startswith("aten."):  # aten mode, or fx mode when a model calls torch.ops.aten.* itself
         return resolve_aten(target, where)
