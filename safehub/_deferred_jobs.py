@@ -19,19 +19,29 @@ import torch
 from ._deferred import deferred_modules
 from ._errors import ExportError
 
-__all__ = ["DeferredJob", "attach_jobs", "keep_weights"]
+__all__ = ["DeferredJob", "attach_jobs", "keep_weights", "sweep_kept_weights"]
 
 logger = logging.getLogger("safehub")
 
 
 class _Keep:
-    """Removes the kept weights folder when the last module of a load is gone."""
+    """Removes the kept weights folder when the last module of a load is gone, or at
+    interpreter exit. After a crash, the folder's owner lock is gone with the
+    process and the next keep_weights sweeps it (safehub/_owned.py)."""
 
-    def __init__(self, folder: Path) -> None:
-        from ._fsutil import remove_tree
+    def __init__(self, owned: Any) -> None:
+        self.folder = owned.path
+        self._finalizer = weakref.finalize(self, owned.release)
 
-        self.folder = folder
-        self._finalizer = weakref.finalize(self, remove_tree, folder)
+
+_SWEPT: set[Path] = set()
+
+
+def sweep_kept_weights(hub_dir: Path) -> int:
+    """Remove kept-weights folders of processes that died without cleaning up."""
+    from ._owned import sweep_unowned
+
+    return sweep_unowned(Path(hub_dir) / "deferred", "load-")
 
 
 @dataclass
@@ -101,7 +111,6 @@ def run_export(job: DeferredJob, mid: str, training: bool, structure: list[dict]
 def keep_weights(out_dir: Path, hub_dir: Path) -> tuple[Path, _Keep]:
     """Keep the first load's weights for later export jobs (a hard link when possible)."""
     import os
-    import secrets
     import shutil
 
     import stat
@@ -109,15 +118,21 @@ def keep_weights(out_dir: Path, hub_dir: Path) -> tuple[Path, _Keep]:
     src = Path(out_dir) / "weights.safetensors"
     if not stat.S_ISREG(os.lstat(src).st_mode):  # the sandbox wrote it: a plain file or nothing
         raise ExportError("the load job's weights.safetensors is not a regular file")
-    folder = hub_dir / "deferred" / f"load-{secrets.token_hex(8)}"
-    folder.mkdir(parents=True, mode=0o700)
-    dst = folder / "weights.safetensors"
+    from ._owned import make_owned_dir
+
+    hub_dir = Path(hub_dir)
+    if hub_dir not in _SWEPT:  # once per process and hub: crashed loads' leftovers
+        _SWEPT.add(hub_dir)
+        sweep_kept_weights(hub_dir)
+    owned = make_owned_dir(hub_dir / "deferred", "load-")
+    keep = _Keep(owned)
+    dst = owned.path / "weights.safetensors"
     try:
         os.link(src, dst, follow_symlinks=False)
     except OSError:
         shutil.copyfile(src, dst, follow_symlinks=False)
     os.chmod(dst, 0o644)  # read by the sandbox uid through in/
-    return dst, _Keep(folder)
+    return dst, keep
 
 
 def attach_jobs(obj: Any, *, job: Any, python_env: Any, hub_dir: Path, sha: str | None, summary: dict) -> None:

@@ -11,6 +11,9 @@ byte the runner wrote is read by ``safehub/_channel``. Job folder::
                    weights.safetensors, checkpoint.json)
     <job>/home, <job>/tmp   scratch HOME and TMPDIR, thrown away afterwards
 
+Each job folder is owned by this process (safehub/_owned.py): a crash leaves it
+behind, and the next run_job in any process sweeps it.
+
 Nothing under ``out/`` is ever unpickled, imported or executed by the host.
 """
 
@@ -19,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +35,13 @@ from ._errors import SandboxError, SandboxLimitError, SandboxTimeoutError
 from ._resources import runner_dir
 from ._sandbox import Limits, SandboxBackend, SandboxRequest, SandboxResult
 from ._fsutil import remove_tree
+from ._owned import make_owned_dir, sweep_unowned
 
 __all__ = ["Job", "JobRequest", "run_job", "PROTOCOL"]
 
 logger = logging.getLogger("safehub")
+
+_SWEPT: set[Path] = set()
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class Job:
     root: Path
     result: Result
     sandbox: SandboxResult
+    owned: Any = None  # safehub._owned.OwnedDir: the folder's owner lock (run_job's jobs)
     out_dir: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -82,7 +88,10 @@ class Job:
         # Never raises: the job folder holds what the sandbox left (deep chains,
         # locked folders, FIFOs), and a model already built must not be lost to it.
         try:
-            remove_tree(self.root)
+            if self.owned is not None:
+                self.owned.release()
+            else:
+                remove_tree(self.root)
         except Exception:  # noqa: BLE001 - logged; a leftover folder beats a lost model
             logger.warning("could not remove the job folder %s", self.root, exc_info=True)
 
@@ -136,9 +145,11 @@ def run_job(job: JobRequest, *, python_env: PythonEnv, backend: SandboxBackend, 
     import cloudpickle
 
     jobs = hub_dir / "jobs"
-    jobs.mkdir(parents=True, exist_ok=True)
-    root = jobs / f"job-{secrets.token_hex(8)}"
-    root.mkdir(mode=0o700)
+    if jobs not in _SWEPT:  # once per process and hub: folders of crashed loads (args, weights)
+        _SWEPT.add(jobs)
+        sweep_unowned(jobs, "job-")
+    owned = make_owned_dir(jobs, "job-")
+    root = owned.path
     try:
         for sub in ("in", "out", "home", "tmp"):
             (root / sub).mkdir(mode=0o700)
@@ -190,11 +201,11 @@ def run_job(job: JobRequest, *, python_env: PythonEnv, backend: SandboxBackend, 
         if not needs_download_urls(result):  # the retry's run reports them, once
             raise_runner_warnings(result, repo=str(job.repo_dir or job.checkpoint or "the job"))
         raise_for_runner_error(result, entrypoint=job.entrypoint, repo=str(job.repo_dir), import_hint=missing_module_hint)
-        done = Job(root=root, result=result, sandbox=sandbox_result)
+        done = Job(root=root, result=result, sandbox=sandbox_result, owned=owned)
         done.needs_download()  # validates the URLs now: a bad report fails here, and the folder goes
         return done
     except BaseException:
-        remove_tree(root)
+        owned.release()
         raise
 
 

@@ -195,3 +195,103 @@ def test_a_graph_calling_a_non_function_is_refused(target, tmp_path):
     calls[0]["target"] = target
     with pytest.raises(DisallowedTargetError, match="not on safehub's allowlist"):
         rebuild_from_output(specgen.write(tmp_path / "out", spec, weights))
+
+
+# --- deferred export: kept weights after a crash ------------------------------------------
+
+_KEEPER = r"""
+import os, signal, sys, time
+sys.path.insert(0, {repo!r})
+from pathlib import Path
+from safehub._owned import make_owned_dir
+owned = make_owned_dir(Path({parent!r}), "load-")
+(owned.path / "weights.safetensors").write_bytes(b"secret weights")
+import weakref
+class Holder: pass
+h = Holder(); weakref.finalize(h, owned.release)
+print(owned.path, flush=True)
+how = {how!r}
+if how == "kill": os.kill(os.getpid(), signal.SIGKILL)
+if how == "exit": sys.exit(0)
+time.sleep(60)
+"""
+
+
+def _keeper(tmp_path: Path, how: str):
+    import subprocess
+
+    code = _KEEPER.format(repo=str(HERE.parent), parent=str(tmp_path / "deferred"), how=how)
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+
+
+def test_kept_weights_of_a_killed_process_are_swept_and_a_live_ones_are_not(tmp_path):
+    """FIXED (round 3: safehub/_owned.py). Kept weights lived in <hub>/deferred/load-*
+    with only a weakref.finalize to remove them: a SIGKILLed (OOM-killed) process
+    left them on disk for good. Now each folder has an owner file its process holds
+    an flock on; the next keep_weights sweeps folders whose lock is free. Real
+    processes: one killed, one alive, one exiting normally."""
+    from safehub._owned import sweep_unowned
+
+    killed = _keeper(tmp_path, "kill")
+    dead_dir = Path(killed.stdout.readline().strip())
+    killed.wait(timeout=30)
+    live = _keeper(tmp_path, "sleep")
+    live_dir = Path(live.stdout.readline().strip())
+    try:
+        assert dead_dir.is_dir() and live_dir.is_dir()
+        assert sweep_unowned(tmp_path / "deferred", "load-") == 1
+        assert not dead_dir.exists() and live_dir.is_dir(), "only the dead owner's folder goes"
+        assert not (tmp_path / "deferred" / f".{dead_dir.name}.owner").exists()
+    finally:
+        live.kill()
+        live.wait(timeout=30)
+    assert sweep_unowned(tmp_path / "deferred", "load-") == 1 and not live_dir.exists()
+    clean = _keeper(tmp_path, "exit")
+    clean_dir = Path(clean.stdout.readline().strip())
+    assert clean.wait(timeout=30) == 0
+    assert not clean_dir.exists(), "a normal exit removes the folder itself"
+    assert sorted(os.listdir(tmp_path / "deferred")) == []
+
+
+def test_the_sweep_leaves_this_process_and_unrelated_entries_alone(tmp_path):
+    """CONTAINED. The sweeper's own folders (its flock conflicts with itself through
+    another open file), entries of another prefix, links, and a young folder with no
+    owner file stay; an old owner-less one (an older safehub's) goes."""
+    from safehub._owned import make_owned_dir, sweep_unowned
+
+    parent = tmp_path / "deferred"
+    mine = make_owned_dir(parent, "load-")
+    (parent / "other-x").mkdir()
+    (parent / "load-young").mkdir()
+    (parent / "load-old").mkdir()
+    os.utime(parent / "load-old", (0, 0))
+    os.symlink(tmp_path, parent / "load-link")
+    assert sweep_unowned(parent, "load-") == 1
+    assert sorted(os.listdir(parent)) == sorted(["other-x", "load-young", "load-link", mine.path.name,
+                                                 f".{mine.path.name}.owner"])
+    assert mine.release() and mine.release()
+    assert not mine.path.exists() and tmp_path.is_dir()
+
+
+@pytest.mark.slow
+def test_keep_weights_sweeps_a_crashed_loads_weights(tmp_path):
+    """FIXED (round 3). keep_weights itself (what every deferred load calls) sweeps
+    <hub>/deferred once per process and hub."""
+    from safehub import _deferred_jobs
+
+    hub = tmp_path
+    killed = _keeper(tmp_path, "kill")
+    dead_dir = Path(killed.stdout.readline().strip())
+    killed.wait(timeout=30)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "weights.safetensors").write_bytes(b"w")
+    _deferred_jobs._SWEPT.discard(hub)
+    dst, keep = _deferred_jobs.keep_weights(out, hub)
+    assert not dead_dir.exists() and dst.read_bytes() == b"w"
+    folder = keep.folder
+    del keep
+    import gc
+
+    gc.collect()
+    assert not folder.exists(), "the last reference gone, the folder goes"
