@@ -146,7 +146,8 @@ def test_branch_named_like_a_missing_commit_is_refused(gh, tmp_path: Path) -> No
     [
         ("alice-model-{other7}", "{sha}", "top folder"),
         ("alice-model-{sha7}", "{other}", "zip comment"),
-        ("top", "", "not named owner-repo"),
+        ("top", "{sha}", "not named owner-repo"),
+        ("top", "", "no zip comment"),
         ("alice-model-{sha7}", "not a sha", "zip comment"),
     ],
 )
@@ -161,11 +162,23 @@ def test_top_folder_and_comment_must_match(gh, tmp_path: Path, top: str, comment
     assert _no_entry(tmp_path / "hub", gh, "alice", "model", sha)
 
 
-def test_archive_without_comment_is_checked_by_its_top_folder(gh, tmp_path: Path) -> None:
+def test_archive_without_comment_is_refused_unless_allowed(gh, tmp_path: Path) -> None:
+    """Red team round 3: GitHub always writes the full SHA as the comment; without it
+    only the top folder's 7 hex digits name the commit (a prefix a crafted commit can
+    share). Refused by default; SAFEHUB_ALLOW_ARCHIVE_WITHOUT_SHA=1 (GitHub Enterprise,
+    a proxy that strips comments) falls back to the top folder, still checked."""
     repo = gh.add_repo("alice", "model")
     sha = repo.commit({"hubconf.py": HUBCONF})
     repo.archive_override[sha] = build_zip(f"Alice-Model-{sha[:7]}", {"hubconf.py": HUBCONF})
-    assert _get(gh, tmp_path / "hub", "alice/model").sha == sha
+    with pytest.raises(UnsafeArchiveError, match="no zip comment") as info:
+        _get(gh, tmp_path / "hub", "alice/model")
+    assert "SAFEHUB_ALLOW_ARCHIVE_WITHOUT_SHA=1" in info.value.hint
+    assert _no_entry(tmp_path / "hub", gh, "alice", "model", sha)
+    allow = {"SAFEHUB_ALLOW_ARCHIVE_WITHOUT_SHA": "1"}
+    assert _get(gh, tmp_path / "hub", "alice/model", env=allow).sha == sha
+    repo.archive_override[sha] = build_zip("Alice-Model-0000000", {"hubconf.py": HUBCONF})
+    with pytest.raises(UnsafeArchiveError, match="top folder"):
+        _get(gh, tmp_path / "hub2", "alice/model", env=allow)
 
 
 # --- zip bombs ------------------------------------------------------------------------------

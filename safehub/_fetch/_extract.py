@@ -11,7 +11,8 @@ Every member is checked before anything touches the disk. Rules:
   entry count are capped, and the real byte count is enforced while writing,
   whatever the header claims;
 - identity: given the resolved commit, the top folder (``owner-repo-<sha7>``) and
-  the zip comment GitHub writes (the full SHA) must name it;
+  the zip comment GitHub writes (the full SHA) must name it; an archive without
+  the comment is refused unless SAFEHUB_ALLOW_ARCHIVE_WITHOUT_SHA=1;
 - any decoding error (names, deflate streams, CRCs) is an UnsafeArchiveError.
 Files are created with O_EXCL|O_NOFOLLOW inside a fresh folder the caller renames
 into place atomically.
@@ -30,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._config import env_flag
 from .._errors import UnsafeArchiveError
 
 __all__ = ["ArchiveLimits", "extract_zip", "tree_hash", "make_read_only", "tree_size"]
@@ -58,6 +60,11 @@ class ArchiveLimits:
     max_depth: int = 64
     max_name_bytes: int = 255  # one path component
     max_path_bytes: int = 4096
+    # GitHub always writes the commit SHA as the zip comment; a GitHub Enterprise
+    # server or a caching proxy may strip it. Without it only the top folder's 7-hex
+    # prefix names the commit (a prefix a crafted commit can collide with), so an
+    # archive with no comment is refused unless SAFEHUB_ALLOW_ARCHIVE_WITHOUT_SHA=1.
+    require_sha_comment: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "ArchiveLimits":
@@ -79,6 +86,7 @@ class ArchiveLimits:
             max_total_bytes=num("SAFEHUB_MAX_REPO_BYTES", base.max_total_bytes),
             max_file_bytes=num("SAFEHUB_MAX_REPO_FILE_BYTES", base.max_file_bytes),
             max_ratio=num("SAFEHUB_MAX_REPO_RATIO", base.max_ratio),
+            require_sha_comment=not env_flag("SAFEHUB_ALLOW_ARCHIVE_WITHOUT_SHA", env),
         )
 
 
@@ -248,11 +256,11 @@ def _plan(
         if not _link_stays_inside(link, links):
             raise _fail(link, f"is a symlink to {_show(target)}, which resolves outside the repo")
     if expected_sha is not None:
-        _check_commit(zf, tops if strip else set(), expected_sha)
+        _check_commit(zf, tops if strip else set(), expected_sha, require_comment=limits.require_sha_comment)
     return members, links
 
 
-def _check_commit(zf: zipfile.ZipFile, tops: set[str], sha: str) -> None:
+def _check_commit(zf: zipfile.ZipFile, tops: set[str], sha: str, *, require_comment: bool = True) -> None:
     """GitHub names the top folder ``owner-repo-<sha7>`` and writes the full commit
     SHA as the zip comment. Both must name the commit that was resolved: a branch
     or tag named like a SHA makes GitHub serve *its* commit for ``zipball/<sha>``."""
@@ -271,6 +279,14 @@ def _check_commit(zf: zipfile.ZipFile, tops: set[str], sha: str) -> None:
             raise refuse("its zip comment is not a commit SHA") from None
         if text.lower() != sha:
             raise refuse(f"its zip comment names commit {_show(text, 40)}")
+    elif require_comment:
+        raise UnsafeArchiveError(
+            f"the archive served for commit {sha} has no zip comment, so nothing names its full commit "
+            "(GitHub always writes the commit SHA there; its top folder names only 7 hex digits). "
+            "Nothing was extracted.",
+            hint="if a GitHub Enterprise server or a proxy you trust strips zip comments, set "
+            "SAFEHUB_ALLOW_ARCHIVE_WITHOUT_SHA=1 to accept its archives on the top folder's short SHA",
+        )
     top = next(iter(tops)) if len(tops) == 1 else None
     m = re.fullmatch(r".+-([0-9a-f]{7,40})", top or "")
     if m is None:
