@@ -295,3 +295,62 @@ def test_keep_weights_sweeps_a_crashed_loads_weights(tmp_path):
 
     gc.collect()
     assert not folder.exists(), "the last reference gone, the folder goes"
+
+
+# --- the download broker behind a proxy -----------------------------------------------------
+
+
+def _proxy_server(body: bytes):
+    """A real loopback HTTP proxy (absolute-URI GETs), recording what it was asked."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    hits: list[str] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server API
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, hits
+
+
+def test_a_repo_chosen_download_is_not_sent_through_a_proxy_unless_allowed(tmp_path, monkeypatch):
+    """FIXED (round 3: _downloads._check_public refuses proxied URLs). Behind
+    http_proxy the connect-time address check was skipped (the proxy resolves and
+    connects), so the proxy, which usually reaches the internal network, fetched
+    whatever host the repo named (split DNS: public to us, internal to the proxy).
+    Now refused unless SAFEHUB_DOWNLOAD_VIA_PROXY=1. The resolver is simulated (no
+    DNS server here); the proxy is a real loopback server."""
+    import socket
+
+    from safehub._errors import FetchError
+    from safehub._fetch._downloads import prefetch_downloads
+
+    server, hits = _proxy_server(b"weights-through-proxy")
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: real(
+        "93.184.216.34" if host == "weights.example" else host, *a, **k))
+    for var in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY", "HTTP_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{server.server_address[1]}")
+    url = "http://weights.example/model.pt"
+    try:
+        with pytest.raises(FetchError, match="through the proxy") as info:
+            prefetch_downloads([url], hub_dir=tmp_path / "hub", verbose=False, env={"SAFEHUB_HTTP_TIMEOUT": "5"})
+        assert "SAFEHUB_DOWNLOAD_VIA_PROXY=1" in info.value.hint
+        assert hits == [], "the proxy was asked to fetch a repo-chosen URL"
+        files = prefetch_downloads([url], hub_dir=tmp_path / "hub", verbose=False,
+                                   env={"SAFEHUB_HTTP_TIMEOUT": "5", "SAFEHUB_DOWNLOAD_VIA_PROXY": "1"})
+        assert files[url].read_bytes() == b"weights-through-proxy" and hits == [url]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -13,7 +13,9 @@ credentials, bounded length and count, and no private, loopback or link-local
 address unless its origin (scheme, host *and* port, exactly) is the configured
 GitHub web or API origin or listed in ``SAFEHUB_DOWNLOAD_ALLOW_HOSTS`` (so repo
 code cannot make the host probe its own network, nor another service on the
-GitHub Enterprise host). Redirects are checked the same way. The GitHub token is
+GitHub Enterprise host). Redirects are checked the same way. A URL that would go
+through a configured proxy is refused unless ``SAFEHUB_DOWNLOAD_VIA_PROXY=1``
+(the proxy, not safehub, would choose the address). The GitHub token is
 lent only to the loaded repo's own release assets.
 
 One load's downloads share a :class:`DownloadBudget` with its sandbox runs: an
@@ -44,7 +46,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse, urlsplit
 
-from .._config import is_offline, progress_enabled
+from .._config import env_flag, is_offline, progress_enabled
 from .._contract import MAX_DOWNLOAD_URLS
 from .._errors import FetchError, OfflineError, SandboxLimitError, SandboxTimeoutError, UnsafeSpecError
 from .._sandbox._limits import Limits
@@ -130,11 +132,38 @@ def _allowed_origins(env: Mapping[str, str]) -> set[Origin]:
     return allowed
 
 
-def _check_public(url: str, allowed: set[Origin]) -> None:
+def _proxy_for(url: str) -> str | None:
+    """The proxy urllib's opener would send ``url`` through (from http_proxy,
+    https_proxy, all_proxy and no_proxy), or None."""
+    import urllib.request
+
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme.lower()) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy
+
+
+def _check_public(url: str, allowed: set[Origin], env: Mapping[str, str] | None = None) -> None:
     """Refuse URLs that point into the host's own network, unless their exact
-    origin (scheme, host, port) is allowed."""
+    origin (scheme, host, port) is allowed.
+
+    Through a proxy the proxy resolves the name and connects: the connect-time
+    address check cannot run, and the proxy's own view (split DNS, the networks it
+    reaches) decides where the request goes. So a repo-chosen URL that would go
+    through a proxy is refused unless SAFEHUB_DOWNLOAD_VIA_PROXY=1 says the proxy
+    itself keeps requests off internal hosts."""
     if origin_of(url) in allowed:
         return
+    if env is not None and _proxy_for(url) is not None and not env_flag("SAFEHUB_DOWNLOAD_VIA_PROXY", env):
+        raise FetchError(
+            f"refusing to download {_show_url(url)} through the proxy this process is configured with "
+            "(http_proxy/https_proxy/all_proxy): the proxy would resolve the repo-chosen host and connect "
+            "to it, so safehub cannot keep the request off your internal network",
+            hint="set SAFEHUB_DOWNLOAD_VIA_PROXY=1 if your proxy refuses internal destinations itself, "
+            "or add the host to no_proxy to fetch it directly (then its address is checked)",
+        )
     hostname = (urlsplit(url).hostname or "").lower()
     try:
         infos = socket.getaddrinfo(hostname, None, proto=socket.IPPROTO_TCP)
@@ -374,9 +403,10 @@ def prefetch_downloads(
     allowed = _allowed_origins(env)
     host = github_host(env)
     at_connect = lambda h, p, ip: _check_address(h, p, ip, allowed)  # noqa: E731
-    client = make_client(host, env, url_check=lambda u: _check_public(u, allowed), address_check=at_connect)
+    check = lambda u: _check_public(u, allowed, env)  # noqa: E731 - every URL, redirects included
+    client = make_client(host, env, url_check=check, address_check=at_connect)
     anonymous = HttpClient(token=None, timeout=float(env.get("SAFEHUB_HTTP_TIMEOUT") or 30),
-                           url_check=lambda u: _check_public(u, allowed), address_check=at_connect)
+                           url_check=check, address_check=at_connect)
     lend_token = _token_scope(host, repo)
     per_file = _max_bytes(env)
     fresh_before = len(budget.fresh)
