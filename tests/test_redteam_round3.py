@@ -354,3 +354,26 @@ def test_a_repo_chosen_download_is_not_sent_through_a_proxy_unless_allowed(tmp_p
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_family_marker_naming_a_target_outside_the_family_is_not_bound(tmp_path):
+    """FIXED (round 3: _family._read_marker checks targets). The family folder's
+    marker lists the paths every sandbox binds read-only; it is host data (a shared
+    SAFEHUB_HOME, anyone running as the user) and was trusted as read, so adding
+    "/root/.ssh" or "/etc" to it bound that into every repo's sandbox."""
+    from safehub._env import ensure_env
+    from safehub._env._family import FAMILY_MARKER
+    from safehub._errors import EnvironmentBuildError
+
+    hub = tmp_path / "hub"
+    env = ensure_env(["torch"], hub_dir=hub, verbose=False)
+    folder = next(p for p in env.ro_paths if (p / FAMILY_MARKER).is_file())
+    marker = json.loads((folder / FAMILY_MARKER).read_text())
+    for planted in ("/etc", str(Path.home() / ".ssh"), str(VENV_SITE / ".." / ".." / ".." / "bin")):
+        forged = {**marker, "targets": marker["targets"] + [planted]}
+        (folder / FAMILY_MARKER).write_text(json.dumps(forged))
+        with pytest.raises(EnvironmentBuildError, match="torch family folder"):
+            ensure_env(["torch"], hub_dir=hub, verbose=False)
+    (folder / FAMILY_MARKER).write_text(json.dumps(marker))
+    again = ensure_env(["torch"], hub_dir=hub, verbose=False)
+    assert again.ro_paths == env.ro_paths

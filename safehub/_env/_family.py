@@ -136,7 +136,27 @@ def family_entries(dists: Sequence[tuple[str, str, Path]]) -> dict[str, Path]:
     return out
 
 
-def _read_marker(folder: Path, digest: str) -> Family | None:
+def _site_roots(dists: Sequence[tuple[str, str, Path]]) -> list[Path]:
+    """Where family link targets may lie: each family site folder, and where the
+    links directly in it point (a package installed as a symlink)."""
+    roots: set[Path] = set()
+    for _name, _version, dist_info in dists:
+        site = Path(os.path.realpath(dist_info.parent))
+        if site in roots:
+            continue
+        roots.add(site)
+        try:
+            with os.scandir(site) as entries:
+                roots.update(Path(os.path.realpath(e.path)) for e in entries if e.is_symlink())
+        except OSError:
+            pass
+    return sorted(roots)
+
+
+def _read_marker(folder: Path, digest: str, sites: Sequence[Path]) -> Family | None:
+    """The marker's family, or None. Its targets are bound into every sandbox, and the
+    file is host data anyone running as the user can edit: a target outside the
+    family's site folders (say ~/.ssh) makes the marker invalid, never a bind."""
     try:
         with open(folder / FAMILY_MARKER, "rb") as f:
             data = json.loads(f.read(4 << 20))
@@ -144,7 +164,15 @@ def _read_marker(folder: Path, digest: str) -> Family | None:
         return None
     if not isinstance(data, dict) or data.get("digest") != digest or not isinstance(data.get("targets"), list):
         return None
-    targets = tuple(Path(t) for t in data["targets"] if isinstance(t, str) and t.startswith("/"))
+    raw = data["targets"]
+    targets = tuple(Path(t) for t in raw if isinstance(t, str) and t.startswith("/"))
+    roots = [str(s) for s in sites]
+    if len(targets) != len(raw) or not all(
+            any(os.path.normpath(t) == str(t) and (str(t) == r or str(t).startswith(r.rstrip("/") + "/")) for r in roots)
+            for t in targets):
+        logger.warning("ignoring %s: it names link targets outside the torch family's site folders",
+                       folder / FAMILY_MARKER)
+        return None
     return Family(folder=folder, targets=targets)
 
 
@@ -161,7 +189,8 @@ def ensure_family(hub: Path, dists: Sequence[tuple[str, str, Path]]) -> Family:
     digest = family_digest(dists)
     base = hub / "host"
     folder = base / digest[:16]
-    found = _read_marker(folder, digest)
+    sites = _site_roots(dists)
+    found = _read_marker(folder, digest, sites)
     if found is not None:
         return found
     entries = family_entries(dists)
@@ -195,7 +224,7 @@ def ensure_family(hub: Path, dists: Sequence[tuple[str, str, Path]]) -> Family:
 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    found = _read_marker(folder, digest)
+    found = _read_marker(folder, digest, sites)
     if found is None:
         raise EnvironmentBuildError(f"could not build the torch family folder {folder}",
                                     hint=f"delete {folder} and retry")
