@@ -377,3 +377,22 @@ def test_a_family_marker_naming_a_target_outside_the_family_is_not_bound(tmp_pat
     (folder / FAMILY_MARKER).write_text(json.dumps(marker))
     again = ensure_env(["torch"], hub_dir=hub, verbose=False)
     assert again.ro_paths == env.ro_paths
+
+
+def test_family_targets_inside_the_hidden_base_site_packages_are_bound_again(tmp_path):
+    """FIXED (round 3). With torch installed into the base interpreter itself (no
+    venv), the family's targets lie inside the hidden site-packages: minimal_paths
+    used to drop them (covered by the prefix), so hiding site-packages would have
+    hidden torch too. They are listed on their own, after the prefix."""
+    from safehub._env._build import env_ro_paths
+    from safehub._env._family import Family
+    from safehub._env._host import HostInfo
+
+    site = _tree(tmp_path / "prefix")
+    host = HostInfo(base_python=tmp_path / "prefix" / "bin" / "python", base_prefixes=(tmp_path / "prefix",),
+                    python_version="3.11.7", implementation="cpython", platform="x", packages={}, share_paths=(),
+                    constraints=(), base_site_packages=(site,))
+    family = Family(folder=tmp_path / "family", targets=(site / "torch",))
+    ro = env_ro_paths(tmp_path / "env", host, family)
+    assert ro.index(tmp_path / "prefix") < ro.index(site / "torch")
+    assert site not in ro and tmp_path / "family" in ro
