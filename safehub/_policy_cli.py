@@ -1,0 +1,169 @@
+"""``safehub policy show|check`` and ``safehub lock`` (docs/policy.md, docs/lockfile.md).
+
+``policy check`` answers without the network and without running anything: the
+repo rules, the sandbox this machine would use, the default limits against the
+maxima, and the lockfiles. What only a load can know (the resolved packages, the
+weight URLs) is checked by the load itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ._errors import PolicyError, SafehubError
+
+__all__ = ["add_policy_commands"]
+
+
+def add_policy_commands(sub: Any, repo_args: Any) -> None:
+    p = sub.add_parser("policy", help="show the organisation policy, or check a repo against it")
+    psub = p.add_subparsers(dest="policy_command", required=True)
+    show = psub.add_parser("show", help="the merged policy and where each value came from")
+    show.add_argument("--policy", help="a user policy file (default: $SAFEHUB_POLICY or the user config dir)")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(func=_cmd_show)
+    check = psub.add_parser("check", help="would a load of REPO be allowed, and why")
+    check.add_argument("repo", help="owner/name[:ref] or a local folder")
+    check.add_argument("--revision", help="a full 40-hex commit SHA")
+    check.add_argument("--source", type=str.lower, choices=["github", "local"], help="default: local for folders")
+    check.add_argument("--sandbox", help="the sandbox the load would ask for (default: $SAFEHUB_SANDBOX or auto)")
+    check.add_argument("--policy", help="a user policy file")
+    check.add_argument("--lock", help="a lockfile the load would use (default: $SAFEHUB_LOCK)")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.set_defaults(func=_cmd_check)
+
+    lock = sub.add_parser("lock", help="load entrypoints and record what they used in a lockfile")
+    repo_args(lock, entry=False)
+    lock.add_argument("entrypoints", nargs="+", metavar="ENTRYPOINT")
+    lock.add_argument("-o", "--output", default="safehub.lock", help="the lockfile to write (default: safehub.lock)")
+    lock.add_argument("--runs", type=int, default=2,
+                      help="loads per entrypoint; the weights hash is recorded when all agree (default 2)")
+    lock.add_argument("--policy", help="a user policy file")
+    lock.set_defaults(func=_cmd_lock)
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from ._policy import SCHEMA, load_policy, policy_sources
+
+    policy = load_policy(args.policy)
+    payload = policy.as_dict()
+    payload["searched"] = [str(p) for p, _system in policy_sources(args.policy)]
+    if args.json:
+        print(json.dumps(payload, indent=2))
+        return 0
+    if not policy.files:
+        print("no policy applies (none at /etc/safehub/policy.toml, $SAFEHUB_SYSTEM_POLICY, $SAFEHUB_POLICY "
+              "or the user config dir): every load is allowed by policy")
+        return 0
+    lines = ["policy files, widest first: " + ", ".join(policy.files)]
+    for section, keys in SCHEMA.items():
+        rules = [(k, payload["rules"][f"{section}.{k}"]) for k in keys if f"{section}.{k}" in payload["rules"]]
+        if rules:
+            lines.append(f"[{section}]")
+            for key, rule in rules:
+                lines.append(f"  {key} = {json.dumps(rule['value'])}    # from {', narrowed by '.join(rule['from'])}")
+    print("\n".join(lines))
+    return 0
+
+
+def _checks(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One row per step a load would pass, each {step, ok, why}."""
+    from pathlib import Path
+
+    from ._fetch import RepoRequest
+    from ._guard import LoadGuard
+
+    rows: list[dict[str, Any]] = []
+
+    def step(name: str, fn: Any) -> Any:
+        try:
+            out = fn()
+        except PolicyError as exc:
+            rows.append({"step": name, "ok": False, "why": exc.message, "hint": exc.hint})
+            return None
+        rows.append({"step": name, "ok": True, "why": out or "allowed"})
+        return out
+
+    guard = LoadGuard.for_call(policy=args.policy, lock=args.lock)
+    source = args.source or ("local" if Path(args.repo).expanduser().is_dir() else "github")
+    request = RepoRequest(repo_or_dir=args.repo, source=source, revision=args.revision)
+    step("repo", lambda: (guard.check_request(request), _repo_why(guard, source))[1])
+    step("sandbox", lambda: _sandbox_why(guard, args.sandbox))
+    step("limits", lambda: _limits_why(guard))
+    if guard.repo_entries:
+        rows.append({"step": "lock", "ok": True, "why": "; ".join(
+            f"{path}: {entries[0].repo}@{entries[0].sha[:12]} ({', '.join(e.entrypoint for e in entries)}); "
+            "the load must match its archive, packages, weights and hashes" for path, entries in guard.repo_entries)})
+    return rows
+
+
+def _repo_why(guard: Any, source: str) -> str:
+    if source == "local":
+        return "a local folder; [repos] allow_local does not forbid it"
+    allow = guard.policy.get("repos", "allow")
+    parts = ["on the allowed list" if allow is not None else "no [repos] allow list"]
+    if guard.policy.get("repos", "require_pin"):
+        parts.append("pinned to a full commit SHA")
+    return ", ".join(parts)
+
+
+def _sandbox_why(guard: Any, sandbox: str | None) -> str:
+    from ._errors import SandboxUnavailableError
+    from ._sandbox import get_backend
+
+    guard.check_sandbox(sandbox)
+    try:
+        backend = get_backend(sandbox)
+    except SandboxUnavailableError as exc:
+        if guard.policy.get("sandbox", "minimum") is None:
+            return f"no minimum; but no sandbox works here: {exc.message}"
+        raise PolicyError(f"no sandbox works on this machine, and the policy requires at least "
+                          f"{guard.policy.get('sandbox', 'minimum')!r}: {exc.message}", hint=exc.hint) from None
+    guard.check_backend(backend, None)
+    return f"this machine would use {backend.name!r}"
+
+
+def _limits_why(guard: Any) -> str:
+    from ._sandbox import Limits
+
+    lowered = guard.limits(None, explicit=False)
+    changed = {k: v for k, v in lowered.as_dict().items() if v != Limits().as_dict()[k]}
+    return "default limits lowered to the policy's maxima: " + json.dumps(changed) if changed else "within the maxima"
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    rows = _checks(args)
+    allowed = all(r["ok"] for r in rows)
+    if args.json:
+        print(json.dumps({"repo": args.repo, "allowed": allowed, "checks": rows}, indent=2))
+    else:
+        print(f"{args.repo}: {'allowed' if allowed else 'REFUSED'} by policy")
+        for r in rows:
+            print(f"  {'ok ' if r['ok'] else 'NO '} {r['step']:<8} {r['why']}")
+            if not r["ok"] and r.get("hint"):
+                print(f"               hint: {r['hint']}")
+    return 0 if allowed else PolicyError.exit_code
+
+
+def _cmd_lock(args: argparse.Namespace) -> int:
+    from ._lockfile import create_lock
+
+    if args.repo is None:
+        raise SafehubError("no repo given", hint="usage: safehub lock owner/name[:ref] ENTRYPOINT... -o safehub.lock")
+    if args.source == "local":
+        raise PolicyError("only GitHub repos can be locked", hint="lock owner/name:ref")
+    trust = {"true": True, "false": False, "check": "check", None: "check"}[args.trust_repo]
+    entries = create_lock(args.repo, args.entrypoints, output=args.output, runs=args.runs, load_kwargs=dict(
+        trust_repo=trust, force_reload=args.force_reload, skip_validation=args.skip_validation,
+        verbose=not args.json, revision=args.revision, sandbox=args.sandbox, policy=args.policy,
+        dependencies_mode=args.dependencies_mode, extra_dependencies=args.extra_dependencies))
+    if args.json:
+        print(json.dumps({"output": args.output, "entries": [e.as_dict() for e in entries]}, indent=2))
+    else:
+        for e in entries:
+            print(f"locked {e.repo}@{e.sha[:12]} {e.entrypoint}: {len(e.distributions)} package(s), "
+                  f"{len(e.downloads)} download(s), weights {'sha256 ' + e.weights_sha256[:12] if e.weights_sha256 else 'not deterministic'}")
+        print(f"wrote {args.output}")
+    return 0
