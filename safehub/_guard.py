@@ -27,6 +27,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ._errors import PolicyError, escape_untrusted
 from ._lockfile import Lock, LockEntry, read_lock, runner_identity, safehub_version, weights_sha256
@@ -313,7 +314,10 @@ class LoadGuard:
         if allow is None:
             return
         scheme, host, port = url_origin(url)
-        if not any(p.matches(scheme, host, port) for p in allow):
+        # Parsers disagree on userinfo and backslashes (WHATWG reads '\\' as '/'): such a URL
+        # never matches, whatever host one parser sees in it.
+        tricky = "@" in urlsplit(url).netloc or "\\" in url
+        if tricky or not any(p.matches(scheme, host, port) for p in allow):
             shown = url.split("?", 1)[0][:300]
             raise _refuse("downloads.allow_hosts", self._src("downloads", "allow_hosts"),
                           f"{escape_untrusted(shown, limit=300)} is on {scheme}://{host}:{port}, not an allowed "
