@@ -13,6 +13,7 @@ and records, per entrypoint (format: docs/lockfile.md, ``"version": 1``):
 * ``weights_sha256``: a hash of the returned modules' tensors, when two loads gave the
   same (null when the entrypoint is not deterministic).
 
+Creating one (loading each entrypoint) is ``safehub._policy_cli.create_lock``.
 ``load(..., lock=...)``, ``$SAFEHUB_LOCK`` or a policy's ``[lock] file`` then refuse
 anything that differs (see _guard.py). JSON, sorted keys, so diffs review well.
 """
@@ -31,8 +32,8 @@ from typing import Any
 
 from ._errors import PolicyError, escape_untrusted
 
-__all__ = ["Lock", "LockEntry", "read_lock", "write_lock", "weights_sha256", "runner_identity", "FORMAT",
-           "VERSION", "create_lock"]
+__all__ = ["Lock", "LockEntry", "read_lock", "write_lock", "weights_sha256", "runner_identity", "safehub_version",
+           "FORMAT", "VERSION"]
 
 logger = logging.getLogger("safehub")
 
@@ -98,9 +99,10 @@ def runner_identity() -> dict[str, Any]:
 
 
 def safehub_version() -> str:
-    import safehub
+    import sys
 
-    return str(safehub.__version__)
+    # Read from the loaded package, not imported: this module sits below safehub/__init__.py.
+    return str(getattr(sys.modules.get("safehub"), "__version__", "unknown"))
 
 
 def weights_sha256(obj: Any) -> str:
@@ -219,72 +221,3 @@ def write_lock(path: str | os.PathLike[str], entries: Sequence[LockEntry]) -> No
     tmp = Path(f"{path}.partial")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)
-
-
-# --- creating a lock ----------------------------------------------------------------
-
-
-def entry_from_load(obj: Any, info: Any, *, hub_dir: Path, weights: str | None) -> LockEntry:
-    """A lock entry from a finished load's ``safehub_info`` and the repo cache's record."""
-    from ._fetch._cache import RepoCache
-    from ._fetch._github import github_host
-
-    if info.source != "github" or not info.sha:
-        raise PolicyError(f"only GitHub repos can be locked ({info.repo} is a local folder)",
-                          hint="push the repo and lock owner/name:ref")
-    host = github_host(os.environ)
-    owner, name = info.repo.split("/")
-    meta = RepoCache(hub_dir).entry(host.key, owner, name, info.sha).meta()
-    if not all(_HEX64.match(str(meta.get(k, ""))) for k in ("archive_sha256", "tree_hash")):
-        raise PolicyError(f"the cache has no archive and tree hash for {info.repo}@{info.sha}",
-                          hint="lock again with --force-reload so the archive is downloaded and hashed")
-    records = dict(info.dependencies.get("records") or {})
-    dists = {d: records.get(d, "") for d in info.dependencies.get("distributions") or ()}
-    return LockEntry(
-        repo=info.repo.lower(), host=host.key, ref=None, sha=info.sha,
-        archive_sha256=str(meta.get("archive_sha256", "")), tree_hash=str(meta.get("tree_hash", "")),
-        entrypoint=info.entrypoint, mode=str(info.dependencies.get("mode", "")), distributions=dists,
-        downloads={d["url"]: d["sha256"] for d in info.downloads if d.get("sha256")},
-        runner=runner_identity(), safehub=safehub_version(), weights_sha256=weights,
-    )
-
-
-def create_lock(repo: str, entrypoints: Sequence[str], *, output: str | os.PathLike[str], runs: int = 2,
-                load_kwargs: Mapping[str, Any] | None = None) -> list[LockEntry]:
-    """Load each entrypoint ``runs`` times and write the lock to ``output``. The weights hash is
-    recorded only when every run returned the same weights."""
-    import dataclasses
-
-    import safehub
-
-    from ._config import hub_path
-    from ._fetch import parse_repo
-
-    spec = parse_repo(repo)
-    kwargs = dict(load_kwargs or {})
-    entries = []
-    for entrypoint in entrypoints:
-        hashes = []
-        obj = info = None
-        for _ in range(max(1, runs)):
-            obj = safehub.load(repo, entrypoint, **kwargs)
-            info = _info_of(obj)
-            hashes.append(weights_sha256(obj))
-        assert info is not None
-        same = len(set(hashes)) == 1
-        if not same:
-            logger.warning("%s returned different weights on each load: the lock records no weights hash", entrypoint)
-        entry = entry_from_load(obj, info, hub_dir=hub_path(), weights=hashes[0] if same and runs > 1 else None)
-        entries.append(dataclasses.replace(entry, ref=spec.ref))
-    write_lock(output, entries)
-    return entries
-
-
-def _info_of(obj: Any) -> Any:
-    from ._cli import _first_info
-
-    info = _first_info(obj)
-    if info is None:
-        raise PolicyError("the load returned no module with safehub_info; nothing to lock",
-                          hint="lock an entrypoint that returns a model")
-    return info

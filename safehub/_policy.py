@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import os
 import stat
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,10 +70,10 @@ SCHEMA: dict[str, dict[str, str]] = {
 
 
 def _toml() -> Any:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ImportError:  # Python 3.10: the same parser, as the tomli backport (a dependency there)
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:  # Python 3.10: the same parser, as the tomli backport (a dependency there)
+        import tomli as tomllib
     return tomllib
 
 
@@ -355,7 +356,7 @@ def load_policy(policy: str | os.PathLike[str] | Policy | None = None,
     merged over the system layers like a file would be."""
     merged = Policy()
     user_obj = policy if isinstance(policy, Policy) else None
-    for path, system in policy_sources(None if user_obj is not None else policy, env):
+    for path, system in policy_sources(None if isinstance(policy, Policy) else policy, env):
         merged.add_layer(read_policy_file(path, system=system), str(path))
     if user_obj is not None:
         merged.add_layer(user_obj.values, "policy= (a Policy object)")

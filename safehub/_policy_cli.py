@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ._errors import PolicyError, SafehubError
 
-__all__ = ["add_policy_commands"]
+if TYPE_CHECKING:
+    from ._lockfile import LockEntry
+
+__all__ = ["add_policy_commands", "create_lock"]
+
+logger = logging.getLogger("safehub")
 
 
 def add_policy_commands(sub: Any, repo_args: Any) -> None:
@@ -148,8 +157,6 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_lock(args: argparse.Namespace) -> int:
-    from ._lockfile import create_lock
-
     if args.repo is None:
         raise SafehubError("no repo given", hint="usage: safehub lock owner/name[:ref] ENTRYPOINT... -o safehub.lock")
     if args.source == "local":
@@ -167,3 +174,74 @@ def _cmd_lock(args: argparse.Namespace) -> int:
                   f"{len(e.downloads)} download(s), weights {'sha256 ' + e.weights_sha256[:12] if e.weights_sha256 else 'not deterministic'}")
         print(f"wrote {args.output}")
     return 0
+
+
+def entry_from_load(obj: Any, info: Any, *, hub_dir: Path, weights: str | None) -> LockEntry:
+    """A lock entry from a finished load's ``safehub_info`` and the repo cache's record."""
+    from ._fetch._cache import RepoCache
+    from ._fetch._github import github_host
+    from ._lockfile import _HEX64, LockEntry, runner_identity, safehub_version
+
+    if info.source != "github" or not info.sha:
+        raise PolicyError(f"only GitHub repos can be locked ({info.repo} is a local folder)",
+                          hint="push the repo and lock owner/name:ref")
+    host = github_host(os.environ)
+    owner, name = info.repo.split("/")
+    meta = RepoCache(hub_dir).entry(host.key, owner, name, info.sha).meta()
+    if not all(_HEX64.match(str(meta.get(k, ""))) for k in ("archive_sha256", "tree_hash")):
+        raise PolicyError(f"the cache has no archive and tree hash for {info.repo}@{info.sha}",
+                          hint="lock again with --force-reload so the archive is downloaded and hashed")
+    records = dict(info.dependencies.get("records") or {})
+    dists = {d: records.get(d, "") for d in info.dependencies.get("distributions") or ()}
+    return LockEntry(
+        repo=info.repo.lower(), host=host.key, ref=None, sha=info.sha,
+        archive_sha256=str(meta.get("archive_sha256", "")), tree_hash=str(meta.get("tree_hash", "")),
+        entrypoint=info.entrypoint, mode=str(info.dependencies.get("mode", "")), distributions=dists,
+        downloads={d["url"]: d["sha256"] for d in info.downloads if d.get("sha256")},
+        runner=runner_identity(), safehub=safehub_version(), weights_sha256=weights,
+    )
+
+
+def create_lock(repo: str, entrypoints: Sequence[str], *, output: str | os.PathLike[str], runs: int = 2,
+                load_kwargs: Mapping[str, Any] | None = None) -> list[LockEntry]:
+    """Load each entrypoint ``runs`` times and write the lock to ``output``. The weights hash is
+    recorded only when every run returned the same weights."""
+    import dataclasses
+
+    from ._api import load
+    from ._config import hub_path
+    from ._fetch import parse_repo
+    from ._lockfile import weights_sha256, write_lock
+
+    spec = parse_repo(repo)
+    kwargs = dict(load_kwargs or {})
+    entries = []
+    for entrypoint in entrypoints:
+        hashes = []
+        obj = info = None
+        for _ in range(max(1, runs)):
+            obj = load(repo, entrypoint, **kwargs)
+            info = _info_of(obj)
+            hashes.append(weights_sha256(obj))
+        assert info is not None
+        same = len(set(hashes)) == 1
+        if not same:
+            logger.warning("%s returned different weights on each load: the lock records no weights hash", entrypoint)
+        entry = entry_from_load(obj, info, hub_dir=hub_path(), weights=hashes[0] if same and runs > 1 else None)
+        entries.append(dataclasses.replace(entry, ref=spec.ref))
+    write_lock(output, entries)
+    return entries
+
+
+def _info_of(obj: Any) -> Any:
+    """The ``safehub_info`` of the first module in what a load returned."""
+    from ._namespace import SafehubNamespace
+
+    if isinstance(obj, SafehubNamespace):
+        obj = dict(obj.safehub_attrs())
+    items = list(obj.values()) if isinstance(obj, dict) else list(obj) if isinstance(obj, (tuple, list)) else [obj]
+    info = next((i.safehub_info for i in items if hasattr(i, "safehub_info")), None)
+    if info is None:
+        raise PolicyError("the load returned no module with safehub_info; nothing to lock",
+                          hint="lock an entrypoint that returns a model")
+    return info

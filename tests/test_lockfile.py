@@ -25,7 +25,8 @@ import specgen
 from safehub import PolicyError
 from safehub._env import host_env
 from safehub._fetch import _http
-from safehub._lockfile import FORMAT, VERSION, create_lock, read_lock
+from safehub._lockfile import FORMAT, VERSION, read_lock
+from safehub._policy_cli import create_lock
 from safehub._sandbox import FakeBackend, FakeJob
 
 HUBCONF = (b"dependencies = []\n\ndef tiny():\n    raise AssertionError('never imported here')\n\n"
@@ -311,11 +312,11 @@ def test_cli_lock_writes_the_same_lock(world: World, tmp_path: Path, monkeypatch
 
 
 @pytest.mark.slow
-def test_lock_and_load_the_demo_repo_for_real(tmp_path: Path, monkeypatch) -> None:
+def test_lock_and_load_the_demo_repo_for_real(tmp_path: Path, monkeypatch, safehub_home: Path) -> None:
     """A real env build and sandbox: lock the demo repo served by the loopback GitHub, load it under the lock."""
     from conftest import DEMO
 
-    monkeypatch.setenv("SAFEHUB_HOME", str(safehub._config.hub_path(None).parent / "shared-home"))
+    monkeypatch.setenv("SAFEHUB_HOME", str(safehub_home))  # the session's: its envs are shared with other tests
     files = {str(p.relative_to(DEMO)): p.read_bytes() for p in sorted(DEMO.rglob("*"))
              if p.is_file() and "__pycache__" not in p.parts}
     with FakeGitHub() as gh:
