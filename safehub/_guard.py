@@ -34,7 +34,7 @@ from ._lockfile import Lock, LockEntry, read_lock, runner_identity, safehub_vers
 from ._policy import SANDBOX_RANK, Policy, load_policy
 from ._policy_match import canonical_name, url_origin
 
-__all__ = ["LoadGuard"]
+__all__ = ["LoadGuard", "confine_job"]
 
 
 def _refuse(rule: str, source: str, what: str, hint: str) -> PolicyError:
@@ -353,3 +353,16 @@ class LoadGuard:
             if got != entry.weights_sha256:
                 raise _lock_refusal(path, f"{entry.entrypoint} returned weights with sha256 {got}, the lock says "
                                     f"{entry.weights_sha256} (a changed hash)")
+
+
+def confine_job(job: Any, backend: Any) -> Any:
+    """The backstop in run_job, for every sandboxed job (loads, deferred exports, the
+    convert jobs of load_state_dict_from_url): the policy from the system and the
+    environment on the backend and GPU access, and the job's limits lowered to the
+    maxima. Returns the job to run."""
+    guard = LoadGuard(load_policy(), [])
+    if guard.policy.empty:
+        return job
+    guard.check_backend(backend, job)
+    limits = guard.limits(job.limits, explicit=False)
+    return job if limits == job.limits else dataclasses.replace(job, limits=limits)

@@ -135,6 +135,9 @@ def run_job(job: JobRequest, *, python_env: PythonEnv, backend: SandboxBackend, 
     """
     import cloudpickle
 
+    from ._guard import confine_job
+
+    job = confine_job(job, backend)  # the organisation policy's sandbox minimum and limits, before any spawn
     jobs = hub_dir / "jobs"
     jobs.mkdir(parents=True, exist_ok=True)
     root = jobs / f"job-{secrets.token_hex(8)}"

@@ -190,6 +190,8 @@ def test_another_revision_is_refused(world: World) -> None:
     other = world.repo.commit({"hubconf.py": HUBCONF + b"#\n"}, branch=None, parent=world.sha)
     with pytest.raises(PolicyError, match=f"revision={other} is not the locked commit {world.sha}"):
         world.load("alice/model", revision=other)
+    with pytest.raises(PolicyError, match=f"now resolves to {other}, not the locked commit"):
+        world.load(f"alice/model:{other}")  # the commit named as the ref
 
 
 def test_a_different_archive_for_the_same_commit_is_refused(world: World) -> None:

@@ -273,3 +273,46 @@ def test_cli_load_refused_by_policy_exits_with_the_policy_code(tmp_path, local_r
     monkeypatch.setenv("SAFEHUB_POLICY", str(policy(tmp_path, "[repos]\nallow_local = false\n")))
     assert main(["load", str(local_repo), "tiny"]) == PolicyError.exit_code == 11
     assert "allow_local" in capsys.readouterr().err
+
+
+# --- every sandboxed job, and list/help --------------------------------------------------
+
+
+def test_run_job_applies_the_environments_policy_to_every_job(tmp_path, monkeypatch) -> None:
+    """The backstop under load_state_dict_from_url's convert jobs and deferred exports:
+    the backend's minimum before any spawn, and the job's limits lowered to the maxima."""
+    from safehub._jobs import JobRequest, run_job
+
+    monkeypatch.setenv("SAFEHUB_POLICY", str(policy(tmp_path, "[sandbox]\nminimum = \"bwrap\"\n"
+                                                              "[limits]\nmax_pids = 16\n")))
+    weak = Named("landlock", Runner())
+    with pytest.raises(PolicyError, match="'landlock' sandbox is weaker than the minimum 'bwrap'"):
+        run_job(JobRequest(action="list"), python_env=host_env(), backend=weak, hub_dir=tmp_path / "hub")
+    assert weak.jobs == []
+
+    def listing(job: FakeJob) -> None:
+        job.write_result({"status": "ok", "entrypoints": []})
+
+    strong = Named("bwrap", listing)
+    with run_job(JobRequest(action="list"), python_env=host_env(), backend=strong, hub_dir=tmp_path / "hub"):
+        pass
+    assert strong.jobs[0].sandbox_request.limits.max_pids == 16
+
+
+def test_list_and_help_obey_the_repo_rules(tmp_path, gh, monkeypatch) -> None:
+    monkeypatch.setenv("SAFEHUB_POLICY", str(policy(tmp_path, "[repos]\nallow = [\"bob/*\"]\n")))
+    with pytest.raises(PolicyError, match="alice/model is not on the list"):
+        safehub.list("alice/model", trust_repo=True)
+    with pytest.raises(PolicyError, match="alice/model is not on the list"):
+        safehub.help("alice/model", "tiny", trust_repo=True)
+    assert gh.log == []
+
+
+def test_a_policy_object_is_merged_like_a_user_file(tmp_path, local_repo, envs, monkeypatch) -> None:
+    from safehub._policy import policy_from_dict
+
+    system = policy(tmp_path, "[repos]\nallow_local = false\n")
+    monkeypatch.setenv("SAFEHUB_SYSTEM_POLICY", str(system))
+    with pytest.raises(PolicyError, match="tries to widen the rule"):
+        safehub.load(str(local_repo), "tiny", source="local", sandbox=Named("bwrap", Runner()), verbose=False,
+                     policy=policy_from_dict({"repos": {"allow_local": True}}))
