@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from contextvars import ContextVar
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,10 @@ from ._lockfile import Lock, LockEntry, read_lock, runner_identity, safehub_vers
 from ._policy import SANDBOX_RANK, Policy, load_policy
 from ._policy_match import canonical_name, url_origin
 
-__all__ = ["LoadGuard", "confine_job"]
+__all__ = ["LoadGuard", "confine_job", "LOCKING"]
+
+# Set while `safehub lock` (create_lock) loads the entrypoints it records.
+LOCKING: ContextVar[bool] = ContextVar("safehub_locking", default=False)
 
 
 def _refuse(rule: str, source: str, what: str, hint: str) -> PolicyError:
@@ -68,6 +72,8 @@ class LoadGuard:
     def for_call(cls, *, policy: Any = None, lock: Any = None, env: Mapping[str, str] | None = None) -> "LoadGuard":
         env = os.environ if env is None else env
         merged = load_policy(policy, env)
+        if LOCKING.get():  # `safehub lock` records a new lock: no old one applies, every other rule does
+            return cls(merged, [])
         paths = [p for p in (lock, env.get("SAFEHUB_LOCK") if lock is None else None) if p]
         files = merged.get("lock", "file")
         paths += list(files if isinstance(files, tuple) else (files,) if files else ())
@@ -274,7 +280,7 @@ class LoadGuard:
             raise _refuse("packages.allow", self._src("packages", "allow"),
                           f"the repo's environment would install {', '.join(refused)}, not on the list",
                           "ask your administrator to allow the package, or load a repo that does not need it")
-        if self._rule("packages", "require_hashes") and not self.entries:
+        if self._rule("packages", "require_hashes") and not self.entries and not LOCKING.get():
             raise _refuse("packages.require_hashes", self._src("packages", "require_hashes"),
                           "packages may only be installed with hashes from a lockfile, and no lock covers this load",
                           "pass lock='safehub.lock' (create it with `safehub lock`)")
@@ -290,7 +296,7 @@ class LoadGuard:
         if not self.active:
             return
         installed = {d: python_env.records.get(d, "") for d in python_env.distributions}
-        refused = [d for d in installed if not self._package_ok(*d.split("==", 1))]
+        refused = [d for d in installed if not self._package_ok(d.partition("==")[0], d.partition("==")[2] or None)]
         if refused:
             raise _refuse("packages.allow", self._src("packages", "allow"),
                           f"the repo's environment holds {', '.join(refused)} (resolved), not allowed",

@@ -205,16 +205,30 @@ def entry_from_load(obj: Any, info: Any, *, hub_dir: Path, weights: str | None) 
 def create_lock(repo: str, entrypoints: Sequence[str], *, output: str | os.PathLike[str], runs: int = 2,
                 load_kwargs: Mapping[str, Any] | None = None) -> list[LockEntry]:
     """Load each entrypoint ``runs`` times and write the lock to ``output``. The weights hash is
-    recorded only when every run returned the same weights."""
+    recorded only when every run returned the same weights. Every policy rule applies to
+    these loads except the lockfile ones (a new lock is being made)."""
+    from ._fetch import parse_repo
+    from ._guard import LOCKING
+    from ._lockfile import write_lock
+
+    spec = parse_repo(repo)
+    kwargs = dict(load_kwargs or {})
+    token = LOCKING.set(True)  # an older lock (SAFEHUB_LOCK, [lock] file/require) must not block re-locking
+    try:
+        entries = _lock_entries(spec, entrypoints, repo, runs, kwargs)
+    finally:
+        LOCKING.reset(token)
+    write_lock(output, entries)
+    return entries
+
+
+def _lock_entries(spec: Any, entrypoints: Sequence[str], repo: str, runs: int, kwargs: dict[str, Any]) -> list[LockEntry]:
     import dataclasses
 
     from ._api import load
     from ._config import hub_path
-    from ._fetch import parse_repo
-    from ._lockfile import weights_sha256, write_lock
+    from ._lockfile import weights_sha256
 
-    spec = parse_repo(repo)
-    kwargs = dict(load_kwargs or {})
     entries = []
     for entrypoint in entrypoints:
         hashes = []
@@ -229,7 +243,6 @@ def create_lock(repo: str, entrypoints: Sequence[str], *, output: str | os.PathL
             logger.warning("%s returned different weights on each load: the lock records no weights hash", entrypoint)
         entry = entry_from_load(obj, info, hub_dir=hub_path(), weights=hashes[0] if same and runs > 1 else None)
         entries.append(dataclasses.replace(entry, ref=spec.ref))
-    write_lock(output, entries)
     return entries
 
 

@@ -332,3 +332,26 @@ def test_lock_and_load_the_demo_repo_for_real(tmp_path: Path, monkeypatch, safeh
         assert all(len(h) == 64 for h in entry.distributions.values())
         model = safehub.load("demo/hub:main", "tinynet", trust_repo=True, verbose=False, lock=out)
         assert model.safehub_info.sha == entry.sha
+
+
+def test_relocking_ignores_old_locks_but_not_the_other_rules(world: World, tmp_path: Path, monkeypatch) -> None:
+    """A stale lock in SAFEHUB_LOCK, or a policy that requires locks and hashes, must not block
+    `safehub lock` after the repo moved; the repo rules still apply while locking."""
+    new = world.repo.commit({"hubconf.py": HUBCONF + b"# v2\n"})
+    monkeypatch.setenv("SAFEHUB_LOCK", str(world.lock))
+    pol = tmp_path / "p.toml"
+    pol.write_text("[lock]\nrequire = true\n[packages]\nrequire_hashes = true\n[repos]\nallow = [\"alice/model\"]\n")
+    pol.chmod(0o644)
+    monkeypatch.setenv("SAFEHUB_POLICY", str(pol))
+    with pytest.raises(PolicyError, match="the ref moved"):
+        world.load(lock=None)
+    out = tmp_path / "new.lock"
+    kwargs = dict(trust_repo=True, verbose=False, extra_dependencies=["numpy", "yaml"],
+                  sandbox=FakeBackend(Runner((world.url,))))
+    (entry,) = create_lock("alice/model:main", ["tiny"], output=out, load_kwargs=kwargs)
+    assert entry.sha == new
+    assert world.load(lock=out).safehub_info.sha == new
+    pol.write_text("[repos]\nallow = [\"bob/*\"]\n")
+    with pytest.raises(PolicyError, match="alice/model is not on the list"):
+        create_lock("alice/model:main", ["tiny"], output=tmp_path / "x.lock", load_kwargs=kwargs)
+    assert not (tmp_path / "x.lock").exists()
