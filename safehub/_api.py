@@ -55,6 +55,8 @@ class LoadInfo:
     # Seconds per part of the load: measured here, plus "runner_*" as the runner reported
     # them (whitelisted and bounded by read_summary). See _timings.
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    # The organisation policy files and lockfiles this load was checked against (docs/policy.md).
+    policy: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -253,6 +255,7 @@ def load(
                           "records": dict(python_env.records)},
             downloads=budget.summary(),
             timings=_timings(timings, summary, total=time.perf_counter() - load_started),
+            policy=guard.describe(),
         )
         from ._deferred_jobs import attach_jobs
 

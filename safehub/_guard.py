@@ -83,6 +83,10 @@ class LoadGuard:
                           "pass lock='safehub.lock' (or set SAFEHUB_LOCK); create one with `safehub lock`")
         return cls(merged, locks)
 
+    def describe(self) -> dict[str, Any]:
+        """For ``safehub_info.policy``: which policy files and lockfiles this load was held to."""
+        return {"files": list(self.policy.files), "locks": [lock.path for lock in self.locks]}
+
     @property
     def active(self) -> bool:
         return bool(self.locks) or not self.policy.empty

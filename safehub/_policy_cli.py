@@ -95,7 +95,10 @@ def _checks(args: argparse.Namespace) -> list[dict[str, Any]]:
         rows.append({"step": name, "ok": True, "why": out or "allowed"})
         return out
 
-    guard = LoadGuard.for_call(policy=args.policy, lock=args.lock)
+    guard = step("policy", lambda: LoadGuard.for_call(policy=args.policy, lock=args.lock))
+    if guard is None:  # e.g. [lock] require without a lock: nothing else can be judged
+        return rows
+    rows[-1]["why"] = "from " + (", narrowed by ".join(guard.policy.files) or "no policy file")
     source = args.source or ("local" if Path(args.repo).expanduser().is_dir() else "github")
     request = RepoRequest(repo_or_dir=args.repo, source=source, revision=args.revision)
     step("repo", lambda: (guard.check_request(request), _repo_why(guard, source))[1])

@@ -161,6 +161,7 @@ def test_the_lock_records_each_field(world: World) -> None:
 def test_a_load_under_the_lock_goes_through(world: World, monkeypatch) -> None:
     got = world.load()
     assert got.safehub_info.sha == world.sha
+    assert got.safehub_info.policy == {"files": [], "locks": [str(world.lock)]}
     monkeypatch.setenv("SAFEHUB_LOCK", str(world.lock))  # the same by environment
     assert world.load(lock=None).safehub_info.sha == world.sha
     assert world.load(revision=world.sha).safehub_info.sha == world.sha

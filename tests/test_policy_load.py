@@ -133,6 +133,7 @@ def test_require_pin_refuses_a_branch_before_any_request_and_loads_a_sha(tmp_pat
     assert gh.log == []
     got = safehub.load("alice/model", "tiny", revision=sha, trust_repo=True, sandbox=backend, verbose=False, policy=pol)
     assert got.safehub_info.sha == sha
+    assert got.safehub_info.policy == {"files": [str(pol)], "locks": []}
 
 
 def test_prompts_off_makes_an_untrusted_repo_an_error_without_asking(tmp_path, gh, envs, monkeypatch) -> None:
@@ -263,6 +264,11 @@ def test_cli_policy_show_and_check(tmp_path, monkeypatch, capsys) -> None:
     assert json.loads(capsys.readouterr().out)["allowed"] is True
     assert main(["policy", "check", f"alice/other:{sha}", "--sandbox", "process"]) == PolicyError.exit_code
     assert "alice/other is not on the list (alice/model)" in capsys.readouterr().out
+
+    user.write_text("[lock]\nrequire = true\n")  # nothing can load without a lock: said as a refused step
+    assert main(["policy", "check", f"alice/model:{sha}", "--json"]) == PolicyError.exit_code
+    (row,) = json.loads(capsys.readouterr().out)["checks"]
+    assert row["step"] == "policy" and "[lock] require" in row["why"] and not row["ok"]
 
     user.write_text("[repos]\nrequire_pin = false\n")
     assert main(["policy", "show", "--json"]) == PolicyError.exit_code
