@@ -105,7 +105,7 @@ def _run(
     plan = plan_for_repo(repo.path, hub.dependencies, hub_dir=hub_dir, mode=guard.dependencies_mode(dependencies_mode),
                          extra=extra_dependencies, pinned=repo.source == "github" and bool(repo.sha))
     guard.check_plan(plan)
-    python_env = ensure_env(plan.entries, hub_dir=hub_dir, verbose=verbose, mode=plan.mode)
+    python_env = ensure_env(plan.entries, hub_dir=hub_dir, verbose=verbose, mode=plan.mode, **guard.env_options())
     guard.check_env(python_env)
     timings["env"] = time.perf_counter() - env_started
     downloads: dict[str, Path] = {}

@@ -295,6 +295,13 @@ class LoadGuard:
                 raise _lock_refusal(path, f"the environment would install {', '.join(extra)}, which the lock "
                                     "does not list (unlisted package)")
 
+    def env_options(self) -> dict[str, Any]:
+        """Extra ensure_env arguments: under a lock, its versions pin the resolution (so a fresh
+        machine installs what was locked, not the newest release). None without a lock, so
+        every other env keeps its key."""
+        pins = sorted({d for _p, e in self.entries for d in e.distributions})
+        return {"pins": pins} if pins else {}
+
     def check_env(self, python_env: Any) -> None:
         """What the env holds (transitive dependencies too), before anything runs with it."""
         if not self.active:

@@ -50,10 +50,12 @@ class Envs:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.kwargs: dict[str, Any] = {}
         self.records = {d: f"{i:064x}" for i, d in enumerate(DISTS)}
 
     def __call__(self, entries: Any, **kwargs: Any) -> Any:
         self.calls += 1
+        self.kwargs = kwargs
         return dataclasses.replace(host_env(), distributions=tuple(self.records), records=dict(self.records),
                                    mode=kwargs.get("mode", ""))
 
@@ -161,6 +163,7 @@ def test_the_lock_records_each_field(world: World) -> None:
 def test_a_load_under_the_lock_goes_through(world: World, monkeypatch) -> None:
     got = world.load()
     assert got.safehub_info.sha == world.sha
+    assert world.envs.kwargs["pins"] == sorted(DISTS)  # the locked versions pin the install
     assert got.safehub_info.policy == {"files": [], "locks": [str(world.lock)]}
     monkeypatch.setenv("SAFEHUB_LOCK", str(world.lock))  # the same by environment
     assert world.load(lock=None).safehub_info.sha == world.sha
@@ -332,7 +335,10 @@ def test_lock_and_load_the_demo_repo_for_real(tmp_path: Path, monkeypatch, safeh
                                                         for d in entry.distributions)
         assert all(len(h) == 64 for h in entry.distributions.values())
         model = safehub.load("demo/hub:main", "tinynet", trust_repo=True, verbose=False, lock=out)
-        assert model.safehub_info.sha == entry.sha
+        info = model.safehub_info
+        assert info.sha == entry.sha and info.policy["locks"] == [str(out)]
+        # built again with the locked versions pinned (another env key), and the same RECORD hashes
+        assert dict(info.dependencies["records"]) == entry.distributions
 
 
 def test_relocking_ignores_old_locks_but_not_the_other_rules(world: World, tmp_path: Path, monkeypatch) -> None:
@@ -356,3 +362,14 @@ def test_relocking_ignores_old_locks_but_not_the_other_rules(world: World, tmp_p
     with pytest.raises(PolicyError, match="alice/model is not on the list"):
         create_lock("alice/model:main", ["tiny"], output=tmp_path / "x.lock", load_kwargs=kwargs)
     assert not (tmp_path / "x.lock").exists()
+
+
+def test_locked_pins_are_checked_before_they_reach_the_installer() -> None:
+    from safehub import EnvironmentBuildError
+    from safehub._env._build import _checked_pins
+
+    assert _checked_pins(["numpy==1.26.4", "torch==2.13.0", "numpy==1.26.4"]) == ["numpy==1.26.4"]
+    for bad in ["numpy>=1", "numpy==1.0 --index-url http://evil", "-e git+https://x", "numpy==1; os_name=='nt'",
+                "numpy", "../x==1"]:
+        with pytest.raises(EnvironmentBuildError, match="is not 'name==version'"):
+            _checked_pins([bad])
