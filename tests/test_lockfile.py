@@ -373,3 +373,9 @@ def test_locked_pins_are_checked_before_they_reach_the_installer() -> None:
                 "numpy", "../x==1"]:
         with pytest.raises(EnvironmentBuildError, match="is not 'name==version'"):
             _checked_pins([bad])
+
+
+def test_a_world_writable_lockfile_is_refused(world: World) -> None:
+    world.lock.chmod(0o666)
+    with pytest.raises(PolicyError, match="is world-writable; refusing to use it"):
+        world.load()
