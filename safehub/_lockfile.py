@@ -192,13 +192,13 @@ def read_lock(path: str | os.PathLike[str]) -> Lock:
     shown = str(path)
     try:
         with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_mode & 0o002:  # anyone could rewrite what loads are held to
-                raise PolicyError(f"the lockfile {shown} is world-writable; refusing to use it",
-                                  hint=f"chmod o-w {shown}")
+            mode = os.fstat(f.fileno()).st_mode
             raw = f.read(MAX_LOCK_BYTES + 1)
     except OSError as exc:
         raise PolicyError(f"cannot read the lockfile {shown}: {exc.strerror}",
                           hint="check the path given as lock=, $SAFEHUB_LOCK or the policy's [lock] file") from None
+    if mode & 0o002:  # anyone could rewrite what loads are held to
+        raise PolicyError(f"the lockfile {shown} is world-writable; refusing to use it", hint=f"chmod o-w {shown}")
     if len(raw) > MAX_LOCK_BYTES:
         raise _bad(shown, f"it is larger than {MAX_LOCK_BYTES} bytes")
     try:
