@@ -522,3 +522,24 @@ def test_policy_error_has_its_own_exit_code() -> None:
     codes = {cls.exit_code for name in safehub.__all__ if isinstance(cls := getattr(safehub, name), type)
              and issubclass(cls, safehub.SafehubError) and not issubclass(cls, safehub.PolicyError)}
     assert safehub.PolicyError.exit_code not in codes
+
+
+def test_owner_wildcards_match_exactly_one_owner_property() -> None:
+    """Any owner string: ``o/*`` matches a repo iff its owner equals ``o`` ignoring case, and an
+    exact pattern only its own name (hypothesis over GitHub's name alphabet)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    owner = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9-]{0,8}", fullmatch=True)
+    name = st.from_regex(r"[A-Za-z0-9._-]{1,8}", fullmatch=True).filter(lambda n: n not in (".", ".."))
+
+    @settings(max_examples=300, deadline=None)
+    @given(owner, owner, name, name)
+    def check(pattern_owner: str, repo_owner: str, pattern_name: str, repo_name: str) -> None:
+        wildcard = parse_repo_pattern(f"{pattern_owner}/*")
+        exact = parse_repo_pattern(f"{pattern_owner}/{pattern_name}")
+        same_owner = pattern_owner.lower() == repo_owner.lower()
+        assert wildcard.matches(repo_owner, repo_name) == same_owner
+        assert exact.matches(repo_owner, repo_name) == (same_owner and pattern_name.lower() == repo_name.lower())
+
+    check()
