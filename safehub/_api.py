@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ._env import PythonEnv
     from ._fetch import RepoCheckout, RepoRequest
     from ._fetch._downloads import DownloadBudget
+    from ._guard import LoadGuard
     from ._jobs import Job, JobRequest
     from ._sandbox import SandboxBackend
 
@@ -54,17 +55,21 @@ class LoadInfo:
     # Seconds per part of the load: measured here, plus "runner_*" as the runner reported
     # them (whitelisted and bounded by read_summary). See _timings.
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    # The organisation policy files and lockfiles this load was checked against (docs/policy.md).
+    policy: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def _prepare(request: RepoRequest) -> tuple[RepoCheckout, Hubconf, Path]:
-    """Fetch (or find) the repo through its source and read its hubconf statically."""
+def _prepare(request: RepoRequest, guard: LoadGuard) -> tuple[RepoCheckout, Hubconf, Path]:
+    """Fetch (or find) the repo through its source and read its hubconf statically.
+    The organisation policy and lockfiles (``guard``) judge the request before any network."""
     from ._fetch import fetch_repo
 
     hub_dir = hub_path()
-    repo = fetch_repo(request, hub_dir=hub_dir)
+    repo = fetch_repo(guard.check_request(request), hub_dir=hub_dir)
+    guard.check_checkout(repo, hub_dir)
     return repo, read_hubconf(repo.path), hub_dir
 
 
@@ -80,21 +85,28 @@ def _run(
     dependencies_mode: str | None = None,
     extra_dependencies: Any = None,
     timings: dict[str, float] | None = None,
+    guard: LoadGuard | None = None,
 ) -> tuple[Job, PythonEnv]:
     """Run ``job`` in the repo's env and sandbox, fetching on the host whatever
     files the entrypoint asks for (at most MAX_DOWNLOAD_ROUNDS times). ``budget`` is
     one deadline and one disk budget for the sandbox runs and the downloads between
     them; the caller discards it on failure."""
     from ._env import ensure_env, plan_for_repo
+    from ._guard import LoadGuard
     from ._jobs import run_job
     from ._sandbox import get_backend
 
     timings = {} if timings is None else timings
+    guard = guard or LoadGuard.for_call()
+    guard.check_sandbox(sandbox)  # policy: sandbox, packages and limits before anything is spawned
     backend = get_backend(sandbox)
+    guard.check_backend(backend, job)
     env_started = time.perf_counter()
-    plan = plan_for_repo(repo.path, hub.dependencies, hub_dir=hub_dir, mode=dependencies_mode,
+    plan = plan_for_repo(repo.path, hub.dependencies, hub_dir=hub_dir, mode=guard.dependencies_mode(dependencies_mode),
                          extra=extra_dependencies, pinned=repo.source == "github" and bool(repo.sha))
-    python_env = ensure_env(plan.entries, hub_dir=hub_dir, verbose=verbose, mode=plan.mode)
+    guard.check_plan(plan)
+    python_env = ensure_env(plan.entries, hub_dir=hub_dir, verbose=verbose, mode=plan.mode, **guard.env_options())
+    guard.check_env(python_env)
     timings["env"] = time.perf_counter() - env_started
     downloads: dict[str, Path] = {}
     for _round in range(MAX_DOWNLOAD_ROUNDS + 1):
@@ -119,7 +131,9 @@ def _run(
         # The GitHub token is lent only for the loaded repo's own release assets.
         owner_name = (repo.owner, repo.name) if repo.owner is not None and repo.name is not None else None
         fetch_started = time.perf_counter()
-        downloads.update(prefetch_downloads(needed, hub_dir=hub_dir, verbose=verbose, repo=owner_name, budget=budget))
+        downloads.update(prefetch_downloads(needed, hub_dir=hub_dir, verbose=verbose, repo=owner_name, budget=budget,
+                                            url_policy=guard.check_url, host_policy=guard.check_host))
+        guard.check_downloads(downloads)
         timings["downloads"] = timings.get("downloads", 0.0) + time.perf_counter() - fetch_started
     raise SafehubError(
         f"the entrypoint kept asking for new downloads after {MAX_DOWNLOAD_ROUNDS} rounds",
@@ -144,6 +158,8 @@ def load(
     limits: Any = None,
     dependencies_mode: str | None = None,
     extra_dependencies: Any = None,
+    policy: str | os.PathLike[str] | None = None,
+    lock: str | os.PathLike[str] | None = None,
     **kwargs: Any,
 ) -> Any:
     """Load a model from a hub repo, like ``torch.hub.load``, without running its code here.
@@ -161,6 +177,9 @@ def load(
             pyproject dependencies). Default ``$SAFEHUB_DEPENDENCIES`` or "scan".
         extra_dependencies: more requirements for the env (["timm>=0.9"]), or a dict
             import name -> requirement for imports the scan cannot name ({"cv2": "opencv-python"}).
+        policy: a user policy file (TOML, docs/policy.md), narrowing the system policy; default
+            ``$SAFEHUB_POLICY`` or the user config dir's ``safehub/policy.toml``.
+        lock: a lockfile (``safehub lock``, docs/lockfile.md) the load must match; default ``$SAFEHUB_LOCK``.
 
     Returns an ``nn.Module`` (or the tuple/list/dict of modules the entrypoint returned).
     Its ``safehub_info`` attribute records the repo SHA, the sandbox backend and limits used.
@@ -169,6 +188,7 @@ def load(
     from ._contract import EXPORT_MODES
     from ._fetch import RepoRequest
     from ._fetch._downloads import DownloadBudget
+    from ._guard import LoadGuard
     from ._jobs import JobRequest
 
     from ._channel import check_device
@@ -179,18 +199,20 @@ def load(
         check_device(device)
     mark = time.perf_counter()
     timings: dict[str, float] = {"host_imports": mark - load_started}  # safehub's own modules; torch if a device was given
+    guard = LoadGuard.for_call(policy=policy, lock=lock)
     repo, hub, hub_dir = _prepare(
         RepoRequest(
             repo_or_dir=str(repo_or_dir), source=source, trust_repo=trust_repo, force_reload=force_reload,
             verbose=verbose, skip_validation=skip_validation, revision=revision, calling_fn="load",
-        )
+        ), guard,
     )
     hub.require(model)
+    guard.check_entrypoint(model)
     hub.check_call(model, args, kwargs)  # milliseconds, before any env build or sandbox run
     timings["fetch_and_static_checks"] = time.perf_counter() - mark
     if example_inputs is not None and not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
-    budget = DownloadBudget(limits)
+    budget = DownloadBudget(guard.limits(limits, explicit=limits is not None))
     with budget.discard_on_error():  # a failed load keeps none of the files it fetched
         job, python_env = _run(
             JobRequest(
@@ -199,6 +221,7 @@ def load(
             ),
             repo=repo, hub=hub, hub_dir=hub_dir, verbose=verbose, sandbox=sandbox, budget=budget,
             dependencies_mode=dependencies_mode, extra_dependencies=extra_dependencies, timings=timings,
+            guard=guard,
         )
     from ._channel import read_summary, rebuild_from_output
 
@@ -212,6 +235,7 @@ def load(
         with budget.discard_on_error():
             obj = rebuild_from_output(job.out_dir, device=device,
                                       before_load=lambda: checked.append(time.perf_counter()))
+            guard.check_result(obj)  # a lockfile's weights hash
         if checked:  # before_load runs once every check has passed and before tensor data is read
             timings["validation"] = checked[0] - mark
             timings["weights_and_build"] = time.perf_counter() - checked[0]
@@ -231,6 +255,7 @@ def load(
                           "records": dict(python_env.records)},
             downloads=budget.summary(),
             timings=_timings(timings, summary, total=time.perf_counter() - load_started),
+            policy=guard.describe(),
         )
         from ._deferred_jobs import attach_jobs
 
@@ -312,12 +337,13 @@ def list_entrypoints(
     imported names) the sandbox imports hubconf and reports ``dir()``.
     """
     from ._fetch import RepoRequest
+    from ._guard import LoadGuard
 
     repo, hub, hub_dir = _prepare(
         RepoRequest(
             repo_or_dir=str(github), source=source, trust_repo=trust_repo, force_reload=force_reload,
             verbose=verbose, skip_validation=skip_validation, revision=revision, calling_fn="list",
-        )
+        ), LoadGuard.for_call(),
     )
     if hub.static_list_is_exact:
         return hub.names()
@@ -360,12 +386,13 @@ def entrypoint_help(
 ) -> str | None:
     """The docstring of an entrypoint, like ``torch.hub.help`` (exported as ``safehub.help``)."""
     from ._fetch import RepoRequest
+    from ._guard import LoadGuard
 
     repo, hub, hub_dir = _prepare(
         RepoRequest(
             repo_or_dir=str(github), source=source, trust_repo=trust_repo, force_reload=force_reload,
             verbose=True, skip_validation=skip_validation, revision=revision, calling_fn="help",
-        )
+        ), LoadGuard.for_call(),
     )
     ep = hub.require(model)
     if ep is not None and ep.kind in ("function", "class"):

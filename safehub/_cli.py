@@ -287,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ._artifact_cli import CliHelpers, add_artifact_commands  # export, inspect
 
     add_artifact_commands(sub, CliHelpers(_repo_args, _kwarg, _resolve_repo_arg, _trust, DEMO_ENTRYPOINT))
+
+    from ._policy_cli import add_policy_commands  # policy show|check, lock
+
+    add_policy_commands(sub, _repo_args)
     return parser
 
 

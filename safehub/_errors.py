@@ -125,9 +125,11 @@ class UntrustedRepoError(SafehubError):
 
 
 class PolicyError(SafehubError, PermissionError):
-    """The organisation policy forbids this load."""
+    """The organisation policy (docs/policy.md) or a lockfile (docs/lockfile.md) forbids
+    this load. The message names the rule and the file it came from. Its own exit code
+    (11), distinct from an untrusted repo's (5): CI can tell "the org said no" apart."""
 
-    exit_code = 5
+    exit_code = 11
 
 
 # --- reading hubconf and building environments -------------------------------

@@ -144,6 +144,9 @@ def run_job(job: JobRequest, *, python_env: PythonEnv, backend: SandboxBackend, 
     """
     import cloudpickle
 
+    from ._guard import confine_job
+
+    job = confine_job(job, backend)  # the organisation policy's sandbox minimum and limits, before any spawn
     jobs = hub_dir / "jobs"
     if jobs not in _SWEPT:  # once per process and hub: folders of crashed loads (args, weights)
         _SWEPT.add(jobs)

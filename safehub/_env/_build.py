@@ -15,6 +15,7 @@ How the installers are driven safely: see _installers.py.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -169,6 +170,24 @@ def _installed(site: Path) -> tuple[list[str], dict[str, str]]:
     return out, records
 
 
+_PIN = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?==[A-Za-z0-9.+!_-]{1,64}$")
+
+
+def _checked_pins(pins: Sequence[str]) -> list[str]:
+    """``name==version`` lines only (they go into the installer's constraints file: no options,
+    URLs or markers), never a torch-family package (the host provides those)."""
+    from ._resolve import TORCH_FAMILY, canonical
+
+    out = []
+    for pin in pins:
+        if not isinstance(pin, str) or not _PIN.match(pin):
+            raise EnvironmentBuildError(f"locked package {escape_untrusted(repr(pin), limit=100)} is not 'name==version'",
+                                        hint="re-create the lockfile with `safehub lock`")
+        if canonical(pin.partition("==")[0]) not in TORCH_FAMILY:
+            out.append(pin)
+    return sorted(set(out))
+
+
 # --- the entry point --------------------------------------------------------------
 
 
@@ -180,8 +199,12 @@ def ensure_env(
     env: Mapping[str, str] | None = None,
     backend: str | None = None,
     mode: str = "declared",
+    pins: Sequence[str] = (),
 ) -> PythonEnv:
     """Return a ready env holding ``dependencies`` (hubconf import names), building it once.
+
+    ``pins`` (``name==version``, from a lockfile) constrain the resolution: a package the
+    env needs is installed at exactly that version. They are part of the env's key.
 
     Raises EnvironmentBuildError (bad entry, installer failure), MissingHostPackageError
     (torch family missing on the host or rejected by a dependency) or OfflineError.
@@ -196,6 +219,8 @@ def ensure_env(
 
     resolution = resolve_dependencies(dependencies)
     host = host_info()
+    if pins:  # installer constraints, like the torch family's own requirements
+        host = dataclasses.replace(host, constraints=(*host.constraints, *_checked_pins(pins)))
     check_host_requirements(resolution, host.packages)
     backend_name, uv = choose_backend(backend, env)
     inputs = key_inputs(resolution, host, backend_name, env, mode)

@@ -367,17 +367,25 @@ def prefetch_downloads(
     env: Mapping[str, str] | None = None,
     repo: tuple[str, str] | None = None,
     budget: DownloadBudget | None = None,
+    url_policy: Callable[[str], None] | None = None,
+    host_policy: Callable[[str], None] | None = None,
 ) -> dict[str, Path]:
     """Download each URL (once; later calls reuse the file) and return {url: path}.
 
     ``repo`` is the (owner, name) of the GitHub repo being loaded: the token is sent
     only for its release assets, and never when ``repo`` is None (local repos).
     ``budget`` bounds the time and bytes (default: one of ``Limits()``'s, started
-    now); on any error the files fetched by this call are removed again."""
+    now); on any error the files fetched by this call are removed again.
+    ``url_policy`` judges each requested URL (cached or not) before anything is fetched,
+    ``host_policy`` every URL a download visits, redirects included; both raise to
+    refuse (the organisation policy and lockfiles, safehub/_guard.py)."""
     env = os.environ if env is None else env
     urls = list(dict.fromkeys(validate_url(u) for u in urls))
     if len(urls) > MAX_DOWNLOAD_URLS:
         raise UnsafeSpecError(f"{len(urls)} download URLs requested; at most {MAX_DOWNLOAD_URLS} are allowed")
+    for url in urls:
+        if url_policy is not None:
+            url_policy(url)
     own_budget = budget is None
     budget = budget if budget is not None else DownloadBudget()
     budget.start()
@@ -403,10 +411,14 @@ def prefetch_downloads(
     allowed = _allowed_origins(env)
     host = github_host(env)
     at_connect = lambda h, p, ip: _check_address(h, p, ip, allowed)  # noqa: E731
-    check = lambda u: _check_public(u, allowed, env)  # noqa: E731 - every URL, redirects included
-    client = make_client(host, env, url_check=check, address_check=at_connect)
+    def url_check(u: str) -> None:  # every URL, redirects included
+        if host_policy is not None:
+            host_policy(u)
+        _check_public(u, allowed, env)
+
+    client = make_client(host, env, url_check=url_check, address_check=at_connect)
     anonymous = HttpClient(token=None, timeout=float(env.get("SAFEHUB_HTTP_TIMEOUT") or 30),
-                           url_check=check, address_check=at_connect)
+                           url_check=url_check, address_check=at_connect)
     lend_token = _token_scope(host, repo)
     per_file = _max_bytes(env)
     fresh_before = len(budget.fresh)

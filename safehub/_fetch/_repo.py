@@ -78,6 +78,9 @@ class RepoRequest:
     revision: str | None = None  # a full commit SHA to load exactly
     allow_prompt: bool = True  # False: a needed trust prompt raises UntrustedRepoError
     prompt: Callable[[str], str] | None = None
+    # Called with the commit SHA the request resolved to, before the cache is read or
+    # anything is downloaded; raises to refuse (a lockfile's "the ref moved").
+    before_fetch: Callable[[str], None] | None = None
 
 
 def _from_local(request: RepoRequest, hub_dir: Path, env: Mapping[str, str]) -> RepoCheckout:
@@ -167,6 +170,8 @@ def _from_github(request: RepoRequest, hub_dir: Path, env: Mapping[str, str]) ->
         sha = wanted
     else:
         resolved_ref, sha = fetcher.resolve(spec.ref, force=force_reload, skip_validation=skip_validation)
+    if request.before_fetch is not None:
+        request.before_fetch(sha)
     entry = cache.entry(host.key, spec.owner, spec.name, sha)
     with cache.lock(entry):
         usable = cache.exists(entry) and not force_reload
