@@ -411,6 +411,7 @@ def prefetch_downloads(
     allowed = _allowed_origins(env)
     host = github_host(env)
     at_connect = lambda h, p, ip: _check_address(h, p, ip, allowed)  # noqa: E731
+
     def url_check(u: str) -> None:  # every URL, redirects included
         if host_policy is not None:
             host_policy(u)
