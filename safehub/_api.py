@@ -54,6 +54,8 @@ class LoadInfo:
     # Seconds per part of the load: measured here, plus "runner_*" as the runner reported
     # them (whitelisted and bounded by read_summary). See _timings.
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    # The artifact cache: hit, key, and why a load was not stored (see _artifact_cache).
+    cache: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -68,6 +70,19 @@ def _prepare(request: RepoRequest) -> tuple[RepoCheckout, Hubconf, Path]:
     return repo, read_hubconf(repo.path), hub_dir
 
 
+def _ensure_env(repo: RepoCheckout, hub: Hubconf, hub_dir: Path, *, verbose: bool, dependencies_mode: str | None,
+                extra_dependencies: Any, timings: dict[str, float]) -> PythonEnv:
+    """The repo's env, built once (its key is part of the artifact cache's key)."""
+    from ._env import ensure_env, plan_for_repo
+
+    env_started = time.perf_counter()
+    plan = plan_for_repo(repo.path, hub.dependencies, hub_dir=hub_dir, mode=dependencies_mode,
+                         extra=extra_dependencies, pinned=repo.source == "github" and bool(repo.sha))
+    python_env = ensure_env(plan.entries, hub_dir=hub_dir, verbose=verbose, mode=plan.mode)
+    timings["env"] = time.perf_counter() - env_started
+    return python_env
+
+
 def _run(
     job: JobRequest,
     *,
@@ -80,22 +95,20 @@ def _run(
     dependencies_mode: str | None = None,
     extra_dependencies: Any = None,
     timings: dict[str, float] | None = None,
+    python_env: PythonEnv | None = None,
 ) -> tuple[Job, PythonEnv]:
     """Run ``job`` in the repo's env and sandbox, fetching on the host whatever
     files the entrypoint asks for (at most MAX_DOWNLOAD_ROUNDS times). ``budget`` is
     one deadline and one disk budget for the sandbox runs and the downloads between
     them; the caller discards it on failure."""
-    from ._env import ensure_env, plan_for_repo
     from ._jobs import run_job
     from ._sandbox import get_backend
 
     timings = {} if timings is None else timings
     backend = get_backend(sandbox)
-    env_started = time.perf_counter()
-    plan = plan_for_repo(repo.path, hub.dependencies, hub_dir=hub_dir, mode=dependencies_mode,
-                         extra=extra_dependencies, pinned=repo.source == "github" and bool(repo.sha))
-    python_env = ensure_env(plan.entries, hub_dir=hub_dir, verbose=verbose, mode=plan.mode)
-    timings["env"] = time.perf_counter() - env_started
+    if python_env is None:
+        python_env = _ensure_env(repo, hub, hub_dir, verbose=verbose, dependencies_mode=dependencies_mode,
+                                 extra_dependencies=extra_dependencies, timings=timings)
     downloads: dict[str, Path] = {}
     for _round in range(MAX_DOWNLOAD_ROUNDS + 1):
         this_round = dataclasses.replace(job, downloads=dict(downloads), limits=budget.round_limits())
@@ -190,6 +203,20 @@ def load(
     timings["fetch_and_static_checks"] = time.perf_counter() - mark
     if example_inputs is not None and not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
+    python_env = _ensure_env(repo, hub, hub_dir, verbose=verbose, dependencies_mode=dependencies_mode,
+                             extra_dependencies=extra_dependencies, timings=timings)
+    from ._artifact_cache import plan_cache
+
+    mark = time.perf_counter()
+    cache = plan_cache(hub_dir, repo=repo, entrypoint=model, args=args, kwargs=kwargs, example_inputs=example_inputs,
+                       export=export, env_key=python_env.key, force_reload=force_reload)
+    timings["cache_key"] = time.perf_counter() - mark
+    hit = cache.lookup(device=device)
+    if hit is not None:
+        timings["cache_hit_load"] = time.perf_counter() - mark - timings["cache_key"]
+        return _from_cache(hit[0], repo=repo, model=model, python_env=python_env, cache=cache, args=args,
+                           kwargs=kwargs, export=export, hub_dir=hub_dir, verbose=verbose, timings=timings,
+                           started=load_started)
     budget = DownloadBudget(limits)
     with budget.discard_on_error():  # a failed load keeps none of the files it fetched
         job, python_env = _run(
@@ -199,6 +226,7 @@ def load(
             ),
             repo=repo, hub=hub, hub_dir=hub_dir, verbose=verbose, sandbox=sandbox, budget=budget,
             dependencies_mode=dependencies_mode, extra_dependencies=extra_dependencies, timings=timings,
+            python_env=python_env,
         )
     from ._channel import read_summary, rebuild_from_output
 
@@ -231,6 +259,7 @@ def load(
                           "records": dict(python_env.records)},
             downloads=budget.summary(),
             timings=_timings(timings, summary, total=time.perf_counter() - load_started),
+            cache=cache.info,
         )
         from ._deferred_jobs import attach_jobs
 
@@ -240,6 +269,30 @@ def load(
     _attach_info(obj, info)
     from ._artifact import note_load  # provenance for safehub.save
 
+    note_load(obj, info, repo_path=repo.path, args=args, kwargs=kwargs, export=export)
+    cache.store(obj)  # before the caller can change the model
+    _record(hub_dir, info)
+    return obj
+
+
+def _from_cache(obj: Any, *, repo: RepoCheckout, model: str, python_env: PythonEnv, cache: Any,
+                args: tuple[Any, ...], kwargs: dict[str, Any], export: str, hub_dir: Path, verbose: bool,
+                timings: dict[str, float], started: float) -> Any:
+    """Finish a load answered by the artifact cache (validated like a sandbox's output)."""
+    from ._artifact import _modules, note_load
+    from ._channel._origin import origin_of
+
+    modules = {o.mid: {"mode": o.mspec.mode, "graphs": list(o.mspec.graphs)}
+               for o in map(origin_of, _modules(obj)) if o is not None}
+    info = LoadInfo(
+        repo=repo.display_name, source=repo.source, sha=repo.sha, entrypoint=model, backend="artifact-cache",
+        limits={}, env_key=python_env.key, env_backend=python_env.backend, summary={"modules": modules},
+        sandbox_details={}, dependencies={"mode": python_env.mode, "distributions": list(python_env.distributions),
+                                          "records": dict(python_env.records)},
+        timings=_timings(timings, {}, total=time.perf_counter() - started), cache=cache.info,
+    )
+    status("rebuilt %s here from the artifact cache (entry %s)", model, str(cache.key)[:16], verbose=verbose)
+    _attach_info(obj, info)
     note_load(obj, info, repo_path=repo.path, args=args, kwargs=kwargs, export=export)
     _record(hub_dir, info)
     return obj

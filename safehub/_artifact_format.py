@@ -32,7 +32,7 @@ from ._errors import ArtifactError, ArtifactSaveError, ArtifactVersionError, Spe
 __all__ = [
     "ARTIFACT_FORMAT", "ARTIFACT_VERSION", "PROVENANCE_FILE", "ARTIFACT_FILES", "SOURCE_KEYS",
     "write_safetensors", "describe_arguments", "check_listing", "read_provenance", "check_hashes",
-    "check_file_hash", "BackgroundHash",
+    "check_file_hash", "BackgroundHash", "read_provenance_bytes", "parse_provenance",
 ]  # fmt: skip
 
 ARTIFACT_FORMAT = "safehub-artifact"
@@ -217,11 +217,20 @@ def _check_json_value(value: Any, where: str) -> None:
 
 def read_provenance(folder: Path) -> dict[str, Any]:
     """Read and validate ``provenance.json``; the version is checked before anything else."""
+    return parse_provenance(read_provenance_bytes(folder))
+
+
+def read_provenance_bytes(folder: Path) -> bytes:
     fd = open_output_file(folder, PROVENANCE_FILE, max_bytes=MAX_PROVENANCE_BYTES)
     with os.fdopen(fd, "rb") as f:
         raw = f.read(MAX_PROVENANCE_BYTES + 1)
     if len(raw) > MAX_PROVENANCE_BYTES:
         raise SpecTooLargeError(f"provenance.json grew past its {MAX_PROVENANCE_BYTES}-byte cap while being read")
+    return raw
+
+
+def parse_provenance(raw: bytes) -> dict[str, Any]:
+    """Validate the bytes of ``provenance.json`` (callers that hash them first parse those same bytes)."""
     try:
         doc = load_json(raw, PROVENANCE_FILE, cap_bytes=MAX_PROVENANCE_BYTES, max_depth=32)
     except ArtifactError:
