@@ -202,21 +202,52 @@ def _read_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any, dtypes:
     through safetensors and cloning."""
     target = torch.device(device) if device is not None else torch.device("cpu")
     out: dict[str, Any] = {}
-    # In file order: sequential reads, and the digest sees the data section as it lies.
-    for key, entry in sorted(entries.items(), key=lambda kv: (kv[1].begin, kv[1].end)):
-        t = torch.empty(entry.shape, dtype=dtypes[entry.dtype])
-        nbytes = entry.end - entry.begin
-        if t.numel() * t.element_size() != nbytes:  # read_header checked this; never trust a mismatch
-            raise TensorMismatchError(f"tensor {show(key)}: {nbytes} bytes do not fit its shape")
-        if nbytes:
-            view = memoryview((ctypes.c_ubyte * nbytes).from_address(t.data_ptr())).cast("B")
-            offset, got = entry.data_start + entry.begin, 0
-            while got < nbytes:
-                n = os.preadv(fd, [view[got:]], offset + got)
-                if n <= 0:
-                    raise TensorMismatchError("weights.safetensors ended early (truncated while being read?)")
-                got += n
-            if digest is not None:
-                digest.update(view)
-        out[key] = t if target.type == "cpu" else t.to(target)
+    # Hashing runs in a thread while the next tensor is read (both release the GIL).
+    hasher = _Hasher(digest) if digest is not None else None
+    try:
+        # In file order: sequential reads, and the digest sees the data section as it lies.
+        for key, entry in sorted(entries.items(), key=lambda kv: (kv[1].begin, kv[1].end)):
+            t = torch.empty(entry.shape, dtype=dtypes[entry.dtype])
+            nbytes = entry.end - entry.begin
+            if t.numel() * t.element_size() != nbytes:  # read_header checked this; never trust a mismatch
+                raise TensorMismatchError(f"tensor {show(key)}: {nbytes} bytes do not fit its shape")
+            if nbytes:
+                view = memoryview((ctypes.c_ubyte * nbytes).from_address(t.data_ptr())).cast("B")
+                offset, got = entry.data_start + entry.begin, 0
+                while got < nbytes:
+                    n = os.preadv(fd, [view[got:]], offset + got)
+                    if n <= 0:
+                        raise TensorMismatchError("weights.safetensors ended early (truncated while being read?)")
+                    got += n
+                if hasher is not None:
+                    hasher.add(t, view)  # keeps the CPU tensor alive until it is hashed
+            out[key] = t if target.type == "cpu" else t.to(target)
+    finally:
+        if hasher is not None:
+            hasher.finish()
     return out
+
+
+class _Hasher:
+    """Feed memory to a hashlib object in a thread, in order. ``finish`` waits
+    for it (always called, so no thread outlives the load)."""
+
+    def __init__(self, digest: Any) -> None:
+        import queue
+        import threading
+
+        self._digest = digest
+        self._queue: Any = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="safehub-weights-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            self._digest.update(item[1])
+
+    def add(self, owner: Any, view: memoryview) -> None:
+        self._queue.put((owner, view))
+
+    def finish(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
