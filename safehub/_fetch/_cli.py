@@ -69,9 +69,12 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     cache = RepoCache(_hub(args))
     rows = [_describe(cache, e) for e in cache.entries() if _matches(e, args.repo)]
     envs = _env_summary(_hub(args))
+    from .._artifact_cache_cli import artifact_summary
+
+    artifacts = artifact_summary(_hub(args))
     if args.json:
-        json.dump({"entries": rows, "total_bytes": sum(r["size_bytes"] for r in rows), "envs": envs},
-                  sys.stdout, indent=1)
+        json.dump({"entries": rows, "total_bytes": sum(r["size_bytes"] for r in rows), "envs": envs,
+                   "artifacts": artifacts}, sys.stdout, indent=1)
         print()
         return 0
     if not rows:
@@ -82,10 +85,16 @@ def _cmd_ls(args: argparse.Namespace) -> int:
     if rows:
         print(f"{len(rows)} entries, {_human(sum(r['size_bytes'] for r in rows))}")
     print(f"{envs['count']} environments, {_human(envs['total_bytes'])}: list them with `safehub cache envs`")
+    print(f"{artifacts['count']} artifact-cache entries, {_human(artifacts['total_bytes'])}: "
+          "list them with `safehub cache artifacts`")
     return 0
 
 
 def _cmd_rm(args: argparse.Namespace) -> int:
+    if args.artifacts:  # REPO is then a key prefix (as `cache artifacts` and errors show it)
+        from .._artifact_cache_cli import remove_artifacts
+
+        return remove_artifacts(_hub(args), args.repo, everything=args.all, dry_run=args.dry_run, as_json=args.json)
     if not args.repo and not args.all:
         print("safehub cache rm: name a repo (owner/name[@sha]) or pass --all", file=sys.stderr)
         return 2
@@ -133,14 +142,19 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             results.append({"entry": e.slug, "path": str(e.path), "ok": True})
         except (CacheCorruptedError, OSError) as exc:
             results.append({"entry": e.slug, "path": str(e.path), "ok": False, "error": str(exc)})
+    if not args.repo:  # the artifact cache too: every check a hit gets
+        from .._artifact_cache_cli import verify_artifacts
+
+        results += verify_artifacts(_hub(args))
     bad = [r for r in results if not r["ok"]]
     if args.json:
         json.dump({"entries": results, "corrupted": len(bad)}, sys.stdout, indent=1)
         print()
     else:
         for r in results:
-            print(("ok       " if r["ok"] else "CORRUPT  ") + r["entry"])
-        print(f"{len(results)} checked, {len(bad)} corrupted" + ("; fix with `safehub cache rm <repo>@<sha>`" if bad else ""))
+            print(("ok       " if r["ok"] else "CORRUPT  ") + r["entry"] + (f"  (fix: {r['fix']})" if "fix" in r else ""))
+        print(f"{len(results)} checked, {len(bad)} corrupted"
+              + ("; fix with `safehub cache rm <repo>@<sha>` (artifacts: `safehub cache rm --artifacts KEY`)" if bad else ""))
     return 1 if bad else 0
 
 
@@ -157,13 +171,15 @@ def add_cache_commands(subparsers: Any) -> Any:
 
     rm = sub.add_parser("rm", help="remove cached repo trees (shows what it frees first)")
     rm.add_argument("repo", nargs="?", help="owner/name[@sha] or host/owner/name[@sha]")
-    rm.add_argument("--all", action="store_true", help="remove every cached repo")
+    rm.add_argument("--all", action="store_true", help="remove every cached repo (with --artifacts: every entry)")
+    rm.add_argument("--artifacts", action="store_true",
+                    help="remove artifact-cache entries instead: REPO is then a key prefix (see `cache artifacts`)")
     rm.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     rm.add_argument("--dry-run", action="store_true", help="only show what would be freed")
     rm.add_argument("--json", action="store_true", help="machine-readable output")
     rm.set_defaults(func=_cmd_rm)
 
-    verify = sub.add_parser("verify", help="re-hash cached trees against their records")
+    verify = sub.add_parser("verify", help="re-hash cached trees against their records, and check every artifact-cache entry")
     verify.add_argument("repo", nargs="?", help="owner/name[@sha] filter")
     verify.add_argument("--json", action="store_true", help="machine-readable output")
     verify.set_defaults(func=_cmd_verify)
