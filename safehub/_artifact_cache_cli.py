@@ -12,7 +12,7 @@ from typing import Any
 
 from ._artifact_cache import ArtifactCache
 
-__all__ = ["add_artifact_cache_commands", "artifact_summary", "remove_artifacts", "verify_artifacts"]
+__all__ = ["add_artifact_cache_commands", "artifact_section", "artifact_summary", "remove_artifacts", "verify_artifacts"]
 
 
 def _hub(args: argparse.Namespace) -> Path:
@@ -44,7 +44,7 @@ def artifact_summary(hub: Path) -> dict[str, Any]:
     return {"count": len(rows), "total_bytes": sum(r.size_bytes for r in rows), "details": "safehub cache artifacts"}
 
 
-def remove_artifacts(hub: Path, prefix: str | None, *, everything: bool, dry_run: bool, as_json: bool) -> int:
+def remove_artifacts(hub: Path, prefix: str | None, everything: bool, dry_run: bool, as_json: bool) -> int:
     cache = ArtifactCache(hub)
     keys = _chosen(cache, prefix, everything)
     rows = [cache.describe(k).as_dict() for k in keys]
@@ -99,3 +99,10 @@ def add_artifact_cache_commands(cache_sub: Any) -> None:
     p = cache_sub.add_parser("artifacts", help="list the artifact cache (validated results of earlier loads)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_artifacts)
+
+
+def artifact_section() -> Any:
+    """The artifact cache's part of ``cache ls|rm|verify`` (_fetch/_cli.py)."""
+    from ._fetch._cli import CacheSection
+
+    return CacheSection(summary=artifact_summary, remove=remove_artifacts, verify=verify_artifacts)

@@ -279,11 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_doctor)
 
-    from ._artifact_cache_cli import add_artifact_cache_commands  # cache artifacts
+    from ._artifact_cache_cli import add_artifact_cache_commands, artifact_section  # cache artifacts
     from ._env._cli import add_env_cache_commands  # cache envs|rm-env
     from ._fetch import add_cache_commands  # cache ls|rm|verify
 
-    cache_sub = add_cache_commands(sub)
+    cache_sub = add_cache_commands(sub, artifact_section())
     add_env_cache_commands(cache_sub)
     add_artifact_cache_commands(cache_sub)
 
