@@ -263,7 +263,8 @@ def load(
         )
         from ._deferred_jobs import attach_jobs
 
-        attach_jobs(obj, job=job, python_env=python_env, hub_dir=hub_dir, sha=repo.sha, summary=info.summary)
+        attach_jobs(obj, job=job, python_env=python_env, hub_dir=hub_dir, sha=repo.sha, summary=info.summary,
+                    cache_key=cache.key, export_mode=export)
     modes = sorted({str(m.get("mode")) for m in info.summary.get("modules", {}).values() if m.get("mode")})
     status("rebuilt %s here from the sandbox's export (%s)", model, ", ".join(modes) or "no graphs", verbose=verbose)
     _attach_info(obj, info)

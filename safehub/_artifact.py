@@ -250,6 +250,13 @@ def note_load(obj: Any, info: Any, *, repo_path: Path, args: tuple[Any, ...], kw
     })  # fmt: skip
 
 
+def note_graph(gm: Any, *, entrypoint: str, export: str) -> None:
+    """A deferred module's exported graph, before the artifact cache keeps it."""
+    origin = origin_of(gm)
+    if origin is not None:
+        origin.record.provenance.update({"entrypoint": entrypoint, "export": export})
+
+
 def _archive_sha256(repo_path: Path, sha: str) -> str | None:
     """The sha256 of the archive the checkout was extracted from, from the cache's
     metadata next to it (``<sha>.json``); None when not known."""

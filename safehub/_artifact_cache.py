@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._cache_key import NotCanonical, key_digest, key_inputs, local_tree_digest
+from ._cache_key import NotCanonical, canonical_value, key_digest, key_inputs, local_tree_digest
 from ._errors import ArtifactCacheError, SafehubError, UnsafeSpecError
 
-__all__ = ["ArtifactCache", "CachePlan", "plan_cache", "EntryInfo"]
+__all__ = ["ArtifactCache", "CachePlan", "plan_cache", "graph_cache", "EntryInfo"]
 
 logger = logging.getLogger("safehub")
 
@@ -135,6 +135,24 @@ def plan_cache(hub_dir: Path, *, repo: Any, entrypoint: str, args: tuple[Any, ..
     if force_reload:
         info["reason"] = "force_reload=True"
     return CachePlan(cache, key, inputs, force_reload, local_root=local_root, info=info)
+
+
+def graph_cache(hub_dir: Path, load_key: str | None, *, mid: str, training: bool, structure: list[dict],
+                entrypoint: str, export: str) -> CachePlan | None:
+    """The cache plan of one deferred export (a load's graph for one call signature):
+    keyed by the load's own key and the signature (dtypes, shapes, scalars), so it is
+    as specific as the load. None when the load had no key."""
+    from ._config import env_flag
+
+    if load_key is None or not env_flag("SAFEHUB_ARTIFACT_CACHE", default=True):
+        return None
+    try:
+        signature = canonical_value(structure, "the call signature")
+    except NotCanonical:
+        return None
+    inputs = {"kind": "deferred-graph", "load": load_key, "mid": mid, "training": bool(training),
+              "signature": signature, "entrypoint": entrypoint, "export": export}
+    return CachePlan(ArtifactCache(hub_dir), key_digest(inputs), inputs, False, info={"hit": False})
 
 
 @dataclass(frozen=True)
@@ -341,7 +359,9 @@ class ArtifactCache:
                 doc = json.loads(f.read(MAX_KEY_BYTES))
             created = str(doc.get("created"))[:40]
             r = doc.get("inputs", {}).get("repo", {})
-            if r.get("source") == "github":
+            if doc.get("inputs", {}).get("kind") == "deferred-graph":
+                repo = f"graph of load {str(doc['inputs'].get('load'))[:12]}"
+            elif r.get("source") == "github":
                 repo = f"{r.get('host')}/{r.get('owner')}/{r.get('name')}@{str(r.get('sha'))[:12]}"
             else:
                 repo = f"local tree {str(r.get('tree'))[:12]}"

@@ -117,7 +117,7 @@ LAYERS = {
     "safehub._api": 3, "safehub._checkpoints": 3, "safehub._artifact_cli": 3.5,
     "safehub": 4, "safehub._cli_text": 4.5, "safehub._cli": 5, "safehub.__main__": 6,
     "safehub._summary": 0.5, "safehub._namespace": 0.5, "safehub._deferred": 0.75, "safehub._deferred_jobs": 2.5,
-    "safehub._cache_key": 1, "safehub._artifact_cache": 2.5, "safehub._artifact_cache_cli": 3.5,
+    "safehub._cache_key": 1, "safehub._artifact_cache": 2.25, "safehub._artifact_cache_cli": 3.5,
 }  # fmt: skip
 
 
