@@ -211,9 +211,13 @@ def load(
     cache = plan_cache(hub_dir, repo=repo, entrypoint=model, args=args, kwargs=kwargs, example_inputs=example_inputs,
                        export=export, env_key=python_env.key, force_reload=force_reload)
     timings["cache_key"] = time.perf_counter() - mark
-    hit = cache.lookup(device=device)
+    mark = time.perf_counter()
+    checked: list[float] = []
+    hit = cache.lookup(device=device, before_load=lambda: checked.append(time.perf_counter()))
     if hit is not None:
-        timings["cache_hit_load"] = time.perf_counter() - mark - timings["cache_key"]
+        if checked:  # as for a sandbox's output: every check, then the tensor data and the build
+            timings["validation"] = checked[0] - mark
+            timings["weights_and_build"] = time.perf_counter() - checked[0]
         return _from_cache(hit[0], repo=repo, model=model, python_env=python_env, cache=cache, args=args,
                            kwargs=kwargs, export=export, hub_dir=hub_dir, verbose=verbose, timings=timings,
                            started=load_started)

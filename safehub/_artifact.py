@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -326,7 +327,8 @@ def load_artifact(path: str | os.PathLike[str], *, device: Any = None, limits: C
 
 
 def load_checked(folder: Path, *, device: Any = None, limits: ChannelLimits | None = None,
-                 provenance_sha256: str | None = None) -> tuple[Any, dict[str, Any]]:
+                 provenance_sha256: str | None = None,
+                 before_load: Callable[[], None] | None = None) -> tuple[Any, dict[str, Any]]:
     """``load_artifact`` without the info: (what was saved, its provenance).
     ``provenance_sha256``: the provenance bytes must hash to it (the artifact cache
     binds its key record to the artifact this way); they are hashed and parsed once."""
@@ -343,7 +345,7 @@ def load_checked(folder: Path, *, device: Any = None, limits: ChannelLimits | No
     for name in (SPEC_FILE, WEIGHTS_FILE):
         _check_size(folder, name, files[name], caps[name])
     try:
-        obj = rebuild_from_output(folder, device=device, limits=limits, expect=files)
+        obj = rebuild_from_output(folder, device=device, limits=limits, expect=files, before_load=before_load)
     except ArtifactError:
         raise
     except UnsafeSpecError as exc:

@@ -36,6 +36,7 @@ import os
 import secrets
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,10 +75,11 @@ class CachePlan:
     local_root: Path | None = None  # a local repo: re-hashed before storing
     info: dict[str, Any] = field(default_factory=dict)
 
-    def lookup(self, *, device: Any, limits: Any = None) -> tuple[Any, dict[str, Any]] | None:
+    def lookup(self, *, device: Any, limits: Any = None,
+               before_load: Callable[[], None] | None = None) -> tuple[Any, dict[str, Any]] | None:
         if self.cache is None or self.key is None or self.bypass:
             return None
-        found = self.cache.load(self.key, device=device, limits=limits)
+        found = self.cache.load(self.key, device=device, limits=limits, before_load=before_load)
         if found is not None:
             self.info.update(hit=True)
         return found
@@ -191,16 +193,19 @@ class ArtifactCache:
 
     # --- reading -------------------------------------------------------------
 
-    def load(self, key: str, *, device: Any = None, limits: Any = None) -> tuple[Any, dict[str, Any]] | None:
+    def load(self, key: str, *, device: Any = None, limits: Any = None,
+             before_load: Callable[[], None] | None = None) -> tuple[Any, dict[str, Any]] | None:
         """(what was cached, its provenance), or None when there is no entry.
-        Raises ArtifactCacheError when an entry is there but fails any check."""
+        Raises ArtifactCacheError when an entry is there but fails any check.
+        ``before_load``: as in ``rebuild_from_output`` (for the timing breakdown)."""
         path = self.entry_path(key)
         if not os.path.lexists(path):
             return None
         with self._lock(key):
-            return self._load_locked(key, path, device=device, limits=limits)
+            return self._load_locked(key, path, device=device, limits=limits, before_load=before_load)
 
-    def _load_locked(self, key: str, path: Path, *, device: Any, limits: Any) -> tuple[Any, dict[str, Any]] | None:
+    def _load_locked(self, key: str, path: Path, *, device: Any, limits: Any,
+                     before_load: Callable[[], None] | None = None) -> tuple[Any, dict[str, Any]] | None:
         from ._artifact import load_checked
 
         try:
@@ -216,7 +221,7 @@ class ArtifactCache:
             record = self._read_key_file(key, dir_fd)
             try:
                 obj, provenance = load_checked(pinned / ARTIFACT_DIR, device=device, limits=limits,
-                                               provenance_sha256=record["provenance_sha256"])
+                                               provenance_sha256=record["provenance_sha256"], before_load=before_load)
             except UnsafeSpecError as exc:  # ArtifactError included: say it is the cache, and how to recover
                 raise self._error(key, exc.message) from None
         finally:
