@@ -19,8 +19,9 @@ and link target under it, like the repo cache's ``tree_hash``. Re-hashing big
 weights files on every load would cost more than the load, so file digests are
 kept in a stat cache: a file whose (size, mtime, ctime, inode, device) is
 unchanged keeps its digest. ctime cannot be set by a user, so a changed file
-is always re-hashed; and a wrong stat cache can only pick an entry, never skip
-the validation every hit gets.
+is always re-hashed (a file changed in the last 2 s is not remembered: timestamps
+are coarser than writes, git's "racy" case); and a wrong stat cache can only pick
+an entry, never skip the validation every hit gets.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import os
 import stat
 import struct
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,7 @@ _MAX_NODES = 10_000
 _MAX_TENSOR_BYTES = 64 << 20  # bytes hashed across all tensor arguments of one load
 _MAX_TREE_ENTRIES = 100_000
 _HASH_CHUNK = 8 << 20
+_RACY_NS = 2_000_000_000
 
 
 class NotCanonical(Exception):
@@ -213,11 +216,15 @@ def local_tree_digest(root: Path, stat_dir: Path | None) -> str:
                         cached = old.get(rel)
                         if cached is not None and cached[:5] == ident:
                             digest = cached[5]
+                            new[rel] = [*ident, digest]
                         else:
                             digest, stable = _hash_file(dfd, name, st)
                             if not stable:
                                 raise NotCanonical(f"{rel!r} changed while the local repo was hashed")
-                        new[rel] = [*ident, digest]
+                            # "Racy" files (changed within the timestamp granularity of now) could
+                            # change again with the same stat: remember them only once they are older.
+                            if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
+                                new[rel] = [*ident, digest]
                         mode = b"x" if st.st_mode & 0o111 else b"-"
                         h.update(b"F\0" + relb + b"\0" + mode + bytes.fromhex(digest))
                     else:

@@ -213,10 +213,14 @@ def test_canonical_values_are_exact() -> None:
 
 def test_the_stat_cache_skips_rehashing_but_not_changes(repo: Path, tmp_path: Path, monkeypatch) -> None:
     stat_dir = tmp_path / "stat"
-    first = local_tree_digest(repo, stat_dir)
     hashed: list[str] = []
     real = _cache_key._hash_file
     monkeypatch.setattr(_cache_key, "_hash_file", lambda fd, name, st: hashed.append(name) or real(fd, name, st))
+    first = local_tree_digest(repo, stat_dir)
+    assert local_tree_digest(repo, stat_dir) == first and len(hashed) == 4, "files written just now are not remembered"
+    monkeypatch.setattr(_cache_key, "_RACY_NS", -1)  # as if they were written long ago
+    local_tree_digest(repo, stat_dir)
+    hashed.clear()
     assert local_tree_digest(repo, stat_dir) == first and hashed == []
     (repo / "weights.bin").write_bytes(b"\1" * 1000)
     assert local_tree_digest(repo, stat_dir) != first and hashed == ["weights.bin"]
