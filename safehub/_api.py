@@ -177,6 +177,11 @@ def load(
 
     Returns an ``nn.Module`` (or the tuple/list/dict of modules the entrypoint returned).
     Its ``safehub_info`` attribute records the repo SHA, the sandbox backend and limits used.
+
+    A load that succeeded once is answered again from the artifact cache (no env build,
+    no sandbox), checked exactly like a sandbox's output; ``safehub_info.cache`` says
+    whether it was a hit. A hit is the first load's result (``pretrained=False``: the
+    same random init). ``force_reload=True`` bypasses the cache and refreshes it.
     """
     load_started = time.perf_counter()
     from ._contract import EXPORT_MODES

@@ -400,3 +400,25 @@ def test_verify_checks_every_entry(home: Path, repo: Path) -> None:
     (key,) = cache.keys()
     cache.verify(key)
     assert cache.describe(key).entrypoint == "tiny"
+
+
+@pytest.mark.parametrize("change, match", [
+    ("key-link", "cannot be opened"),  # key.json a link (even to the right content)
+    ("extra-file", "must hold exactly"),  # something more in the entry folder
+    ("entry-file", "not a real directory"),  # a file where the entry folder should be
+    ("key-garbage", "key.json"),  # not JSON
+])
+def test_other_changes_to_an_entry_are_refused(repo: Path, home: Path, tmp_path: Path, change: str, match: str) -> None:
+    load(repo, FakeBackend(handler_for()))
+    entry = entry_of(home)
+    if change == "key-link":
+        shutil.move(entry / "key.json", tmp_path / "key.json")
+        os.symlink(tmp_path / "key.json", entry / "key.json")
+    elif change == "extra-file":
+        (entry / "notes.txt").write_text("x")
+    elif change == "entry-file":
+        shutil.rmtree(entry)
+        entry.write_text("x")
+    else:
+        (entry / "key.json").write_bytes(b"\xff{")
+    _refused(repo, match)
