@@ -245,7 +245,7 @@ def load(
 
         timings["host_import_torch"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        checked: list[float] = []
+        checked.clear()
         with budget.discard_on_error():
             obj = rebuild_from_output(job.out_dir, device=device,
                                       before_load=lambda: checked.append(time.perf_counter()))
