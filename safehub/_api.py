@@ -57,6 +57,8 @@ class LoadInfo:
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     # The organisation policy files and lockfiles this load was checked against (docs/policy.md).
     policy: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The artifact cache: hit, key, and why a load was not stored (see _artifact_cache).
+    cache: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -73,6 +75,22 @@ def _prepare(request: RepoRequest, guard: LoadGuard) -> tuple[RepoCheckout, Hubc
     return repo, read_hubconf(repo.path), hub_dir
 
 
+def _ensure_env(repo: RepoCheckout, hub: Hubconf, hub_dir: Path, *, verbose: bool, dependencies_mode: str | None,
+                extra_dependencies: Any, timings: dict[str, float], guard: LoadGuard) -> PythonEnv:
+    """The repo's env, built once (its key is part of the artifact cache's key); the
+    policy judges its packages before the install and what was installed after it."""
+    from ._env import ensure_env, plan_for_repo
+
+    env_started = time.perf_counter()
+    plan = plan_for_repo(repo.path, hub.dependencies, hub_dir=hub_dir, mode=guard.dependencies_mode(dependencies_mode),
+                         extra=extra_dependencies, pinned=repo.source == "github" and bool(repo.sha))
+    guard.check_plan(plan)
+    python_env = ensure_env(plan.entries, hub_dir=hub_dir, verbose=verbose, mode=plan.mode, **guard.env_options())
+    guard.check_env(python_env)
+    timings["env"] = time.perf_counter() - env_started
+    return python_env
+
+
 def _run(
     job: JobRequest,
     *,
@@ -86,12 +104,12 @@ def _run(
     extra_dependencies: Any = None,
     timings: dict[str, float] | None = None,
     guard: LoadGuard | None = None,
+    python_env: PythonEnv | None = None,
 ) -> tuple[Job, PythonEnv]:
     """Run ``job`` in the repo's env and sandbox, fetching on the host whatever
     files the entrypoint asks for (at most MAX_DOWNLOAD_ROUNDS times). ``budget`` is
     one deadline and one disk budget for the sandbox runs and the downloads between
     them; the caller discards it on failure."""
-    from ._env import ensure_env, plan_for_repo
     from ._guard import LoadGuard
     from ._jobs import run_job
     from ._sandbox import get_backend
@@ -101,13 +119,9 @@ def _run(
     guard.check_sandbox(sandbox)  # policy: sandbox, packages and limits before anything is spawned
     backend = get_backend(sandbox)
     guard.check_backend(backend, job)
-    env_started = time.perf_counter()
-    plan = plan_for_repo(repo.path, hub.dependencies, hub_dir=hub_dir, mode=guard.dependencies_mode(dependencies_mode),
-                         extra=extra_dependencies, pinned=repo.source == "github" and bool(repo.sha))
-    guard.check_plan(plan)
-    python_env = ensure_env(plan.entries, hub_dir=hub_dir, verbose=verbose, mode=plan.mode, **guard.env_options())
-    guard.check_env(python_env)
-    timings["env"] = time.perf_counter() - env_started
+    if python_env is None:
+        python_env = _ensure_env(repo, hub, hub_dir, verbose=verbose, dependencies_mode=dependencies_mode,
+                                 extra_dependencies=extra_dependencies, timings=timings, guard=guard)
     downloads: dict[str, Path] = {}
     for _round in range(MAX_DOWNLOAD_ROUNDS + 1):
         this_round = dataclasses.replace(job, downloads=dict(downloads), limits=budget.round_limits())
@@ -183,6 +197,11 @@ def load(
 
     Returns an ``nn.Module`` (or the tuple/list/dict of modules the entrypoint returned).
     Its ``safehub_info`` attribute records the repo SHA, the sandbox backend and limits used.
+
+    A load that succeeded once is answered again from the artifact cache (no env build,
+    no sandbox), checked exactly like a sandbox's output; ``safehub_info.cache`` says
+    whether it was a hit. A hit is the first load's result (``pretrained=False``: the
+    same random init). ``force_reload=True`` bypasses the cache and refreshes it.
     """
     load_started = time.perf_counter()
     from ._contract import EXPORT_MODES
@@ -212,6 +231,25 @@ def load(
     timings["fetch_and_static_checks"] = time.perf_counter() - mark
     if example_inputs is not None and not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
+    python_env = _ensure_env(repo, hub, hub_dir, verbose=verbose, dependencies_mode=dependencies_mode,
+                             extra_dependencies=extra_dependencies, timings=timings, guard=guard)
+    from ._artifact_cache import plan_cache
+
+    mark = time.perf_counter()
+    cache = plan_cache(hub_dir, repo=repo, entrypoint=model, args=args, kwargs=kwargs, example_inputs=example_inputs,
+                       export=export, env_key=python_env.key, force_reload=force_reload,
+                       policy_active=guard.active)
+    timings["cache_key"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    checked: list[float] = []
+    hit = cache.lookup(device=device, before_load=lambda: checked.append(time.perf_counter()))
+    if hit is not None:
+        if checked:  # as for a sandbox's output: every check, then the tensor data and the build
+            timings["validation"] = checked[0] - mark
+            timings["weights_and_build"] = time.perf_counter() - checked[0]
+        return _from_cache(hit[0], repo=repo, model=model, python_env=python_env, cache=cache, args=args,
+                           kwargs=kwargs, export=export, hub_dir=hub_dir, verbose=verbose, timings=timings,
+                           started=load_started)
     budget = DownloadBudget(guard.limits(limits, explicit=limits is not None))
     with budget.discard_on_error():  # a failed load keeps none of the files it fetched
         job, python_env = _run(
@@ -222,6 +260,7 @@ def load(
             repo=repo, hub=hub, hub_dir=hub_dir, verbose=verbose, sandbox=sandbox, budget=budget,
             dependencies_mode=dependencies_mode, extra_dependencies=extra_dependencies, timings=timings,
             guard=guard,
+            python_env=python_env,
         )
     from ._channel import read_summary, rebuild_from_output
 
@@ -231,7 +270,7 @@ def load(
 
         timings["host_import_torch"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        checked: list[float] = []
+        checked.clear()
         with budget.discard_on_error():
             obj = rebuild_from_output(job.out_dir, device=device,
                                       before_load=lambda: checked.append(time.perf_counter()))
@@ -256,15 +295,41 @@ def load(
             downloads=budget.summary(),
             timings=_timings(timings, summary, total=time.perf_counter() - load_started),
             policy=guard.describe(),
+            cache=cache.info,
         )
         from ._deferred_jobs import attach_jobs
 
-        attach_jobs(obj, job=job, python_env=python_env, hub_dir=hub_dir, sha=repo.sha, summary=info.summary)
+        attach_jobs(obj, job=job, python_env=python_env, hub_dir=hub_dir, sha=repo.sha, summary=info.summary,
+                    cache_key=cache.key, export_mode=export)
     modes = sorted({str(m.get("mode")) for m in info.summary.get("modules", {}).values() if m.get("mode")})
     status("rebuilt %s here from the sandbox's export (%s)", model, ", ".join(modes) or "no graphs", verbose=verbose)
     _attach_info(obj, info)
     from ._artifact import note_load  # provenance for safehub.save
 
+    note_load(obj, info, repo_path=repo.path, args=args, kwargs=kwargs, export=export)
+    cache.store(obj)  # before the caller can change the model
+    _record(hub_dir, info)
+    return obj
+
+
+def _from_cache(obj: Any, *, repo: RepoCheckout, model: str, python_env: PythonEnv, cache: Any,
+                args: tuple[Any, ...], kwargs: dict[str, Any], export: str, hub_dir: Path, verbose: bool,
+                timings: dict[str, float], started: float) -> Any:
+    """Finish a load answered by the artifact cache (validated like a sandbox's output)."""
+    from ._artifact import _modules, note_load
+    from ._channel._origin import origin_of
+
+    modules = {o.mid: {"mode": o.mspec.mode, "graphs": list(o.mspec.graphs)}
+               for o in map(origin_of, _modules(obj)) if o is not None}
+    info = LoadInfo(
+        repo=repo.display_name, source=repo.source, sha=repo.sha, entrypoint=model, backend="artifact-cache",
+        limits={}, env_key=python_env.key, env_backend=python_env.backend, summary={"modules": modules},
+        sandbox_details={}, dependencies={"mode": python_env.mode, "distributions": list(python_env.distributions),
+                                          "records": dict(python_env.records)},
+        timings=_timings(timings, {}, total=time.perf_counter() - started), cache=cache.info,
+    )
+    status("rebuilt %s here from the artifact cache (entry %s)", model, str(cache.key)[:16], verbose=verbose)
+    _attach_info(obj, info)
     note_load(obj, info, repo_path=repo.path, args=args, kwargs=kwargs, export=export)
     _record(hub_dir, info)
     return obj

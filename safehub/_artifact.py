@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,12 @@ from ._artifact_format import (
     ARTIFACT_VERSION,
     PROVENANCE_FILE,
     SOURCE_KEYS,
-    BackgroundHash,
-    check_file_hash,
     check_hashes,
     check_listing,
     describe_arguments,
+    parse_provenance,
     read_provenance,
+    read_provenance_bytes,
     write_safetensors,
 )
 from ._channel import _DEFAULT_HINT as REBUILD_HINT
@@ -44,7 +45,7 @@ from ._channel._names import show
 from ._channel._origin import BuildOrigin, BuildRecord, origin_of
 from ._errors import ArtifactError, ArtifactSaveError, UnsafeSpecError
 
-__all__ = ["save", "load_artifact", "inspect_artifact", "ArtifactInfo", "note_load"]
+__all__ = ["save", "load_artifact", "load_checked", "inspect_artifact", "ArtifactInfo", "note_load"]
 
 logger = logging.getLogger("safehub")
 _MAX_DEPTH = 8
@@ -250,6 +251,13 @@ def note_load(obj: Any, info: Any, *, repo_path: Path, args: tuple[Any, ...], kw
     })  # fmt: skip
 
 
+def note_graph(gm: Any, *, entrypoint: str, export: str) -> None:
+    """A deferred module's exported graph, before the artifact cache keeps it."""
+    origin = origin_of(gm)
+    if origin is not None:
+        origin.record.provenance.update({"entrypoint": entrypoint, "export": export})
+
+
 def _archive_sha256(repo_path: Path, sha: str) -> str | None:
     """The sha256 of the archive the checkout was extracted from, from the cache's
     metadata next to it (``<sha>.json``); None when not known."""
@@ -286,6 +294,21 @@ def _caps(limits: ChannelLimits) -> dict[str, int]:
     return {SPEC_FILE: limits.spec_bytes, WEIGHTS_FILE: limits.weights_bytes}
 
 
+def _check_size(folder: Path, name: str, expected: dict[str, Any], cap: int) -> None:
+    """A cheap first look (a changed size says "changed" before a failed parse can say
+    anything more confusing); the hashes are checked on the bytes actually read."""
+    from ._channel._files import open_output_file
+
+    fd = open_output_file(folder, name, max_bytes=cap)
+    try:
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    if size != expected["bytes"]:
+        raise ArtifactError(f"artifact file {name} is {size} bytes; provenance.json recorded {expected['bytes']}",
+                            hint="the artifact was changed or truncated after it was saved; export it again")
+
+
 def load_artifact(path: str | os.PathLike[str], *, device: Any = None, limits: ChannelLimits | None = None) -> Any:
     """Load an artifact folder written by ``safehub.save``. No sandbox, env or network.
 
@@ -295,21 +318,43 @@ def load_artifact(path: str | os.PathLike[str], *, device: Any = None, limits: C
     with ``safehub_info`` (an :class:`ArtifactInfo`).
     """
     folder = Path(path)
+    obj, provenance = load_checked(folder, device=device, limits=limits)
+    info = ArtifactInfo(path=str(folder), repo=provenance["repo"], source=provenance["source"], sha=provenance["sha"],
+                        entrypoint=provenance["entrypoint"], provenance=provenance)
+    for module in _modules(obj):
+        object.__setattr__(module, "safehub_info", info)
+    return obj
+
+
+def load_checked(folder: Path, *, device: Any = None, limits: ChannelLimits | None = None,
+                 provenance_sha256: str | None = None,
+                 before_load: Callable[[], None] | None = None) -> tuple[Any, dict[str, Any]]:
+    """``load_artifact`` without the info: (what was saved, its provenance).
+    ``provenance_sha256``: the provenance bytes must hash to it (the artifact cache
+    binds its key record to the artifact this way); they are hashed and parsed once."""
     limits = limits or ChannelLimits()
     check_listing(folder)
-    provenance = read_provenance(folder)
+    raw = read_provenance_bytes(folder)
+    if provenance_sha256 is not None and hashlib.sha256(raw).hexdigest() != provenance_sha256:
+        raise ArtifactError("provenance.json is not the one its record names (sha256 differs)",
+                            hint="the artifact was changed or swapped after it was saved")
+    provenance = parse_provenance(raw)
     files, caps = provenance["files"], _caps(limits)
-    check_file_hash(folder, SPEC_FILE, files[SPEC_FILE], caps[SPEC_FILE])
-    weights_hash = BackgroundHash(folder, WEIGHTS_FILE, files[WEIGHTS_FILE], caps[WEIGHTS_FILE])
+    # The spec is hashed before it is parsed and the weights as they are read: the
+    # hashes cover exactly the bytes the model is built from (no second open).
+    for name in (SPEC_FILE, WEIGHTS_FILE):
+        _check_size(folder, name, files[name], caps[name])
     try:
-        obj = rebuild_from_output(folder, device=device, limits=limits, before_load=weights_hash.check)
+        obj = rebuild_from_output(folder, device=device, limits=limits, expect=files, before_load=before_load)
+    except ArtifactError:
+        raise
     except UnsafeSpecError as exc:
-        weights_hash.check()  # a changed weights file explains the failure better: raise that if so
+        # A failed check before the bytes were hashed: a changed file explains it
+        # better, so say that if so (only to choose the message; nothing is built).
+        check_hashes(folder, files, caps)
         if exc.hint == REBUILD_HINT:
             raise type(exc)(exc.message, hint=_TAMPERED_HINT) from None
         raise
-    finally:
-        weights_hash.join()  # never leave the thread behind (a failed rebuild's own error stands)
     record = _record_of(obj)
     assert record is not None  # rebuild_from_output attaches one to every module
     described = {mid: (m["mode"], m["graphs"], m["training"]) for mid, m in provenance["modules"].items()}
@@ -319,11 +364,7 @@ def load_artifact(path: str | os.PathLike[str], *, device: Any = None, limits: C
         raise ArtifactError("provenance.json describes other modules than spec.json holds",
                             hint="the artifact was assembled from different saves; export it again")
     record.provenance.update({key: provenance[key] for key in SOURCE_KEYS})
-    info = ArtifactInfo(path=str(folder), repo=provenance["repo"], source=provenance["source"], sha=provenance["sha"],
-                        entrypoint=provenance["entrypoint"], provenance=provenance)
-    for module in _modules(obj):
-        object.__setattr__(module, "safehub_info", info)
-    return obj
+    return obj, provenance
 
 
 def inspect_artifact(path: str | os.PathLike[str], *, limits: ChannelLimits | None = None) -> dict[str, Any]:

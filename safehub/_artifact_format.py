@@ -18,7 +18,6 @@ import re
 import stat
 import struct
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from ._errors import ArtifactError, ArtifactSaveError, ArtifactVersionError, Spe
 __all__ = [
     "ARTIFACT_FORMAT", "ARTIFACT_VERSION", "PROVENANCE_FILE", "ARTIFACT_FILES", "SOURCE_KEYS",
     "write_safetensors", "describe_arguments", "check_listing", "read_provenance", "check_hashes",
-    "check_file_hash", "BackgroundHash",
+    "check_file_hash", "read_provenance_bytes", "parse_provenance",
 ]  # fmt: skip
 
 ARTIFACT_FORMAT = "safehub-artifact"
@@ -217,11 +216,20 @@ def _check_json_value(value: Any, where: str) -> None:
 
 def read_provenance(folder: Path) -> dict[str, Any]:
     """Read and validate ``provenance.json``; the version is checked before anything else."""
+    return parse_provenance(read_provenance_bytes(folder))
+
+
+def read_provenance_bytes(folder: Path) -> bytes:
     fd = open_output_file(folder, PROVENANCE_FILE, max_bytes=MAX_PROVENANCE_BYTES)
     with os.fdopen(fd, "rb") as f:
         raw = f.read(MAX_PROVENANCE_BYTES + 1)
     if len(raw) > MAX_PROVENANCE_BYTES:
         raise SpecTooLargeError(f"provenance.json grew past its {MAX_PROVENANCE_BYTES}-byte cap while being read")
+    return raw
+
+
+def parse_provenance(raw: bytes) -> dict[str, Any]:
+    """Validate the bytes of ``provenance.json`` (callers that hash them first parse those same bytes)."""
     try:
         doc = load_json(raw, PROVENANCE_FILE, cap_bytes=MAX_PROVENANCE_BYTES, max_depth=32)
     except ArtifactError:
@@ -292,9 +300,7 @@ def check_file_hash(folder: Path, name: str, expected: dict[str, Any], cap: int)
         if size != expected["bytes"]:
             raise ArtifactError(f"artifact file {name} is {size} bytes; provenance.json recorded {expected['bytes']}",
                                 hint="the artifact was changed or truncated after it was saved; export it again")
-        # Big chunks: reads and updates release the GIL, and each chunk means
-        # waiting for it again (up to the 5 ms switch interval) while the main
-        # thread validates the spec.
+        # Used by inspect and to explain a failed load (the load itself hashes the bytes it reads).
         hasher, total = hashlib.sha256(), 0
         buf = bytearray(min(size + 1, _HASH_CHUNK))
         view = memoryview(buf)
@@ -307,31 +313,3 @@ def check_file_hash(folder: Path, name: str, expected: dict[str, Any], cap: int)
     if digest != expected["sha256"]:
         raise ArtifactError(f"artifact file {name} has sha256 {digest}; provenance.json recorded {expected['sha256']}",
                             hint="the artifact was changed after it was saved; export it again")
-
-
-class BackgroundHash:
-    """Hash a file in a thread (hashlib and file reads release the GIL), so the
-    weights are hashed while the spec is being validated; ``check()`` waits for
-    it and raises what it found. Used as ``rebuild_from_output``'s ``before_load``:
-    no tensor byte is loaded and no module built before the hash matched."""
-
-    def __init__(self, folder: Path, name: str, expected: dict[str, Any], cap: int) -> None:
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(folder, name, expected, cap),
-                                        name="safehub-artifact-hash", daemon=True)
-        self._thread.start()
-
-    def _run(self, *args: Any) -> None:
-        try:
-            check_file_hash(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller in check()
-            self._error = exc
-
-    def join(self) -> None:
-        self._thread.join()
-
-    def check(self) -> None:
-        self._thread.join()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error

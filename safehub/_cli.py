@@ -134,6 +134,10 @@ def _cmd_load(args: argparse.Namespace) -> int:
     lines = [f"loaded {entry} from {repo} in {seconds:.2f} s"]
     if info:
         lines.append(f"  sandbox: {info.backend}   env: {info.env_backend} {info.env_key[:12]}   sha: {info.sha or '-'}")
+        cache = getattr(info, "cache", {}) or {}
+        state = "hit" if cache.get("hit") else "stored" if cache.get("stored") else "not stored"
+        lines.append(f"  artifact cache: {state}" + (f" ({str(cache['key'])[:16]})" if cache.get("key") else "")
+                     + (f": {cache['reason']}" if cache.get("reason") and not cache.get("hit") else ""))
     for m in modules:
         lines.append(f"  {m['path'] or '<root>'}: {m['class']} with {m['parameters']:,} parameters, "
                      f"{m['graph_nodes']} graph nodes, mode={m['mode']}, training={m['training']}")
@@ -279,10 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_cmd_doctor)
 
+    from ._artifact_cache_cli import add_artifact_cache_commands, artifact_section  # cache artifacts
     from ._env._cli import add_env_cache_commands  # cache envs|rm-env
     from ._fetch import add_cache_commands  # cache ls|rm|verify
 
-    add_env_cache_commands(add_cache_commands(sub))
+    cache_sub = add_cache_commands(sub, artifact_section())
+    add_env_cache_commands(cache_sub)
+    add_artifact_cache_commands(cache_sub)
 
     from ._artifact_cli import CliHelpers, add_artifact_commands  # export, inspect
 

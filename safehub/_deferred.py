@@ -256,6 +256,7 @@ class DeferredModule(nn.Module):
             "seconds": seconds,
             "dynamic_batch": summary.get("dynamic_batch"),
             "attempts": summary.get("attempts", []),
+            "cached": bool(summary.get("cached")),  # from the artifact cache: no sandbox ran
         })
         logger.info("exported a %s graph for %s in %.1f s", "train" if key[0] else "eval", job.entrypoint, seconds)
         return graph

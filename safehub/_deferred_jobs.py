@@ -56,6 +56,10 @@ class DeferredJob:
     backend: Any  # SandboxBackend
     hub_dir: Path
     weights: Path  # the weights.safetensors the first load returned (kept under <hub>/deferred/)
+    # The load's artifact-cache key (None: not cacheable): each exported graph is cached
+    # under a key made of it and the call's signature.
+    cache_key: str | None = None
+    export_mode: str = "auto"
 
     @property
     def entrypoint(self) -> str:
@@ -66,6 +70,37 @@ class DeferredJob:
 
 
 def run_export(job: DeferredJob, mid: str, training: bool, structure: list[dict], device: torch.device) -> tuple[Any, dict]:
+    """The graph of one call signature: from the artifact cache when an earlier
+    process exported it (validated like any hit), else from a sandboxed export
+    job, then cached."""
+    from ._artifact_cache import graph_cache
+
+    cached = graph_cache(job.hub_dir, job.cache_key, mid=mid, training=training, structure=structure,
+                         entrypoint=job.entrypoint, export=job.export_mode)
+    if cached is not None:
+        gm = cached.lookup(device=device)
+        if gm is not None:
+            return _one_graph(gm[0]), {"cached": True}
+    gm, info = _run_export_job(job, mid, training, structure, device)
+    if cached is not None:
+        from ._artifact import note_graph
+
+        note_graph(gm, entrypoint=job.entrypoint, export=job.export_mode)
+        cached.store(gm)
+    return gm, info
+
+
+def _one_graph(gm: Any) -> Any:
+    from ._channel._module import SafehubGraphModule
+    from ._errors import UnsafeSpecError
+
+    if not isinstance(gm, SafehubGraphModule):  # not a container, not another deferred module
+        raise UnsafeSpecError("the deferred export job returned something other than one graph module")
+    return gm
+
+
+def _run_export_job(job: DeferredJob, mid: str, training: bool, structure: list[dict],
+                    device: torch.device) -> tuple[Any, dict]:
     """One sandboxed "export" job; returns the validated, built graph module and its summary."""
     import dataclasses
 
@@ -100,12 +135,7 @@ def run_export(job: DeferredJob, mid: str, training: bool, structure: list[dict]
         if isinstance(mod.get("dynamic_batch"), bool):
             info["dynamic_batch"] = mod["dynamic_batch"]
         info["attempts"] = clean_attempts(mod.get("attempts"))
-    from ._channel._module import SafehubGraphModule
-    from ._errors import UnsafeSpecError
-
-    if not isinstance(gm, SafehubGraphModule):  # not a container, not another deferred module
-        raise UnsafeSpecError("the deferred export job returned something other than one graph module")
-    return gm, info
+    return _one_graph(gm), info
 
 
 def keep_weights(out_dir: Path, hub_dir: Path) -> tuple[Path, _Keep]:
@@ -135,7 +165,8 @@ def keep_weights(out_dir: Path, hub_dir: Path) -> tuple[Path, _Keep]:
     return dst, keep
 
 
-def attach_jobs(obj: Any, *, job: Any, python_env: Any, hub_dir: Path, sha: str | None, summary: dict) -> None:
+def attach_jobs(obj: Any, *, job: Any, python_env: Any, hub_dir: Path, sha: str | None, summary: dict,
+                cache_key: str | None = None, export_mode: str = "auto") -> None:
     """Give every DeferredModule of a fresh load what it needs to export later.
     Must run before the load's job folder is removed (it keeps the weights and
     the pickled arguments from it)."""
@@ -152,6 +183,7 @@ def attach_jobs(obj: Any, *, job: Any, python_env: Any, hub_dir: Path, sha: str 
     spec = DeferredJob(
         request=dataclasses.replace(request, args=(), kwargs={}, example_inputs=None, args_pickle=args_pickle),
         sha=sha, python_env=python_env, backend=backend, hub_dir=hub_dir, weights=weights,
+        cache_key=cache_key, export_mode=export_mode,
     )
     for m in modules:
         exports = summary.setdefault("modules", {}).setdefault(m._safehub_mid, {}).setdefault("exports", [])

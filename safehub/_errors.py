@@ -49,6 +49,7 @@ __all__ = [
     "ArtifactSaveError",
     "PolicyError",
     "DeviceUnavailableError",
+    "ArtifactCacheError",
     "escape_untrusted",
 ]
 
@@ -274,6 +275,10 @@ class ArtifactError(UnsafeSpecError):
 
 class ArtifactVersionError(ArtifactError):
     """An artifact's format version is not one this safehub reads."""
+
+
+class ArtifactCacheError(ArtifactError):
+    """An artifact-cache entry failed its checks (layout, key, hashes, validation). Nothing was built."""
 
 
 class ArtifactSaveError(SafehubError, ValueError):

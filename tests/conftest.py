@@ -28,14 +28,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "hostile"))
 @pytest.fixture(scope="session", autouse=True)
 def safehub_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("safehub-home")
-    old = os.environ.get("SAFEHUB_HOME")
+    old = {name: os.environ.get(name) for name in ("SAFEHUB_HOME", "SAFEHUB_ARTIFACT_CACHE")}
     os.environ["SAFEHUB_HOME"] = str(home)
     os.environ.setdefault("SAFEHUB_DISABLE_PROGRESS_BARS", "1")
+    # One home per session: a load cached by one test would answer another's. Tests of
+    # the artifact cache turn it on for themselves (tests/test_artifact_cache*.py).
+    os.environ["SAFEHUB_ARTIFACT_CACHE"] = "0"
     yield home
-    if old is None:
-        os.environ.pop("SAFEHUB_HOME", None)
-    else:
-        os.environ["SAFEHUB_HOME"] = old
+    for name, value in old.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture

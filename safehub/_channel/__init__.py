@@ -19,6 +19,7 @@ This package imports torch lazily: ``import safehub`` stays torch-free.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -89,14 +90,18 @@ def check_device(device: Any) -> Any:
 
 
 def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLimits | None = None,
-                        before_load: Callable[[], None] | None = None) -> Any:
+                        before_load: Callable[[], None] | None = None,
+                        expect: dict[str, dict[str, Any]] | None = None) -> Any:
     """Rebuild what the entrypoint returned from a job's ``out/`` folder.
 
     Returns a ``SafehubGraphModule`` (an ``fx.GraphModule``), or a tuple/list/dict
     of them as recorded in the spec's ``root``. ``device`` is where weights are
     loaded and what device literals in the graphs point to (None: cpu).
-    ``before_load`` runs after every check and before any tensor data is read
-    (load_artifact waits there for the weights' hash).
+    ``before_load`` runs after every check and before any tensor data is read.
+    ``expect`` (artifacts: file name -> ``{"sha256", "bytes"}``): the exact bytes
+    read and built from are hashed, the spec before it is parsed, the weights
+    as they are read into memory this process owns, and nothing is built unless
+    both match (a file changed or swapped after the check cannot reach the model).
     """
     import torch
 
@@ -105,7 +110,7 @@ def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLim
     from ._leaves import build_leaves_on_meta
     from ._origin import attach_origin
     from ._spec import ModuleRef, ObjectRoot, PlainValue, parse_spec
-    from ._weights import check_against_spec, load_tensors, read_header
+    from ._weights import check_against_spec, load_tensors, read_header_bytes
 
     limits = limits or ChannelLimits()
     device = check_device(device)
@@ -114,17 +119,25 @@ def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLim
     try:
         # 1. Validate everything that needs no tensor data.
         spec_raw = read_output_file(out_dir, SPEC_FILE, max_bytes=limits.spec_bytes)
+        if expect is not None:
+            _check_digest(SPEC_FILE, hashlib.sha256(spec_raw), len(spec_raw), expect[SPEC_FILE])
         spec = parse_spec(spec_raw, limits=limits, device=device)
         graphs = {mid: build_graphs(mspec) for mid, mspec in spec.modules.items()}
         fd = open_output_file(out_dir, WEIGHTS_FILE, max_bytes=limits.weights_bytes)
         try:
-            entries = read_header(fd, limits)
+            entries, header_raw = read_header_bytes(fd, limits)
             check_against_spec(entries, spec)
             meta_leaves = {mid: build_leaves_on_meta(mspec) for mid, mspec in spec.modules.items()}
             # 2. Only now read tensor data and build.
             if before_load is not None:
                 before_load()
-            loaded = load_tensors(fd, entries, device)
+            digest = None
+            if expect is not None:
+                digest = hashlib.sha256(header_raw)
+            loaded = load_tensors(fd, entries, device, digest=digest)
+            if digest is not None:  # header and tensors tile the file: this is the file built from
+                size = len(header_raw) + sum(e.end - e.begin for e in entries.values())
+                _check_digest(WEIGHTS_FILE, digest, size, expect[WEIGHTS_FILE])  # type: ignore[index]
         finally:
             os.close(fd)
         built: dict[str, Any] = {}
@@ -154,6 +167,19 @@ def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLim
         return {k: materialize(v) for k, v in value.items()}
 
     return materialize(spec.root)
+
+
+def _check_digest(name: str, digest: Any, size: int, expected: dict[str, Any]) -> None:
+    from .._errors import ArtifactError
+
+    if size != expected["bytes"]:
+        raise ArtifactError(f"artifact file {name} is {size} bytes; provenance.json recorded {expected['bytes']}",
+                            hint="the artifact was changed or truncated after it was saved; export it again")
+    if digest.hexdigest() != expected["sha256"]:
+        raise ArtifactError(
+            f"artifact file {name} has sha256 {digest.hexdigest()}; provenance.json recorded {expected['sha256']}",
+            hint="the artifact was changed after it was saved; export it again",
+        )
 
 
 def __getattr__(name: str) -> Any:

@@ -28,8 +28,8 @@ def build_graphs(mspec: ModuleSpec) -> dict[str, Any]:
     for name, graph in graphs.items():
         _check_generated_names(graph, mspec.graphs[name], f"module {mspec.mid} {name} graph")
         # Generates the forward's source and checks it against the graph
-        # (CheckedCodeGen); recompile() regenerates it the same way, checked again.
-        graph.python_code(root_module="self")
+        # (CheckedCodeGen); build_module's recompile() takes that checked code over.
+        graph._codegen.hand_off(graph)
         try:
             graph.lint()
         except Exception as exc:  # noqa: BLE001 - lint raises RuntimeError and others

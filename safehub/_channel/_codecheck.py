@@ -98,15 +98,29 @@ class CheckedCodeGen(CodeGen):
         # against: validation and GraphModule.recompile() generate the same text,
         # and identical text over identical objects needs no second check.
         self._passed: tuple | None = None
+        self._handoff: tuple | None = None
 
     def _gen_python_code(self, nodes: Any, root_module: str, namespace: Any, **kwargs: Any) -> PythonCode:
+        plain = not (kwargs.get("verbose") or kwargs.get("colored"))
+        nodes = list(nodes)
+        handoff, self._handoff = self._handoff, None
+        if handoff is not None and not any(kwargs.values()) and handoff[0] == (root_module, tuple(map(id, nodes))):
+            return handoff[1]
         code = super()._gen_python_code(nodes, root_module, namespace, **kwargs)
-        if not (kwargs.get("verbose") or kwargs.get("colored")):
-            nodes = list(nodes)
+        if plain:
             key = (code.src, root_module, tuple((k, id(v)) for k, v in code.globals.items()), tuple(map(id, nodes)))
             if key != self._passed:
                 check_python_code(code, nodes, root_module, self.where)
                 self._passed = key
+        return code
+
+    def hand_off(self, graph: Any, root_module: str = "self") -> PythonCode:
+        """Generate and check the code now (validation), and let the very next
+        generation of the same nodes (GraphModule's recompile during the build,
+        with nothing run in between) reuse it instead of generating it twice.
+        One use only: a later recompile, after any edit, generates afresh."""
+        code = graph.python_code(root_module=root_module)
+        self._handoff = ((root_module, tuple(map(id, graph.nodes))), code)
         return code
 
     def __deepcopy__(self, memo: dict) -> "CheckedCodeGen":

@@ -20,7 +20,7 @@ from ._names import show
 from ._json import load_json
 from ._spec import ArchSpec
 
-__all__ = ["HeaderEntry", "read_header", "check_against_spec", "load_tensors", "ST_DTYPES"]
+__all__ = ["HeaderEntry", "read_header", "read_header_bytes", "check_against_spec", "load_tensors", "ST_DTYPES"]
 
 # safetensors dtype code -> (spec dtype name, item size)
 ST_DTYPES: dict[str, tuple[str, int]] = {
@@ -52,15 +52,23 @@ def _pread_exact(fd: int, n: int, offset: int) -> bytes:
 
 def read_header(fd: int, limits: ChannelLimits) -> dict[str, HeaderEntry]:
     """Parse and check the safetensors header of the open file ``fd``."""
+    return read_header_bytes(fd, limits)[0]
+
+
+def read_header_bytes(fd: int, limits: ChannelLimits) -> tuple[dict[str, HeaderEntry], bytes]:
+    """``read_header``, plus the exact bytes it parsed (length prefix and header),
+    for a caller that hashes what it builds from (see ``load_tensors(digest=)``)."""
     size = os.fstat(fd).st_size
     if size < 8:
         raise UnsafeSpecError("weights.safetensors is shorter than its 8-byte header length")
-    n = int.from_bytes(_pread_exact(fd, 8, 0), "little")
+    prefix = _pread_exact(fd, 8, 0)
+    n = int.from_bytes(prefix, "little")
     if n > limits.header_bytes:
         raise SpecTooLargeError(f"weights.safetensors declares a {n}-byte header, over the {limits.header_bytes}-byte cap")
     if n < 2 or 8 + n > size:
         raise UnsafeSpecError(f"weights.safetensors declares a {n}-byte header but the file is {size} bytes")
-    header = load_json(_pread_exact(fd, n, 8), "the weights.safetensors header", cap_bytes=limits.header_bytes,
+    raw_header = _pread_exact(fd, n, 8)
+    header = load_json(raw_header, "the weights.safetensors header", cap_bytes=limits.header_bytes,
                        max_depth=limits.json_depth, max_string_bytes=limits.json_string_bytes)
     if not isinstance(header, dict):
         raise UnsafeSpecError("the weights.safetensors header is not a JSON object")
@@ -104,7 +112,7 @@ def read_header(fd: int, limits: ChannelLimits) -> dict[str, HeaderEntry]:
         position = entry.end
     if position != data_len:
         raise UnsafeSpecError(f"weights.safetensors has {data_len - position} trailing bytes after the last tensor")
-    return entries
+    return entries, prefix + raw_header
 
 
 def spec_keys(spec: ArchSpec) -> dict[str, tuple[str, str]]:
@@ -135,15 +143,23 @@ def check_against_spec(entries: dict[str, HeaderEntry], spec: ArchSpec) -> None:
             )
 
 
-def load_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any) -> dict[str, Any]:
-    """Load every tensor from the checked, open file into memory this process owns."""
+def load_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any, digest: Any = None) -> dict[str, Any]:
+    """Load every tensor from the checked, open file into memory this process owns.
+
+    ``digest`` (a hashlib object that already holds the header bytes): every
+    tensor's bytes are fed to it in file order, from the memory they were read
+    into, before that memory moves to another device. Since the tensors tile the
+    data section, the digest is then the hash of exactly the file the model is
+    built from, whatever happens to the file afterwards."""
     import torch
 
     from ._literals import dtype_table
 
     dtypes = dtype_table()
     if sys.byteorder == "little":
-        return _read_tensors(fd, entries, device, dtypes, torch)
+        return _read_tensors(fd, entries, device, dtypes, torch, digest)
+    if digest is not None:  # the safetensors library maps the file: no bytes of ours to hash
+        raise UnsafeSpecError("hashing loaded weights needs a little-endian machine")
     from safetensors import safe_open  # it converts byte order
 
     proc_path = f"/proc/self/fd/{fd}"
@@ -177,7 +193,8 @@ def _check_loaded(key: str, t: Any, entry: HeaderEntry, dtypes: dict, torch: Any
     return t.to(target)
 
 
-def _read_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any, dtypes: dict, torch: Any) -> dict[str, Any]:
+def _read_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any, dtypes: dict, torch: Any,
+                  digest: Any = None) -> dict[str, Any]:
     """Allocate each tensor from its checked header entry (dtype, shape) and
     ``pread`` exactly its byte range into it. The bytes land in fresh memory the
     host owns (nothing maps the file, so a later write to it or a truncation
@@ -185,18 +202,52 @@ def _read_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any, dtypes:
     through safetensors and cloning."""
     target = torch.device(device) if device is not None else torch.device("cpu")
     out: dict[str, Any] = {}
-    for key, entry in entries.items():
-        t = torch.empty(entry.shape, dtype=dtypes[entry.dtype])
-        nbytes = entry.end - entry.begin
-        if t.numel() * t.element_size() != nbytes:  # read_header checked this; never trust a mismatch
-            raise TensorMismatchError(f"tensor {show(key)}: {nbytes} bytes do not fit its shape")
-        if nbytes:
-            view = memoryview((ctypes.c_ubyte * nbytes).from_address(t.data_ptr())).cast("B")
-            offset, got = entry.data_start + entry.begin, 0
-            while got < nbytes:
-                n = os.preadv(fd, [view[got:]], offset + got)
-                if n <= 0:
-                    raise TensorMismatchError("weights.safetensors ended early (truncated while being read?)")
-                got += n
-        out[key] = t if target.type == "cpu" else t.to(target)
+    # Hashing runs in a thread while the next tensor is read (both release the GIL).
+    hasher = _Hasher(digest) if digest is not None else None
+    try:
+        # In file order: sequential reads, and the digest sees the data section as it lies.
+        for key, entry in sorted(entries.items(), key=lambda kv: (kv[1].begin, kv[1].end)):
+            t = torch.empty(entry.shape, dtype=dtypes[entry.dtype])
+            nbytes = entry.end - entry.begin
+            if t.numel() * t.element_size() != nbytes:  # read_header checked this; never trust a mismatch
+                raise TensorMismatchError(f"tensor {show(key)}: {nbytes} bytes do not fit its shape")
+            if nbytes:
+                view = memoryview((ctypes.c_ubyte * nbytes).from_address(t.data_ptr())).cast("B")
+                offset, got = entry.data_start + entry.begin, 0
+                while got < nbytes:
+                    n = os.preadv(fd, [view[got:]], offset + got)
+                    if n <= 0:
+                        raise TensorMismatchError("weights.safetensors ended early (truncated while being read?)")
+                    got += n
+                if hasher is not None:
+                    hasher.add(t, view)  # keeps the CPU tensor alive until it is hashed
+            out[key] = t if target.type == "cpu" else t.to(target)
+    finally:
+        if hasher is not None:
+            hasher.finish()
     return out
+
+
+class _Hasher:
+    """Feed memory to a hashlib object in a thread, in order. ``finish`` waits
+    for it (always called, so no thread outlives the load)."""
+
+    def __init__(self, digest: Any) -> None:
+        import queue
+        import threading
+
+        self._digest = digest
+        self._queue: Any = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="safehub-weights-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            self._digest.update(item[1])
+
+    def add(self, owner: Any, view: memoryview) -> None:
+        self._queue.put((owner, view))
+
+    def finish(self) -> None:
+        self._queue.put(None)
+        self._thread.join()

@@ -74,11 +74,16 @@ def _real(p: str | os.PathLike[str]) -> Path:
 def minimal_paths(paths: Iterable[Path]) -> tuple[Path, ...]:
     """Deduplicate and drop paths inside another listed path (one bind covers them)."""
     out: list[Path] = []
+    kept: set[Path] = set()
     for p in paths:
-        if any(p == q or q in p.parents for q in out):
+        if p in kept or any(a in kept for a in p.parents):
             continue
-        out = [q for q in out if p not in q.parents]
+        inside = str(p).rstrip("/") + "/"
+        if any(str(q).startswith(inside) for q in out):  # p covers some already listed
+            out = [q for q in out if not str(q).startswith(inside)]
+            kept = set(out)
         out.append(p)
+        kept.add(p)
     return tuple(out)
 
 
@@ -164,14 +169,53 @@ def base_site_packages() -> tuple[Path, ...]:
     return tuple(dict.fromkeys(_real(p) for p in found if p.is_dir()))
 
 
+_HOST_MEMO: list[tuple[tuple, HostInfo]] = []  # at most one: (what it was computed from, the result)
+_HOST_MEMO_LOCK = threading.Lock()
+_UNCACHEABLE = "<not a file>"
+
+
+def _stat_ident(path: str) -> tuple[int, ...] | None:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+
+
+def _fingerprint(metadata_files: Iterable[str]) -> tuple:
+    """What host_info read, as stat results: sys.path, its folders (a package
+    installed or removed changes its folder) and every METADATA file it parsed
+    (an edit in place changes the file's ctime)."""
+    paths = tuple(sys.path)
+    return (paths, tuple(_stat_ident(p or ".") for p in paths), tuple((f, _stat_ident(f)) for f in metadata_files))
+
+
 def host_info() -> HostInfo:
-    """Inspect the host. Cheap (metadata reads only); called once per ensure_env."""
+    """Inspect the host: metadata reads only, remembered for this process while the
+    stat of everything read stays the same (a warm load checks, it does not re-parse)."""
+    with _HOST_MEMO_LOCK:
+        if _HOST_MEMO:
+            fingerprint, info = _HOST_MEMO[0]
+            if _fingerprint(f for f, _ in fingerprint[2]) == fingerprint:
+                return info
+        read: list[str] = []
+        info = _host_info(read)
+        _HOST_MEMO[:] = [] if _UNCACHEABLE in read else [(_fingerprint(read), info)]
+        return info
+
+
+def _host_info(read: list[str]) -> HostInfo:
+    """``host_info`` itself; appends each METADATA file it parses to ``read``."""
     sysconfig_ready()
     packages: dict[str, str] = {}
     family: list[md.Distribution] = []
     torch = _present("torch")
+    if torch is not None:
+        _note_read(torch, read)
     for name in sorted(TORCH_FAMILY):
         dist = _present(name)
+        if dist is not None:
+            _note_read(dist, read)
         if dist is not None and (name == "torch" or _matches_torch(dist, torch)):
             packages[name] = dist.version
             family.append(dist)
@@ -184,6 +228,7 @@ def host_info() -> HostInfo:
     queue = list(family)
     while queue:
         dist = queue.pop()
+        _note_read(dist, read)
         key = canonical(dist.metadata["Name"] or "")
         if key in seen:
             continue
@@ -221,6 +266,15 @@ def host_info() -> HostInfo:
         family_dists=tuple(sorted(closure)),
         base_site_packages=base_site_packages(),
     )
+
+
+def _note_read(dist: md.Distribution, read: list[str]) -> None:
+    path = getattr(dist, "_path", None)
+    meta = os.path.join(str(path), "METADATA") if path is not None else None
+    if meta is not None and meta not in read:
+        read.append(meta)
+    elif meta is None:
+        read.append(_UNCACHEABLE)  # a custom finder: never reuse this result
 
 
 def _fix_hint(name: str, spec: str, have: str | None) -> str:

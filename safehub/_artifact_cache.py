@@ -1,0 +1,402 @@
+"""The artifact cache: a successful load keeps its validated spec and weights, so
+the same load again needs no env build, no sandbox and no export.
+
+Layout under ``<SAFEHUB_HOME>/artifacts/``::
+
+    entries/<key>/key.json    the key document (see _cache_key.py), the key, and
+                              the sha256 of artifact/provenance.json
+    entries/<key>/artifact/   an artifact folder exactly as ``safehub.save`` writes it
+    tmp/                      entries being written (renamed into entries/ whole)
+    stat/                     stat caches of local repo folders (_cache_key.py)
+
+An entry appears by one ``rename`` of a finished folder, under a file lock, so a
+process killed mid-write leaves only a folder in ``tmp/`` that nothing reads.
+
+The cache is host data that anything running as the user can change, so a hit
+trusts none of it: the entry folder is opened once without following links and
+read through that descriptor; ``key.json`` must name this key and hash to it;
+``provenance.json`` must hash to what ``key.json`` recorded; the spec and the
+weights must hash to what provenance recorded, computed on the exact bytes the
+model is built from; and then the spec and weights go through
+``rebuild_from_output``, every check a sandbox's output gets. Weights are read
+into memory this process owns (not mapped): a mapped file that is rewritten or
+truncated later would change the model, or crash the process, after it was
+checked. What a hit cannot prove is that the entry came from this machine's
+sandbox: whoever can rewrite the cache can plant a consistent entry, which then
+is exactly as powerful as a malicious repo's output (data that passed the
+checks), never code run on the host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._cache_key import NotCanonical, canonical_value, key_digest, key_inputs, local_tree_digest
+from ._errors import ArtifactCacheError, SafehubError, UnsafeSpecError
+
+__all__ = ["ArtifactCache", "CachePlan", "plan_cache", "graph_cache", "EntryInfo"]
+
+logger = logging.getLogger("safehub")
+
+KEY_FILE = "key.json"
+ARTIFACT_DIR = "artifact"
+KEY_FORMAT = "safehub-artifact-cache"
+KEY_VERSION = 1
+MAX_KEY_BYTES = 4 << 20
+LOCK_TIMEOUT_S = 600.0
+STALE_TMP_S = 3600.0
+_HEX64 = frozenset("0123456789abcdef")
+_RECOVER = ("reload it with force_reload=True (re-runs the sandbox and replaces the entry), "
+            "or remove it with `python -m safehub cache rm --artifacts {key}`")
+
+
+def _is_key(text: str) -> bool:
+    return len(text) == 64 and set(text) <= _HEX64
+
+
+@dataclass
+class CachePlan:
+    """One load's view of the cache: its key (None when not cacheable) and what happened."""
+
+    cache: ArtifactCache | None
+    key: str | None
+    inputs: dict[str, Any] | None
+    bypass: bool  # force_reload
+    local_root: Path | None = None  # a local repo: re-hashed before storing
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def lookup(self, *, device: Any, limits: Any = None,
+               before_load: Callable[[], None] | None = None) -> tuple[Any, dict[str, Any]] | None:
+        if self.cache is None or self.key is None or self.bypass:
+            return None
+        found = self.cache.load(self.key, device=device, limits=limits, before_load=before_load)
+        if found is not None:
+            self.info.update(hit=True)
+        return found
+
+    def store(self, obj: Any) -> None:
+        """Keep ``obj`` (just built, not yet returned) for the next load. Never fails the load."""
+        if self.cache is None or self.key is None or self.inputs is None:
+            return
+        try:
+            if self.local_root is not None:
+                repo = self.inputs["repo"]
+                now = local_tree_digest(self.local_root, self.cache.stat_dir)
+                if now != repo.get("tree"):
+                    self.info.update(stored=False, reason="the local repo changed during the load")
+                    return
+            stored = self.cache.store(self.key, self.inputs, obj, replace=self.bypass)
+            self.info.update(stored=stored)
+            if not stored:
+                self.info.setdefault("reason", "another process stored this key first")
+        except (SafehubError, NotCanonical, OSError) as exc:
+            # ArtifactSaveError: a namespace or deferred module, which an artifact does not carry
+            self.info.update(stored=False, reason=f"{type(exc).__name__}: {getattr(exc, 'message', exc)}")
+            logger.info("the load was not cached: %s", self.info["reason"])
+
+
+def plan_cache(hub_dir: Path, *, repo: Any, entrypoint: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+               example_inputs: Any, export: str, env_key: str, force_reload: bool,
+               policy_active: bool = False) -> CachePlan:
+    """The cache key of one load, or why it has none (``info["reason"]``)."""
+    from ._config import env_flag
+
+    if not env_flag("SAFEHUB_ARTIFACT_CACHE", default=True):
+        return CachePlan(None, None, None, force_reload,
+                         info={"hit": False, "key": None, "reason": "SAFEHUB_ARTIFACT_CACHE=0"})
+    if policy_active:
+        # An entry does not record which sandbox, limits or download hosts produced it,
+        # so it cannot show that a policy's minimums held then: such loads run the sandbox.
+        return CachePlan(None, None, None, force_reload, info={
+            "hit": False, "key": None, "reason": "an organisation policy or lockfile is in force (see docs/policy.md)"})
+    cache = ArtifactCache(hub_dir)
+    local_root = None
+    try:
+        if repo.source == "github" and repo.sha:
+            repo_doc: dict[str, Any] = {"source": "github", "host": repo.host, "owner": repo.owner,
+                                        "name": repo.name, "sha": repo.sha}
+        elif repo.source == "local":
+            local_root = Path(repo.path)
+            repo_doc = {"source": "local", "tree": local_tree_digest(local_root, cache.stat_dir)}
+        else:
+            raise NotCanonical(f"a {repo.source} repo has no content identity")
+        inputs = key_inputs(repo=repo_doc, entrypoint=entrypoint, args=args, kwargs=kwargs,
+                            example_inputs=example_inputs, export=export, env_key=env_key)
+    except NotCanonical as exc:
+        logger.info("this load is not cached: %s", exc)
+        return CachePlan(None, None, None, force_reload, info={"hit": False, "key": None, "reason": str(exc)})
+    except OSError as exc:
+        return CachePlan(None, None, None, force_reload,
+                         info={"hit": False, "key": None, "reason": f"the local repo could not be hashed: {exc}"})
+    key = key_digest(inputs)
+    info: dict[str, Any] = {"hit": False, "key": key}
+    if force_reload:
+        info["reason"] = "force_reload=True"
+    return CachePlan(cache, key, inputs, force_reload, local_root=local_root, info=info)
+
+
+def graph_cache(hub_dir: Path, load_key: str | None, *, mid: str, training: bool, structure: list[dict],
+                entrypoint: str, export: str) -> CachePlan | None:
+    """The cache plan of one deferred export (a load's graph for one call signature):
+    keyed by the load's own key and the signature (dtypes, shapes, scalars), so it is
+    as specific as the load. None when the load had no key."""
+    from ._config import env_flag
+
+    if load_key is None or not env_flag("SAFEHUB_ARTIFACT_CACHE", default=True):
+        return None
+    try:
+        signature = canonical_value(structure, "the call signature")
+    except NotCanonical:
+        return None
+    inputs = {"kind": "deferred-graph", "load": load_key, "mid": mid, "training": bool(training),
+              "signature": signature, "entrypoint": entrypoint, "export": export}
+    return CachePlan(ArtifactCache(hub_dir), key_digest(inputs), inputs, False, info={"hit": False})
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    key: str
+    path: Path
+    size_bytes: int
+    created: str | None
+    repo: str | None
+    entrypoint: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "path": str(self.path), "size_bytes": self.size_bytes, "created": self.created,
+                "repo": self.repo, "entrypoint": self.entrypoint}
+
+
+class ArtifactCache:
+    def __init__(self, hub_dir: Path | str) -> None:
+        self.hub = Path(hub_dir)
+        self.root = self.hub / "artifacts"
+        self.entries_dir = self.root / "entries"
+        self.tmp_dir = self.root / "tmp"
+        self.stat_dir = self.root / "stat"
+
+    def entry_path(self, key: str) -> Path:
+        if not _is_key(key):
+            raise ValueError(f"{key!r} is not an artifact-cache key (64 hex digits)")
+        return self.entries_dir / key
+
+    def _lock(self, key: str) -> Any:
+        from filelock import FileLock
+
+        locks = self.hub / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(locks / f"artifact-{key[:32]}.lock"), timeout=LOCK_TIMEOUT_S)
+
+    # --- reading -------------------------------------------------------------
+
+    def load(self, key: str, *, device: Any = None, limits: Any = None,
+             before_load: Callable[[], None] | None = None) -> tuple[Any, dict[str, Any]] | None:
+        """(what was cached, its provenance), or None when there is no entry.
+        Raises ArtifactCacheError when an entry is there but fails any check.
+        ``before_load``: as in ``rebuild_from_output`` (for the timing breakdown)."""
+        path = self.entry_path(key)
+        if not os.path.lexists(path):
+            return None
+        with self._lock(key):
+            return self._load_locked(key, path, device=device, limits=limits, before_load=before_load)
+
+    def _load_locked(self, key: str, path: Path, *, device: Any, limits: Any,
+                     before_load: Callable[[], None] | None = None) -> tuple[Any, dict[str, Any]] | None:
+        from ._artifact import load_checked
+
+        try:
+            dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None  # removed meanwhile: a miss
+        except OSError as exc:  # ELOOP / ENOTDIR: a link or a file where the entry folder should be
+            raise self._error(key, f"its folder {str(path)!r} is not a real directory ({exc.strerror})") from None
+        try:
+            # Everything below is read through this descriptor: a swapped entries/<key> cannot mix entries.
+            pinned = Path(f"/proc/self/fd/{dir_fd}") if os.path.isdir(f"/proc/self/fd/{dir_fd}") else path
+            self._check_layout(key, dir_fd)
+            record = self._read_key_file(key, dir_fd)
+            try:
+                obj, provenance = load_checked(pinned / ARTIFACT_DIR, device=device, limits=limits,
+                                               provenance_sha256=record["provenance_sha256"], before_load=before_load)
+            except UnsafeSpecError as exc:  # ArtifactError included: say it is the cache, and how to recover
+                raise self._error(key, exc.message) from None
+        finally:
+            os.close(dir_fd)
+        self._check_provenance(key, record, provenance)
+        return obj, provenance
+
+    def _error(self, key: str, what: str) -> ArtifactCacheError:
+        return ArtifactCacheError(f"artifact-cache entry {key[:16]} is damaged or was changed: {what}. Nothing was built",
+                                  hint=_RECOVER.format(key=key[:16]))
+
+    def _check_layout(self, key: str, dir_fd: int) -> None:
+        names = os.listdir(dir_fd)
+        if sorted(names) != sorted([KEY_FILE, ARTIFACT_DIR]):
+            raise self._error(key, f"it must hold exactly {KEY_FILE} and {ARTIFACT_DIR}/ (holds {sorted(names)[:8]})")
+        if not stat.S_ISDIR(os.stat(ARTIFACT_DIR, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            raise self._error(key, f"{ARTIFACT_DIR} is not a real directory")
+
+    def _read_key_file(self, key: str, dir_fd: int) -> dict[str, Any]:
+        from ._channel._json import load_json
+
+        try:
+            fd = os.open(KEY_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+        except OSError as exc:
+            raise self._error(key, f"{KEY_FILE} cannot be opened ({exc.strerror}; a link?)") from None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise self._error(key, f"{KEY_FILE} is not a regular file")
+            raw = f.read(MAX_KEY_BYTES + 1)
+        try:
+            doc = load_json(raw, KEY_FILE, cap_bytes=MAX_KEY_BYTES, max_depth=64)
+        except UnsafeSpecError as exc:
+            raise self._error(key, f"{KEY_FILE}: {exc.message}") from None
+        if not isinstance(doc, dict) or set(doc) != {"format", "version", "key", "inputs", "provenance_sha256", "created"}:
+            raise self._error(key, f"{KEY_FILE} does not have the fields of version {KEY_VERSION}")
+        if doc["format"] != KEY_FORMAT or doc["version"] != KEY_VERSION:
+            raise self._error(key, f"{KEY_FILE} is not a version-{KEY_VERSION} {KEY_FORMAT} record")
+        # The record must name this key, and its inputs must hash to it: an entry
+        # copied here from another key (or edited inputs) is refused.
+        if doc["key"] != key or not isinstance(doc["inputs"], dict) or key_digest(doc["inputs"]) != key:
+            raise self._error(key, f"{KEY_FILE} belongs to another key")
+        sha = doc["provenance_sha256"]
+        if not isinstance(sha, str) or not _is_key(sha):
+            raise self._error(key, f"{KEY_FILE}: provenance_sha256 is not 64 hex digits")
+        return doc
+
+    def _check_provenance(self, key: str, record: dict[str, Any], provenance: dict[str, Any]) -> None:
+        """The artifact must describe the load the key describes."""
+        inputs = record["inputs"]
+        repo = inputs.get("repo") or {}
+        want = {"entrypoint": inputs.get("entrypoint"), "export": inputs.get("export")}
+        if repo.get("source") == "github":
+            want["sha"] = repo.get("sha")
+        for field_name, value in want.items():
+            if provenance.get(field_name) != value:
+                raise self._error(key, f"its artifact records {field_name}={provenance.get(field_name)!r}, "
+                                       f"the key says {value!r}")
+
+    # --- writing -------------------------------------------------------------
+
+    def store(self, key: str, inputs: dict[str, Any], obj: Any, *, replace: bool = False) -> bool:
+        """Save ``obj`` as the entry of ``key``. Returns False when an entry was
+        already there and ``replace`` is False (another process stored it first)."""
+        from ._artifact import save
+        from ._artifact_format import PROVENANCE_FILE
+        from ._fsutil import remove_tree
+
+        final = self.entry_path(key)
+        self.entries_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._clean_tmp()
+        tmp = self.tmp_dir / f"{key[:16]}-{secrets.token_hex(8)}"
+        tmp.mkdir(mode=0o700)
+        try:
+            save(obj, tmp / ARTIFACT_DIR)  # writes and fsyncs the three files, renames its folder into place
+            with open(tmp / ARTIFACT_DIR / PROVENANCE_FILE, "rb") as f:
+                provenance_sha256 = hashlib.sha256(f.read()).hexdigest()
+            doc = {"format": KEY_FORMAT, "version": KEY_VERSION, "key": key, "inputs": inputs,
+                   "provenance_sha256": provenance_sha256,
+                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            with open(tmp / KEY_FILE, "x", encoding="ascii") as f:
+                f.write(json.dumps(doc, indent=1, ensure_ascii=True) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_dir(tmp)
+            with self._lock(key):
+                if os.path.lexists(final):
+                    if not replace:
+                        return False
+                    old = self.tmp_dir / f"{key[:16]}-{secrets.token_hex(8)}.old"
+                    os.rename(final, old)
+                    os.rename(tmp, final)
+                    remove_tree(old)
+                else:
+                    os.rename(tmp, final)  # the entry appears whole, or not at all
+                _fsync_dir(self.entries_dir)
+            logger.info("cached the load as artifact-cache entry %s", key[:16])
+            return True
+        finally:
+            if os.path.lexists(tmp):
+                remove_tree(tmp)
+
+    def _clean_tmp(self) -> None:
+        """Folders of writers that died (a killed process) are never read; remove old ones."""
+        from ._fsutil import remove_tree
+
+        try:
+            names = os.listdir(self.tmp_dir)
+        except OSError:
+            return
+        now = time.time()
+        for name in names:
+            p = self.tmp_dir / name
+            try:
+                if now - os.lstat(p).st_mtime > STALE_TMP_S:
+                    remove_tree(p)
+            except OSError:
+                pass
+
+    # --- management (cache ls / rm / verify) ------------------------------------
+
+    def keys(self) -> list[str]:
+        try:
+            return sorted(n for n in os.listdir(self.entries_dir) if _is_key(n))
+        except FileNotFoundError:
+            return []
+
+    def describe(self, key: str) -> EntryInfo:
+        """What ``ls`` shows; read without trusting it (display only, never used to load)."""
+        path = self.entry_path(key)
+        size, created, repo, entrypoint = 0, None, None, None
+        for dirpath, _dirs, files in os.walk(path, followlinks=False):
+            for name in files:
+                try:
+                    size += os.lstat(os.path.join(dirpath, name)).st_size
+                except OSError:
+                    pass
+        try:
+            with open(path / KEY_FILE, "rb") as f:
+                doc = json.loads(f.read(MAX_KEY_BYTES))
+            created = str(doc.get("created"))[:40]
+            r = doc.get("inputs", {}).get("repo", {})
+            if doc.get("inputs", {}).get("kind") == "deferred-graph":
+                repo = f"graph of load {str(doc['inputs'].get('load'))[:12]}"
+            elif r.get("source") == "github":
+                repo = f"{r.get('host')}/{r.get('owner')}/{r.get('name')}@{str(r.get('sha'))[:12]}"
+            else:
+                repo = f"local tree {str(r.get('tree'))[:12]}"
+            entrypoint = str(doc.get("inputs", {}).get("entrypoint"))[:128]
+        except (OSError, ValueError, AttributeError, TypeError):
+            pass
+        return EntryInfo(key, path, size, created, repo, entrypoint)
+
+    def remove(self, key: str) -> bool:
+        from ._fsutil import remove_tree
+
+        with self._lock(key):
+            return remove_tree(self.entry_path(key))
+
+    def verify(self, key: str) -> None:
+        """Every check a hit gets, tensors loaded on the CPU; raises ArtifactCacheError."""
+        found = self.load(key, device="cpu")
+        if found is None:
+            raise self._error(key, "it is gone")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

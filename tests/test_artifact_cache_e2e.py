@@ -1,0 +1,132 @@
+"""The artifact cache for real: a sandboxed load stored and answered again without a
+sandbox; a deferred export cached per call signature; writers killed mid-write
+(SIGKILL, a real process) and two processes storing the same key at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import safehub
+from conftest import outputs_of
+from safehub._artifact_cache import ArtifactCache
+from safehub._deferred import DeferredModule
+
+pytestmark = pytest.mark.slow
+
+ZOO = Path(__file__).resolve().parent / "zoo"
+HOSTILE = Path(__file__).resolve().parent / "hostile"
+
+
+@pytest.fixture
+def cached(monkeypatch: pytest.MonkeyPatch, repo_copy) -> Path:
+    """The zoo in a folder of its own (its own tree hash, so its own keys), cache on."""
+    monkeypatch.setenv("SAFEHUB_ARTIFACT_CACHE", "1")
+    return repo_copy(ZOO)
+
+
+def test_a_sandboxed_load_is_stored_and_answered_without_a_sandbox(cached: Path) -> None:
+    first = safehub.load(str(cached), "mobilenet", source="local", verbose=False)
+    assert first.safehub_info.cache["stored"] is True and first.safehub_info.backend != "artifact-cache"
+    second = safehub.load(str(cached), "mobilenet", source="local", verbose=False)
+    info = second.safehub_info
+    assert info.cache == {"hit": True, "key": first.safehub_info.cache["key"]}
+    assert info.backend == "artifact-cache" and not info.sandbox_details and "sandbox" not in info.timings
+    assert info.env_key == first.safehub_info.env_key and info.sha is None and info.source == "local"
+    x = torch.randn(3, 3, 16, 16)
+    for train in (False, True):  # Dropout and BatchNorm: both graphs came back
+        with torch.no_grad():
+            assert torch.equal(outputs_of(first, (x,), train=train, seed=5), outputs_of(second, (x,), train=train, seed=5))
+    assert first.state_dict().keys() == second.state_dict().keys()
+
+
+def test_deferred_graphs_are_cached_per_call_signature(cached: Path) -> None:
+    x = torch.randn(4, 6)
+    first = safehub.load(str(cached), "len_of_tensor", source="local", verbose=False)
+    assert isinstance(first, DeferredModule)
+    assert first.safehub_info.cache.get("stored") is False  # a deferred module has no graph to keep yet
+    first.eval()
+    with torch.no_grad():
+        y1 = first(x)
+    assert [g["cached"] for g in first.safehub_graphs] == [False]
+    again = safehub.load(str(cached), "len_of_tensor", source="local", verbose=False).eval()
+    with torch.no_grad():
+        y2 = again(x)
+    assert [g["cached"] for g in again.safehub_graphs] == [True]  # exported by the first process, checked again here
+    assert torch.equal(y1, y2)
+    kinds = [ArtifactCache(Path(os.environ["SAFEHUB_HOME"])).describe(k).repo for k in
+             ArtifactCache(Path(os.environ["SAFEHUB_HOME"])).keys()]
+    assert any(str(k).startswith("graph of load") for k in kinds)
+
+
+_WRITER = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[1])
+    import torch, specgen
+    from torch import nn
+    from safehub._artifact_cache import ArtifactCache
+    from safehub._channel import rebuild_from_output
+
+    home, out, seed, mode = Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    torch.manual_seed(seed)
+    spec, weights = specgen.full_spec(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8)).eval())
+    model = rebuild_from_output(specgen.write(out, spec, weights))
+    model._safehub_origin.record.provenance.update(entrypoint="tiny", export="auto")
+    inputs = {"repo": {"source": "local", "tree": "t"}, "entrypoint": "tiny", "export": "auto"}
+    from safehub._cache_key import key_digest
+    key = key_digest(inputs)
+    if mode == "kill":  # die for real, half way through writing the entry
+        calls = []
+        real = os.fsync
+        def fsync(fd):
+            calls.append(fd)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(fd)
+        os.fsync = fsync
+    else:  # both writers start storing at the same moment
+        while not (home / "go").exists():
+            time.sleep(0.005)
+    print(ArtifactCache(home).store(key, inputs, model), flush=True)
+    """
+)
+
+
+def _writer(tmp: Path, home: Path, seed: int, mode: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _WRITER, str(HOSTILE), str(home), str(tmp / f"out{seed}"),
+                             str(seed), mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_and_concurrent_writers(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    cache = ArtifactCache(home)
+    killed = _writer(tmp_path, home, 0, "kill")
+    writers = [_writer(tmp_path, home, seed, "race") for seed in (1, 2)]  # they import torch meanwhile
+    assert killed.wait(timeout=120) == -signal.SIGKILL, killed.stderr.read() if killed.stderr else ""
+    assert cache.keys() == [], "a killed writer must leave no entry"
+    assert list((home / "artifacts" / "tmp").iterdir()), "its partial folder stays in tmp/, never read"
+    assert cache.load(cache.keys()[0] if cache.keys() else "0" * 64) is None  # a miss, not an error
+
+    (home / "go").touch()
+    results = []
+    for w in writers:
+        out, err = w.communicate(timeout=120)
+        assert w.returncode == 0, err
+        results.append(out.strip())
+    assert sorted(results) == ["False", "True"], "one stores, the other finds it stored"
+    (key,) = cache.keys()
+    cache.verify(key)
+    model, provenance = cache.load(key)
+    assert provenance["entrypoint"] == "tiny"
+    doc = json.loads((cache.entry_path(key) / "key.json").read_text())
+    assert doc["key"] == key
