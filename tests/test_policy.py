@@ -543,3 +543,10 @@ def test_owner_wildcards_match_exactly_one_owner_property() -> None:
         assert exact.matches(repo_owner, repo_name) == (same_owner and pattern_name.lower() == repo_name.lower())
 
     check()
+
+
+def test_a_fetch_source_the_policy_does_not_know_is_refused(tmp_path: Path) -> None:
+    guard, _ = guard_for(tmp_path, "[repos]\nrequire_pin = true\n")
+    with pytest.raises(PolicyError, match="know only 'github' and 'local' repos"):
+        guard.check_request(RepoRequest(repo_or_dir="alice/model", source="hf"))
+    LoadGuard.for_call().check_request(RepoRequest(repo_or_dir="alice/model", source="hf"))  # no policy: not ours
