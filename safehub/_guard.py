@@ -117,6 +117,9 @@ class LoadGuard:
                                     "load the locked GitHub repo, or drop lock= / SAFEHUB_LOCK for local work")
             return request
         if source != "github":
+            if self.active:  # a fetch source added later must not slip past rules written for GitHub
+                raise PolicyError(f"source={escape_untrusted(source, limit=40)!r}: the policy and lockfiles know "
+                                  "only 'github' and 'local' repos", hint="load from GitHub or a local folder")
             return request  # fetch_repo names the unknown source
         spec = parse_repo(request.repo_or_dir)  # ASCII, owner/name grammar: no '..', no third part
         allow = self._rule("repos", "allow")

@@ -297,7 +297,7 @@ def _merge(kind: str, old: Any, new: Any, *, rule: str, old_file: str, new_file:
             raise _widening(rule, f"{new!r} is weaker than {old!r}", old_file, new_file)
         return new
     if kind == "file":
-        return (*(old if isinstance(old, tuple) else (old,)), new)
+        return (*(old if isinstance(old, tuple) else (old,)), *(new if isinstance(new, tuple) else (new,)))
     if kind == "modes":
         extra = [m for m in new if m not in old]
         if extra:

@@ -543,3 +543,21 @@ def test_owner_wildcards_match_exactly_one_owner_property() -> None:
         assert exact.matches(repo_owner, repo_name) == (same_owner and pattern_name.lower() == repo_name.lower())
 
     check()
+
+
+def test_a_fetch_source_the_policy_does_not_know_is_refused(tmp_path: Path) -> None:
+    guard, _ = guard_for(tmp_path, "[repos]\nrequire_pin = true\n")
+    with pytest.raises(PolicyError, match="know only 'github' and 'local' repos"):
+        guard.check_request(RepoRequest(repo_or_dir="alice/model", source="hf"))
+    LoadGuard.for_call().check_request(RepoRequest(repo_or_dir="alice/model", source="hf"))  # no policy: not ours
+
+
+def test_every_layers_lock_file_applies(tmp_path: Path, system: Path) -> None:
+    system.write_text("[lock]\nfile = \"/org/a.lock\"\n")
+    user = write(tmp_path, "[lock]\nfile = \"/me/b.lock\"\n", "user.toml")
+    merged = load_policy(user)
+    assert merged.get("lock", "file") == ("/org/a.lock", "/me/b.lock")
+    again = Policy()
+    again.add_layer(merged.values, "x")
+    again.add_layer(merged.values, "y")  # an already-merged value (a Policy object) stays flat
+    assert again.get("lock", "file") == ("/org/a.lock", "/me/b.lock", "/org/a.lock", "/me/b.lock")
