@@ -231,6 +231,15 @@ def load(
     timings["fetch_and_static_checks"] = time.perf_counter() - mark
     if example_inputs is not None and not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
+    # Policy: the sandbox (by name before it is probed, then the backend chosen) and explicit
+    # limits, before any env build.
+    guard.check_sandbox(sandbox)
+    if guard.active:  # (with no policy, a cache hit needs no sandbox and does not probe one)
+        from ._sandbox import get_backend
+
+        sandbox = get_backend(sandbox)
+        guard.check_backend(sandbox, None)
+    run_limits = guard.limits(limits, explicit=limits is not None)
     python_env = _ensure_env(repo, hub, hub_dir, verbose=verbose, dependencies_mode=dependencies_mode,
                              extra_dependencies=extra_dependencies, timings=timings, guard=guard)
     from ._artifact_cache import plan_cache
@@ -250,7 +259,7 @@ def load(
         return _from_cache(hit[0], repo=repo, model=model, python_env=python_env, cache=cache, args=args,
                            kwargs=kwargs, export=export, hub_dir=hub_dir, verbose=verbose, timings=timings,
                            started=load_started)
-    budget = DownloadBudget(guard.limits(limits, explicit=limits is not None))
+    budget = DownloadBudget(run_limits)
     with budget.discard_on_error():  # a failed load keeps none of the files it fetched
         job, python_env = _run(
             JobRequest(
