@@ -115,7 +115,6 @@ def published(tmp_path_factory: pytest.TempPathFactory):
                     "SAFEHUB_DEPENDENCIES"):
             mp.delenv(var, raising=False)
         mp.setenv("SAFEHUB_HOME", str(folder / "home"))
-        mp.setattr("safehub._env.ensure_env", Envs())
         repo = gh.add_repo("alice", "model")
         sha = repo.commit({"hubconf.py": HUBCONF})
         url = gh.url + repo.release_asset("v1", "w.bin", b"weights" * 100)
@@ -123,8 +122,12 @@ def published(tmp_path_factory: pytest.TempPathFactory):
         for key, value in gh.env().items():
             mp.setenv(key, value)
         lock = folder / "safehub.lock"
-        create_lock("alice/model:main", ["tiny"], output=lock, load_kwargs=dict(
-            trust_repo=True, verbose=False, extra_dependencies=["numpy", "yaml"], sandbox=FakeBackend(Runner((url,)))))
+        # The stand-in env only while the lock is made: a module-long patch would reach
+        # the real-env test below (the host env it returns has no PyYAML).
+        with pytest.MonkeyPatch.context() as only_here:
+            only_here.setattr("safehub._env.ensure_env", Envs())
+            create_lock("alice/model:main", ["tiny"], output=lock, load_kwargs=dict(
+                trust_repo=True, verbose=False, extra_dependencies=["numpy", "yaml"], sandbox=FakeBackend(Runner((url,)))))
         yield Published(gh, repo, sha, url, lock.read_text())
 
 
