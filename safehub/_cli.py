@@ -287,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ._artifact_cli import CliHelpers, add_artifact_commands  # export, inspect
 
     add_artifact_commands(sub, CliHelpers(_repo_args, _kwarg, _resolve_repo_arg, _trust, DEMO_ENTRYPOINT))
+
+    from ._audit._cli import add_audit_commands  # audit
+
+    add_audit_commands(sub)
     return parser
 
 

@@ -167,8 +167,11 @@ class _Walk:
                 else:
                     stack.append(None)
             if len(stack) > MAX_STACK:
-                self.truncated.append("stack")
-                raise _Stop
+                # Only the top of the stack names STACK_GLOBAL's strings: drop the bottom
+                # half and walk on (a global hidden past the bound is still seen).
+                del stack[: MAX_STACK // 2]
+                if "stack" not in self.truncated:
+                    self.truncated.append("stack")
 
 
 class _Stop(Exception):

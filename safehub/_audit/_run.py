@@ -152,7 +152,9 @@ def audit_repo(
         "identity": identity,
         "static": static,
         "dynamic": {"ran": not static_only, "note": TELEMETRY_NOTE, "timeout_s": timeout,
-                    "entrypoints": entries, "findings": findings},
+                    "entrypoints": entries, "findings": findings,
+                    # public names hubconf may bind that a static reading cannot confirm as callables
+                    "not_run": sorted(n for n in hubconf.entrypoints if not n.startswith("_") and n not in names)},
         "error": None,
     }
     report["verdict"], report["exit_code"] = decide(report)

@@ -107,6 +107,12 @@ def _const_str(node: ast.AST | None) -> str | None:
     return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
 
 
+def _strings(node: ast.AST) -> list[str]:
+    """The constant strings of a command: a string, or a list/tuple of them."""
+    items = node.elts if isinstance(node, (ast.List, ast.Tuple)) else [node]
+    return [v for v in (_const_str(i) for i in items) if v is not None]
+
+
 def _kw(call: ast.Call, name: str) -> ast.AST | None:
     return next((k.value for k in call.keywords if k.arg == name), None)
 
@@ -170,7 +176,8 @@ class _FileScan(ast.NodeVisitor):
             category, severity, what = hit
             args = [_const_str(a) for a in node.args]
             detail = name + ("(" + ", ".join(repr(a) for a in args if a is not None)[:100] + ")" if any(args) else "")
-            if category == "process" and any(a and "pip" in a and "install" in a for a in args):
+            words = " ".join(_strings(node.args[0])) if node.args else ""
+            if category == "process" and "pip" in words and "install" in words:
                 self.add(node, "pip_install", "high", "installs packages at run time", detail)
             self.add(node, category, severity, what, detail)
             return
@@ -281,6 +288,11 @@ def scan_static(repo: Path, hub: Hubconf, *, family: frozenset[str] | set[str]) 
         elif st.st_size >= LARGE_BINARY_BYTES:
             binaries.append({"path": rel, "bytes": st.st_size, "text": True})
     for entry in pickles:
+        if entry["unreadable"] or set(entry["truncated"]) & {"opcodes", "bytes"}:
+            why = entry["unreadable"] or f"walk stopped at a bound: {', '.join(entry['truncated'])}"
+            findings.append({"file": entry["path"], "line": 0, "category": "pickle_unread", "severity": "medium",
+                             "what": "pickle-like file not walked whole (globals after the stop are unknown)",
+                             "detail": why})
         for g in entry["globals"]:
             if g["class"] != "torch":
                 severity = "high" if g["class"] == "dangerous" else "medium"
@@ -313,7 +325,7 @@ def _hubconf_part(hub: Hubconf) -> dict[str, Any]:
         "entrypoints": [
             {"name": ep.name, "kind": ep.kind, "signature": ep.signature, "doc": (ep.doc or None) and ep.doc[:2000],
              "line": ep.lineno, "certain": ep.name in hub.certain}
-            for ep in sorted(hub.entrypoints.values(), key=lambda e: e.name)
+            for ep in sorted(hub.entrypoints.values(), key=lambda e: e.name) if not ep.name.startswith("_")
         ],
         "complete": hub.complete,
         "reasons": list(hub.reasons),

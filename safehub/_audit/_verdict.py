@@ -62,7 +62,7 @@ def dynamic_findings(entry: dict[str, Any], repo_dir: str) -> list[dict[str, Any
         elif kind == "fs" and not _under(e["path"].split(" -> ")[-1], scratch):
             out.append(_finding(name, e, "write_outside", "high", f"changes the file system ({e['op']})", e["path"]))
         elif kind == "refused":
-            out.append(_finding(name, e, "refused", "medium", f"the sandbox refused a {e['op']} ({e['errno']})",
+            out.append(_finding(name, e, "refused", "medium", f"refused by the sandbox: {e['op']} ({e['errno']})",
                                 e["target"]))
         elif kind == "ctypes":
             out.append(_finding(name, e, "native", "medium", "loads a shared library with ctypes", e["name"]))
@@ -79,6 +79,10 @@ def dynamic_findings(entry: dict[str, Any], repo_dir: str) -> list[dict[str, Any
         out.append({"entrypoint": name, "phase": None, "category": "telemetry", "severity": "medium",
                     "what": "telemetry lines that break the contract (written by repo code?)",
                     "detail": f"{t['skipped_lines']} line(s) skipped"})
+    if entry["status"] == "ok" and not t["complete"]:
+        out.append({"entrypoint": name, "phase": None, "category": "telemetry", "severity": "medium",
+                    "what": "the run ended normally but its telemetry has no closing line (closed or broken by repo code?)",
+                    "detail": t.get("unreadable") or "no summary line"})
     if t["dropped"] or t["truncated"]:
         out.append({"entrypoint": name, "phase": None, "category": "telemetry", "severity": "info",
                     "what": "more events than the audit keeps", "detail": f"{t['dropped']} event(s) not listed"})
