@@ -357,6 +357,7 @@ def active() -> bool:
 
 def set_phase(phase: str) -> None:
     if _recorder is not None:
+        _recorder.check_sys_path(sys.path)  # changes since the last import are the ending phase's
         _recorder.phase = phase
 
 
@@ -381,6 +382,7 @@ def finish() -> None:
     recorder, _recorder = _recorder, None
     if recorder is None:
         return
+    recorder.check_sys_path(sys.path)
     recorder.local.busy = True  # this thread records nothing more
     with recorder.lock:
         recorder.summary()

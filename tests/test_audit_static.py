@@ -11,20 +11,18 @@ import os
 import pickle
 import pickletools
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from safehub._cli import main
 from safehub._audit._pickles import MAX_GLOBALS, MAX_MEMO, classify_global, scan_pickle_file
 from safehub._audit._render import format_markdown, format_text, md, show
 from safehub._audit._run import audit_repo
 from safehub._audit._verdict import EXIT_CODES, decide, worst
 
 AUDIT = Path(__file__).resolve().parent / "fixtures" / "audit"
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class _System:
@@ -242,17 +240,14 @@ def test_human_views_escape_repo_names(tmp_path):
     assert "evil\\u202egnp.py:2" in format_text(r)
 
 
-def test_cli_writes_markdown_and_exits_with_the_verdict(tmp_path):
+def test_cli_writes_markdown_and_exits_with_the_verdict(tmp_path, capsys):
     out = tmp_path / "report.md"
-    proc = subprocess.run([sys.executable, "-m", "safehub", "audit", str(AUDIT / "static_findings"), "--static-only",
-                           "--format", "md", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 11, proc.stderr
-    assert "FINDINGS (exit 11)" in proc.stdout and f"report written to {out}" in proc.stdout
+    assert main(["audit", str(AUDIT / "static_findings"), "--static-only", "--format", "md", "--out", str(out)]) == 11
+    stdout = capsys.readouterr().out
+    assert "FINDINGS (exit 11)" in stdout and f"report written to {out}" in stdout
     text = out.read_text()
     assert text.startswith("# safehub audit: ") and "| high | process | hubconf.py:21 |" in text
-    proc = subprocess.run([sys.executable, "-m", "safehub", "audit", str(AUDIT / "clean"), "--static-only", "--json"],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0 and json.loads(proc.stdout)["verdict"] == "clean"
-    proc = subprocess.run([sys.executable, "-m", "safehub", "audit", str(AUDIT / "clean"), "-e", "nope", "--json"],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 6 and json.loads(proc.stdout)["error"] == "EntrypointNotFoundError"
+    assert main(["audit", str(AUDIT / "clean"), "--static-only", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["verdict"] == "clean"
+    assert main(["audit", str(AUDIT / "clean"), "-e", "nope", "--json"]) == 6
+    assert json.loads(capsys.readouterr().out)["error"] == "EntrypointNotFoundError"
