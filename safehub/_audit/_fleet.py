@@ -135,6 +135,9 @@ def audit_batch(
 
 
 def _slug(repo: str) -> str:
+    """A file-name-safe name: a folder's last part, or owner_name_ref."""
+    if repo.startswith(("/", ".", "~")):
+        repo = Path(repo).name
     return re.sub(r"[^A-Za-z0-9._-]+", "_", repo).strip("._")[-80:] or "repo"
 
 

@@ -114,9 +114,12 @@ def audit_repo(
                                       force_reload=force_reload, verbose=verbose, skip_validation=skip_validation,
                                       revision=revision, calling_fn="audit", allow_prompt=False), hub_dir=hub)
     hubconf = read_hubconf(repo.path)
-    names = list(entrypoints) if entrypoints else hubconf.names()
-    for name in names:
-        hubconf.require(name)  # a misspelt --entrypoint fails here, with a suggestion
+    if entrypoints:
+        names = list(entrypoints)
+        for name in names:
+            hubconf.require(name)  # a misspelt --entrypoint fails here, with a suggestion
+    else:
+        names = [n for n in hubconf.names() if _loadable(hubconf, n)]
     timings: dict[str, float] = {}
     mark = time.monotonic()
     static = scan_static(Path(repo.path), hubconf, family=FAMILY_IMPORTS)
@@ -190,6 +193,18 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
         statuses[e["status"]] = statuses.get(e["status"], 0) + 1
     return {"severity": dict(sorted(severity.items())), "categories": dict(sorted(categories.items())),
             "entrypoints": dict(sorted(statuses.items()))}
+
+
+def _loadable(hubconf: Any, name: str) -> bool:
+    """Whether safehub.load would take this name (non-ASCII names are refused): the rest
+    are listed under dynamic "not_run"."""
+    from .._errors import EntrypointNotFoundError
+
+    try:
+        hubconf.require(name)
+    except EntrypointNotFoundError:
+        return False
+    return True
 
 
 def _version() -> str:
