@@ -335,11 +335,13 @@ def _wrap_refusals(r: _Recorder) -> None:
             r.refused("subprocess", args, exc)
             raise
 
-    builtins.open = io.open = open  # type: ignore[assignment]
-    os.open = os_open  # type: ignore[assignment]
-    socket.socket.connect = connect  # type: ignore[method-assign]
-    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
-    subprocess.Popen.__init__ = popen_init  # type: ignore[method-assign]
+    # setattr: the stand-ins take Any where the stubs are narrower.
+    setattr(builtins, "open", open)
+    setattr(io, "open", open)
+    setattr(os, "open", os_open)
+    setattr(socket.socket, "connect", connect)
+    setattr(socket.socket, "connect_ex", connect_ex)
+    setattr(subprocess.Popen, "__init__", popen_init)
 
 
 def start(out_dir: str, repo_dir: str, job_dir: str) -> None:

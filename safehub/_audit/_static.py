@@ -246,7 +246,7 @@ def scan_static(repo: Path, hub: Hubconf, *, family: frozenset[str] | set[str]) 
 
     entries, truncated = _walk_files(repo)
     findings: list[dict[str, Any]] = []
-    symlinks: list[dict[str, str]] = []
+    symlinks: list[dict[str, Any]] = []
     binaries: list[dict[str, Any]] = []
     pickles: list[dict[str, Any]] = []
     files = size = python_files = read_bytes = 0
