@@ -62,17 +62,27 @@ _CONNECT_EVENTS = {"socket.connect": "connect", "socket.bind": "bind", "socket.s
                    "socket.sendmsg": "sendmsg"}
 
 
-def _text(value: Any) -> str:
-    """A bounded string for any argument (never calls a repo object's __str__/__repr__)."""
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    elif isinstance(value, (tuple, list)):
-        value = " ".join(_text(v) for v in list(value)[:32])
-    elif isinstance(value, os.PathLike) and type(value).__module__ == "pathlib":
-        value = str(value)
-    elif not isinstance(value, (str, int, float)) or isinstance(value, bool):
-        value = f"<{type(value).__name__}>" if value is not None else ""
-    text = str(value) if not isinstance(value, str) else value
+def _text(value: Any, depth: int = 0) -> str:
+    """A bounded string for any argument, read through the built-in types' own slots
+    (``str.__str__``, ``list.copy``...): a subclass from repo code could otherwise run
+    its own __str__/__iter__/__getitem__ inside the hook."""
+    if isinstance(value, str):
+        text = str.__str__(value)
+    elif isinstance(value, (bytes, bytearray)):
+        text = bytes(memoryview(value)[: MAX_AUDIT_STRING * 4]).decode("utf-8", "replace")
+    elif isinstance(value, (tuple, list)) and depth < 2:
+        items = list.copy(value) if isinstance(value, list) else tuple.__getitem__(value, slice(0, 32))
+        text = " ".join(_text(v, depth + 1) for v in items[:32])
+    elif isinstance(value, bool) or value is None:
+        text = "" if value is None else bool.__repr__(value)
+    elif isinstance(value, int):
+        text = int.__repr__(value)
+    elif isinstance(value, float):
+        text = float.__repr__(value)
+    elif type(value).__module__ == "pathlib" and type(value).__name__.endswith("Path"):
+        text = str(value)
+    else:
+        text = f"<{type(value).__name__}>"
     if len(text) > MAX_AUDIT_STRING:
         text = text[: MAX_AUDIT_STRING - 3] + "..."
     return text

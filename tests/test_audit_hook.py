@@ -226,3 +226,38 @@ def test_reader_keeps_only_contract_fields(tmp_path):
     assert t["events"] == [{"kind": "open", "phase": "entrypoint", "path": "/a", "mode": "r"},
                            {"kind": "open", "phase": "unknown", "path": "/b", "mode": "r"}]
     assert t["counts"] == {"open": 3} and t["total"] == 3 and t["complete"] and t["skipped_lines"] == 1
+
+
+def test_hostile_argument_objects_run_no_repo_code_inside_the_hook(tmp_path):
+    """Event arguments built from subclasses with their own __str__/__iter__/__fspath__:
+    the hook shows their type instead of calling them, and the operation goes on."""
+    t = run_as_repo(tmp_path, """
+        import subprocess
+        calls = []
+        class Evil(str):
+            def __str__(self):
+                calls.append("str")
+                raise RuntimeError("boom")
+        class EvilList(list):
+            def __iter__(self):
+                calls.append("iter")
+                return iter(["/bin/true"])
+        nested = []
+        for _ in range(10000):
+            nested = [nested]
+        try:
+            subprocess.run(EvilList(["/bin/true"]))
+        except Exception:
+            pass
+        try:
+            open(Evil("/nonexistent/evil-str"), "rb")
+        except OSError:
+            pass
+        try:
+            os.system(nested)
+        except TypeError:
+            pass
+        assert "str" not in calls, calls
+    """)
+    assert [e["path"] for e in kinds(t, "open")] == ["/nonexistent/evil-str"]
+    assert t["complete"]

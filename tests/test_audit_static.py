@@ -251,3 +251,23 @@ def test_cli_writes_markdown_and_exits_with_the_verdict(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["verdict"] == "clean"
     assert main(["audit", str(AUDIT / "clean"), "-e", "nope", "--json"]) == 6
     assert json.loads(capsys.readouterr().out)["error"] == "EntrypointNotFoundError"
+
+
+def test_static_scan_survives_a_hostile_tree(tmp_path):
+    """FIFOs, link loops, links to host files, a file nested past the parser's depth,
+    an oversized file: listed or flagged, never followed, never a crash or a hang."""
+    repo = tmp_path / "hostile"
+    shutil.copytree(AUDIT / "clean", repo)
+    os.mkfifo(repo / "weights.pkl")  # a pickle name on a FIFO: opening it would block
+    (repo / "loop").symlink_to(repo)  # a directory link back to the repo
+    (repo / "passwd.py").symlink_to("/etc/passwd")
+    (repo / "deep.py").write_text("x = " + "(" * 100_000 + "1" + ")" * 100_000 + "\n")
+    (repo / "big.py").write_text("# x\n" * (3 * 1024 * 1024 // 4))
+    r = audit_repo(str(repo), static_only=True)
+    static = r["static"]
+    assert static["pickles"] == []
+    assert {s["path"] for s in static["symlinks"]} == {"loop", "passwd.py"}
+    assert {"file": "deep.py", "category": "unparsable"}.items() <= next(
+        f for f in static["findings"] if f["file"] == "deep.py").items()
+    assert static["files"]["truncated"] is True  # big.py was over the per-file bound
+    assert ("passwd.py", "symlink", "medium") in {(f["file"], f["category"], f["severity"]) for f in static["findings"]}
