@@ -271,3 +271,25 @@ def test_static_scan_survives_a_hostile_tree(tmp_path):
         f for f in static["findings"] if f["file"] == "deep.py").items()
     assert static["files"]["truncated"] is True  # big.py was over the per-file bound
     assert ("passwd.py", "symlink", "medium") in {(f["file"], f["category"], f["severity"]) for f in static["findings"]}
+
+
+def test_github_repo_identity_is_pinned(tmp_path, monkeypatch):
+    """A repo from (loopback) GitHub: the full SHA the ref resolved to, the archive's
+    sha256 and size from the verified cache; auditing never adds it to the trusted list."""
+    from github_server import FakeGitHub
+
+    with FakeGitHub() as gh:
+        for key, value in gh.env().items():
+            monkeypatch.setenv(key, value)
+        repo = gh.add_repo("alice", "model")
+        head = repo.commit({"hubconf.py": (AUDIT / "static_findings" / "hubconf.py").read_bytes()}, branch="main")
+        hub = tmp_path / "hub"
+        r = audit_repo("alice/model:main", static_only=True, hub_dir=hub)
+        host_key = gh.host_key
+    ident = r["identity"]
+    assert (ident["repo"], ident["source"], ident["ref"], ident["resolved_ref"], ident["sha"]) == (
+        "alice/model", "github", "main", "main", head)
+    assert ident["host"] == host_key
+    assert len(ident["archive_sha256"]) == 64 and ident["archive_bytes"] > 0
+    assert ident["files"] == 1 and r["verdict"] == "findings"
+    assert not (hub / "trusted_list.json").exists()
