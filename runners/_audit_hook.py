@@ -30,17 +30,18 @@ Standard library only; never imports safehub.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import errno as _errno
 import io
 import json
 import os
 import sys
 import threading
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from _contract import AUDIT_FILE, MAX_AUDIT_EVENTS, MAX_AUDIT_LINE_BYTES, MAX_AUDIT_STRING
 
-__all__ = ["start", "set_phase", "note_exception", "finish", "active"]
+__all__ = ["start", "set_phase", "note_exception", "finish", "active", "runner_only"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
@@ -365,6 +366,22 @@ def start(out_dir: str, repo_dir: str, job_dir: str) -> None:
 
 def active() -> bool:
     return _recorder is not None
+
+
+@contextlib.contextmanager
+def runner_only() -> Iterator[None]:
+    """The runner's own work on this thread (reading its arguments) is not recorded;
+    repo threads running meanwhile still are (the flag is per thread)."""
+    recorder = _recorder
+    if recorder is None:
+        yield
+        return
+    before = getattr(recorder.local, "busy", False)
+    recorder.local.busy = True
+    try:
+        yield
+    finally:
+        recorder.local.busy = before
 
 
 def set_phase(phase: str) -> None:

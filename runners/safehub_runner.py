@@ -276,7 +276,8 @@ def run(job_dir: str) -> Result:
         return _error("entrypoint_missing", RuntimeError(f"Cannot find callable {name} in hubconf"))
     _audit_phase("entrypoint")
     try:
-        args, kwargs = _read_args(in_dir)
+        with _AUDIT.runner_only() if _AUDIT is not None else contextlib.nullcontext():
+            args, kwargs = _read_args(in_dir)
         with _collect_warnings():
             obj = entry(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001
