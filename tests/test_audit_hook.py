@@ -261,3 +261,14 @@ def test_hostile_argument_objects_run_no_repo_code_inside_the_hook(tmp_path):
     """)
     assert [e["path"] for e in kinds(t, "open")] == ["/nonexistent/evil-str"]
     assert t["complete"]
+
+
+def test_audit_is_opt_in_on_the_job_request():
+    """Normal loads never ask for the hook; only safehub audit's jobs carry the flag."""
+    from safehub._jobs import JobRequest, _request_json
+
+    assert "audit" not in _request_json(JobRequest(action="load", repo_dir=Path("/repo"), entrypoint="m"))
+    assert _request_json(JobRequest(action="load", repo_dir=Path("/repo"), entrypoint="m", audit=True))["audit"] is True
+    runner = (runner_dir() / "safehub_runner.py").read_text()
+    assert 'if request.get("audit") and action == "load":' in runner  # the only place the hook is started
+    assert runner.count("_audit_hook.start(") == 1
