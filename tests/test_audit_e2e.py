@@ -207,3 +207,19 @@ def test_cli_batch_file(tmp_path, capsys):
     index = json.loads(capsys.readouterr().out)
     assert code == 13 and index["exit_code"] == 13  # the missing folder is an error, the worst verdict
     assert [e["verdict"] for e in index["repos"]] == ["clean", "findings", "error"]
+
+
+def test_downloads_asked_of_the_broker_are_reported(tmp_path):
+    """The entrypoint asks for a URL the broker refuses (a non-public address): the
+    audit lists what was asked, and the refusal makes the entrypoint "failed"."""
+    from safehub._audit._run import audit_repo
+
+    r = audit_repo(str(AUDIT / "downloads"), timeout_s=300)
+    assert (r["verdict"], r["exit_code"]) == ("failed", 12)
+    [e] = r["dynamic"]["entrypoints"]
+    assert (e["name"], e["status"]) == ("fetched", "failed")
+    assert e["error"]["type"] == "FetchError" and e["error"]["exit_code"] == 3
+    assert e["downloads"] == {"asked": ["https://127.0.0.1:9/audit-fixture/weights.pth"], "fetched": []}
+    assert len(e["sandbox_runs"]) == 1 and e["resources"]["exit_status"] == 0  # the runner reported, then the host refused
+    cats = {(f["category"], f["severity"]) for f in r["static"]["findings"]}
+    assert {("download", "info"), ("url", "info")} <= cats
