@@ -272,3 +272,10 @@ def test_audit_is_opt_in_on_the_job_request():
     runner = (runner_dir() / "safehub_runner.py").read_text()
     assert 'if request.get("audit") and action == "load":' in runner  # the only place the hook is started
     assert runner.count("_audit_hook.start(") == 1
+
+
+def test_importing_safehub_and_its_audit_cli_imports_neither_torch_nor_ray():
+    code = ("import sys, safehub, safehub._audit, safehub._cli; safehub._cli.build_parser(); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray'}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr
