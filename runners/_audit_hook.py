@@ -202,11 +202,21 @@ class _Recorder:
 # --- event handlers ---------------------------------------------------------------
 
 
+def _absolute(path: str) -> str:
+    """Relative paths are the process's cwd's (the job's tmp folder): record where they point."""
+    if not path or path.startswith("/") or path.startswith("<"):
+        return path
+    try:
+        return _text(os.path.join(os.getcwd(), path))
+    except OSError:  # the cwd was removed
+        return path
+
+
 def _on_open(r: _Recorder, event: str, args: Tuple[Any, ...]) -> None:
     path, mode, flags = (list(args) + [None, None, None])[:3]
     if isinstance(path, int) or path is None:
         return  # an already-open descriptor
-    text = _text(path)
+    text = _absolute(_text(path))
     if isinstance(mode, str):
         write = any(c in mode for c in "wax+")
     else:
@@ -221,7 +231,7 @@ def _on_fs(r: _Recorder, event: str, args: Tuple[Any, ...]) -> None:
     paths = [a for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))]
     if event in ("os.mkdir", "os.chmod", "os.chown", "os.truncate", "os.remove", "os.rmdir", "shutil.rmtree"):
         paths = paths[:1]
-    r.record("fs", op=op, path=" -> ".join(_text(p) for p in paths))
+    r.record("fs", op=op, path=" -> ".join(_absolute(_text(p)) for p in paths))
 
 
 def _on_connect(r: _Recorder, event: str, args: Tuple[Any, ...]) -> None:

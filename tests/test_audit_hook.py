@@ -64,6 +64,8 @@ def test_hook_records_what_repo_code_tries(tmp_path):
                 pass
         with open({str(tmp_path / "w.txt")!r}, "w") as f:
             f.write("x")
+        with open("relative.txt", "w") as f:  # the cwd is the repo folder here
+            f.write("x")
         os.remove({str(tmp_path / "w.txt")!r})
         s = socket.socket()
         try:
@@ -89,6 +91,7 @@ def test_hook_records_what_repo_code_tries(tmp_path):
             "errno": "ENOENT"} in t["events"]
     assert {"kind": "open", "phase": "entrypoint", "path": str(tmp_path / "w.txt"), "mode": "w"} in t["events"]
     assert {"kind": "fs", "phase": "entrypoint", "op": "remove", "path": str(tmp_path / "w.txt")} in t["events"]
+    assert {"kind": "open", "phase": "entrypoint", "path": str(tmp_path / "repo" / "relative.txt"), "mode": "w"} in t["events"]
     assert {"kind": "connect", "phase": "entrypoint", "op": "connect", "address": "127.0.0.1 9"} in t["events"]
     assert {"kind": "dns", "phase": "entrypoint", "host": "example.invalid"} in t["events"]
     assert [(e["op"], e["target"]) for e in kinds(t, "subprocess")] == [("popen", "/bin/true"), ("system", "true")]

@@ -59,7 +59,7 @@ def dynamic_findings(entry: dict[str, Any], repo_dir: str) -> list[dict[str, Any
                 out.append(_finding(name, e, "write_outside", "high", f"opens a file for writing {where}", path))
             elif not _under(path, own + scratch) and not path.startswith(("/proc/", "/sys/", "/dev/")):
                 out.append(_finding(name, e, "read_outside", "info", "reads a file outside the repo", path))
-        elif kind == "fs" and not _under(e["path"].split(" -> ")[-1], scratch):
+        elif kind == "fs" and not all(_under(p, scratch) for p in e["path"].split(" -> ")):
             out.append(_finding(name, e, "write_outside", "high", f"changes the file system ({e['op']})", e["path"]))
         elif kind == "refused":
             out.append(_finding(name, e, "refused", "medium", f"refused by the sandbox: {e['op']} ({e['errno']})",
