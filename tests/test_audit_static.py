@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from safehub._cli import main
-from safehub._audit._pickles import MAX_GLOBALS, MAX_MEMO, classify_global, scan_pickle_file
+from safehub._audit import _pickles
+from safehub._audit._pickles import MAX_GLOBALS, classify_global, scan_pickle_file
 from safehub._audit._render import format_markdown, format_text, md, show
 from safehub._audit._run import audit_repo
 from safehub._audit._verdict import EXIT_CODES, decide, worst
@@ -90,9 +91,11 @@ def test_classify_global():
 # --- red team: hostile pickles ---------------------------------------------------------
 
 
-def test_deeply_nested_pickle_is_walked_without_recursion(tmp_path):
-    # 200k nested lists: pickle.dumps itself would recurse, so write the opcodes by hand.
-    depth = 200_000
+def test_deeply_nested_pickle_is_walked_without_recursion(tmp_path, monkeypatch):
+    # Nested lists past the stack bound (lowered here to keep the test fast): pickle.dumps
+    # itself would recurse, so the opcodes are written by hand.
+    monkeypatch.setattr(_pickles, "MAX_STACK", 2_000)
+    depth = 50_000
     data = b"\x80\x02" + b"]" * depth + b"c" + b"os\nsystem\n" + b"a" * depth + b"."
     (tmp_path / "deep.pkl").write_bytes(data)
     entry = scan_pickle_file(tmp_path / "deep.pkl", "deep.pkl")
@@ -100,8 +103,9 @@ def test_deeply_nested_pickle_is_walked_without_recursion(tmp_path):
     assert entry["truncated"] == ["stack"] and entry["unreadable"] is None
 
 
-def test_huge_memo_is_bounded_and_reported(tmp_path):
-    n = MAX_MEMO + 50
+def test_huge_memo_is_bounded_and_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(_pickles, "MAX_MEMO", 1_000)  # the real bound is 100k; the logic is the same
+    n = 1_000 + 50
     body = b"".join(b"X\x01\x00\x00\x00a" + b"r" + i.to_bytes(4, "little") + b"0" for i in range(n))
     data = b"\x80\x04" + body + b"\x8c\x02os\x8c\x06system\x93N."
     (tmp_path / "memo.pkl").write_bytes(data)
