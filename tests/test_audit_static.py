@@ -297,3 +297,22 @@ def test_github_repo_identity_is_pinned(tmp_path, monkeypatch):
     assert len(ident["archive_sha256"]) == 64 and ident["archive_bytes"] > 0
     assert ident["files"] == 1 and r["verdict"] == "findings"
     assert not (hub / "trusted_list.json").exists()
+
+
+def test_report_doc_names_every_category_kind_and_exit_code():
+    """docs/audit-report.md stays in step with the code it documents."""
+    import re
+
+    from safehub._audit import _static, _verdict
+    from safehub._contract import AUDIT_KINDS
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "audit-report.md").read_text(encoding="utf-8")
+    static_src = Path(_static.__file__).read_text() + Path(_verdict.__file__).read_text()
+    categories = set(re.findall(r'"category": "([a-z_]+)"', static_src)) | {c for c, _s, _w in _static._CALLS.values()}
+    categories |= set(re.findall(r'_finding\(name, e, "([a-z_]+)"', static_src))
+    categories |= {"pickle_global", "pickle_unread", "symlink", "write_outside", "url", "unparsable", "telemetry"}
+    missing = sorted(c for c in categories if f"`{c}`" not in doc)
+    assert not missing, missing
+    assert not [k for k in AUDIT_KINDS if k not in ("dropped", "summary") and f"| `{k}` |" not in doc]
+    for verdict, code in EXIT_CODES.items():
+        assert f"| {code} | `{verdict}` |" in doc
