@@ -241,6 +241,17 @@ def _on_connect(r: _Recorder, event: str, args: Tuple[Any, ...]) -> None:
     r.record("connect", op=_CONNECT_EVENTS[event], address=_text(address))
 
 
+_INET = {2: "AF_INET", 10: "AF_INET6"}
+
+
+def _on_socket(r: _Recorder, event: str, args: Tuple[Any, ...]) -> None:
+    """socket.__new__(self, family, type, proto): only internet sockets are network
+    intent (socketpair/AF_UNIX are how multiprocessing talks to itself)."""
+    family = args[1] if len(args) > 1 else None
+    if isinstance(family, int) and int.__int__(family) in _INET:
+        r.record("connect", op="socket", address=_INET[int.__int__(family)])
+
+
 def _on_dns(r: _Recorder, event: str, args: Tuple[Any, ...]) -> None:
     r.record("dns", host=_text(args[0] if args else ""))
 
@@ -300,6 +311,7 @@ _HANDLERS: Dict[str, _Handler] = {
     "sys.addaudithook": _on_hook,
     "urllib.Request": _on_http,
     "http.client.connect": _on_http,
+    "socket.__new__": _on_socket,
     **{name: _on_fs for name in _FS_EVENTS},
     **{name: _on_subprocess for name in _SUBPROCESS_EVENTS},
     **{name: _on_signal for name in _SIGNAL_EVENTS},
@@ -320,6 +332,7 @@ def _wrap_refusals(r: _Recorder) -> None:
     real_os_open = os.open
     real_connect = socket.socket.connect
     real_connect_ex = socket.socket.connect_ex
+    real_socket_init = socket.socket.__init__
     real_popen_init = subprocess.Popen.__init__
 
     def open(file: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: A001 - stands in for builtins.open
@@ -349,6 +362,14 @@ def _wrap_refusals(r: _Recorder) -> None:
             r.refused("connect", address, OSError(code, os.strerror(code)))
         return code
 
+    def socket_init(self: socket.socket, *args: Any, **kwargs: Any) -> None:
+        try:
+            real_socket_init(self, *args, **kwargs)
+        except OSError as exc:
+            family = int.__int__(args[0]) if args and isinstance(args[0], int) else 2  # socket()'s default
+            r.refused("socket", _INET.get(family, str(family)), exc)
+            raise
+
     def popen_init(self: Any, args: Any, *rest: Any, **kwargs: Any) -> None:
         try:
             real_popen_init(self, args, *rest, **kwargs)
@@ -362,6 +383,7 @@ def _wrap_refusals(r: _Recorder) -> None:
     setattr(os, "open", os_open)
     setattr(socket.socket, "connect", connect)
     setattr(socket.socket, "connect_ex", connect_ex)
+    setattr(socket.socket, "__init__", socket_init)
     setattr(subprocess.Popen, "__init__", popen_init)
 
 

@@ -132,7 +132,7 @@ AUDIT_PHASES = ("hubconf", "entrypoint", "export")
 AUDIT_KINDS = (
     "open",  # a file opened (path, mode: "r" | "w"), outside the interpreter's own library folders
     "fs",  # a change to the file system: remove, rename, mkdir, chmod, link... (op, path)
-    "connect",  # a socket connect / bind / sendto (op, address)
+    "connect",  # a socket connect / bind / sendto, or (op "socket") an internet socket created (op, address)
     "dns",  # a name lookup (host)
     "http",  # urllib / http.client request (url)
     "subprocess",  # Popen, os.system, os.exec*, os.spawn*, os.posix_spawn, fork (op, target)

@@ -78,6 +78,8 @@ def test_hook_records_what_repo_code_tries(tmp_path):
             pass
         subprocess.run(["/bin/true"])
         os.system("true")
+        for sock in socket.socketpair():
+            sock.close()
         sys.path.insert(0, {str(tmp_path / "lib")!r})
         import thirdparty_mod
         sys.path.remove({str(tmp_path / "lib")!r})
@@ -93,6 +95,9 @@ def test_hook_records_what_repo_code_tries(tmp_path):
     assert {"kind": "fs", "phase": "entrypoint", "op": "remove", "path": str(tmp_path / "w.txt")} in t["events"]
     assert {"kind": "open", "phase": "entrypoint", "path": str(tmp_path / "repo" / "relative.txt"), "mode": "w"} in t["events"]
     assert {"kind": "connect", "phase": "entrypoint", "op": "connect", "address": "127.0.0.1 9"} in t["events"]
+    assert {"kind": "connect", "phase": "entrypoint", "op": "socket", "address": "AF_INET"} in t["events"]
+    assert [e for e in kinds(t, "connect") if e["op"] == "socket"] == [  # socketpair (AF_UNIX) is not listed
+        {"kind": "connect", "phase": "entrypoint", "op": "socket", "address": "AF_INET"}]
     assert {"kind": "dns", "phase": "entrypoint", "host": "example.invalid"} in t["events"]
     assert [(e["op"], e["target"]) for e in kinds(t, "subprocess")] == [("popen", "/bin/true"), ("system", "true")]
     assert [e["module"] for e in kinds(t, "import")] == ["thirdparty_mod"]
