@@ -91,6 +91,8 @@ def format_text(report: dict[str, Any]) -> str:
         for f in top:
             lines.append(f"    {f['severity'].upper():6} {f['category']:<15} {show(f['where'], 80)}  "
                          f"{show(f['what'], 80)}: {show(f['detail'], 120)}")
+    if dynamic.get("not_run"):
+        lines.append(f"  not run: {', '.join(show(n, 60) for n in dynamic['not_run'])}")
     if dynamic["ran"]:
         lines.append("  note: the dynamic part is telemetry, not a security boundary (the sandbox is the boundary)")
     return "\n".join(lines)
@@ -153,6 +155,9 @@ def format_markdown(report: dict[str, Any]) -> str:
     out += ["", "## Dynamic part", "", f"> {dynamic['note']}", ""]
     if not dynamic["ran"]:
         out.append("Not run (static only).")
+    if dynamic.get("not_run"):
+        out += ["Not run (a static reading cannot confirm them as entrypoints, or safehub.load refuses the name): "
+                + ", ".join(md(n, 80) for n in dynamic["not_run"]) + ".", ""]
     for e in dynamic["entrypoints"]:
         res = e["resources"]
         out += [f"### `{md(e['name'], 80)}`: {e['status']}", ""]
