@@ -37,7 +37,11 @@ class _Observer:
 
     def __call__(self, out_dir: Path, sandbox: Any) -> None:
         self.job_roots.append(str(Path(out_dir).parent))
-        got = read_audit_events(out_dir)
+        try:
+            got = read_audit_events(out_dir)
+        except (OSError, ValueError) as exc:  # a folder the run left in a state nothing can read
+            got = empty_telemetry()
+            got["unreadable"] = f"{type(exc).__name__}: {exc}"[:200]
         merged = self.telemetry
         keys = {_key(e) for e in merged["events"]}
         for event in got["events"]:
