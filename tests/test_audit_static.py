@@ -316,3 +316,17 @@ def test_report_doc_names_every_category_kind_and_exit_code():
     assert not [k for k in AUDIT_KINDS if k not in ("dropped", "summary") and f"| `{k}` |" not in doc]
     for verdict, code in EXIT_CODES.items():
         assert f"| {code} | `{verdict}` |" in doc
+
+
+def test_zip_of_many_pickles_is_bounded_in_total(tmp_path, monkeypatch):
+    import zipfile
+
+    monkeypatch.setattr(_pickles, "MAX_ZIP_PICKLE_BYTES", 3000)
+    path = tmp_path / "bomb.pt"
+    member = b"\x80\x02" + b"N0" * 1000 + b"cos\nsystem\n."
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for i in range(50):
+            zf.writestr(f"archive{i}/data.pkl", member)
+    entry = scan_pickle_file(path, "bomb.pt")
+    assert entry["format"] == "torch-zip" and "bytes" in entry["truncated"]
+    assert entry["pickles"] == 2  # the third member is past the total budget

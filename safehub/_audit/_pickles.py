@@ -37,6 +37,7 @@ MAX_MEMO = 100_000
 MAX_GLOBALS = 500
 MAX_PICKLES_PER_STREAM = 5
 MAX_ZIP_MEMBERS = 10_000
+MAX_ZIP_PICKLE_BYTES = 256 * 1024 * 1024  # all the pickles of one zip together (a zip bomb of many members)
 
 _MARK = object()
 _STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING",
@@ -198,9 +199,14 @@ def scan_pickle_file(path: Path, rel: str) -> dict[str, Any]:
             with zipfile.ZipFile(path) as zf:
                 members = [i for i in zf.infolist()[:MAX_ZIP_MEMBERS] if i.filename.endswith(("/data.pkl", "data.pkl"))
                            or i.filename.endswith(".pkl")]
+                budget = MAX_ZIP_PICKLE_BYTES
                 for info in members:
+                    if budget <= 0:
+                        walk.truncated.append("bytes")
+                        break
                     with zf.open(info) as member:
-                        data, cut = _read_bounded(member, MAX_PICKLE_BYTES)
+                        data, cut = _read_bounded(member, min(MAX_PICKLE_BYTES, budget))
+                    budget -= len(data)
                     if cut:
                         walk.truncated.append("bytes")
                     entry["pickles"] += 1
