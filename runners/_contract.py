@@ -55,6 +55,15 @@ __all__ = [
     "RunnerError",
     "RunnerWarning",
     "Result",
+    "AUDIT_FILE",
+    "AUDIT_KINDS",
+    "AUDIT_FIELDS",
+    "AUDIT_PHASES",
+    "MAX_AUDIT_EVENTS",
+    "MAX_AUDIT_STRING",
+    "MAX_AUDIT_LINE_BYTES",
+    "MAX_AUDIT_FILE_BYTES",
+    "AuditEvent",
 ]
 
 # --- protocol and files ------------------------------------------------------
@@ -111,6 +120,73 @@ MAX_WARNING_CHARS = 2000  # of one warning's message
 # host keeps only these names, and only finite numbers in [0, MAX_TIMING_S).
 RUNNER_TIMINGS = ("import_torch", "hubconf", "entrypoint", "export")
 MAX_TIMING_S = 1e6
+
+# --- audit telemetry (request "audit": true; safehub audit) ----------------------
+# The runner's audit hook (runners/_audit_hook.py) appends one JSON object per line to
+# out/AUDIT_FILE: the first occurrence of each distinct event, then a closing
+# {"kind": "summary", ...} line with counts when the run ends normally. Telemetry,
+# not a boundary: repo code can write to that file too, so the host reads it as
+# hostile input (safehub/_audit/_events.py): these bounds, these kinds, these fields.
+AUDIT_FILE = "audit.jsonl"
+AUDIT_PHASES = ("hubconf", "entrypoint", "export")
+AUDIT_KINDS = (
+    "open",  # a file opened (path, mode: "r" | "w"), outside the interpreter's own library folders
+    "fs",  # a change to the file system: remove, rename, mkdir, chmod, link... (op, path)
+    "connect",  # a socket connect / bind / sendto, or (op "socket") an internet socket created (op, address)
+    "dns",  # a name lookup (host)
+    "http",  # urllib / http.client request (url)
+    "subprocess",  # Popen, os.system, os.exec*, os.spawn*, os.posix_spawn, fork (op, target)
+    "import",  # a non-stdlib module imported for the first time (module)
+    "ctypes",  # a shared library loaded through ctypes (name)
+    "sys_path",  # sys.path gained (op "add") or lost (op "remove") an entry (path)
+    "hook",  # another audit hook was added (sys.addaudithook): tampering with telemetry
+    "signal",  # os.kill and friends (op, target)
+    "refused",  # an operation that raised EACCES/EPERM/ENOSYS/EROFS/ENOENT (op, target, errno)
+    "dropped",  # the runner hit MAX_AUDIT_EVENTS: how many events were not recorded (count)
+    "summary",  # closing line: counts per kind (counts), total events seen (total)
+)
+# The fields each kind may carry besides "kind" and "phase"; strings unless named in the comment above.
+AUDIT_FIELDS = {
+    "open": ("path", "mode"),
+    "fs": ("op", "path"),
+    "connect": ("op", "address"),
+    "dns": ("host",),
+    "http": ("url",),
+    "subprocess": ("op", "target"),
+    "import": ("module",),
+    "ctypes": ("name",),
+    "sys_path": ("op", "path"),
+    "hook": ("op",),
+    "signal": ("op", "target"),
+    "refused": ("op", "target", "errno"),
+    "dropped": ("count",),
+    "summary": ("counts", "total"),
+}
+MAX_AUDIT_EVENTS = 1000  # distinct events recorded per run (more are counted, not listed)
+MAX_AUDIT_STRING = 512  # characters of one recorded string (longer ones are cut, marked with "...")
+MAX_AUDIT_LINE_BYTES = 4096  # of one line of AUDIT_FILE; the host skips longer lines
+MAX_AUDIT_FILE_BYTES = 2 * 1024 * 1024  # the host reads no more of AUDIT_FILE than this
+
+
+class AuditEvent(TypedDict, total=False):
+    """One line of out/AUDIT_FILE (hostile to the host)."""
+
+    kind: str  # one of AUDIT_KINDS
+    phase: str  # one of AUDIT_PHASES
+    path: str
+    mode: str
+    op: str
+    address: str
+    host: str
+    url: str
+    target: str
+    module: str
+    name: str
+    errno: str
+    count: int
+    counts: Dict[str, int]
+    total: int
+
 
 # --- what the host will accept, pre-checked in the sandbox --------------------
 
@@ -174,6 +250,7 @@ class Request(TypedDict, total=False):
     checkpoint: str  # action "convert"
     weights_only: bool  # action "convert"
     deferred: DeferredCall  # action "export"
+    audit: bool  # action "load": record what repo code does (runners/_audit_hook.py) into out/AUDIT_FILE
 
 
 class RunnerError(TypedDict):

@@ -48,6 +48,18 @@ MAX_TRACEBACK = 16_000
 
 # Warnings raised while repo code ran (see _collect_warnings), reported in result.json.
 _WARNINGS: list[RunnerWarning] = []
+# The audit telemetry module (_audit_hook) when the request asked for it, else None.
+_AUDIT = None
+
+
+def _audit_phase(phase: str) -> None:
+    if _AUDIT is not None:
+        _AUDIT.set_phase(phase)
+
+
+def _audit_exception(exc: BaseException) -> None:
+    if _AUDIT is not None:
+        _AUDIT.note_exception(exc)
 
 
 def _warning_category(cls: type) -> str:
@@ -238,10 +250,17 @@ def run(job_dir: str) -> Result:
     lap("import_torch")
     repo_dir = request["repo_dir"]
     assert repo_dir is not None, "the host sends repo_dir for list and load"
+    if request.get("audit") and action == "load":
+        global _AUDIT
+        import _audit_hook  # the hook goes in before any repo code runs
+
+        _audit_hook.start(out_dir, repo_dir, job_dir)
+        _AUDIT = _audit_hook
     try:
         with _collect_warnings():
             hub = _import_hubconf(repo_dir)
     except BaseException as exc:  # noqa: BLE001 - everything is reported, nothing escapes
+        _audit_exception(exc)
         return _downloads.check() or _error("hubconf", exc)
 
     if action == "list":
@@ -255,16 +274,20 @@ def run(job_dir: str) -> Result:
     entry = getattr(hub, name, None)
     if entry is None or name.startswith("_") or not callable(entry):
         return _error("entrypoint_missing", RuntimeError(f"Cannot find callable {name} in hubconf"))
+    _audit_phase("entrypoint")
     try:
-        args, kwargs = _read_args(in_dir)
+        with _AUDIT.runner_only() if _AUDIT is not None else contextlib.nullcontext():
+            args, kwargs = _read_args(in_dir)
         with _collect_warnings():
             obj = entry(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001
+        _audit_exception(exc)
         return _downloads.check() or _error("entrypoint", exc)
     swallowed = _downloads.check()
     if swallowed:  # the repo swallowed the NeedsDownload: never export without its weights
         return swallowed
     lap("entrypoint")
+    _audit_phase("export")
 
     try:
         import _export  # imported late: it imports torch
@@ -304,6 +327,8 @@ def main(argv: list[str]) -> int:
         return 2
     job_dir = argv[1]
     result = run(job_dir)
+    if _AUDIT is not None:
+        _AUDIT.finish()  # the closing counts; the runner's own result writing is not recorded
     result["protocol"] = PROTOCOL
     if _WARNINGS:
         result["warnings"] = list(_WARNINGS)

@@ -105,11 +105,12 @@ def _run(
     timings: dict[str, float] | None = None,
     guard: LoadGuard | None = None,
     python_env: PythonEnv | None = None,
+    observe: Any = None,
 ) -> tuple[Job, PythonEnv]:
     """Run ``job`` in the repo's env and sandbox, fetching on the host whatever
     files the entrypoint asks for (at most MAX_DOWNLOAD_ROUNDS times). ``budget`` is
     one deadline and one disk budget for the sandbox runs and the downloads between
-    them; the caller discards it on failure."""
+    them; the caller discards it on failure. ``observe``: see ``run_job`` (every round)."""
     from ._guard import LoadGuard
     from ._jobs import run_job
     from ._sandbox import get_backend
@@ -128,7 +129,7 @@ def _run(
         what = f"{job.entrypoint} (the entrypoint, then its export)" if job.action == "load" else f"a {job.action} job"
         status("running %s in the %s sandbox", what, backend.name, verbose=verbose)
         started = time.monotonic()
-        done = run_job(this_round, python_env=python_env, backend=backend, hub_dir=hub_dir)
+        done = run_job(this_round, python_env=python_env, backend=backend, hub_dir=hub_dir, observe=observe)
         elapsed = time.monotonic() - started
         timings["sandbox"] = timings.get("sandbox", 0.0) + elapsed
         status("sandbox run finished in %.1f s", elapsed, verbose=verbose)

@@ -298,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ._policy_cli import add_policy_commands  # policy show|check, lock
 
     add_policy_commands(sub, _repo_args)
+
+    from ._audit._cli import add_audit_commands  # audit
+
+    add_audit_commands(sub)
     return parser
 
 

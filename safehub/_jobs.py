@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ class JobRequest:
     args_pickle: bytes | None = None
     in_files: Mapping[str, Path] = field(default_factory=dict)
     deferred: Mapping[str, Any] | None = None
+    # "load" for ``safehub audit``: the runner records what repo code does (out/audit.jsonl).
+    audit: bool = False
 
 
 @dataclass
@@ -132,12 +135,23 @@ def _request_json(job: JobRequest) -> Request:
         request["weights_only"] = job.weights_only
     if job.deferred is not None:
         request["deferred"] = dict(job.deferred)  # type: ignore[typeddict-item]
+    if job.audit:
+        request["audit"] = True
     return request
 
 
-def run_job(job: JobRequest, *, python_env: PythonEnv, backend: SandboxBackend, hub_dir: Path) -> Job:
+Observer = Callable[[Path, SandboxResult], None]
+
+
+def run_job(
+    job: JobRequest, *, python_env: PythonEnv, backend: SandboxBackend, hub_dir: Path, observe: Observer | None = None,
+) -> Job:
     """Run ``job`` with ``python_env``'s interpreter in ``backend``, under ``hub_dir``/jobs,
     and return it with its validated ``result.json``.
+
+    ``observe(out_dir, sandbox_result)`` is called once the sandbox has ended and before
+    anything is judged (so also for a run that failed or hit a limit, before its folder
+    goes): ``safehub audit`` reads its telemetry there. It must treat out/ as hostile.
 
     Raises a typed error if the runner failed, was killed, or reported an error.
     The caller must ``cleanup()`` the returned job (it is a context manager).
@@ -199,6 +213,8 @@ def run_job(job: JobRequest, *, python_env: PythonEnv, backend: SandboxBackend, 
         _share_read_only(root / "in")
         logger.debug("running %s job for %s in the %s sandbox", job.action, job.repo_dir, backend.name)
         sandbox_result = backend.run(sandbox_request)
+        if observe is not None:
+            observe(root / "out", sandbox_result)
         _raise_for_sandbox(sandbox_result)
         result = read_result(root / "out")
         if not needs_download_urls(result):  # the retry's run reports them, once

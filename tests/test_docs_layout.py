@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BASES = ["", "safehub", "runners", "docs", "safehub/_channel", "safehub/_sandbox", "safehub/_fetch", "safehub/_env"]
+BASES = ["", "safehub", "runners", "docs", "safehub/_channel", "safehub/_sandbox", "safehub/_fetch", "safehub/_env",
+         "safehub/_audit"]
 # Names of things inside a job or a hub repo, not of this tree.
 NOT_OURS = {"hubconf.py", "in/", "out/"}
 _PATHLIKE = re.compile(r"`([A-Za-z0-9_./-]+(?:\.py|\.md|\.sh|/))`")

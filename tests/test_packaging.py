@@ -53,6 +53,10 @@ def test_the_wheel_ships_the_runner_and_the_demo(installed: tuple[Path, Path]) -
     out = _run([str(py), "-c", code], cwd=work, env=_env(work)).stdout.split()
     site = str(py.parent.parent)
     assert all(line.startswith(site) for line in out), f"not everything came from the installed wheel: {out}"
+    # safehub audit: its package and the runner's audit hook are in the wheel too
+    code = "import safehub._audit._cli as c, safehub._jobs as j; print(c.__file__); print(j.runner_dir() / '_audit_hook.py')"
+    audit_cli, hook = _run([str(py), "-c", code], cwd=work, env=_env(work)).stdout.split()
+    assert audit_cli.startswith(site) and Path(hook).is_file(), (audit_cli, hook)
 
 
 def test_doctor_from_the_wheel(installed: tuple[Path, Path]) -> None:

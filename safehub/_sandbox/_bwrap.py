@@ -233,6 +233,7 @@ class BwrapBackend(SandboxBackend):
                 **self.describe(),
                 "peak_pids": watchdog.peak_pids,
                 "peak_rss": watchdog.peak_rss,
+                "peak_cpu_s": round(watchdog.peak_cpu_s, 3),
                 "stray_processes_killed": strays,
             },
         )

@@ -128,5 +128,6 @@ def run_supervised(
         limits=request.limits,
         killed_by=killed_by,
         wall_s=time.monotonic() - start,
-        details={**details, "peak_pids": watchdog.peak_pids, "peak_rss": watchdog.peak_rss},
+        details={**details, "peak_pids": watchdog.peak_pids, "peak_rss": watchdog.peak_rss,
+                 "peak_cpu_s": round(watchdog.peak_cpu_s, 3)},
     )
