@@ -246,7 +246,7 @@ def test_human_views_escape_repo_names(tmp_path):
 
 def test_cli_writes_markdown_and_exits_with_the_verdict(tmp_path, capsys):
     out = tmp_path / "report.md"
-    assert main(["audit", str(AUDIT / "static_findings"), "--static-only", "--format", "md", "--out", str(out)]) == 11
+    assert main(["audit", str(AUDIT / "static_findings"), "--static-only", "--format", "md", "--out", str(out)]) == 20
     stdout = capsys.readouterr().out
     assert "FINDINGS (exit 20)" in stdout and f"report written to {out}" in stdout
     text = out.read_text()
