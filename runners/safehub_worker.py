@@ -29,7 +29,9 @@ One job at a time. Per job the worker:
      may signal (the worker is the pid namespace's subreaper, so double-forked
      leftovers are its children), reaps them, sweeps again, and answers
      ``{"exit": status}``.
-It exits after ``idle_s`` seconds without a job.
+It exits after ``idle_s`` seconds without a job, or once the host has removed
+its jobs folder. The exporter is warmed up (a small model exported once) while
+no job is waiting, so the first job never waits for it.
 """
 
 from __future__ import annotations
@@ -204,12 +206,40 @@ def _wait(pid: int, conn: socket.socket, timeout_s: float) -> int:
     return status
 
 
-def _serve(listener: socket.socket, jobs_dir: str, idle_s: float, runner) -> None:
-    listener.settimeout(idle_s)
+def _gone(jobs_dir: str) -> bool:
+    """The host removed this worker's folder (its cache, or a test's): no host can
+    reach this worker any more."""
+    try:
+        return os.stat(jobs_dir).st_nlink == 0
+    except OSError:
+        return True
+
+
+def _accept(listener: socket.socket, jobs_dir: str, idle_s: float, warmed: bool) -> tuple[socket.socket | None, bool]:
+    """The next connection, or None once idle for ``idle_s``. The exporter is warmed
+    up while no job waits (the first job never waits for it)."""
+    deadline = time.monotonic() + idle_s
     while True:
+        if not warmed and not select.select([listener], [], [], 0)[0]:
+            _warm_up()
+            warmed = True
+            continue
+        left = deadline - time.monotonic()
+        if left <= 0 or _gone(jobs_dir):
+            return None, warmed
+        listener.settimeout(min(left, 5.0))
         try:
             conn, _ = listener.accept()
         except socket.timeout:
+            continue
+        return conn, warmed
+
+
+def _serve(listener: socket.socket, jobs_dir: str, idle_s: float, runner) -> None:
+    warmed = False
+    while True:
+        conn, warmed = _accept(listener, jobs_dir, idle_s, warmed)
+        if conn is None:
             return
         with conn:
             try:
@@ -247,16 +277,15 @@ def _serve(listener: socket.socket, jobs_dir: str, idle_s: float, runner) -> Non
                 conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
             except OSError:
                 pass
-        listener.settimeout(idle_s)
 
 
 def _warm_up() -> None:
-    """Import torch and run the exporter once on a small model, single-threaded
-    (no thread pool may exist at fork); its output goes to /tmp and is swept."""
+    """Run the exporter once on a small model (the first trace and export in a
+    process pay for lazy imports and caches), single-threaded; its output goes to
+    /tmp and is swept before the next job."""
     import torch
     from torch import nn
 
-    torch.set_num_threads(1)
     import _export
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2)).eval()
@@ -282,9 +311,15 @@ def main(argv: list[str]) -> int:
     _prctl(PR_SET_DUMPABLE, 0)  # jobs (same uid) may not open our /proc/<pid>/mem
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     listener = socket.socket(fileno=listen_fd)
-    import safehub_runner  # the child runs it; imported here so it is warm
+    import torch
 
-    _warm_up()  # its files in /tmp go with the sweep before the first job
+    # No thread pool may exist at fork: a libgomp pool the worker used hangs the
+    # child's first parallel op. One thread here; the child sets its own count.
+    torch.set_num_threads(1)
+    import _downloads  # noqa: F401  (what every job imports, imported once here)
+    import _export  # noqa: F401
+    import safehub_runner
+
     _serve(listener, jobs_dir, idle_s, safehub_runner)
     return 0
 

@@ -318,7 +318,8 @@ def _run_locked(wdir: Path, *, limits: Limits, python_env: PythonEnv, repo_dir: 
             for dirpath, dirnames, filenames in os.walk(root):
                 for name in (dirpath, *(os.path.join(dirpath, n) for n in (*dirnames, *filenames))):
                     os.chown(name, state.uid, state.uid, follow_symlinks=False)
-        message = {"job": str(root), "env": environment(root), "timeout_s": limits.timeout_s,
+        # The worker's own deadline is a backstop for a host that died: later than ours.
+        message = {"job": str(root), "env": environment(root), "timeout_s": limits.timeout_s + 10,
                    "threads": min(4, os.cpu_count() or 1)}
         buf = bytearray()
         try:
