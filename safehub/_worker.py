@@ -184,7 +184,8 @@ def _start(wdir: Path, jobs: Path, *, python_env: PythonEnv, repo_dir: Path, bac
     try:
         old = os.umask(0o177)
         try:
-            listener.bind(str(sock_path))
+            with _Address(sock_path) as address:
+                listener.bind(address)
         finally:
             os.umask(old)
         listener.listen(8)
@@ -279,29 +280,40 @@ def run_in_worker(
         os.close(lock)  # releases the lock
 
 
+def _ready(wdir: Path, jobs: Path, *, python_env: PythonEnv, repo_dir: Path, backend: SandboxBackend,
+           tmpfs_bytes: int, env: dict[str, str]) -> tuple[_State, socket.socket, bool] | None:
+    """The live worker and a connection to it (started now if none ran): (state,
+    connection, whether it was started now), or None."""
+    state = _load_state(wdir)
+    if state is not None:
+        conn = _connect(wdir / "sock")
+        if conn is not None:
+            return state, conn, False
+    _kill(wdir, state)
+    state = _start(wdir, jobs, python_env=python_env, repo_dir=repo_dir, backend=backend,
+                   tmpfs_bytes=tmpfs_bytes, env=env)
+    conn = _connect(wdir / "sock")
+    if conn is None:
+        _kill(wdir, state)
+        return None
+    return state, conn, True
+
+
 def _run_locked(wdir: Path, *, limits: Limits, python_env: PythonEnv, repo_dir: Path, backend: SandboxBackend,
                 layout: Callable[[Path, dict[str, object]], None],
                 environment: Callable[[Path], dict[str, str]]) -> tuple[Path, SandboxResult] | None:
     import psutil
 
     jobs = wdir / "jobs"
-    state = _load_state(wdir)
-    fresh = state is None
-    conn = None
-    if state is not None:
-        conn = _connect(wdir / "sock")
-        if conn is None:
-            _kill(wdir, state)
-            state, fresh = None, True
-    if state is None:
-        _kill(wdir, None)
-        state = _start(wdir, jobs, python_env=python_env, repo_dir=repo_dir, backend=backend,
+    try:
+        ready = _ready(wdir, jobs, python_env=python_env, repo_dir=repo_dir, backend=backend,
                        tmpfs_bytes=limits.tmpfs_bytes, env=environment(Path("/tmp")))
-        conn = _connect(wdir / "sock")
-        if conn is None:
-            _kill(wdir, state)
-            return None
-    assert conn is not None
+    except Exception as exc:  # noqa: BLE001 - nothing ran yet: the job runs cold, as without a worker
+        logger.warning("could not start a warm worker (%s); running the job in a fresh sandbox", exc)
+        return None
+    if ready is None:
+        return None
+    state, conn, fresh = ready
     root = jobs / f"job-{secrets.token_hex(8)}"
     started = time.monotonic()
     try:
@@ -378,10 +390,30 @@ def _run_locked(wdir: Path, *, limits: Limits, python_env: PythonEnv, repo_dir: 
         conn.close()
 
 
+class _Address:
+    """A socket path short enough for AF_UNIX (108 bytes): a deep SAFEHUB_HOME is
+    reached through ``/proc/self/fd/N/`` of the folder, opened for the call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.fd = path, -1
+
+    def __enter__(self) -> str:
+        if len(os.fsencode(str(self.path))) < 100:
+            return str(self.path)
+        self.fd = os.open(self.path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        return f"/proc/self/fd/{self.fd}/{self.path.name}"
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 def _connect(path: Path) -> socket.socket | None:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        conn.connect(str(path))
+        with _Address(path) as address:
+            conn.connect(address)
     except OSError:
         conn.close()
         return None
