@@ -154,7 +154,8 @@ def _child(job: str, message: dict, runner) -> None:
 
         torch.set_num_threads(max(1, int(message.get("threads") or 1)))
         _landlock_own_domain()
-        runner.main(["safehub_runner.py", job])  # applies request.json's confine (close_fds, rlimits) first
+        sys.argv = [os.path.join(_HERE, "safehub_runner.py"), job]  # what a cold run's repo code sees
+        runner.main(sys.argv)  # applies request.json's confine (close_fds, rlimits) first
     except BaseException as exc:  # noqa: BLE001 - the host reads the status and this line
         try:
             os.write(2, f"safehub worker child: {type(exc).__name__}: {exc}\n".encode()[:4000])
