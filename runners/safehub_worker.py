@@ -100,9 +100,10 @@ def _sweep(jobs_dir: str, keep: str | None) -> None:
         _empty(folder)
 
 
-def _kill_strays() -> None:
+def _kill_strays() -> bool:
     """SIGKILL every process this worker may signal but itself (its pid namespace
-    holds only the job's), then reap them all: as the subreaper, orphans are ours."""
+    holds only the job's), then reap them all: as the subreaper, orphans are ours.
+    False if some would not go (the worker then stops serving)."""
     try:
         os.kill(-1, signal.SIGKILL)
     except OSError:
@@ -112,9 +113,10 @@ def _kill_strays() -> None:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return True
         if pid == 0:
             time.sleep(0.005)
+    return False
 
 
 def _landlock_own_domain() -> None:
@@ -154,7 +156,9 @@ def _child(job: str, message: dict, runner) -> None:
 
         torch.set_num_threads(max(1, int(message.get("threads") or 1)))
         _landlock_own_domain()
-        sys.argv = [os.path.join(_HERE, "safehub_runner.py"), job]  # what a cold run's repo code sees
+        # What a cold run's repo code sees: the runner as __main__, its argv.
+        sys.modules["__main__"] = runner
+        sys.argv = [os.path.join(_HERE, "safehub_runner.py"), job]
         runner.main(sys.argv)  # applies request.json's confine (close_fds, rlimits) first
     except BaseException as exc:  # noqa: BLE001 - the host reads the status and this line
         try:
@@ -271,7 +275,8 @@ def _serve(listener: socket.socket, jobs_dir: str, idle_s: float, runner) -> Non
                     status = os.waitpid(pid, 0)[1]
                 except OSError:
                     pass
-            _kill_strays()
+            if not _kill_strays():
+                os._exit(3)  # never answer while a job's process lives: the host sees a dead worker
             _sweep(jobs_dir, keep=os.path.basename(job))
             code = os.waitstatus_to_exitcode(status) if status >= 0 else -9
             try:

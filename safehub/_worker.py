@@ -41,12 +41,14 @@ import os
 import secrets
 import signal
 import socket
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._config import env_flag
+from ._errors import SandboxError
 from ._fsutil import remove_tree
 from ._resources import runner_dir
 from ._sandbox import Limits, SandboxBackend, SandboxRequest, SandboxResult
@@ -326,10 +328,15 @@ def _run_locked(wdir: Path, *, limits: Limits, python_env: PythonEnv, repo_dir: 
         if limits.max_pids is not None:
             rlimits["NPROC"] = int(limits.max_pids) + 2  # the worker and the namespace's pid 1 count too
         layout(root, {"close_fds": True, "no_new_privs": True, "rlimits": rlimits})
-        if state.uid is not None:  # as root, the worker runs as a uid of its own
-            for dirpath, dirnames, filenames in os.walk(root):
-                for name in (dirpath, *(os.path.join(dirpath, n) for n in (*dirnames, *filenames))):
-                    os.chown(name, state.uid, state.uid, follow_symlinks=False)
+        if state.uid is not None:  # as root, the worker runs as a uid of its own: the job
+            os.chmod(root, 0o755)  # folder and in/ stay root's (not renamable), the rest is the job's
+            for sub in ("out", "home", "tmp", "log"):
+                for dirpath, dirnames, filenames in os.walk(root / sub):
+                    for name in (dirpath, *(os.path.join(dirpath, n) for n in (*dirnames, *filenames))):
+                        os.chown(name, state.uid, state.uid, follow_symlinks=False)
+        # The job may not swap its folders for links to host paths: checked once it is
+        # over (nothing of it runs any more when the worker answers).
+        identity = {p: (st.st_dev, st.st_ino) for p in (root, root / "out") for st in [os.lstat(p)]}
         # The worker's own deadline is a backstop for a host that died: later than ours.
         message = {"job": str(root), "env": environment(root), "timeout_s": limits.timeout_s + 10,
                    "threads": min(4, os.cpu_count() or 1)}
@@ -376,6 +383,12 @@ def _run_locked(wdir: Path, *, limits: Limits, python_env: PythonEnv, repo_dir: 
         killed_by = killed_by or killed_by_signal(code, limits, watchdog.peak_cpu_s)
         if killed_by is not None:
             _kill(wdir, state)
+        for path, ident in identity.items():
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) != ident:
+                _kill(wdir, state)
+                raise SandboxError(f"the job replaced its folder {path.name!r} (a link to elsewhere?); "
+                                   "nothing it wrote is read", hint="the repo is hostile or broken")
         result = SandboxResult(
             returncode=code, stdout=_tail(root / "log" / "stdout"), stderr=_tail(root / "log" / "stderr"),
             backend=backend.name, limits=limits, killed_by=killed_by, wall_s=time.monotonic() - started,

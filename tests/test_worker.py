@@ -21,7 +21,7 @@ import torch
 
 import safehub
 from safehub import Limits
-from safehub._errors import SandboxTimeoutError
+from safehub._errors import SandboxError, SandboxTimeoutError
 
 pytestmark = pytest.mark.slow
 
@@ -98,6 +98,15 @@ HUBCONF = textwrap.dedent('''
         return m
 
 
+    def swap_root():
+        """Move the job folder away and leave a link to a forged one in its place."""
+        root = _job_root()
+        os.makedirs("/tmp/forged/out")
+        os.rename(root, root + ".moved")
+        os.symlink("/tmp/forged", root)
+        return nn.Linear(1, 1)
+
+
     def sleepy():
         time.sleep(120)
         return nn.Linear(1, 1)
@@ -164,6 +173,13 @@ def test_a_job_cannot_persist_into_the_worker_nor_reach_it(repo: Path, safehub_h
         assert _worker(_load(repo, "probe", hub=hub))["used"] is False
     finally:
         del os.environ["SAFEHUB_WORKER"]
+
+
+def test_a_job_that_swaps_its_folder_for_a_link_is_refused(repo: Path) -> None:
+    """The host reads out/ only after the job is gone, and only from the folders it
+    made (same inode, not a link): a swapped folder fails the load."""
+    with pytest.raises(SandboxError, match="replaced its folder"):
+        _load(repo, "swap_root")
 
 
 def test_a_job_over_its_limit_takes_the_worker_down(repo: Path) -> None:
