@@ -20,7 +20,7 @@ from safehub._worker import _Address, _read_line, eligible, enabled, idle_second
 
 
 def _env(tmp_path: Path) -> SimpleNamespace:
-    return SimpleNamespace(python=Path(sys.executable), ro_paths=(), key="k")
+    return SimpleNamespace(python=Path(sys.executable), ro_paths=(), hidden_paths=(), key="k")
 
 
 def test_who_may_use_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
