@@ -166,6 +166,31 @@ def _cgroup() -> dict[str, Any]:
     return info
 
 
+def _worker_report(env: Mapping[str, str]) -> dict[str, Any]:
+    """The warm worker (safehub/_worker.py): on or off, the idle timeout, the
+    workers running now, and whether the last recorded load ran in one."""
+    import json
+
+    from ._config import hub_path
+    from ._sandbox import Limits
+    from ._worker import enabled, idle_seconds, running_workers
+
+    hub = hub_path(env)
+    last: Any = None
+    try:
+        with open(hub / "history.jsonl", "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 65536))
+            lines = f.read().splitlines()
+        record = json.loads(lines[-1]) if lines else {}
+        used = ((record.get("sandbox_details") or {}).get("worker") or {}).get("used")
+        last = bool(used) if used is not None else None
+    except (OSError, ValueError, AttributeError, IndexError):
+        pass
+    return {"enabled": enabled(Limits(), dict(env)), "idle_s": idle_seconds(dict(env)),
+            "running": running_workers(hub), "last_load_used_worker": last}
+
+
 def doctor_report(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Everything ``safehub doctor --json`` prints. JSON-able."""
     from ._errors import SandboxUnavailableError
@@ -186,6 +211,7 @@ def doctor_report(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "seccomp": _seccomp(env),
         "cgroup": _cgroup(),
         "requested": env.get("SAFEHUB_SANDBOX") or "auto",
+        "worker": _worker_report(env),
     }
     try:
         chosen = get_backend(env.get("SAFEHUB_SANDBOX") or "auto", env=env) if report["requested"] != "process" else None
@@ -240,6 +266,12 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"cgroup v2           {cg['v2_mount'] or 'not mounted'}; delegated with memory+pids: {yes(cg['delegated'])}"
     )
     lines.append(f"                    {cg['note']}")
+    wk = report.get("worker") or {}
+    last = {True: "yes", False: "no", None: "no load recorded"}[wk.get("last_load_used_worker")]
+    lines.append(
+        f"warm worker         {'on' if wk.get('enabled') else 'off (SAFEHUB_WORKER=0)'}; idle timeout {wk.get('idle_s', 0):g} s; "
+        f"running: {len(wk.get('running') or [])}; last load used one: {last}"
+    )
     lines.append("")
     if report.get("ok"):
         lines.append(f"sandbox='{report['requested']}' uses the {report['auto_backend']} backend.")

@@ -153,14 +153,32 @@ def run_job(
     anything is judged (so also for a run that failed or hit a limit, before its folder
     goes): ``safehub audit`` reads its telemetry there. It must treat out/ as hostile.
 
+    A job a warm worker can take (safehub/_worker.py) runs there, in a child forked
+    for it; otherwise, or when the worker cannot take it, in a fresh sandbox.
     Raises a typed error if the runner failed, was killed, or reported an error.
     The caller must ``cleanup()`` the returned job (it is a context manager).
     """
-    import cloudpickle
-
+    from . import _worker
     from ._guard import confine_job
 
     job = confine_job(job, backend)  # the organisation policy's sandbox minimum and limits, before any spawn
+    # An audited job runs cold: its resource figures are then its own, not a worker's.
+    why_not = "an audited job" if job.audit else _worker.eligible(
+        job.action, backend=backend, limits=job.limits, allow_gpu=job.allow_gpu,
+        staged_files=bool(job.downloads or job.in_files), checkpoint=job.checkpoint is not None)
+    if why_not is None and job.repo_dir is not None:
+        ran = _worker.run_in_worker(
+            limits=job.limits, python_env=python_env, repo_dir=job.repo_dir, backend=backend,
+            hub_dir=hub_dir, layout=lambda root, confine: _layout(job, root, confine=confine),
+            environment=sandbox_environment,
+        )
+        if ran is not None:
+            root, sandbox_result = ran
+            try:
+                return _finish(job, root, sandbox_result, observe=observe)
+            except BaseException:
+                remove_tree(root)
+                raise
     jobs = hub_dir / "jobs"
     if jobs not in _SWEPT:  # once per process and hub: folders of crashed loads (args, weights)
         _SWEPT.add(jobs)
@@ -170,24 +188,6 @@ def run_job(
     try:
         for sub in ("in", "out", "home", "tmp"):
             (root / sub).mkdir(mode=0o700)
-        request = _request_json(job)
-        with open(root / "in" / ARGS_FILE, "wb") as f:
-            if job.args_pickle is not None:
-                f.write(job.args_pickle)
-            else:
-                cloudpickle.dump((tuple(job.args), dict(job.kwargs)), f)
-        for name, src in job.in_files.items():
-            _stage_file(Path(src), root / "in" / name)
-        if job.example_inputs is not None:
-            with open(root / "in" / EXAMPLE_INPUTS_FILE, "wb") as f:
-                cloudpickle.dump(job.example_inputs, f)
-
-        if job.downloads:
-            from ._fetch._downloads import stage_downloads
-
-            # Files the host fetched for this entrypoint, linked into in/ (read-only there).
-            stage_downloads(job.downloads, root / "in")
-
         rdir = runner_dir()
         sandbox_request = SandboxRequest(
             argv=[str(python_env.python), "-I", "-B", str(rdir / "safehub_runner.py"), str(root)],
@@ -208,24 +208,57 @@ def run_job(
             hidden_paths=python_env.hidden_paths,
         )
         # What the runner applies to itself before repo code (rlimits, Landlock).
-        request["confine"] = backend.confine_config(sandbox_request)
-        (root / "in" / REQUEST_FILE).write_text(json.dumps(request), encoding="utf-8")
-        _share_read_only(root / "in")
+        _layout(job, root, confine=backend.confine_config(sandbox_request))
         logger.debug("running %s job for %s in the %s sandbox", job.action, job.repo_dir, backend.name)
         sandbox_result = backend.run(sandbox_request)
-        if observe is not None:
-            observe(root / "out", sandbox_result)
-        _raise_for_sandbox(sandbox_result)
-        result = read_result(root / "out")
-        if not needs_download_urls(result):  # the retry's run reports them, once
-            raise_runner_warnings(result, repo=str(job.repo_dir or job.checkpoint or "the job"))
-        raise_for_runner_error(result, entrypoint=job.entrypoint, repo=str(job.repo_dir), import_hint=missing_module_hint)
-        done = Job(root=root, result=result, sandbox=sandbox_result, owned=owned)
-        done.needs_download()  # validates the URLs now: a bad report fails here, and the folder goes
-        return done
+        sandbox_result.details.setdefault("worker", {"used": False, **({"why_not": why_not} if why_not else {})})
+        return _finish(job, root, sandbox_result, owned=owned, observe=observe)
     except BaseException:
         owned.release()
         raise
+
+
+def _layout(job: JobRequest, root: Path, *, confine: dict[str, object]) -> None:
+    """Write the job's in/ folder: request.json (with ``confine``), the pickled
+    arguments, example inputs and staged files."""
+    import cloudpickle
+
+    request = _request_json(job)
+    with open(root / "in" / ARGS_FILE, "wb") as f:
+        if job.args_pickle is not None:
+            f.write(job.args_pickle)
+        else:
+            cloudpickle.dump((tuple(job.args), dict(job.kwargs)), f)
+    for name, src in job.in_files.items():
+        _stage_file(Path(src), root / "in" / name)
+    if job.example_inputs is not None:
+        with open(root / "in" / EXAMPLE_INPUTS_FILE, "wb") as f:
+            cloudpickle.dump(job.example_inputs, f)
+
+    if job.downloads:
+        from ._fetch._downloads import stage_downloads
+
+        # Files the host fetched for this entrypoint, linked into in/ (read-only there).
+        stage_downloads(job.downloads, root / "in")
+    request["confine"] = confine
+    (root / "in" / REQUEST_FILE).write_text(json.dumps(request), encoding="utf-8")
+    _share_read_only(root / "in")
+
+
+def _finish(job: JobRequest, root: Path, sandbox_result: SandboxResult, owned: Any = None,
+            observe: Observer | None = None) -> Job:
+    """Check how the run ended and read its result.json (the caller removes
+    ``root`` on error)."""
+    if observe is not None:
+        observe(root / "out", sandbox_result)
+    _raise_for_sandbox(sandbox_result)
+    result = read_result(root / "out")
+    if not needs_download_urls(result):  # the retry's run reports them, once
+        raise_runner_warnings(result, repo=str(job.repo_dir or job.checkpoint or "the job"))
+    raise_for_runner_error(result, entrypoint=job.entrypoint, repo=str(job.repo_dir), import_hint=missing_module_hint)
+    done = Job(root=root, result=result, sandbox=sandbox_result, owned=owned)
+    done.needs_download()  # validates the URLs now: a bad report fails here, and the folder goes
+    return done
 
 
 def _stage_file(src: Path, dst: Path) -> None:

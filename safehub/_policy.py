@@ -47,10 +47,12 @@ MODES = ("declared", "scan", "requirements")
 
 
 def _limit_fields() -> dict[str, str]:
-    """``[limits]`` keys: exactly the fields of safehub.Limits ("float" for seconds, else "int")."""
+    """``[limits]`` keys: the numeric fields of safehub.Limits ("float" for seconds, else "int")."""
     from ._sandbox._limits import Limits
 
-    return {f.name: "float" if f.name.endswith("_s") else "int" for f in dataclasses.fields(Limits)}
+    # Switches (Limits.warm_worker) are not maximums: not policy keys.
+    return {f.name: "float" if f.name.endswith("_s") else "int" for f in dataclasses.fields(Limits)
+            if not isinstance(f.default, bool)}
 
 
 # section -> key -> kind. Kinds decide validation, merging and what "narrower" means:

@@ -34,6 +34,8 @@ def safehub_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # One home per session: a load cached by one test would answer another's. Tests of
     # the artifact cache turn it on for themselves (tests/test_artifact_cache*.py).
     os.environ["SAFEHUB_ARTIFACT_CACHE"] = "0"
+    # Warm workers (one per env and repo) outlive their test; let them go soon.
+    os.environ.setdefault("SAFEHUB_WORKER_IDLE_S", "20")
     yield home
     for name, value in old.items():
         if value is None:

@@ -238,6 +238,46 @@ class BwrapBackend(SandboxBackend):
             },
         )
 
+    def spawn_detached(self, request: SandboxRequest, *, pass_fds: tuple[int, ...], log_path: Path) -> tuple[int, int | None]:
+        """Start ``request`` in this sandbox without waiting for it and without tying
+        it to this process's life (the warm worker, safehub/_worker.py): no
+        ``--die-with-parent``, a session of its own, stdout and stderr to ``log_path``.
+        The caller enforces the limits. Returns (bwrap's pid, the sandbox uid or None)."""
+        import subprocess
+
+        problem = self.check()
+        if problem:
+            raise SandboxUnavailableError(f"the bwrap sandbox is unavailable: {problem}")
+        warn_if_off(self.seccomp)
+        ro, rw, scratch = normalise_request(request)
+        uid = None
+        if self.as_root:
+            from ._userns import pick_sandbox_uid
+
+            uid = pick_sandbox_uid()
+            for path in rw:
+                os.chown(path, uid, uid, follow_symlinks=False)
+        argv, fds, cleanup = self._argv(
+            list(request.argv), dict(request.env), Path(request.cwd), ro, rw, scratch,
+            uid=uid, allow_gpu=request.allow_gpu, tmpfs_bytes=request.limits.tmpfs_bytes,
+            rlimits=confine_rlimits(request.limits), die_with_parent=False,
+            hidden=normalise_hidden(request, [*map(str, ro), "/usr"]),
+        )
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(*fds, *pass_fds),
+                close_fds=True, start_new_session=True, env={},
+                preexec_fn=fresh_session_keyring(strict=not self.seccomp),
+            )
+        except subprocess.SubprocessError as exc:
+            raise SandboxUnavailableError(f"could not start the worker in a fresh session keyring: {exc}") from None
+        finally:
+            os.close(log)
+            cleanup()
+        _DETACHED.append(proc)  # reaped by subprocess when this process polls; never waited for here
+        return proc.pid, uid
+
     # -- the command line ----------------------------------------------------
 
     def _argv(
@@ -254,6 +294,7 @@ class BwrapBackend(SandboxBackend):
         tmpfs_bytes: int = 64 * 1024**2,
         rlimits: dict[str, int | list[int]] | None = None,
         hidden: list[Path] | None = None,
+        die_with_parent: bool = True,
     ) -> tuple[list[str], tuple[int, ...], Callable[[], None]]:
         fds: list[int] = []
 
@@ -277,7 +318,7 @@ class BwrapBackend(SandboxBackend):
             args += ["--unshare-user", "--disable-userns"]
         args += [
             "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup",
-            "--die-with-parent", "--new-session", "--hostname", "sandbox", "--clearenv",
+            *(["--die-with-parent"] if die_with_parent else []), "--new-session", "--hostname", "sandbox", "--clearenv",
         ]
         for key, value in env.items():
             args += ["--setenv", key, value]
@@ -355,6 +396,9 @@ class BwrapBackend(SandboxBackend):
         for fd in fds:
             os.set_inheritable(fd, True)
         return args, tuple(fds), cleanup
+
+
+_DETACHED: list[object] = []
 
 
 def _pair(value: int | list[int]) -> str:

@@ -47,6 +47,9 @@ class Limits:
     # without tmpfs, the scratch folders) and how many files it may create there.
     disk_bytes: int | None = 16 * 1024**3
     max_files: int = 100_000
+    # May a warm worker (safehub/_worker.py) run the job, in a child it forks? Off:
+    # always a fresh sandbox. SAFEHUB_WORKER=0 turns it off for every job.
+    warm_worker: bool = True
 
     def as_dict(self) -> dict[str, float | int | None]:
         return {
@@ -58,6 +61,7 @@ class Limits:
             "tmpfs_bytes": self.tmpfs_bytes,
             "disk_bytes": self.disk_bytes,
             "max_files": self.max_files,
+            "warm_worker": self.warm_worker,
         }
 
 

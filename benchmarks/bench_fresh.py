@@ -1,0 +1,132 @@
+"""A fresh process that loads a model: safehub vs torch.hub, side by side in one run.
+
+Run by hand:  python benchmarks/bench_fresh.py [--repeat 5] [--json] [--sizes 11.7M,25M]
+
+Each figure is a new ``python`` process that imports the library and loads a
+ResNet-shaped model from a local hub repo (weights in the repo as a checkpoint).
+safehub runs with its env already built (one load first) but new keyword
+arguments each time, so no artifact-cache hit can answer it. Reported per model
+size: the median wall time of torch.hub and of safehub with the warm worker on
+(the default) and off (``SAFEHUB_WORKER=0``), their ratios, and safehub's
+per-part breakdown (``LoadInfo.timings``) of the median run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_load import RESNET, make_repo  # noqa: E402  (the same model and repo as bench_load)
+
+# A tag keyword makes every safehub run a new call (no artifact-cache hit).
+HUBCONF = '''
+dependencies = ["torch"]
+import os, torch
+from resnet import resnet18 as _resnet18
+
+def resnet18(pretrained=True, width=64, tag=0):
+    """ResNet-shaped benchmark model; ``width`` scales it, ``tag`` is ignored."""
+    m = _resnet18(width)
+    if pretrained:
+        m.load_state_dict(torch.load(os.path.join(os.path.dirname(__file__), f"resnet{width}.pth"), weights_only=True))
+    return m.eval()
+'''
+
+FRESH_TORCH_HUB = ("import sys, torch; "
+                   "torch.hub.load(sys.argv[1], 'resnet18', source='local', trust_repo=True, width=int(sys.argv[2]))")
+FRESH_SAFEHUB = ("import sys, json, safehub; "
+                 "m = safehub.load(sys.argv[1], 'resnet18', source='local', verbose=False, width=int(sys.argv[2]), "
+                 "tag=int(sys.argv[3])); print(json.dumps(m.safehub_info.timings))")
+
+
+def make_sized_repo(root: Path, widths: list[int]) -> Path:
+    import torch
+
+    repo = make_repo(root)
+    (repo / "hubconf.py").write_text(textwrap.dedent(HUBCONF))
+    (repo / "resnet.py").write_text(textwrap.dedent(RESNET).replace(
+        "def __init__(self, num_classes=1000):", "def __init__(self, num_classes=1000, base=64):").replace(
+        "[64, 128, 256, 512]", "[base, base * 2, base * 4, base * 8]").replace(
+        "nn.Linear(512, num_classes)", "nn.Linear(base * 8, num_classes)").replace(
+        "def resnet18():\n    return ResNet()", "def resnet18(width=64):\n    return ResNet(base=width)"))
+    sys.path.insert(0, str(repo))
+    import resnet  # noqa: E402  (the benchmark's own model file)
+
+    params = {}
+    for width in widths:
+        torch.manual_seed(0)
+        model = resnet.resnet18(width)
+        params[width] = sum(p.numel() for p in model.parameters())
+        torch.save(model.state_dict(), repo / f"resnet{width}.pth")
+    sys.path.remove(str(repo))
+    sys.modules.pop("resnet", None)
+    return repo
+
+
+def timed_run(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(argv, env=env, check=True, capture_output=True, text=True)
+    return time.perf_counter() - start, done.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--widths", default="64,96", help="ResNet base widths (64: 11.7 M params, 96: 26 M)")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-worker-off", action="store_true", help="skip the SAFEHUB_WORKER=0 runs")
+    args = parser.parse_args()
+    widths = [int(w) for w in args.widths.split(",")]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        env = {**os.environ, "SAFEHUB_HOME": str(root / "home")}
+        repo = make_sized_repo(root, widths)
+        report: dict[str, object] = {"repeat": args.repeat}
+        tag = 0
+        for width in widths:
+            tag += 1
+            timed_run([sys.executable, "-c", FRESH_SAFEHUB, str(repo), str(width), str(tag)], env)  # builds the env
+            variants = {"torch_hub": (FRESH_TORCH_HUB, {}), "safehub": (FRESH_SAFEHUB, {})}
+            if not args.no_worker_off:
+                variants["safehub_no_worker"] = (FRESH_SAFEHUB, {"SAFEHUB_WORKER": "0"})
+            runs: dict[str, list[tuple[float, str]]] = {name: [] for name in variants}
+            for _ in range(args.repeat):
+                for name, (script, extra) in variants.items():
+                    tag += 1
+                    argv = [sys.executable, "-c", script, str(repo), str(width)]
+                    if script is FRESH_SAFEHUB:
+                        argv.append(str(tag))
+                    runs[name].append(timed_run(argv, {**env, **extra}))
+            entry: dict[str, object] = {}
+            for name, values in runs.items():
+                ordered = sorted(values)
+                median_s, stdout = ordered[len(ordered) // 2]
+                entry[f"{name}_median_s"] = round(statistics.median(v for v, _ in values), 3)
+                if name != "torch_hub":
+                    entry[f"ratio_{name}_vs_torch_hub"] = round(median_s / entry["torch_hub_median_s"], 2)  # type: ignore[operator]
+                    entry[f"{name}_parts"] = json.loads(stdout.strip().splitlines()[-1])
+            report[f"width{width}"] = entry
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for key, value in report.items():
+            if isinstance(value, dict):
+                print(key)
+                for k, v in value.items():
+                    print(f"  {k:38s} {v}")
+            else:
+                print(f"{key:40s} {value}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The warm worker (safehub/_worker.py, runners/safehub_worker.py), attacked.
+
+One repo, one worker, a handful of loads in a fixed order inside one test each
+(the worker is shared state, so the steps depend on each other on purpose):
+a job tries to persist into the worker (monkeypatching torch, module state,
+files in every writable place, a double-forked process, a thread) and to signal,
+ptrace and stop the worker; the next job reports what it can see, as weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import safehub
+from safehub import Limits
+from safehub._errors import SandboxError, SandboxTimeoutError
+
+pytestmark = pytest.mark.slow
+
+HUBCONF = textwrap.dedent('''
+    import ctypes, os, signal, sys, threading, time
+    import torch
+    from torch import nn
+
+    dependencies = []
+    FLAGS = ["torch_patched", "tmp_planted", "shm_planted", "jobs_planted", "strays", "fds", "threads",
+             "signal_worker", "ptrace_worker", "workers_dir_visible", "planted_module_state", "home_planted"]
+
+
+    def _job_root():
+        return os.path.dirname(os.getcwd())  # cwd is <job>/tmp
+
+
+    def evil(hub=""):
+        """Leave something behind for the next job, everywhere it can."""
+        torch._safehub_planted = 1
+        nn.Linear.forward = lambda self, x: x * 0
+        sys.modules["planted_module"] = type(sys)("planted_module")
+        for path in ("/tmp/planted", "/dev/shm/planted", os.path.join(os.path.dirname(_job_root()), "planted"),
+                     os.path.join(os.environ["HOME"], "planted")):
+            with open(path, "w") as f:
+                f.write("x")
+        if os.fork() == 0:  # a daemon: double fork, new session, sleep forever
+            os.setsid()
+            if os.fork() == 0:
+                while True:
+                    time.sleep(1)
+            os._exit(0)
+        threading.Thread(target=lambda: time.sleep(1000), daemon=False).start()
+        try:
+            os.kill(os.getppid(), signal.SIGSTOP)  # refused: the child's own Landlock domain
+        except OSError:
+            pass
+        return nn.Linear(2, 2)
+
+
+    def probe(hub=""):
+        """What this job can see of earlier ones, as the weights of a Linear."""
+        seen = dict.fromkeys(FLAGS, 0.0)
+        seen["torch_patched"] = float(hasattr(torch, "_safehub_planted") or nn.Linear.forward.__name__ != "forward")
+        seen["planted_module_state"] = float("planted_module" in sys.modules)
+        seen["tmp_planted"] = float(os.path.exists("/tmp/planted"))
+        seen["shm_planted"] = float(os.path.exists("/dev/shm/planted"))
+        seen["home_planted"] = float(os.path.exists(os.path.join(os.environ["HOME"], "planted")))
+        jobs = os.path.dirname(_job_root())
+        try:  # (a cold run cannot list the host's jobs folder at all)
+            seen["jobs_planted"] = float(len([n for n in os.listdir(jobs) if n != os.path.basename(_job_root())]))
+        except OSError:
+            pass
+        mine = {1, os.getpid(), os.getppid()}
+        seen["strays"] = float(len([p for p in os.listdir("/proc") if p.isdigit() and int(p) not in mine]))
+        seen["fds"] = float(len([fd for fd in os.listdir("/proc/self/fd") if int(fd) > 2]) - 1)  # minus listdir's own
+        x = torch.randn(1, 8, 32, 32)
+        torch.nn.functional.conv2d(x, torch.randn(8, 8, 3, 3))  # hangs here if a thread pool survived the fork
+        seen["threads"] = float(torch.get_num_threads())
+        try:
+            os.kill(os.getppid(), 0)
+            seen["signal_worker"] = 1.0
+        except OSError:
+            pass
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.ptrace(16, os.getppid(), None, None) == 0:  # PTRACE_ATTACH
+            seen["ptrace_worker"] = 1.0
+        wdir = os.path.dirname(jobs)  # <hub>/workers/<key>: only the jobs mount point is there
+        seen["workers_dir_visible"] = float(any(os.path.lexists(os.path.join(wdir, n))
+                                                for n in ("sock", "state.json", "lock", "worker.log")))
+        m = nn.Linear(len(FLAGS), 1, bias=False)
+        with torch.no_grad():
+            m.weight.copy_(torch.tensor([[seen[k] for k in FLAGS]]))
+        return m
+
+
+    def swap_root():
+        """Move the job folder away and leave a link to a forged one in its place."""
+        root = _job_root()
+        os.makedirs("/tmp/forged/out")
+        os.rename(root, root + ".moved")
+        os.symlink("/tmp/forged", root)
+        return nn.Linear(1, 1)
+
+
+    def sleepy():
+        time.sleep(120)
+        return nn.Linear(1, 1)
+''')
+FLAGS = ["torch_patched", "tmp_planted", "shm_planted", "jobs_planted", "strays", "fds", "threads",
+         "signal_worker", "ptrace_worker", "workers_dir_visible", "planted_module_state", "home_planted"]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("worker-repo")
+    folder.chmod(0o755)  # as root, the sandbox runs as another uid
+    (folder / "hubconf.py").write_text(HUBCONF)
+    return folder
+
+
+def _load(repo: Path, entry: str, **kwargs):
+    kwargs.setdefault("limits", Limits(timeout_s=120))  # a worker the attack stopped fails in minutes, not ten
+    return safehub.load(str(repo), entry, source="local", verbose=False, **kwargs)
+
+
+def _worker(model) -> dict:
+    return model.safehub_info.sandbox_details["worker"]
+
+
+def _landlock_abi() -> int:
+    from safehub._doctor import _landlock
+
+    return int(_landlock(os.environ)["abi"] or 0)
+
+
+def test_a_job_cannot_persist_into_the_worker_nor_reach_it(repo: Path, safehub_home: Path) -> None:
+    hub = str(safehub_home)
+    first = _load(repo, "evil", hub=hub)
+    assert _worker(first)["used"] is True
+    probe = _load(repo, "probe", hub=hub)
+    info = _worker(probe)
+    assert info["used"] is True and info["pid"] == _worker(first)["pid"], "the second job ran in the same worker"
+    seen = dict(zip(FLAGS, probe.weight.detach()[0].tolist()))
+    assert seen["threads"] == min(4, os.cpu_count() or 1)  # the child's own count; its pool works after fork
+    expected = dict.fromkeys(FLAGS, 0.0)
+    expected["threads"] = seen["threads"]
+    if _landlock_abi() < 6:  # signal scoping needs Landlock ABI 6; the worker is then only non-dumpable
+        expected["signal_worker"] = seen["signal_worker"]
+    assert seen == expected
+
+    # Someone else's job folder, sent straight to the socket: refused, nothing forked.
+    wdir = Path(hub) / "workers"
+    assert stat.S_IMODE(os.stat(wdir).st_mode) == 0o700
+    (one,) = [d for d in wdir.iterdir() if (d / "state.json").exists() and json.loads((d / "state.json").read_text())["pid"] == info["pid"]]
+    assert stat.S_IMODE(os.stat(one).st_mode) == 0o700 and stat.S_IMODE(os.lstat(one / "sock").st_mode) == 0o600
+    for forged in ("/etc", str(one / "jobs" / "job-0123456789abcdef" / ".." / ".." / ".."), str(one / "jobs" / "evil")):
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.connect(str(one / "sock"))
+            conn.sendall(json.dumps({"job": forged, "env": {}}).encode() + b"\n")
+            reply = json.loads(conn.makefile().readline())
+        assert "refused" in reply and "started" not in reply
+
+    # Turned off: a fresh sandbox, and safehub_info says so.
+    off = _load(repo, "probe", hub=hub, limits=Limits(timeout_s=120, warm_worker=False))
+    assert _worker(off)["used"] is False
+    os.environ["SAFEHUB_WORKER"] = "0"
+    try:
+        assert _worker(_load(repo, "probe", hub=hub))["used"] is False
+    finally:
+        del os.environ["SAFEHUB_WORKER"]
+
+
+def test_a_job_that_swaps_its_folder_for_a_link_is_refused(repo: Path) -> None:
+    """The host reads out/ only after the job is gone, and only from the folders it
+    made (same inode, not a link): a swapped folder fails the load."""
+    with pytest.raises(SandboxError, match="replaced its folder"):
+        _load(repo, "swap_root")
+
+
+def test_a_job_over_its_limit_takes_the_worker_down(repo: Path) -> None:
+    first = _load(repo, "probe")
+    pid = _worker(first)["pid"]
+    with pytest.raises(SandboxTimeoutError):
+        _load(repo, "sleepy", limits=Limits(timeout_s=3))
+    assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    again = _load(repo, "probe")
+    assert _worker(again)["used"] is True and _worker(again)["started_now"] is True and _worker(again)["pid"] != pid
+    assert torch.equal(again.weight, first.weight)
