@@ -221,6 +221,10 @@ def plan_dependencies(
     if scan.optional:
         logger.info("optional imports (under try/except ImportError) not installed: %s",
                     ", ".join(sorted(scan.optional)))
+    if scan.lazy:
+        logger.info("imports inside functions of the repo's library modules, not installed: %s "
+                    "(if one is needed, the load names it and the extra_dependencies= fix)",
+                    ", ".join(sorted(scan.lazy)))
     if scan.truncated:
         logger.warning("the import scan of %s stopped at a size bound; it may have missed imports", repo)
     return DependencyPlan(mode=mode, entries=tuple(entries + added), scanned=tuple(added),
