@@ -269,15 +269,15 @@ _CAUSES = [
     # (cause, type regex, message regex); first match wins. Order matters.
     ("timeout", r"Timeout|TimeoutExpired", r""),
     ("torchscript (refused by design)", r"UnsupportedReturn", r"TorchScript|ScriptModule|RecursiveScriptModule"),
-    ("nested hub load", r"", r"nested hub load|torch\.hub\.load.*another repo|hubconf\.py.*github\.com|"
-                             r"rwightman/gen-efficientnet|intel-isl/MiDaS"),
+    ("nested hub load", r"", r"nested hub load|no internet connection and the repo could not be found in the cache"),
     ("weights download", r"", r"download|urlopen|Name or service not known|Temporary failure in name resolution|"
                               r"Network is unreachable|HTTPSConnection|ConnectionError|URLError|"
                               r"getaddrinfo|could not fetch|Max retries"),
+    ("unknown import (no mapping)", r"UnknownImportError", r""),
+    ("torch family package missing", r"", r"No module named 'torch(audio|vision|text)'|needs torch(audio|vision|text)"),
+    ("source-only dependency (wheels only)", r"EnvironmentBuildError", r"no usable wheels|publishes no wheel"),
     ("undeclared dependency", r"ModuleNotFound|RunnerEnvironmentError|ImportError",
      r"No module named|import .* not installed|cannot import name|extra_dependencies"),
-    ("unknown import (no mapping)", r"EnvironmentBuildError", r"does not know which package|unknown import|"
-                                                              r"extra_dependencies"),
     ("env build failure", r"EnvironmentBuildError|MissingHostPackage", r""),
     ("needs example inputs", r"ExportError|EntrypointFailed", r"example_inputs"),
     ("allowlist refusal", r"DisallowedTarget|UnsafeSpec", r""),
@@ -347,7 +347,8 @@ def run(args: argparse.Namespace) -> int:
     cases = load_cases()
     if args.only:
         cases = [c for c in cases if any(s in c["id"] for s in args.only)]
-    for sub in ("results", "out", "logs", "home", "uv-cache", "cwd"):
+    results = work / f"results{args.tag}"
+    for sub in (results.name, "out", "home", "uv-cache", "cwd"):
         (work / sub).mkdir(parents=True, exist_ok=True)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("SAFEHUB_", "VIRTUAL_ENV"))}
     base_env["UV_CACHE_DIR"] = str(work / "uv-cache")
@@ -358,7 +359,7 @@ def run(args: argparse.Namespace) -> int:
 
     todo = []
     for case in cases:
-        path = work / "results" / f"{case['id'].replace(':', '__')}.json"
+        path = results / f"{case['id'].replace(':', '__')}.json"
         cached = json.loads(path.read_text()) if path.exists() else None
         if cached and cached.get("key") == _case_key(case) and not args.fresh and not args.only:
             continue
@@ -378,16 +379,22 @@ def run(args: argparse.Namespace) -> int:
             out = work / "out" / case["id"].replace(":", "__")
             out.mkdir(parents=True, exist_ok=True)
             ref_pt = out / "ref.pt"
-            ref_pt.unlink(missing_ok=True)
+            ref_json = out / "ref.json"
             cwd = work / "cwd"
             result: dict = {"id": case["id"], "key": _case_key(case), "repo": case["repo"], "sha": case["sha"],
                             "entrypoint": case["entrypoint"], "expect": case.get("expect")}
-            logger.info("case %s: torch.hub", case["id"])
-            _install_ref_deps(work, case["ref_deps"], base_env)
-            ref = _run_child(work / "ref/bin/python", "ref", {"case": case, "tree": str(tree), "out": str(ref_pt),
-                                                              "cwd": str(cwd)},
-                             {**base_env, "TORCH_HOME": str(work / "torch-home")}, args.timeout, out / "ref.log")
-            ref["cause"] = classify(ref)
+            reuse = args.safehub_only and ref_json.exists() and json.loads(ref_json.read_text()).get("key") == result["key"]
+            if reuse:  # torch.hub's side does not depend on safehub's code
+                ref = json.loads(ref_json.read_text())["ref"]
+            else:
+                logger.info("case %s: torch.hub", case["id"])
+                ref_pt.unlink(missing_ok=True)
+                _install_ref_deps(work, case["ref_deps"], base_env)
+                ref = _run_child(work / "ref/bin/python", "ref",
+                                 {"case": case, "tree": str(tree), "out": str(ref_pt), "cwd": str(cwd)},
+                                 {**base_env, "TORCH_HOME": str(work / "torch-home")}, args.timeout, out / "ref.log")
+                ref["cause"] = classify(ref)
+                ref_json.write_text(json.dumps({"key": result["key"], "ref": ref}, default=str))
             logger.info("case %s: safehub", case["id"])
             env = {**base_env, **gh.env(), "SAFEHUB_HOME": str(work / "home"),
                    "SAFEHUB_DISABLE_PROGRESS_BARS": "1"}
@@ -398,16 +405,19 @@ def run(args: argparse.Namespace) -> int:
             result.update(torch_hub=ref, safehub=sh, finished=time.time())
             path.write_text(json.dumps(result, indent=1, default=str))
             logger.info("case %s: torch.hub %s, safehub %s", case["id"], ref["cause"], sh["cause"])
-    report(work, load_cases())
+    report(work, load_cases(), args.tag)
     return 0
 
 
-def report(work: Path, cases: list[dict]) -> None:
+def report(work: Path, cases: list[dict], tag: str = "") -> None:
     rows = []
     for case in cases:
-        path = work / "results" / f"{case['id'].replace(':', '__')}.json"
+        path = work / f"results{tag}" / f"{case['id'].replace(':', '__')}.json"
         if path.exists():
-            rows.append(json.loads(path.read_text()))
+            row = json.loads(path.read_text())
+            for side in ("torch_hub", "safehub"):  # the classifier may have improved since the run
+                row[side]["cause"] = classify(row[side])
+            rows.append(row)
     counts: dict = {"torch_hub": {}, "safehub": {}}
     for r in rows:
         for side in counts:
@@ -417,7 +427,7 @@ def report(work: Path, cases: list[dict]) -> None:
     summary = {"cases": len(rows), "repos": repos, "counts": counts,
                "both_ok": sum(r["torch_hub"]["ok"] and r["safehub"]["ok"] for r in rows),
                "compared": sum(bool(r["safehub"].get("compared")) and r["safehub"]["ok"] for r in rows)}
-    (work / "report.json").write_text(json.dumps({"summary": summary, "cases": rows}, indent=1, default=str))
+    (work / f"report{tag}.json").write_text(json.dumps({"summary": summary, "cases": rows}, indent=1, default=str))
     causes = sorted(set(counts["torch_hub"]) | set(counts["safehub"]), key=lambda c: (c != "ok", c))
     md = [f"# Corpus: {len(rows)} cases from {repos} repos", "",
           f"safehub loads **{counts['safehub'].get('ok', 0)}**, torch.hub **{counts['torch_hub'].get('ok', 0)}**; "
@@ -431,7 +441,7 @@ def report(work: Path, cases: list[dict]) -> None:
         train = "differs" if sh.get("train_mismatch") else ("ok" if sh.get("compared") else "")
         md.append(f"| {r['id']} | {r['torch_hub']['cause']} | {sh['cause']} | {','.join(sh.get('modes') or [])} "
                   f"| {train} | {note} |")
-    (work / "report.md").write_text("\n".join(md) + "\n")
+    (work / f"report{tag}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md[:len(causes) + 6]))
 
 
@@ -444,6 +454,9 @@ def main() -> int:
     ap.add_argument("--fresh", action="store_true", help="ignore cached results")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per side per case")
     ap.add_argument("--report", action="store_true", help="only rewrite the report from cached results")
+    ap.add_argument("--tag", default="", help="suffix of the results folder and report files (-before, -after)")
+    ap.add_argument("--safehub-only", action="store_true",
+                    help="reuse torch.hub's cached side of each case (it does not depend on safehub's code)")
     args = ap.parse_args()
     if args.child:
         side, spec_path = args.child
@@ -454,7 +467,7 @@ def main() -> int:
         os._exit(0)  # repo threads / atexit hooks must not hang the child
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.report:
-        report(Path(args.work).resolve(), load_cases())
+        report(Path(args.work).resolve(), load_cases(), args.tag)
         return 0
     return run(args)
 
