@@ -228,6 +228,15 @@ def _functional_models(_: Path | None) -> list[Model]:
         "item_scale": lambda m, x: x * x.abs().max().item(),
         "normalize": lambda m, x: torch.nn.functional.normalize(x, dim=-1),
         "type_ops": lambda m, x: (x.to(torch.float64).float(), x.long().float(), x.detach(), x.type_as(x)),
+        # timm's activations run in place (MEAL-V2's tf_mobilenetv3: hard_swish(x, inplace=True))
+        "inplace_activations": lambda m, x: tuple(
+            fn(x.clone(), inplace=True) for fn in (torch.nn.functional.hardswish, torch.nn.functional.hardsigmoid,
+                                                   torch.nn.functional.leaky_relu, torch.nn.functional.elu,
+                                                   torch.nn.functional.mish)),
+        # ViTs resize position embeddings with antialias=True (dinov2's interpolate_pos_encoding)
+        "interpolate_antialias": lambda m, x: tuple(
+            torch.nn.functional.interpolate(x.reshape(1, 1, 3, 4), size=(2, 3), mode=mode, antialias=True)
+            for mode in ("bicubic", "bilinear")),
     }  # fmt: skip
     return [(f"torch.functions:{name}", (lambda fn=fn: F(fn)), lambda: (torch.randn(2, 6),)) for name, fn in fns.items()]
 
