@@ -329,3 +329,13 @@ def test_scan_results_round_trip_with_lazy_names(tmp_path):
     first = cached_scan(repo, cache, family=FAMILY)
     again = cached_scan(repo, cache, family=FAMILY)
     assert again.lazy == first.lazy and again.third_party == first.third_party
+
+
+def test_functorch_is_part_of_torch_and_lazy_family_imports_are_not_required(tmp_path):
+    # timm: `from functorch import vmap` inside a helper; torch's own wheel ships functorch.
+    repo = write(tmp_path / "r", {"hubconf.py": "from lib import net\nimport functorch\n",
+                                  "lib.py": "def net():\n    pass\ndef helper():\n    import torchvision\n"})
+    scan = scan_repo(repo, family=FAMILY)
+    assert "functorch" in scan.family
+    assert "torchvision" in scan.family_optional and "torchvision" not in scan.family
+    assert plan_dependencies(repo, [], mode="scan", family=FAMILY).entries == ()

@@ -169,6 +169,10 @@ def _declared_names(entries: Iterable[str]) -> set[str]:
     return out
 
 
+# Import names torch's own wheel provides: never a separate family package to check for.
+_IN_TORCH = frozenset({"torch", "torchgen", "functorch"})
+
+
 def plan_dependencies(
     repo: Path,
     declared: Sequence[str],
@@ -207,7 +211,7 @@ def plan_dependencies(
     # A torch-family import the host may lack (torchvision...): checked against the host.
     for name in sorted(scan.family):
         dist = dist_for_import(name) or name
-        if canonical(dist) in TORCH_FAMILY and canonical(dist) not in covered and name not in ("torch", "torchgen"):
+        if canonical(dist) in TORCH_FAMILY and canonical(dist) not in covered and name not in _IN_TORCH:
             added.append(name)
     if unknown:
         where = ", ".join(f"{n} ({escape_untrusted(scan.where.get(n, '?'), limit=120)})" for n in unknown)

@@ -275,7 +275,7 @@ def scan_repo(repo: Path, *, family: set[str] | frozenset[str], stdlib: frozense
                 elif top in stdlib:
                     result.stdlib.add(top)
                 elif top in family:
-                    if not optional:
+                    if not optional and not lazy:
                         result.family.add(top)
                         result.family_optional.discard(top)
                     elif top not in result.family:
