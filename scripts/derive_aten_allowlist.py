@@ -233,6 +233,12 @@ def _functional_models(_: Path | None) -> list[Model]:
             fn(x.clone(), inplace=True) for fn in (torch.nn.functional.hardswish, torch.nn.functional.hardsigmoid,
                                                    torch.nn.functional.leaky_relu, torch.nn.functional.elu,
                                                    torch.nn.functional.mish)),
+        # masks moved to the weights' device (xcit's PositionalEncodingFourier): to(device), to(device, dtype)
+        "to_device": lambda m, x: ((~torch.zeros(x.shape[0], 6).bool().to(m.w.device)).float() + x.to(device=x.device)
+                                   + x.to(x.device, torch.float64).float()),
+        # detection heads build anchor grids in forward (yolov5's Detect._make_grid)
+        "meshgrid": lambda m, x: torch.stack(torch.meshgrid(torch.arange(x.shape[1]), torch.arange(3), indexing="ij"), 2)
+        .float().sum() + x,
         # ViTs resize position embeddings with antialias=True (dinov2's interpolate_pos_encoding)
         "interpolate_antialias": lambda m, x: tuple(
             torch.nn.functional.interpolate(x.reshape(1, 1, 3, 4), size=(2, 3), mode=mode, antialias=True)

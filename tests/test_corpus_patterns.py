@@ -42,9 +42,31 @@ class InplaceActs(nn.Module):
         return F.elu(y, inplace=True) + F.mish(y.clone(), inplace=True)
 
 
+class MaskToDevice(nn.Module):
+    """xcit's PositionalEncodingFourier: a mask built in forward, moved to the weights' device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = torch.zeros(x.shape[0], 4).bool().to(self.w.device)
+        return (~mask).cumsum(1, dtype=torch.float32) * self.w + x.to(x.device, torch.float64).float()
+
+
+class AnchorGrid(nn.Module):
+    """yolov5's Detect._make_grid: a meshgrid of the feature map's size, built in forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ny, nx = x.shape[2], x.shape[3]
+        yv, xv = torch.meshgrid(torch.arange(ny), torch.arange(nx), indexing="ij")
+        return x + torch.stack((xv, yv), 2).float().sum(-1)
+
+
 @pytest.mark.slow  # torch.export of each model
-@pytest.mark.parametrize("make, shape", [(PosEmbedResize, (2, 1)), (InplaceActs, (2, 3, 8, 8))],
-                         ids=["interpolate_antialias", "inplace_activations"])
+@pytest.mark.parametrize("make, shape", [(PosEmbedResize, (2, 1)), (InplaceActs, (2, 3, 8, 8)), (MaskToDevice, (2, 4)),
+                                          (AnchorGrid, (2, 3, 4, 5))],
+                         ids=["interpolate_antialias", "inplace_activations", "to_device", "meshgrid"])
 def test_corpus_ops_rebuild_in_aten_mode_and_match(make, shape, tmp_path):
     if str(ROOT / "runners") not in sys.path:
         sys.path.insert(0, str(ROOT / "runners"))
