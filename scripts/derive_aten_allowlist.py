@@ -236,6 +236,8 @@ def _functional_models(_: Path | None) -> list[Model]:
         # masks moved to the weights' device (xcit's PositionalEncodingFourier): to(device), to(device, dtype)
         "to_device": lambda m, x: ((~torch.zeros(x.shape[0], 6).bool().to(m.w.device)).float() + x.to(device=x.device)
                                    + x.to(x.device, torch.float64).float()),
+        # tensor // number (xcit's PositionalEncodingFourier: dim_t // 2)
+        "floor_divide": lambda m, x: x + torch.arange(6, dtype=torch.float32) // 2,
         # detection heads build anchor grids in forward (yolov5's Detect._make_grid)
         "meshgrid": lambda m, x: torch.stack(torch.meshgrid(torch.arange(x.shape[1]), torch.arange(3), indexing="ij"), 2)
         .float().sum() + x,
