@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 
 from _contract import PROTOCOL, Result
 
-__all__ = ["install", "check", "NeedsDownload", "requested"]
+__all__ = ["install", "check", "NeedsDownload", "NestedHubLoad", "requested"]
 
 MAX_URLS = 16
 MAX_URL_LEN = 2048
@@ -45,6 +45,27 @@ class NeedsDownload(BaseException):
     def __init__(self, url: str) -> None:
         self.url = url
         super().__init__(f"safehub: {url} must be downloaded by the host first (the sandbox has no network)")
+
+
+class NestedHubLoad(RuntimeError):
+    """The entrypoint called torch.hub.load/list/help on another (GitHub) repo: the
+    sandbox has no network and safehub does not fetch a second repo for it yet. A
+    RuntimeError, so a repo with a fallback (``except Exception``) still takes it."""
+
+
+def _refuse_nested(fn_name: str, original):
+    def call(repo_or_dir, *args, **kwargs):
+        if fn_name == "load" and kwargs.get("source", "github") == "local":
+            return original(repo_or_dir, *args, **kwargs)  # a folder inside this sandbox
+        what = f"{str(repo_or_dir)[:100]!r}" + (f", {str(args[0])[:60]!r}" if args else "")
+        raise NestedHubLoad(
+            f"this repo's code calls torch.hub.{fn_name}({what}, ...) on another GitHub repo (a nested hub load); "
+            "safehub does not fetch nested hub repos yet and the sandbox has no network"
+        )
+
+    call.__name__ = fn_name
+    call.__doc__ = original.__doc__
+    return call
 
 
 def requested() -> list[str]:
@@ -148,6 +169,10 @@ def install(in_dir: str) -> None:
     torch.hub.load_state_dict_from_url = load_state_dict_from_url
     torch.hub.download_url_to_file = download_url_to_file
     torch.utils.model_zoo.load_url = load_state_dict_from_url
+    for fn_name in ("load", "list", "help"):
+        original = getattr(torch.hub, fn_name)
+        if getattr(original, "__module__", None) != __name__:  # once per process
+            setattr(torch.hub, fn_name, _refuse_nested(fn_name, original))
 
 
 def check() -> Result | None:

@@ -228,6 +228,23 @@ def _functional_models(_: Path | None) -> list[Model]:
         "item_scale": lambda m, x: x * x.abs().max().item(),
         "normalize": lambda m, x: torch.nn.functional.normalize(x, dim=-1),
         "type_ops": lambda m, x: (x.to(torch.float64).float(), x.long().float(), x.detach(), x.type_as(x)),
+        # timm's activations run in place (MEAL-V2's tf_mobilenetv3: hard_swish(x, inplace=True))
+        "inplace_activations": lambda m, x: tuple(
+            fn(x.clone(), inplace=True) for fn in (torch.nn.functional.hardswish, torch.nn.functional.hardsigmoid,
+                                                   torch.nn.functional.leaky_relu, torch.nn.functional.elu,
+                                                   torch.nn.functional.mish)),
+        # masks moved to the weights' device (xcit's PositionalEncodingFourier): to(device), to(device, dtype)
+        "to_device": lambda m, x: ((~torch.zeros(x.shape[0], 6).bool().to(m.w.device)).float() + x.to(device=x.device)
+                                   + x.to(x.device, torch.float64).float()),
+        # tensor // number (xcit's PositionalEncodingFourier: dim_t // 2)
+        "floor_divide": lambda m, x: x + torch.arange(6, dtype=torch.float32) // 2,
+        # detection heads build anchor grids in forward (yolov5's Detect._make_grid)
+        "meshgrid": lambda m, x: torch.stack(torch.meshgrid(torch.arange(x.shape[1]), torch.arange(3), indexing="ij"), 2)
+        .float().sum() + x,
+        # ViTs resize position embeddings with antialias=True (dinov2's interpolate_pos_encoding)
+        "interpolate_antialias": lambda m, x: tuple(
+            torch.nn.functional.interpolate(x.reshape(1, 1, 3, 4), size=(2, 3), mode=mode, antialias=True)
+            for mode in ("bicubic", "bilinear")),
     }  # fmt: skip
     return [(f"torch.functions:{name}", (lambda fn=fn: F(fn)), lambda: (torch.randn(2, 6),)) for name, fn in fns.items()]
 

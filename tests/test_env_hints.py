@@ -199,3 +199,25 @@ def test_cli_unknown_import_exits_with_the_fix(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "safehub", "load", str(repo), "tiny", "--dependencies", "bogus"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_a_source_only_dependency_is_named_with_the_wheelhouse_fix():
+    """fvcore and prefetch_generator (corpus: ResNeSt, pytorchvideo, YOLOP) publish only
+    sdists; uv's refusal under --no-build becomes an error naming the package."""
+    import subprocess
+
+    from safehub._env._installers import _fail
+    from safehub._env._resolve import resolve_dependencies
+    from safehub._errors import EnvironmentBuildError
+
+    said = ("  x No solution found when resolving dependencies:\n  `-> Because all versions of fvcore have no "
+            "usable wheels and you require fvcore, we can conclude that your requirements are unsatisfiable.\n")
+    proc = subprocess.CompletedProcess(["uv"], 1, stdout="", stderr=said)
+    err = _fail(proc, "uv", resolve_dependencies(["fvcore", "numpy"]), offline=False)
+    assert isinstance(err, EnvironmentBuildError)
+    assert "fvcore publishes no wheel" in str(err) and "never builds source on the host" in str(err)
+    assert err.hint is not None and "UV_FIND_LINKS" in err.hint and "pip wheel --no-deps fvcore" in err.hint
+    # Any other failure keeps the general message.
+    other = _fail(subprocess.CompletedProcess(["uv"], 1, stdout="", stderr="network down"), "uv",
+                  resolve_dependencies(["numpy"]), offline=False)
+    assert "publishes no wheel" not in str(other) and other.hint and "wheels only" in other.hint

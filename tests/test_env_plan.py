@@ -248,3 +248,94 @@ def test_private_names_are_never_packages(tmp_path):
     # `import _export` (the runner's own module) or a C helper: no distribution can be named so.
     repo = write(tmp_path / "r", {"hubconf.py": "def m():\n    import _export\n    import _speedups\n"})
     assert plan_dependencies(repo, [], mode="scan", family=FAMILY).entries == ()
+
+
+# Patterns from real repos (benchmarks/corpus): timm's weight converters import jax and
+# tensorflow inside functions, yolov5's exporters coremltools, ResNeSt's rfconv sits in a
+# method behind a flag; silero's entrypoint lives in src/ and imports omegaconf inside.
+LAZY_REPO = {
+    "hubconf.py": """
+        from lib.models import build
+        from src import stt
+        def m():
+            return build()
+        """,
+    "lib/__init__.py": "",
+    "lib/models.py": """
+        import einops
+        def build():
+            import timm
+            return _helper()
+        def _helper():
+            from scipy import ndimage
+        def export_tf(model):
+            import tensorflow
+            import coremltools_like_unknown
+            from lib import exporters
+        class Net:
+            def __init__(self, rectify=False):
+                if rectify:
+                    from rfconv import RFConv2d
+        """,
+    "lib/exporters.py": "import onnx_only_here\n",
+    "src/__init__.py": "from .core import stt\n",
+    "src/core.py": """
+        def stt(language="en"):
+            from omegaconf import OmegaConf
+        def unrelated():
+            import pandas
+        """,
+}
+
+
+def test_imports_inside_library_functions_are_lazy_unless_an_entrypoint_calls_them(tmp_path):
+    repo = write(tmp_path / "r", LAZY_REPO)
+    scan = scan_repo(repo, family=FAMILY)
+    # Module level, the entry functions hubconf imports (through re-exports) and what they call.
+    assert scan.third_party == {"einops", "timm", "scipy", "omegaconf"}
+    assert scan.lazy == {"tensorflow", "coremltools_like_unknown", "rfconv", "onnx_only_here", "pandas"}
+    assert scan.where["omegaconf"] == "src/core.py:3"
+    plan = plan_dependencies(repo, [], mode="scan", family=FAMILY)  # no UnknownImportError for lazy names
+    assert set(plan.scanned) == {"einops", "timm", "scipy", "omegaconf"}
+
+
+def test_a_lazy_import_becomes_required_where_an_entrypoint_imports_it(tmp_path):
+    repo = write(tmp_path / "r", {**LAZY_REPO, "hubconf.py": LAZY_REPO["hubconf.py"] + "import tensorflow\n"})
+    scan = scan_repo(repo, family=FAMILY)
+    assert "tensorflow" in scan.third_party and "tensorflow" not in scan.lazy
+    assert scan.where["tensorflow"] == "hubconf.py:6"
+
+
+def test_star_imports_make_every_function_an_entry(tmp_path):
+    repo = write(tmp_path / "r", {"hubconf.py": "from models import *\n",
+                                  "models.py": "def net():\n    import yacs\n"})
+    assert scan_repo(repo, family=FAMILY).third_party == {"yacs"}
+
+
+def test_a_module_at_the_repo_root_shadows_same_named_ones_deeper(tmp_path):
+    # facebookresearch/xcit: `from xcit import *` is xcit.py, not detection/backbone/xcit.py.
+    repo = write(tmp_path / "r", {"hubconf.py": "from xcit import *\n", "xcit.py": "import timm\n",
+                                  "detection/backbone/xcit.py": "import mmdet\n"})
+    scan = scan_repo(repo, family=FAMILY)
+    assert scan.third_party == {"timm"} and "mmdet" not in scan.lazy
+    # Without a root module the deeper ones are followed (repos put subfolders on sys.path).
+    (repo / "xcit.py").unlink()
+    assert scan_repo(repo, family=FAMILY).third_party == {"mmdet"}
+
+
+def test_scan_results_round_trip_with_lazy_names(tmp_path):
+    repo = write(tmp_path / "r", LAZY_REPO)
+    cache = tmp_path / "scans"
+    first = cached_scan(repo, cache, family=FAMILY)
+    again = cached_scan(repo, cache, family=FAMILY)
+    assert again.lazy == first.lazy and again.third_party == first.third_party
+
+
+def test_functorch_is_part_of_torch_and_lazy_family_imports_are_not_required(tmp_path):
+    # timm: `from functorch import vmap` inside a helper; torch's own wheel ships functorch.
+    repo = write(tmp_path / "r", {"hubconf.py": "from lib import net\nimport functorch\n",
+                                  "lib.py": "def net():\n    pass\ndef helper():\n    import torchvision\n"})
+    scan = scan_repo(repo, family=FAMILY)
+    assert "functorch" in scan.family
+    assert "torchvision" in scan.family_optional and "torchvision" not in scan.family
+    assert plan_dependencies(repo, [], mode="scan", family=FAMILY).entries == ()

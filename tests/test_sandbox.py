@@ -153,6 +153,12 @@ with open("/dev/shm/x", "w") as f:
 st = os.statvfs("/tmp"); r["tmp_bytes"] = st.f_blocks * st.f_frsize
 st = os.statvfs(os.environ["HOME"]); r["home_bytes"] = st.f_blocks * st.f_frsize
 r["env"] = dict(os.environ)
+r["passwd"] = open("/etc/passwd").read().split(":")[0]  # the synthetic one is reachable
+for name, path in (("etc_list", "/etc"), ("os_release", "/etc/os-release")):
+    try:
+        r[name] = os.listdir(path) if name == "etc_list" else open(path).read()
+    except OSError as exc:
+        r[name] = type(exc).__name__
 print(json.dumps(r))
 """
     result, out = run_code("bwrap", tmp_path, code)
@@ -174,6 +180,10 @@ print(json.dumps(r))
     assert not any(d.startswith("nvidia") for d in r["dev"])  # no GPU unless asked
     assert r["tmp_bytes"] == r["home_bytes"] == 32 * 1024**2  # size-capped tmpfs
     assert set(r["env"]) <= {"PATH", "HOME", "TMPDIR", "LC_ALL", "LC_CTYPE", "PWD"}
+    # /etc: traversable for the synthetic passwd, not listable, and a host file is simply absent
+    # (FileNotFoundError, which libraries handle; was PermissionError with /etc at 0700).
+    assert r["passwd"] == "sandbox"
+    assert r["etc_list"] == "PermissionError" and r["os_release"] == "FileNotFoundError"
     # The sandbox's /dev/shm is private, and the host HOME/TMPDIR folders were never written.
     assert not Path("/dev/shm/x").exists()
     assert list((tmp_path / "job" / "home").iterdir()) == []

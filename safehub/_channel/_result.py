@@ -159,6 +159,13 @@ def _module_name(error: RunnerError) -> str:
     return ""
 
 
+NESTED_HUB_HINT = (
+    "this repo loads another hub repo (for a backbone) with torch.hub.load, which safehub does not support yet: "
+    "look for an entrypoint argument that skips it, or load the other repo with safehub.load on its own; "
+    "torch.hub.load runs both repos' code in your process, so use it only if you trust both"
+)
+
+
 def raise_for_runner_error(
     result: Result, *, entrypoint: str | None, repo: str, import_hint: Callable[[str, str], str | None] | None = None
 ) -> None:
@@ -180,6 +187,8 @@ def raise_for_runner_error(
     message = _text(error, "message", 2000)
     tb = _text(error, "traceback", 8000)
     missing = import_hint(remote_type, message) if import_hint is not None else None
+    if remote_type == "_downloads.NestedHubLoad":  # the runner's own refusal (runners/_downloads.py)
+        missing = NESTED_HUB_HINT
     if category == "hubconf":
         raise HubconfError(
             f"importing hubconf.py of {repo} failed inside the sandbox: {remote_type}: {message}\n{tb}",

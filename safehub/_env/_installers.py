@@ -178,6 +178,11 @@ _TORCH_CONFLICT = re.compile(
 )
 
 
+# uv: "Because all versions of fvcore have no usable wheels and you require fvcore, ..."
+# (also "fvcore==0.1.5 has no usable wheels"); the names are escaped text from uv's output.
+_NO_WHEEL = re.compile(r"(?:versions of |\b)([A-Za-z0-9][A-Za-z0-9._-]{0,99})(?:[=<>!~][^ ]*)? (?:have|has) no usable wheels")
+
+
 def _fail(proc: subprocess.CompletedProcess[str], what: str, resolution: Resolution, offline: bool,
           constraints: Sequence[str] = ()) -> Exception:
     tail = escape_untrusted((proc.stderr or "") + (proc.stdout or ""), limit=3000).strip()
@@ -202,6 +207,17 @@ def _fail(proc: subprocess.CompletedProcess[str], what: str, resolution: Resolut
             f"torch-family packages do not satisfy.\n{what} said:\n{tail}",
             hint="install a compatible torch/torchvision/torchaudio on the host, or load a revision of the repo "
             "that works with the host's; safehub never installs them into a repo env",
+        )
+    no_wheel = _NO_WHEEL.findall(tail)
+    if no_wheel:
+        names = ", ".join(dict.fromkeys(no_wheel))
+        return EnvironmentBuildError(
+            f"{what} could not install the repo's dependencies ({wanted}): {names} publishes no wheel for this "
+            f"Python and platform, only source, and safehub never builds source on the host (its setup.py is code)."
+            f"\n{what} said:\n{tail}",
+            hint=f"build the wheel yourself where running its setup.py is acceptable (pip wheel --no-deps "
+            f"{no_wheel[0]} -w DIR, in a container if you do not trust it) and set UV_FIND_LINKS=DIR, "
+            "or load a revision of the repo that does not need it",
         )
     return EnvironmentBuildError(
         f"{what} could not install the repo's dependencies ({wanted}).\n{what} said:\n{tail}",

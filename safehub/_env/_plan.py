@@ -169,6 +169,10 @@ def _declared_names(entries: Iterable[str]) -> set[str]:
     return out
 
 
+# Import names torch's own wheel provides: never a separate family package to check for.
+_IN_TORCH = frozenset({"torch", "torchgen", "functorch"})
+
+
 def plan_dependencies(
     repo: Path,
     declared: Sequence[str],
@@ -207,7 +211,7 @@ def plan_dependencies(
     # A torch-family import the host may lack (torchvision...): checked against the host.
     for name in sorted(scan.family):
         dist = dist_for_import(name) or name
-        if canonical(dist) in TORCH_FAMILY and canonical(dist) not in covered and name not in ("torch", "torchgen"):
+        if canonical(dist) in TORCH_FAMILY and canonical(dist) not in covered and name not in _IN_TORCH:
             added.append(name)
     if unknown:
         where = ", ".join(f"{n} ({escape_untrusted(scan.where.get(n, '?'), limit=120)})" for n in unknown)
@@ -221,6 +225,10 @@ def plan_dependencies(
     if scan.optional:
         logger.info("optional imports (under try/except ImportError) not installed: %s",
                     ", ".join(sorted(scan.optional)))
+    if scan.lazy:
+        logger.info("imports inside functions of the repo's library modules, not installed: %s "
+                    "(if one is needed, the load names it and the extra_dependencies= fix)",
+                    ", ".join(sorted(scan.lazy)))
     if scan.truncated:
         logger.warning("the import scan of %s stopped at a size bound; it may have missed imports", repo)
     return DependencyPlan(mode=mode, entries=tuple(entries + added), scanned=tuple(added),

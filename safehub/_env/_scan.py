@@ -11,6 +11,22 @@ lazily). Each top-level name is classified:
 * ``third_party``: everything else. ``optional`` marks names imported only
   under ``try: ... except ImportError`` (or ``if TYPE_CHECKING:``).
 
+Imports inside functions of hubconf.py are required: entrypoints import lazily
+and always run. So are imports inside the functions hubconf imports by name
+(``from src.silero import silero_stt``, through re-exports and star imports) and
+the module-level functions those name in turn. Imports inside the *other*
+functions of the repo's modules (helpers, methods) are ``lazy``:
+libraries vendored into repos import their optional features there (timm's
+weight converters import jax and tensorflow, yolov5's exporters coremltools and
+openvino), so installing them would pull in gigabytes and fail on names no table
+can map. A module reached only through lazy imports is scanned as lazy too. Lazy
+names are reported, not installed; if one is needed after all, the sandbox's
+ImportError names the package and the ``extra_dependencies=`` fix.
+
+A top-level name the repo provides at its root (``xcit.py``) resolves there, as
+Python does with the repo folder first on ``sys.path``; same-named modules deeper
+in the repo (``detection/backbone/xcit.py``) are followed only when the root has none.
+
 Bounded: at most MAX_FILES files of at most MAX_FILE_BYTES each, and a walk of
 at most MAX_ENTRIES directory entries to learn the repo's module names.
 """
@@ -33,7 +49,10 @@ MAX_TOTAL_BYTES = 64 * 1024 * 1024  # all files parsed by one scan
 MAX_ENTRIES = 50_000
 _SKIP_DIRS = {".git", "__pycache__", "node_modules", ".github", ".tox", ".venv", "venv"}
 _IMPORT_ERRORS = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
-SCAN_FORMAT = 2
+SCAN_FORMAT = 3
+
+
+_KINDS = ("third_party", "optional", "family", "family_optional", "local", "stdlib", "lazy")
 
 
 @dataclass
@@ -46,17 +65,18 @@ class ScanResult:
     family_optional: set[str] = field(default_factory=set)
     local: set[str] = field(default_factory=set)
     stdlib: set[str] = field(default_factory=set)
+    lazy: set[str] = field(default_factory=set)  # third-party, only inside functions of non-hubconf modules
     where: dict[str, str] = field(default_factory=dict)
     files: int = 0
     truncated: bool = False  # hit a bound: the scan may have missed imports
 
     def as_dict(self) -> dict:
-        out = {k: sorted(getattr(self, k)) for k in ("third_party", "optional", "family", "family_optional", "local", "stdlib")}
+        out = {k: sorted(getattr(self, k)) for k in _KINDS}
         return {**out, "where": dict(sorted(self.where.items())), "files": self.files, "truncated": self.truncated}
 
     @classmethod
     def from_dict(cls, data: dict) -> ScanResult:
-        return cls(**{k: set(data[k]) for k in ("third_party", "optional", "family", "family_optional", "local", "stdlib")},
+        return cls(**{k: set(data[k]) for k in _KINDS},
                    where=dict(data["where"]), files=int(data["files"]), truncated=bool(data["truncated"]))
 
 
@@ -98,28 +118,57 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
 
 
-def _imports(tree: ast.AST) -> list[tuple[ast.Import | ast.ImportFrom, bool]]:
-    """Every import statement with whether it is optional (iterative: no recursion limit)."""
-    out: list[tuple[ast.Import | ast.ImportFrom, bool]] = []
-    stack: list[tuple[ast.AST, bool]] = [(tree, False)]
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef)
+ALL = "*"  # every module-level function of a file is an entry (hubconf itself, star imports)
+
+
+def _imports(tree: ast.AST) -> list[tuple[ast.Import | ast.ImportFrom, bool, str | None]]:
+    """Every import statement with whether it is optional and its scope: None at
+    module level, the name of the module-level function it sits in, or "" inside
+    any other function (a method, a lambda). Iterative: no recursion limit."""
+    out: list[tuple[ast.Import | ast.ImportFrom, bool, str | None]] = []
+    # (node, optional, scope, inside a class body)
+    stack: list[tuple[ast.AST, bool, str | None, bool]] = [(tree, False, None, False)]
     while stack:
-        node, optional = stack.pop()
+        node, optional, scope, in_class = stack.pop()
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            out.append((node, optional))
+            out.append((node, optional, scope))
             continue
+        if isinstance(node, _DEFS) and scope is None:
+            scope = "" if in_class else node.name
+        elif isinstance(node, ast.Lambda) and scope is None:
+            scope = ""
+        in_class = in_class or isinstance(node, ast.ClassDef)
         if isinstance(node, ast.Try) or (sys.version_info >= (3, 11) and isinstance(node, getattr(ast, "TryStar"))):
             guarded = optional or _is_optional_try(node)
-            stack.extend((c, guarded) for c in node.body)
+            stack.extend((c, guarded, scope, in_class) for c in node.body)
             for part in (*node.handlers, *node.orelse, *node.finalbody):
-                stack.append((part, optional))
+                stack.append((part, optional, scope, in_class))
             continue
         if isinstance(node, ast.If) and _is_type_checking(node):
-            stack.extend((c, True) for c in node.body)
-            stack.extend((c, optional) for c in node.orelse)
+            stack.extend((c, True, scope, in_class) for c in node.body)
+            stack.extend((c, optional, scope, in_class) for c in node.orelse)
             continue
-        stack.extend((c, optional) for c in ast.iter_child_nodes(node))
-    out.sort(key=lambda item: (getattr(item[0], "lineno", 0), item[1]))
+        stack.extend((c, optional, scope, in_class) for c in ast.iter_child_nodes(node))
+    out.sort(key=lambda item: (getattr(item[0], "lineno", 0), item[1], item[2] or ""))
     return out
+
+
+def _entry_closure(tree: ast.Module, entries: frozenset[str]) -> frozenset[str] | None:
+    """The module-level functions an entry may run: the entries and, transitively, the
+    module-level functions their bodies name. None means all of them."""
+    if ALL in entries:
+        return None
+    defs = {n.name: n for n in tree.body if isinstance(n, _DEFS)}
+    out: set[str] = set()
+    todo = [e for e in entries if e in defs]
+    while todo:
+        name = todo.pop()
+        if name in out:
+            continue
+        out.add(name)
+        todo.extend(n.id for n in ast.walk(defs[name]) if isinstance(n, ast.Name) and n.id in defs and n.id not in out)
+    return frozenset(out)
 
 
 def _module_files(bases: list[Path], parts: list[str]) -> list[Path]:
@@ -154,14 +203,19 @@ def scan_repo(repo: Path, *, family: set[str] | frozenset[str], stdlib: frozense
     root = Path(os.path.realpath(repo))
     index, truncated = _repo_index(repo)
     result = ScanResult(truncated=truncated)
-    queue: list[Path] = [repo / "hubconf.py"]
-    seen: set[Path] = set()
+    hubconf = repo / "hubconf.py"
+    # (file, reached only lazily, the functions of it that entrypoints may call)
+    queue: list[tuple[Path, bool, frozenset[str]]] = [(hubconf, False, frozenset({ALL}))]
+    seen: dict[Path, tuple[bool, frozenset[str]]] = {}  # a stronger visit rescans the file
     total = 0
     while queue:
-        path = queue.pop()
+        path, file_lazy, entries = queue.pop()
         if path in seen:
-            continue
-        seen.add(path)
+            was_lazy, was_entries = seen[path]
+            if (file_lazy or not was_lazy) and (entries <= was_entries or ALL in was_entries):
+                continue
+            file_lazy, entries = file_lazy and was_lazy, entries | was_entries
+        seen[path] = (file_lazy, entries)
         if len(seen) > MAX_FILES:
             result.truncated = True
             break
@@ -181,7 +235,18 @@ def scan_repo(repo: Path, *, family: set[str] | frozenset[str], stdlib: frozense
             continue
         result.files += 1
         rel = os.path.relpath(path, repo)
-        for node, optional in _imports(tree):
+        closure = _entry_closure(tree, entries)
+        for node, optional, scope in _imports(tree):
+            # Required: module level, or inside a function an entrypoint may call.
+            lazy = file_lazy or (scope is not None and (scope == "" or (closure is not None and scope not in closure)))
+            # Names imported from the repo's modules that are (re-exported) entrypoints.
+            passed: frozenset[str] = frozenset()
+            if isinstance(node, ast.ImportFrom) and not lazy:
+                names = {a.name for a in node.names}
+                if closure is None or ALL in entries:
+                    passed = frozenset(names)
+                else:
+                    passed = frozenset(names & entries) | (entries if "*" in names else frozenset())
             if isinstance(node, ast.ImportFrom) and node.level:
                 # Relative: always the repo's own code.
                 base = path.parent
@@ -191,7 +256,7 @@ def scan_repo(repo: Path, *, family: set[str] | frozenset[str], stdlib: frozense
                 target = base.joinpath(*parts) if parts else base
                 cands = [target.with_suffix(".py"), target / "__init__.py"]
                 cands += [target / f"{a.name}.py" for a in node.names] + [target / a.name / "__init__.py" for a in node.names]
-                queue.extend(c for c in cands if c.is_file() and repo in c.parents)
+                queue.extend((c, lazy, passed) for c in cands if c.is_file() and repo in c.parents)
                 continue
             if isinstance(node, ast.Import):
                 modules = [a.name for a in node.names]
@@ -204,11 +269,13 @@ def scan_repo(repo: Path, *, family: set[str] | frozenset[str], stdlib: frozense
                     continue
                 if top in index:
                     result.local.add(top)
-                    queue.extend(_module_files(index[top], parts))
+                    bases = index[top]
+                    at_root = [b for b in bases if b.parent == repo]  # what `import top` finds first
+                    queue.extend((f, lazy, passed) for f in _module_files(at_root or bases, parts))
                 elif top in stdlib:
                     result.stdlib.add(top)
                 elif top in family:
-                    if not optional:
+                    if not optional and not lazy:
                         result.family.add(top)
                         result.family_optional.discard(top)
                     elif top not in result.family:
@@ -216,9 +283,15 @@ def scan_repo(repo: Path, *, family: set[str] | frozenset[str], stdlib: frozense
                 elif optional:
                     if top not in result.third_party:
                         result.optional.add(top)
+                elif lazy:
+                    if top not in result.third_party and top not in result.optional:
+                        result.lazy.add(top)
                 else:
+                    if top in result.lazy or top in result.optional:
+                        result.where.pop(top, None)  # point at the import that makes it required
                     result.third_party.add(top)
                     result.optional.discard(top)
+                    result.lazy.discard(top)
                 if top not in result.where:
                     result.where[top] = f"{rel}:{node.lineno}"
     return result

@@ -328,6 +328,11 @@ class BwrapBackend(SandboxBackend):
                 args += ["--symlink", os.readlink(link), link]
             elif os.path.isdir(link):
                 args += ["--ro-bind", link, link]
+        # Traversable, not listable (as the other made folders): bwrap would make it 0700
+        # (and the data files below 0600), so a job dropped to its own uid could not read
+        # /etc/passwd (pwd lookups) and got EACCES, not ENOENT, for /etc/os-release
+        # (ultralytics crashed on that).
+        args += ["--perms", "0711", "--dir", "/etc"]
         args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
         home = env.get("HOME", "/")
         sandbox_uid = uid if uid is not None else os.getuid()
@@ -340,7 +345,7 @@ class BwrapBackend(SandboxBackend):
             fds.append(fd)
             os.write(fd, text.encode())
             os.lseek(fd, 0, os.SEEK_SET)
-            args += ["--ro-bind-data", str(fd), f"/etc/{name}"]
+            args += ["--perms", "0644", "--ro-bind-data", str(fd), f"/etc/{name}"]  # bwrap's default is 0600
         args += ["--proc", "/proc", "--dev", "/dev"]
         args += ["--size", str(min(SHM_BYTES, tmpfs_bytes)), "--perms", "1777", "--tmpfs", "/dev/shm"]
         args += ["--size", str(tmpfs_bytes), "--perms", "1777", "--tmpfs", "/tmp"]

@@ -153,6 +153,13 @@ STAT_CASES: dict[str, Variants] = {
     "aten.linalg_vector_norm.default": [("dim", lambda: ((_x(2, 3), 2, [5]), {}))],
     "aten.upsample_bicubic2d.vec": [("size-neg", lambda: ((_x(1, 2, 4, 4), [-3, 5], False, None), {})),
                                     ("scale-neg", lambda: ((_x(1, 2, 4, 4), None, False, [-2.0, 2.0]), {}))],
+    # schema (input, output_size, align_corners, scale_factors), like upsample_bicubic2d.vec
+    "aten._upsample_bicubic2d_aa.vec": [("size-neg", lambda: ((_x(1, 2, 4, 4), [-3, 5], False, None), {})),
+                                        ("scale-neg", lambda: ((_x(1, 2, 4, 4), None, False, [-2.0, 2.0]), {})),
+                                        ("size-huge", lambda: ((_x(1, 2, 4, 4), [2**40, 2**40], False, None), {}))],
+    "aten._upsample_bilinear2d_aa.vec": [("size-neg", lambda: ((_x(1, 2, 4, 4), [-3, 5], False, None), {})),
+                                         ("scale-neg", lambda: ((_x(1, 2, 4, 4), None, False, [-2.0, 2.0]), {})),
+                                         ("size-huge", lambda: ((_x(1, 2, 4, 4), [2**40, 2**40], False, None), {}))],
     "aten.upsample_nearest2d.vec": [("size-neg", lambda: ((_x(1, 2, 4, 4), [-3, 5], None), {})),
                                     ("scale-neg", lambda: ((_x(1, 2, 4, 4), None, [-2.0, 2.0]), {}))],
     "aten.upsample_linear1d.vec": [("size-neg", lambda: ((_x(1, 2, 4), [-3], False, None), {})),
