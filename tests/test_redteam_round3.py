@@ -396,3 +396,41 @@ def test_family_targets_inside_the_hidden_base_site_packages_are_bound_again(tmp
     ro = env_ro_paths(tmp_path / "env", host, family)
     assert ro.index(tmp_path / "prefix") < ro.index(site / "torch")
     assert site not in ro and tmp_path / "family" in ro
+
+
+# --- Part B: org policy --------------------------------------------------------------------
+
+_TINY = b"dependencies = []\ndef net():\n    import torch\n    return torch.nn.Linear(2, 2)\n"
+
+
+def test_a_fork_commit_cannot_pass_as_an_allowed_repo_with_skip_validation(tmp_path, monkeypatch):
+    """FIXED (round 3: _guard refuses skip_validation under a repo rule). GitHub serves
+    any commit of a fork network through the parent's URLs; safehub refuses one not
+    on a branch or tag of the named repo, unless skip_validation=True. The policy
+    checked only the name, so `[repos] allow = ["alice/model"]` + `require_pin`
+    loaded mallory's fork commit as alice/model@<sha>. Real loopback GitHub."""
+    from github_server import FakeGitHub
+
+    from safehub._api import _prepare
+    from safehub._errors import PolicyError
+    from safehub._fetch import RepoRequest
+    from safehub._guard import LoadGuard
+
+    for var in ("SAFEHUB_SYSTEM_POLICY", "SAFEHUB_POLICY", "SAFEHUB_LOCK"):
+        monkeypatch.delenv(var, raising=False)
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[repos]\nallow = ["alice/model"]\nrequire_pin = true\n')
+    with FakeGitHub() as gh:
+        for key, value in gh.env().items():
+            monkeypatch.setenv(key, value)
+        parent = gh.add_repo("alice", "model")
+        good = parent.commit({"hubconf.py": _TINY})
+        evil = gh.fork(parent, "mallory").commit({"hubconf.py": _TINY + b"# mallory's\n"}, branch="main")
+        guard = LoadGuard.for_call(policy=policy)
+        for sha in (evil, good):
+            with pytest.raises(PolicyError, match="skip_validation"):
+                _prepare(RepoRequest(repo_or_dir="alice/model", revision=sha, trust_repo=True, verbose=False,
+                                     skip_validation=True, calling_fn="load"), guard)
+        repo, _hub, _ = _prepare(RepoRequest(repo_or_dir="alice/model", revision=good, trust_repo=True,
+                                             verbose=False, calling_fn="load"), guard)
+        assert repo.sha == good
