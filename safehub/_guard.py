@@ -347,7 +347,11 @@ class LoadGuard:
         scheme, host, port = url_origin(url)
         # Parsers disagree on userinfo and backslashes (WHATWG reads '\\' as '/'): such a URL
         # never matches, whatever host one parser sees in it.
-        tricky = "@" in urlsplit(url).netloc or "\\" in url
+        try:
+            netloc = urlsplit(url).netloc
+        except ValueError:  # unreadable (a bracketed host that is no address): never matches
+            netloc = "@"
+        tricky = "@" in netloc or "\\" in url
         if tricky or not any(p.matches(scheme, host, port) for p in allow):
             shown = url.split("?", 1)[0][:300]
             raise _refuse("downloads.allow_hosts", self._src("downloads", "allow_hosts"),

@@ -434,3 +434,62 @@ def test_a_fork_commit_cannot_pass_as_an_allowed_repo_with_skip_validation(tmp_p
         repo, _hub, _ = _prepare(RepoRequest(repo_or_dir="alice/model", revision=good, trust_repo=True,
                                              verbose=False, calling_fn="load"), guard)
         assert repo.sha == good
+
+
+@pytest.mark.parametrize("url", [
+    "https://example.com/w.pt",  # the domain itself is not *.example.com
+    "https://evil.com#.example.com/w.pt", "https://evil.com?.example.com", "https://evil.com/.example.com",
+    "https://a.example.com@evil.com/w.pt", "https://evil.com\\.example.com/w.pt", "https://evil.com\\@a.example.com/",
+    "http://a.example.com/w.pt", "https://a.example.com:8443/w.pt", "https://a.example.com:443.evil.com/",
+    "https://a.example.com.evil.com/w.pt", "https://weights.corp.evil/w.pt", "https://aexample.com/w.pt",
+    "https://a.exаmple.com/w.pt", "https://[::ffff:a.example.com]/", "https://a.example.com:0x1bb/",
+])
+def test_policy_host_matching_refuses_look_alike_urls(url, tmp_path, monkeypatch):
+    """CONTAINED. [downloads] allow_hosts = ["*.example.com", "weights.corp"] against
+    URLs whose host a different parser reads differently (fragment, query, path,
+    userinfo, backslash), another scheme or port, a suffix or prefix look-alike, a
+    Cyrillic letter, an IPv6 literal wrapper and a hex port."""
+    from safehub._errors import PolicyError
+    from safehub._guard import LoadGuard
+
+    for var in ("SAFEHUB_SYSTEM_POLICY", "SAFEHUB_POLICY", "SAFEHUB_LOCK"):
+        monkeypatch.delenv(var, raising=False)
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[downloads]\nallow_hosts = ["*.example.com", "weights.corp"]\n')
+    guard = LoadGuard.for_call(policy=policy)
+    guard.check_host("https://a.b.example.com/w.pt")  # the control: allowed
+    guard.check_host("https://WEIGHTS.corp./w.pt")
+    with pytest.raises(PolicyError, match="allow_hosts"):
+        guard.check_host(url)
+
+
+@pytest.mark.parametrize("name", ["alice/model.git", "alice/model/", "alice/../bob/model", "аlice/model",
+                                  "alice/model%2f..%2fbob", "alice-evil/model", "alice/model-evil", "alice/model:main/../x",
+                                  "bob/model", " alice/model", "alice/model\n"])
+def test_policy_repo_matching_refuses_look_alike_names(name, tmp_path, monkeypatch):
+    """CONTAINED. [repos] allow = ["alice/model"] against a .git suffix, a trailing
+    slash, '..', a Cyrillic letter, percent-encoding, prefix/suffix look-alikes,
+    whitespace: each refused before any network (policy or name grammar)."""
+    from safehub._errors import InvalidRepoError, PolicyError
+    from safehub._fetch import RepoRequest
+    from safehub._guard import LoadGuard
+
+    for var in ("SAFEHUB_SYSTEM_POLICY", "SAFEHUB_POLICY", "SAFEHUB_LOCK"):
+        monkeypatch.delenv(var, raising=False)
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[repos]\nallow = ["alice/model"]\n')
+    guard = LoadGuard.for_call(policy=policy)
+    guard.check_request(RepoRequest(repo_or_dir="ALICE/Model:main"))  # the control: GitHub names are case-blind
+    with pytest.raises((PolicyError, InvalidRepoError, ValueError)):
+        guard.check_request(RepoRequest(repo_or_dir=name))
+
+
+def test_an_unparsable_download_url_is_a_typed_refusal():
+    """FIXED (round 3). urlsplit raises ValueError for a bracketed host that is no IPv6
+    address; from a runner's needs_download report it escaped validate_url (and the
+    policy's host check) as a bare ValueError instead of a typed refusal."""
+    from safehub._errors import UnsafeSpecError
+    from safehub._fetch._downloads import validate_url
+
+    with pytest.raises(UnsafeSpecError, match="cannot be parsed"):
+        validate_url("https://[::ffff:a.example.com]/w.pt")
