@@ -493,3 +493,23 @@ def test_an_unparsable_download_url_is_a_typed_refusal():
 
     with pytest.raises(UnsafeSpecError, match="cannot be parsed"):
         validate_url("https://[::ffff:a.example.com]/w.pt")
+
+
+# --- Part B: the artifact cache --------------------------------------------------------------
+
+
+def test_the_cache_key_tells_a_negative_view_from_its_base():
+    """FIXED (round 3: _cache_key resolves the neg bit). A tensor with the negative bit
+    set (torch._neg_view; contiguous, so .contiguous() kept the flag) has its base's
+    bytes in memory: its key was the base's, so a load with -x was answered by the
+    cache entry made for x (another model's weights)."""
+    import torch
+
+    from safehub._cache_key import canonical_value
+
+    x = torch.tensor([1.0, 2.0, 3.0])
+    neg = torch._neg_view(x)
+    assert neg.is_neg() and neg.is_contiguous() and torch.equal(neg, -x)
+    assert canonical_value(neg) != canonical_value(x)
+    assert canonical_value(neg) == canonical_value(-x)
+    assert canonical_value(x) == canonical_value(x.clone())
