@@ -513,3 +513,29 @@ def test_the_cache_key_tells_a_negative_view_from_its_base():
     assert canonical_value(neg) != canonical_value(x)
     assert canonical_value(neg) == canonical_value(-x)
     assert canonical_value(x) == canonical_value(x.clone())
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "OPEN (policy, for its owner): safehub.load_artifact takes no policy or lock, so an organisation "
+    "policy that allows only pinned, listed repos is bypassed by loading an artifact folder saved from "
+    "any repo (or downloaded from anywhere). Its provenance.json names a repo and commit, but it is "
+    "self-declared (unsigned), so checking it against [repos] allow proves nothing; the fix is a "
+    "policy decision: refuse load_artifact while [repos] allow / require_pin / a lock is in force, "
+    "unless a new key (e.g. [artifacts] allow = true) says otherwise"))
+def test_load_artifact_obeys_the_repo_policy(tmp_path, monkeypatch):
+    import specgen
+    import torch
+
+    import safehub
+    from safehub._channel import rebuild_from_output
+    from safehub._errors import PolicyError
+
+    for var in ("SAFEHUB_SYSTEM_POLICY", "SAFEHUB_LOCK"):
+        monkeypatch.delenv(var, raising=False)
+    spec, weights = specgen.full_spec(torch.nn.Linear(2, 2))
+    art = safehub.save(rebuild_from_output(specgen.write(tmp_path / "out", spec, weights)), tmp_path / "art")
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[repos]\nallow = ["alice/model"]\nrequire_pin = true\nallow_local = false\n')
+    monkeypatch.setenv("SAFEHUB_POLICY", str(policy))
+    with pytest.raises(PolicyError):
+        safehub.load_artifact(art)
