@@ -151,7 +151,7 @@ def test_hidden_paths_outside_every_shown_path_are_ignored_and_relative_ones_ref
     site = _tree(tmp_path)
     req = SandboxRequest(argv=["x"], env={}, cwd=tmp_path, hidden_paths=(site, tmp_path / "nope"))
     assert normalise_hidden(req, [str(tmp_path)]) == [site]
-    assert normalise_hidden(req, ["/usr"]) == []
+    assert site not in normalise_hidden(req, ["/usr"])  # (the base site-packages under /usr are always hidden)
     with pytest.raises(SandboxError, match="not absolute"):
         normalise_hidden(SandboxRequest(argv=["x"], env={}, cwd=tmp_path, hidden_paths=(Path("rel"),)), ["/"])
 
@@ -584,3 +584,23 @@ def test_the_worker_child_filter_refuses_ipc_that_outlives_a_job():
     control = subprocess.run([sys.executable, "-I", "-c", _IPC_PROBE, str(runner_dir()), "{}"],
                              capture_output=True, text=True, timeout=60)
     assert json.loads(control.stdout.split("IPC ", 1)[1])["shmget"] == "ok", "control: without it, IPC works here"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["bwrap", "landlock"])
+def test_a_request_that_forgets_hidden_paths_still_hides_the_base_site_packages(backend, tmp_path):
+    """FIXED (round 3: the backends add _basesite.base_site_packages() themselves). A
+    caller that builds its own SandboxRequest from a PythonEnv's ro_paths (the warm
+    worker branch does, for its long-lived sandbox) and forgets hidden_paths showed
+    the base interpreter's whole site-packages again."""
+    import dataclasses
+
+    from test_redteam_round2 import run_probe
+
+    from safehub._env import ensure_env
+
+    env = dataclasses.replace(ensure_env(["torch"], hub_dir=tmp_path / "hub", verbose=False), hidden_paths=())
+    out = run_probe(backend, tmp_path, env=env)
+    assert "read1" in out or BASE_SITE == VENV_SITE
+    for key in [k for k in out if k.startswith(("read1", "read2")) and "proc_1" not in k]:
+        assert out[key] in ("EACCES", "ENOENT"), (key, out[key])
