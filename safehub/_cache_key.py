@@ -98,7 +98,9 @@ def _canon_tensor(v: Any, where: str, budget: dict[str, int], torch: Any) -> Any
     budget["tensor_bytes"] -= nbytes
     if budget["tensor_bytes"] < 0:
         raise NotCanonical(f"{where}: tensor arguments over {_MAX_TENSOR_BYTES >> 20} MiB are not hashed for a cache key")
-    data = v.detach().to("cpu").contiguous()
+    # resolve_neg/conj: a negative view (torch._neg_view, x.conj().imag made contiguous)
+    # keeps its base's bytes with a flag; without them x and -x hashed alike (round 3).
+    data = v.detach().resolve_conj().resolve_neg().to("cpu").contiguous()
     if data.dtype == torch.bool:
         data = data.to(torch.uint8)
     h = hashlib.sha256()

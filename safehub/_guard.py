@@ -127,6 +127,17 @@ class LoadGuard:
             raise _refuse("repos.allow", self._src("repos", "allow"), f"{spec.slug} is not on the list "
                           f"({', '.join(str(p) for p in allow) or 'nothing'})",
                           "load one of the allowed repos, or ask your administrator to add it")
+        if getattr(request, "skip_validation", False) and (allow is not None or self._rule("repos", "require_pin")):
+            # GitHub serves every commit of a fork network through the parent's URLs;
+            # only the reachability check skip_validation turns off ties a commit to
+            # the named repo (red team round 3).
+            rule = "repos.allow" if allow is not None else "repos.require_pin"
+            section, key = rule.split(".")
+            raise _refuse(rule, self._src(section, key),
+                          f"skip_validation=True with {spec.slug}: any fork's commit would load under its name "
+                          "(GitHub serves a fork network's commits through the parent's URLs)",
+                          "drop skip_validation=True; safehub then checks the commit is on a branch or tag of "
+                          f"{spec.slug} itself")
         pinned = request.revision is not None or (spec.ref is not None and bool(SHA_RE.match(spec.ref.lower())))
         if self._rule("repos", "require_pin") and not pinned:
             raise _refuse("repos.require_pin", self._src("repos", "require_pin"),
@@ -336,7 +347,11 @@ class LoadGuard:
         scheme, host, port = url_origin(url)
         # Parsers disagree on userinfo and backslashes (WHATWG reads '\\' as '/'): such a URL
         # never matches, whatever host one parser sees in it.
-        tricky = "@" in urlsplit(url).netloc or "\\" in url
+        try:
+            netloc = urlsplit(url).netloc
+        except ValueError:  # unreadable (a bracketed host that is no address): never matches
+            netloc = "@"
+        tricky = "@" in netloc or "\\" in url
         if tricky or not any(p.matches(scheme, host, port) for p in allow):
             shown = url.split("?", 1)[0][:300]
             raise _refuse("downloads.allow_hosts", self._src("downloads", "allow_hosts"),

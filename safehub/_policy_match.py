@@ -128,8 +128,12 @@ def parse_host(text: str) -> HostPattern:
 
 
 def url_origin(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port) as the downloader reads the URL; the host normalised like a pattern."""
-    parts = urlsplit(url)
+    """(scheme, host, port) as the downloader reads the URL; the host normalised like a pattern.
+    A URL urlsplit cannot read has no origin: ("", "", -1), which matches nothing."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "", "", -1
     scheme = parts.scheme.lower()
     try:
         port = parts.port or (443 if scheme == "https" else 80)

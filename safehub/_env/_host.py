@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from email.parser import HeaderParser
 from pathlib import Path
 
+from .._basesite import base_site_packages
 from .._errors import MissingHostPackageError, escape_untrusted
 from ._resolve import TORCH_FAMILY, Resolution, canonical
 from ._types import PythonEnv
@@ -154,19 +155,6 @@ def _matches_torch(dist: md.Distribution, torch: md.Distribution | None) -> bool
                            escape_untrusted(str(req), limit=120), torch.version if torch else "none")
             return False
     return True
-
-
-def base_site_packages() -> tuple[Path, ...]:
-    """Package folders of the base interpreter (and a distro Python's dist-packages)."""
-    ver = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    found: list[Path] = []
-    for base in {sys.base_prefix, sys.base_exec_prefix}:
-        paths = sysconfig.get_paths(vars={"base": base, "platbase": base})
-        found += [Path(paths[k]) for k in ("purelib", "platlib") if paths.get(k)]
-    for prefix in ("/usr", "/usr/local"):  # Debian's site.py adds these to a system Python
-        found += [Path(prefix, "lib", "python3", "dist-packages"), Path(prefix, "lib", ver, "dist-packages"),
-                  Path(prefix, "lib", ver, "site-packages")]
-    return tuple(dict.fromkeys(_real(p) for p in found if p.is_dir()))
 
 
 _HOST_MEMO: list[tuple[tuple, HostInfo]] = []  # at most one: (what it was computed from, the result)

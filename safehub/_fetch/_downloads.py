@@ -213,7 +213,10 @@ def validate_url(url: object) -> str:
         raise UnsafeSpecError(f"a download URL is longer than {MAX_URL_LEN} characters")
     if not url.isascii() or any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
         raise UnsafeSpecError(f"download URL {url[:200]!r} has spaces, control or non-ASCII characters")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. a bracketed host that is no IPv6 address: "https://[::ffff:a.example.com]/"
+        raise UnsafeSpecError(f"download URL {url[:200]!r} cannot be parsed") from None
     if parts.scheme not in ("http", "https"):
         raise UnsafeSpecError(f"download URL {url[:200]!r} is not http(s)")
     if not parts.hostname or parts.username is not None or parts.password is not None:

@@ -88,10 +88,15 @@ def normalise_request(request: SandboxRequest, host_home: str | None = None) -> 
 
 
 def normalise_hidden(request: SandboxRequest, shown: Sequence[str]) -> list[Path]:
-    """The request's hidden folders that lie inside a shown path (resolved; others
-    are already invisible). A hidden path must be absolute and a real folder."""
+    """The request's hidden folders, and always the base interpreter's site-packages,
+    that lie inside a shown path (resolved; others are already invisible). A hidden
+    path must be absolute and a real folder."""
+    from .._basesite import base_site_packages
+
     out: list[Path] = []
-    for raw in getattr(request, "hidden_paths", ()):
+    # The base interpreter's site-packages are hidden whatever the request says: a
+    # caller that builds its own request (a warm worker) cannot forget them.
+    for raw in (*getattr(request, "hidden_paths", ()), *base_site_packages()):
         path = Path(raw)
         if not path.is_absolute():
             raise SandboxError(f"sandbox hidden path {str(path)!r} is not absolute")

@@ -68,14 +68,15 @@ def _hint() -> str:
 @functools.lru_cache(maxsize=16)
 def build(variant: str, machine: str | None = None) -> bytes:
     """The BPF program (struct sock_filter array) for ``variant`` ("bwrap",
-    "landlock" or "process") on ``machine`` (default: this one)."""
+    "landlock", "process", or "worker_child": bwrap's plus no System V IPC or POSIX
+    message queues, for a warm worker's per-job child) on ``machine`` (default: this one)."""
     machine = machine or os.uname().machine
     if machine not in SUPPORTED:
         raise SeccompUnavailable(
             f"safehub's seccomp policy is only reviewed for {', '.join(SUPPORTED)}, not {machine}; "
             f"run without the filter, knowingly, with {OPT_OUT}=0"
         )
-    if variant not in ("bwrap", "landlock", "process"):
+    if variant not in ("bwrap", "landlock", "process", "worker_child"):
         raise ValueError(f"unknown seccomp variant {variant!r}")
     try:
         import pyseccomp as sc
@@ -101,7 +102,10 @@ def _compile(sc, variant: str, machine: str) -> bytes:  # noqa: ANN001 - pysecco
         return sc.resolve_syscall(arch, name) >= 0
 
     deny = dict(policy.DENY)
-    if variant == "landlock":
+    if variant in ("landlock", "worker_child"):
+        # worker_child: a warm worker's job shares the worker's IPC namespace with the
+        # jobs before and after it; System V objects and POSIX queues outlive the job
+        # (red team round 3), so a forked job child gets none (stacked on bwrap's filter).
         deny.update(policy.LANDLOCK_DENY)
     special = {"personality", "clone", "socket", "socketpair"}
     for name in sorted(policy.DOCKER_ALLOW - set(deny) - special):
