@@ -54,6 +54,8 @@ from ._resources import runner_dir
 from ._sandbox import Limits, SandboxBackend, SandboxRequest, SandboxResult
 from ._sandbox._base import MAX_CAPTURE_BYTES
 from ._sandbox._limits import Watchdog, confine_rlimits, killed_by_signal
+from ._sandbox._seccomp import confine_entry
+from ._sandbox._seccomp import enabled as seccomp_enabled
 
 if TYPE_CHECKING:
     from ._env._types import PythonEnv
@@ -327,7 +329,13 @@ def _run_locked(wdir: Path, *, limits: Limits, python_env: PythonEnv, repo_dir: 
         rlimits = confine_rlimits(limits)
         if limits.max_pids is not None:
             rlimits["NPROC"] = int(limits.max_pids) + 2  # the worker and the namespace's pid 1 count too
-        layout(root, {"close_fds": True, "no_new_privs": True, "rlimits": rlimits})
+        confine: dict[str, object] = {"close_fds": True, "no_new_privs": True, "rlimits": rlimits}
+        if seccomp_enabled():
+            # Stacked on the worker's own bwrap filter: no System V IPC or POSIX message
+            # queues, which live in the worker's IPC namespace and would outlast this job
+            # into the next one (red team round 3).
+            confine["seccomp"] = confine_entry("worker_child")
+        layout(root, confine)
         if state.uid is not None:  # as root, the worker runs as a uid of its own: the job
             os.chmod(root, 0o755)  # folder and in/ stay root's (not renamable), the rest is the job's
             for sub in ("out", "home", "tmp", "log"):

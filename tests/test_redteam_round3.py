@@ -568,8 +568,8 @@ def test_the_worker_child_filter_refuses_ipc_that_outlives_a_job():
     branch (not on main yet) a job's System V shared memory, message queue and
     semaphore set and a POSIX message queue were all found by the next job of the
     same worker (its IPC namespace is shared by every job; tmp files and daemons were
-    swept). The filter refuses them for a forked job child; wiring it into the
-    worker's per-job confine is left to the worker (reported to the lead)."""
+    swept). The filter refuses them for a forked job child; the worker's per-job
+    confine installs it (end to end: tests/test_worker.py, IPC test)."""
     import subprocess
 
     from safehub._resources import runner_dir

@@ -191,3 +191,33 @@ def test_a_job_over_its_limit_takes_the_worker_down(repo: Path) -> None:
     again = _load(repo, "probe")
     assert _worker(again)["used"] is True and _worker(again)["started_now"] is True and _worker(again)["pid"] != pid
     assert torch.equal(again.weight, first.weight)
+
+
+def test_ipc_objects_of_one_job_do_not_reach_the_next(tmp_path: Path, safehub_home: Path) -> None:
+    """Red team round 3: every job of a worker shares its IPC namespace, so System V
+    shared memory, queues and semaphores and POSIX message queues planted by one job
+    were found by the next. The per-job seccomp filter ("worker_child") refuses
+    creating them; files, /dev/shm and a re-forking daemon are swept after each job."""
+    import re
+
+    from conftest import ROOT
+    from safehub import EntrypointFailedError
+
+    folder = tmp_path / "ipc-repo"
+    folder.mkdir()
+    folder.chmod(0o755)  # as root, the sandbox runs as another uid
+    (folder / "hubconf.py").write_text((ROOT / "tests" / "fixtures" / "redteam3" / "worker_hubconf.py").read_text())
+
+    def report(entry: str) -> tuple[dict, str]:
+        with pytest.raises(EntrypointFailedError) as info:
+            _load(folder, entry, token="t0k3n")
+        found = re.search(r"CANARY (\{.*?\}) END", info.value.remote_message)
+        assert found, f"no report came back: {info.value}"
+        return json.loads(found.group(1)), str(info.value)
+
+    planted, _ = report("plant")
+    for ipc in ("sysv_shm", "sysv_msg", "sysv_sem", "posix_mq"):
+        assert planted[ipc] == "EPERM", f"{ipc}: {planted[ipc]} (the job could create it)"
+    assert planted["tmp"] == "planted", "control: the plant job really ran and wrote its files"
+    seen, _ = report("collect")
+    assert all(v != "found" for v in seen.values()), seen
