@@ -334,6 +334,9 @@ def _wrap_refusals(r: _Recorder) -> None:
     real_connect_ex = socket.socket.connect_ex
     real_socket_init = socket.socket.__init__
     real_popen_init = subprocess.Popen.__init__
+    import _posixsubprocess
+
+    real_fork_exec = _posixsubprocess.fork_exec
 
     def open(file: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: A001 - stands in for builtins.open
         try:
@@ -370,6 +373,13 @@ def _wrap_refusals(r: _Recorder) -> None:
             r.refused("socket", _INET.get(family, str(family)), exc)
             raise
 
+    def fork_exec(*args: Any, **kwargs: Any) -> Any:
+        # _posixsubprocess.fork_exec raises no audit event of its own (subprocess.Popen
+        # does, above it): a repo calling it directly started /bin/sh unseen (red team
+        # round 3). Popen's own calls are recorded twice, as "popen" and "fork_exec".
+        r.record("subprocess", op="fork_exec", target=_text(args[0] if args else ""))
+        return real_fork_exec(*args, **kwargs)
+
     def popen_init(self: Any, args: Any, *rest: Any, **kwargs: Any) -> None:
         try:
             real_popen_init(self, args, *rest, **kwargs)
@@ -385,6 +395,7 @@ def _wrap_refusals(r: _Recorder) -> None:
     setattr(socket.socket, "connect_ex", connect_ex)
     setattr(socket.socket, "__init__", socket_init)
     setattr(subprocess.Popen, "__init__", popen_init)
+    setattr(_posixsubprocess, "fork_exec", fork_exec)
 
 
 def start(out_dir: str, repo_dir: str, job_dir: str) -> None:

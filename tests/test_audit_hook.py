@@ -287,3 +287,17 @@ def test_importing_safehub_and_its_audit_cli_imports_neither_torch_nor_ray():
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray'}))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr
+
+
+def test_a_direct_fork_exec_is_recorded(tmp_path):
+    """Red team round 3: _posixsubprocess.fork_exec raises no audit event; the hook
+    wraps it, so a repo starting /bin/sh below subprocess is seen."""
+    t = run_as_repo(tmp_path, """
+        import _posixsubprocess
+        r, w = os.pipe()
+        pid = _posixsubprocess.fork_exec([b"/bin/sh", b"-c", b"true"], [b"/bin/sh"], True, (), None, None,
+                                         -1, -1, -1, -1, -1, -1, r, w, True, False, 0, None, None, None, -1, None, False)
+        os.waitpid(pid, 0)
+    """)
+    ops = [e["op"] for e in kinds(t, "subprocess")]
+    assert ops == ["fork_exec"], t["events"]

@@ -330,3 +330,17 @@ def test_zip_of_many_pickles_is_bounded_in_total(tmp_path, monkeypatch):
     entry = scan_pickle_file(path, "bomb.pt")
     assert entry["format"] == "torch-zip" and "bytes" in entry["truncated"]
     assert entry["pickles"] == 2  # the third member is past the total budget
+
+
+def test_a_process_started_below_subprocess_is_a_static_finding(tmp_path):
+    """Red team round 3: a hubconf calling _posixsubprocess.fork_exec (no audit event,
+    no subprocess/os call) was audited "clean"."""
+    repo = tmp_path / "spawner"
+    repo.mkdir()
+    src = Path(__file__).resolve().parent / "fixtures" / "redteam3" / "audit_spawner_hubconf.py"
+    (repo / "hubconf.py").write_text(src.read_text())
+    r = audit_repo(str(repo), static_only=True)
+    found = {(f["category"], f["severity"], f.get("line")) for f in r["static"]["findings"]}
+    assert ("process", "high", 3) in found, r["static"]["findings"]  # the import
+    assert any(f["category"] == "process" and "fork_exec" in json.dumps(f) for f in r["static"]["findings"])
+    assert r["verdict"] == "findings" and r["exit_code"] == 20

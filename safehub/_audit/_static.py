@@ -46,7 +46,8 @@ _add("process", "high", "starts a process", "os.system", "os.popen", "os.execv",
      "os.spawnve", "os.spawnvp", "os.posix_spawn", "os.posix_spawnp", "os.fork", "os.forkpty", "pty.spawn",
      "subprocess.Popen", "subprocess.run", "subprocess.call", "subprocess.check_call", "subprocess.check_output",
      "subprocess.getoutput", "subprocess.getstatusoutput", "commands.getoutput", "asyncio.create_subprocess_exec",
-     "asyncio.create_subprocess_shell", "multiprocessing.Process")
+     "asyncio.create_subprocess_shell", "multiprocessing.Process", "_posixsubprocess.fork_exec",
+     "subprocess._fork_exec")
 _add("native", "high", "loads native code", "ctypes.CDLL", "ctypes.cdll.LoadLibrary", "ctypes.PyDLL", "ctypes.WinDLL",
      "ctypes.util.find_library", "cffi.FFI", "torch.ops.load_library", "torch.utils.cpp_extension.load",
      "torch.utils.cpp_extension.load_inline")
@@ -159,6 +160,8 @@ class _FileScan(ast.NodeVisitor):
             self.add(node, "native", "high", "imports a native-code interface", module)
         elif top == "pip":
             self.add(node, "pip_install", "high", "imports pip", module)
+        elif top == "_posixsubprocess":  # fork_exec below subprocess: no audit event (red team round 3)
+            self.add(node, "process", "high", "imports the private process-spawning module", module)
 
     def visit_Call(self, node: ast.Call) -> None:
         name = _dotted(node.func, self.aliases)
