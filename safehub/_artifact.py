@@ -309,14 +309,22 @@ def _check_size(folder: Path, name: str, expected: dict[str, Any], cap: int) -> 
                             hint="the artifact was changed or truncated after it was saved; export it again")
 
 
-def load_artifact(path: str | os.PathLike[str], *, device: Any = None, limits: ChannelLimits | None = None) -> Any:
+def load_artifact(path: str | os.PathLike[str], *, device: Any = None, limits: ChannelLimits | None = None,
+                  policy: str | os.PathLike[str] | None = None, lock: str | os.PathLike[str] | None = None) -> Any:
     """Load an artifact folder written by ``safehub.save``. No sandbox, env or network.
 
     The folder is untrusted input: its layout, ``provenance.json`` and the sha256 of
     both files are checked, then it is validated and rebuilt exactly like a sandbox's
     output. Returns what was saved (a module or a tuple/list/dict of modules), each
     with ``safehub_info`` (an :class:`ArtifactInfo`).
+
+    The organisation policy applies (``policy=``/``lock=`` as for ``load``): under a
+    ``[repos]`` rule or a lock an artifact is refused, since its provenance is
+    self-declared (docs/policy.md).
     """
+    from ._guard import LoadGuard
+
+    LoadGuard.for_call(policy=policy, lock=lock).check_artifact(str(path))
     folder = Path(path)
     obj, provenance = load_checked(folder, device=device, limits=limits)
     info = ArtifactInfo(path=str(folder), repo=provenance["repo"], source=provenance["source"], sha=provenance["sha"],

@@ -97,6 +97,26 @@ class LoadGuard:
     def _src(self, section: str, key: str) -> str:
         return self.policy.source(section, key)
 
+    # --- artifacts -------------------------------------------------------------
+
+    def check_artifact(self, path: str) -> None:
+        """Before ``load_artifact`` reads anything: an artifact's provenance (repo, commit)
+        is self-declared and unsigned, so rules about which repos and commits may load
+        cannot be checked against it. Under such a rule or a lock it is refused (red team
+        round 3: it loaded whatever [repos] said)."""
+        shown = escape_untrusted(path, limit=200)
+        hint = ("load the model with safehub.load under this policy (the sandbox checks the repo and "
+                "commit), or load the artifact where this rule does not apply")
+        if self.locks:
+            raise _lock_refusal(self.locks[0].path, f"the artifact {shown} cannot be checked against a lock "
+                                "(its provenance is self-declared)", hint)
+        for key, strict in (("allow", lambda v: v is not None), ("require_pin", bool),
+                            ("allow_local", lambda v: v is False)):
+            if strict(self._rule("repos", key)):
+                raise _refuse(f"repos.{key}", self._src("repos", key),
+                              f"the artifact {shown}: its provenance (repo, commit) is self-declared, "
+                              "so this rule cannot be checked against it", hint)
+
     # --- the repo --------------------------------------------------------------
 
     def check_request(self, request: Any) -> Any:

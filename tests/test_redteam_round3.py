@@ -515,14 +515,11 @@ def test_the_cache_key_tells_a_negative_view_from_its_base():
     assert canonical_value(x) == canonical_value(x.clone())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "OPEN (policy, for its owner): safehub.load_artifact takes no policy or lock, so an organisation "
-    "policy that allows only pinned, listed repos is bypassed by loading an artifact folder saved from "
-    "any repo (or downloaded from anywhere). Its provenance.json names a repo and commit, but it is "
-    "self-declared (unsigned), so checking it against [repos] allow proves nothing; the fix is a "
-    "policy decision: refuse load_artifact while [repos] allow / require_pin / a lock is in force, "
-    "unless a new key (e.g. [artifacts] allow = true) says otherwise"))
 def test_load_artifact_obeys_the_repo_policy(tmp_path, monkeypatch):
+    """FIXED (round 3): safehub.load_artifact took no policy, so an artifact saved from
+    any repo (or downloaded from anywhere) loaded under a policy allowing only pinned,
+    listed repos. Its provenance is self-declared, so under [repos] rules or a lock
+    it is refused; without them it still loads."""
     import specgen
     import torch
 
@@ -536,9 +533,17 @@ def test_load_artifact_obeys_the_repo_policy(tmp_path, monkeypatch):
     art = safehub.save(rebuild_from_output(specgen.write(tmp_path / "out", spec, weights)), tmp_path / "art")
     policy = tmp_path / "policy.toml"
     policy.write_text('[repos]\nallow = ["alice/model"]\nrequire_pin = true\nallow_local = false\n')
+    monkeypatch.setattr("safehub._policy.SYSTEM_POLICY_PATH", tmp_path / "no-system-policy.toml")
+    assert isinstance(safehub.load_artifact(art), torch.nn.Module)  # control: no policy, it loads
     monkeypatch.setenv("SAFEHUB_POLICY", str(policy))
-    with pytest.raises(PolicyError):
+    with pytest.raises(PolicyError, match=r"\[repos\] allow .*self-declared"):
         safehub.load_artifact(art)
+    for rule in ("require_pin = true", "allow_local = false"):
+        policy.write_text(f"[repos]\n{rule}\n")
+        with pytest.raises(PolicyError, match="self-declared"):
+            safehub.load_artifact(art)
+    policy.write_text("[sandbox]\nminimum = \"bwrap\"\n")  # a rule about sandboxes: not about artifacts
+    assert isinstance(safehub.load_artifact(art), torch.nn.Module)
 
 
 _IPC_PROBE = r"""
