@@ -31,6 +31,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 from .._errors import SandboxUnavailableError
 from ._base import GPU_DEVICES, MAX_CAPTURE_BYTES, SandboxBackend, SandboxRequest, SandboxResult
@@ -55,6 +56,17 @@ INSTALL_HINT = (
     "sysctl kernel.apparmor_restrict_unprivileged_userns=0); or use sandbox='landlock'"
 )
 
+
+
+class _Prepared(NamedTuple):
+    """A bwrap start, ready to spawn (see BwrapBackend._prepare)."""
+
+    argv: list[str]
+    fds: tuple[int, ...]
+    cleanup: Callable[[], None]
+    uid: int | None  # the sandbox's own uid (when running as root), else None
+    rw: list[Path]
+    scratch: list[Path]
 
 class BwrapBackend(SandboxBackend):
     name = "bwrap"
@@ -119,7 +131,9 @@ class BwrapBackend(SandboxBackend):
 
     # -- running -------------------------------------------------------------
 
-    def run(self, request: SandboxRequest) -> SandboxResult:
+    def _prepare(self, request: SandboxRequest, *, die_with_parent: bool) -> _Prepared:
+        """What every start needs, cold run or warm worker alike: the checks, the
+        sandbox uid (writable paths handed to it) and the bwrap command line."""
         problem = self.check()
         if problem:
             raise SandboxUnavailableError(f"the bwrap sandbox is unavailable: {problem}")
@@ -135,8 +149,13 @@ class BwrapBackend(SandboxBackend):
         argv, fds, cleanup = self._argv(
             list(request.argv), dict(request.env), Path(request.cwd), ro, rw, scratch,
             uid=uid, allow_gpu=request.allow_gpu, tmpfs_bytes=request.limits.tmpfs_bytes,
-            rlimits=confine_rlimits(request.limits), hidden=normalise_hidden(request, [*map(str, ro), "/usr"]),
+            rlimits=confine_rlimits(request.limits), die_with_parent=die_with_parent,
+            hidden=normalise_hidden(request, [*map(str, ro), "/usr"]),
         )
+        return _Prepared(argv, fds, cleanup, uid, rw, scratch)
+
+    def run(self, request: SandboxRequest) -> SandboxResult:
+        argv, fds, cleanup, uid, rw, scratch = self._prepare(request, die_with_parent=True)
         import subprocess
 
         out, err = TailPipe(MAX_CAPTURE_BYTES), TailPipe(MAX_CAPTURE_BYTES)
@@ -245,24 +264,7 @@ class BwrapBackend(SandboxBackend):
         The caller enforces the limits. Returns (bwrap's pid, the sandbox uid or None)."""
         import subprocess
 
-        problem = self.check()
-        if problem:
-            raise SandboxUnavailableError(f"the bwrap sandbox is unavailable: {problem}")
-        warn_if_off(self.seccomp)
-        ro, rw, scratch = normalise_request(request)
-        uid = None
-        if self.as_root:
-            from ._userns import pick_sandbox_uid
-
-            uid = pick_sandbox_uid()
-            for path in rw:
-                os.chown(path, uid, uid, follow_symlinks=False)
-        argv, fds, cleanup = self._argv(
-            list(request.argv), dict(request.env), Path(request.cwd), ro, rw, scratch,
-            uid=uid, allow_gpu=request.allow_gpu, tmpfs_bytes=request.limits.tmpfs_bytes,
-            rlimits=confine_rlimits(request.limits), die_with_parent=False,
-            hidden=normalise_hidden(request, [*map(str, ro), "/usr"]),
-        )
+        argv, fds, cleanup, uid, _, _ = self._prepare(request, die_with_parent=False)
         log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             proc = subprocess.Popen(
