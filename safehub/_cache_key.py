@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import stat
 import struct
 import sys
@@ -129,11 +130,35 @@ def _code_identity() -> dict[str, str]:
     return {"safehub": str(getattr(sys.modules.get("safehub"), "__version__", "unknown")), "runners": h.hexdigest()}
 
 
+_VERSION_LINE = re.compile(r"^(__version__|git_version)\s*(?::\s*str\s*)?=\s*['\"]([^'\"\n]{1,100})['\"]", re.M)
+
+
+def torch_identity() -> str:
+    """torch's version and git commit, as ``torch.__version__`` and
+    ``torch.version.git_version`` give them, read from torch/version.py without
+    importing torch: a fresh process computes the key while its ``import torch``
+    still runs on a thread (safehub/_host_torch.py), and the sandbox can start."""
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "version"):
+        return f"{torch.__version__} {getattr(torch.version, 'git_version', '')}"
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch")  # the torch an import would load; nothing is executed
+    try:
+        if spec is None or spec.origin is None:
+            raise KeyError("torch")
+        text = (Path(spec.origin).parent / "version.py").read_text(encoding="utf-8")
+        found: dict[str, str] = {m.group(1): m.group(2) for m in _VERSION_LINE.finditer(text)}
+        return f"{found['__version__']} {found.get('git_version', '')}"
+    except (OSError, KeyError, UnicodeDecodeError):
+        import torch as imported  # an unusual install: ask torch itself
+
+        return f"{imported.__version__} {getattr(imported.version, 'git_version', '')}"
+
+
 def key_inputs(*, repo: dict[str, Any], entrypoint: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                example_inputs: Any, export: str, env_key: str) -> dict[str, Any]:
     """The key document of one load; raises NotCanonical."""
-    import torch
-
     return {
         "format": CACHE_FORMAT,
         "repo": repo,
@@ -143,7 +168,7 @@ def key_inputs(*, repo: dict[str, Any], entrypoint: str, args: tuple[Any, ...], 
         "example_inputs": canonical_value(example_inputs, "example_inputs"),
         "export": export,
         "env": env_key,
-        "torch": f"{torch.__version__} {getattr(torch.version, 'git_version', '')}",
+        "torch": torch_identity(),
         "python": "%d.%d" % sys.version_info[:2],
         **_code_identity(),
     }

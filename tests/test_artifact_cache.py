@@ -422,3 +422,18 @@ def test_other_changes_to_an_entry_are_refused(repo: Path, home: Path, tmp_path:
     else:
         (entry / "key.json").write_bytes(b"\xff{")
     _refused(repo, match)
+
+
+def test_the_key_names_torch_without_importing_it() -> None:
+    """A fresh process computes the key while its `import torch` still runs on a thread;
+    the version read from torch/version.py must be exactly what torch itself says, or a
+    key made before and after the import would differ."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from safehub._cache_key import torch_identity; a = torch_identity(); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; import torch; "
+            "b = f'{torch.__version__} {torch.version.git_version}'; assert a == b == torch_identity(), (a, b); print(a)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(proc.stdout.split()) == 2
