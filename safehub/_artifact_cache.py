@@ -43,6 +43,7 @@ from typing import Any
 
 from ._cache_key import NotCanonical, canonical_value, key_digest, key_inputs, local_tree_digest
 from ._errors import ArtifactCacheError, SafehubError, UnsafeSpecError
+from ._fsutil import tree_size
 
 __all__ = ["ArtifactCache", "CachePlan", "plan_cache", "graph_cache", "EntryInfo"]
 
@@ -358,13 +359,7 @@ class ArtifactCache:
     def describe(self, key: str) -> EntryInfo:
         """What ``ls`` shows; read without trusting it (display only, never used to load)."""
         path = self.entry_path(key)
-        size, created, repo, entrypoint = 0, None, None, None
-        for dirpath, _dirs, files in os.walk(path, followlinks=False):
-            for name in files:
-                try:
-                    size += os.lstat(os.path.join(dirpath, name)).st_size
-                except OSError:
-                    pass
+        size, created, repo, entrypoint = tree_size(path), None, None, None
         try:
             with open(path / KEY_FILE, "rb") as f:
                 doc = json.loads(f.read(MAX_KEY_BYTES))

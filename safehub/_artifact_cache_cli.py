@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ._artifact_cache import ArtifactCache
+from ._fsutil import human_size as _human
 
 __all__ = ["add_artifact_cache_commands", "artifact_section", "artifact_summary", "remove_artifacts", "verify_artifacts"]
 
@@ -19,15 +20,6 @@ def _hub(args: argparse.Namespace) -> Path:
     from ._config import hub_path
 
     return Path(getattr(args, "hub_dir", None) or hub_path())
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def _chosen(cache: ArtifactCache, prefix: str | None, everything: bool) -> list[str]:

@@ -17,7 +17,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-__all__ = ["remove_tree"]
+__all__ = ["remove_tree", "tree_size", "human_size"]
 
 logger = logging.getLogger("safehub")
 
@@ -210,3 +210,25 @@ def _exists(parent_fd: int, name: str) -> bool:
         return False
     return True
 
+
+
+def tree_size(root: str | os.PathLike[str]) -> int:
+    """Bytes of the files under ``root`` (links not followed; unreadable entries skipped)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(root, followlinks=False):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def human_size(n: int) -> str:
+    """``n`` bytes for people: "512 B", "1.5 MiB" (the CLI's cache listings)."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

@@ -173,3 +173,12 @@ class Recording(SandboxBackend):
         self.last = self.inner.run(request)
         return self.last
 
+
+
+def no_ambient_policy(mp: pytest.MonkeyPatch, folder: Path) -> None:
+    """Only the policy layers and lockfiles a test names apply: not this machine's
+    /etc/safehub, user config dir or SAFEHUB_* variables (``folder`` holds none)."""
+    mp.setattr("safehub._policy.SYSTEM_POLICY_PATH", folder / "no-system-policy.toml")
+    mp.setattr("safehub._policy._user_config_policy", lambda: folder / "no-user-policy.toml")
+    for var in ("SAFEHUB_SYSTEM_POLICY", "SAFEHUB_POLICY", "SAFEHUB_LOCK", "SAFEHUB_SANDBOX", "SAFEHUB_DEPENDENCIES"):
+        mp.delenv(var, raising=False)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import no_ambient_policy
 import torch
 from github_server import FakeGitHub, build_zip
 from torch import nn
@@ -36,10 +37,7 @@ DISTS = ("numpy==1.26.4", "pyyaml==6.0.1")
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr("safehub._policy.SYSTEM_POLICY_PATH", tmp_path / "no-system-policy.toml")
-    monkeypatch.setattr("safehub._policy._user_config_policy", lambda: tmp_path / "no-user-policy.toml")
-    for var in ("SAFEHUB_SYSTEM_POLICY", "SAFEHUB_POLICY", "SAFEHUB_LOCK", "SAFEHUB_SANDBOX", "SAFEHUB_DEPENDENCIES"):
-        monkeypatch.delenv(var, raising=False)
+    no_ambient_policy(monkeypatch, tmp_path)
     monkeypatch.setenv("SAFEHUB_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("SAFEHUB_REF_CACHE_TTL", "0")  # every load asks where the ref points now
     monkeypatch.setattr(_http, "BACKOFF_BASE_S", 0.0)
@@ -109,11 +107,7 @@ def published(tmp_path_factory: pytest.TempPathFactory):
     """One server and one lock (two loads) for the module; ``world`` restores what a test changes."""
     folder = tmp_path_factory.mktemp("lock")
     with pytest.MonkeyPatch.context() as mp, FakeGitHub() as gh:
-        mp.setattr("safehub._policy.SYSTEM_POLICY_PATH", folder / "no-system-policy.toml")
-        mp.setattr("safehub._policy._user_config_policy", lambda: folder / "no-user-policy.toml")
-        for var in ("SAFEHUB_SYSTEM_POLICY", "SAFEHUB_POLICY", "SAFEHUB_LOCK", "SAFEHUB_SANDBOX",
-                    "SAFEHUB_DEPENDENCIES"):
-            mp.delenv(var, raising=False)
+        no_ambient_policy(mp, folder)
         mp.setenv("SAFEHUB_HOME", str(folder / "home"))
         repo = gh.add_repo("alice", "model")
         sha = repo.commit({"hubconf.py": HUBCONF})

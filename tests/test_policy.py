@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import no_ambient_policy
 
 from safehub import PolicyError, UntrustedRepoError
 from safehub._fetch import RepoRequest
@@ -22,12 +23,9 @@ SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(autouse=True)
-def no_ambient_policy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def only_named_policies(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Only the layers a test names apply (not this machine's /etc or user config)."""
-    monkeypatch.setattr("safehub._policy.SYSTEM_POLICY_PATH", tmp_path / "no-such-system-policy.toml")
-    monkeypatch.setattr("safehub._policy._user_config_policy", lambda: tmp_path / "no-such-user-policy.toml")
-    for var in ("SAFEHUB_SYSTEM_POLICY", "SAFEHUB_POLICY", "SAFEHUB_LOCK", "SAFEHUB_SANDBOX", "SAFEHUB_DEPENDENCIES"):
-        monkeypatch.delenv(var, raising=False)
+    no_ambient_policy(monkeypatch, tmp_path)
 
 
 def write(folder: Path, text: str, name: str = "policy.toml", mode: int = 0o644) -> Path:

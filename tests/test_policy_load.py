@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import no_ambient_policy
 import torch
 from github_server import FakeGitHub, LoopbackService
 from torch import nn
@@ -29,10 +30,7 @@ HUBCONF = b"dependencies = []\n\ndef tiny():\n    raise AssertionError('the host
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr("safehub._policy.SYSTEM_POLICY_PATH", tmp_path / "no-system-policy.toml")
-    monkeypatch.setattr("safehub._policy._user_config_policy", lambda: tmp_path / "no-user-policy.toml")
-    for var in ("SAFEHUB_SYSTEM_POLICY", "SAFEHUB_POLICY", "SAFEHUB_LOCK", "SAFEHUB_SANDBOX", "SAFEHUB_DEPENDENCIES"):
-        monkeypatch.delenv(var, raising=False)
+    no_ambient_policy(monkeypatch, tmp_path)
     monkeypatch.setenv("SAFEHUB_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(_http, "BACKOFF_BASE_S", 0.0)
 

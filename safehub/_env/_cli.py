@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .._fsutil import human_size as _human
 from ._manage import env_size, list_envs, remove_env
 
 __all__ = ["add_env_cache_commands"]
@@ -18,15 +19,6 @@ def _hub(args: argparse.Namespace) -> Path:
     from .._config import hub_path
 
     return hub_path()
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def _rows(hub: Path) -> list[dict[str, Any]]:

@@ -13,8 +13,9 @@ from typing import Any
 
 from .._config import get_dir
 from ._cache import CacheEntry, RepoCache
-from ._extract import tree_size
 from .._errors import CacheCorruptedError
+from .._fsutil import human_size as _human
+from .._fsutil import tree_size
 
 __all__ = ["add_cache_commands"]
 
@@ -49,14 +50,6 @@ def _matches(e: CacheEntry, pattern: str | None) -> bool:
     else:
         ok = e.owner == parts[0]
     return ok and e.sha.startswith(sha)
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 def _env_summary(hub: Path) -> dict[str, Any]:

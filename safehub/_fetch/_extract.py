@@ -34,7 +34,7 @@ from pathlib import Path
 from .._config import env_flag
 from .._errors import UnsafeArchiveError
 
-__all__ = ["ArchiveLimits", "extract_zip", "tree_hash", "make_read_only", "tree_size"]
+__all__ = ["ArchiveLimits", "extract_zip", "tree_hash", "make_read_only"]
 
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -406,16 +406,6 @@ def tree_hash(root: Path) -> str:
         h.update(rel.encode("utf-8", "surrogateescape") + b"\0" + kind.encode() + b"\0" + digest)
     return h.hexdigest()
 
-
-def tree_size(root: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(root, followlinks=False):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                pass
-    return total
 
 
 def make_read_only(root: Path) -> None:

@@ -19,7 +19,8 @@ from .._status import status
 from .._errors import HubconfError, InvalidRepoError, OfflineError
 from .._fsutil import remove_tree
 from ._cache import CacheEntry, RepoCache
-from ._extract import ArchiveLimits, extract_zip, make_read_only, tree_hash, tree_size
+from .._fsutil import tree_size
+from ._extract import ArchiveLimits, extract_zip, make_read_only, tree_hash
 from ._github import GitHubHost, Resolver, github_host, make_client
 from ._names import SHA_RE, parse_repo
 from ._trust import check_trust
