@@ -231,7 +231,7 @@ def load(
     hub.check_call(model, args, kwargs)  # milliseconds, before any env build or sandbox run
     from . import _host_torch
 
-    _host_torch.start()  # the host's import torch overlaps the env and the sandbox (a thread; see there)
+    _host_torch.start()  # the host's import torch overlaps the sandbox (a thread, once one runs; see there)
     timings["fetch_and_static_checks"] = time.perf_counter() - mark
     if example_inputs is not None and not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)

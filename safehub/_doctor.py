@@ -56,7 +56,7 @@ def _bwrap(env: Mapping[str, str]) -> dict[str, Any]:
         info["version"] = done.stdout.decode(errors="replace").strip() or None
     except OSError:
         pass
-    problem = backend.check()
+    problem = backend.check(fresh=True)  # never the remembered outcome of an earlier probe
     info["usable"] = problem is None
     if problem:
         info["problem"] = problem

@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import secrets
+import select
 import signal
 import socket
 import stat
@@ -379,7 +380,9 @@ def _run_locked(wdir: Path, *, limits: Limits, python_env: PythonEnv, repo_dir: 
             return 0
 
         watchdog = Watchdog(limits=limits, root_pid=state.pid, disk_paths=[root], exclude=exclude)
-        killed_by = watchdog.run(poll, lambda: _kill(wdir, state))
+        # Between polls, wake as soon as the worker answers rather than at the next tick.
+        killed_by = watchdog.run(poll, lambda: _kill(wdir, state),
+                                 wait=lambda seconds: select.select([conn], [], [], seconds))
         if killed_by is None:
             killed_by = watchdog.check_disk()
         code = -int(signal.SIGKILL)

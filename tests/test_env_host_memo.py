@@ -1,16 +1,21 @@
 """host_info is remembered while the stat of what it read stays the same (a warm load
-must not re-parse every host METADATA file), and minimal_paths' faster form gives
-what the plain definition gives."""
+must not re-parse every host METADATA file), in the process and on disk for the next
+one (checked fail-closed: a tampered memo is never used), and minimal_paths' faster
+form gives what the plain definition gives."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sys
 from pathlib import Path
 
+import pytest
+
 from safehub._env import _host
 from safehub._env._host import host_info, minimal_paths
+from safehub._env._host_memo import MEMO_NAME, load_memo
 
 
 def _reference(paths):
@@ -43,3 +48,90 @@ def test_host_info_is_reused_until_what_it_read_changes(tmp_path: Path, monkeypa
     os.utime(site, ns=(1, 1))
     assert host_info() is not second
     assert sys.path[0] == str(site) and _host._HOST_MEMO
+
+
+# --- the memo on disk, for the next process -----------------------------------
+
+
+def _fresh_process(monkeypatch) -> None:
+    """What a new process starts with: no in-process memo."""
+    monkeypatch.setattr(_host, "_HOST_MEMO", [])
+
+
+def test_a_fresh_process_reads_the_inspection_from_disk(tmp_path: Path, monkeypatch) -> None:
+    _fresh_process(monkeypatch)
+    first = host_info(tmp_path)
+    assert (tmp_path / "memo" / MEMO_NAME).is_file()
+    assert oct((tmp_path / "memo" / MEMO_NAME).stat().st_mode & 0o777) == "0o600"
+    _fresh_process(monkeypatch)
+    calls: list[int] = []
+    real = _host._host_info
+    monkeypatch.setattr(_host, "_host_info", lambda read: calls.append(1) or real(read))
+    again = host_info(tmp_path)
+    assert calls == [] and again == first  # not inspected again, and the same answer
+
+
+def test_the_disk_memo_is_ignored_when_what_it_read_changed(tmp_path: Path, monkeypatch) -> None:
+    _fresh_process(monkeypatch)
+    host_info(tmp_path)
+    doc = json.loads((tmp_path / "memo" / MEMO_NAME).read_text())
+    victim = doc["read"][0]  # a METADATA file it parsed: edited in place since
+    doc["fingerprint"][2][0][1][1] += 1  # its recorded ctime no longer matches
+    (tmp_path / "memo" / MEMO_NAME).write_text(json.dumps(doc))
+    _fresh_process(monkeypatch)
+    calls: list[int] = []
+    real = _host._host_info
+    monkeypatch.setattr(_host, "_host_info", lambda read: calls.append(1) or real(read))
+    host_info(tmp_path)
+    assert calls == [1], victim
+    assert json.loads((tmp_path / "memo" / MEMO_NAME).read_text())["fingerprint"] != doc["fingerprint"]
+
+
+@pytest.mark.parametrize("tamper", [
+    # A host folder that is not on sys.path would be bound into every sandbox.
+    lambda f: f["share_paths"].append(str(Path.home() / ".ssh")),
+    lambda f: f["family_dists"].append(["torch", "2.0", "/etc/evil.dist-info"]),
+    lambda f: f["packages"].update({"not-torch-family": "1.0"}),
+    lambda f: f["packages"].update({"torch": "2.0; rm -rf"}),
+    lambda f: f.update({"extra": 1}),
+    lambda f: f["constraints"].append(["not", "a", "string"]),
+], ids=["share-path-off-sys.path", "dist-outside-shares", "non-family-package", "bad-version", "extra-field",
+        "bad-constraint"])
+def test_a_tampered_disk_memo_is_never_used(tmp_path: Path, monkeypatch, tamper) -> None:
+    _fresh_process(monkeypatch)
+    honest = host_info(tmp_path)
+    path = tmp_path / "memo" / MEMO_NAME
+    doc = json.loads(path.read_text())
+    tamper(doc["fields"])
+    path.write_text(json.dumps(doc))
+    assert load_memo(path, _host._fingerprint) is None
+    _fresh_process(monkeypatch)
+    assert host_info(tmp_path) == honest  # inspected again, not taken from the file
+
+
+def test_the_disk_memo_is_for_one_interpreter_only(tmp_path: Path, monkeypatch) -> None:
+    _fresh_process(monkeypatch)
+    host_info(tmp_path)
+    path = tmp_path / "memo" / MEMO_NAME
+    doc = json.loads(path.read_text())
+    doc["interpreter"]["executable"] = "/usr/bin/python-other"
+    path.write_text(json.dumps(doc))
+    assert load_memo(path, _host._fingerprint) is None
+    path.unlink()
+    path.symlink_to(tmp_path / "elsewhere.json")  # never read through a link
+    assert load_memo(path, _host._fingerprint) is None
+
+
+def test_the_script_folder_counts_only_when_it_holds_package_metadata(tmp_path: Path, monkeypatch) -> None:
+    """sys.path[0] is each program's own folder: two scripts in different folders share
+    one memo, unless a folder holds package metadata (which would change the answer)."""
+    if sys.flags.safe_path:
+        pytest.skip("sys.path[0] is not a script folder under -P")  # pragma: no cover
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    monkeypatch.setattr(sys, "path", [str(a), *sys.path[1:]])
+    fa = _host._fingerprint([])
+    monkeypatch.setattr(sys, "path", [str(b), *sys.path[1:]])
+    assert _host._fingerprint([]) == fa
+    (b / "torch-9.9.dist-info").mkdir()
+    assert _host._fingerprint([]) != fa

@@ -218,7 +218,8 @@ def ensure_env(
         status(message, *args, verbose=verbose, env=env)
 
     resolution = resolve_dependencies(dependencies)
-    host = host_info()
+    hub = Path(hub_dir).expanduser().resolve()  # real and absolute: it is bound into sandboxes
+    host = host_info(hub)
     if pins:  # installer constraints, like the torch family's own requirements
         host = dataclasses.replace(host, constraints=(*host.constraints, *_checked_pins(pins)))
     check_host_requirements(resolution, host.packages)
@@ -226,7 +227,6 @@ def ensure_env(
     inputs = key_inputs(resolution, host, backend_name, env, mode)
     key = env_key(inputs)
 
-    hub = Path(hub_dir).expanduser().resolve()  # real and absolute: it is bound into sandboxes
     family = ensure_family(hub, host.family_dists)
     envs = hub / "envs"
     final = envs / key[:16]

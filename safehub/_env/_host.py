@@ -19,9 +19,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from email.parser import HeaderParser
 from pathlib import Path
+from typing import Any
 
 from .._basesite import base_site_packages
 from .._errors import MissingHostPackageError, escape_untrusted
+from ._host_memo import MEMO_NAME, load_memo, save_memo
 from ._resolve import TORCH_FAMILY, Resolution, canonical
 from ._types import PythonEnv
 
@@ -174,22 +176,65 @@ def _fingerprint(metadata_files: Iterable[str]) -> tuple:
     """What host_info read, as stat results: sys.path, its folders (a package
     installed or removed changes its folder) and every METADATA file it parsed
     (an edit in place changes the file's ctime)."""
-    paths = tuple(sys.path)
-    return (paths, tuple(_stat_ident(p or ".") for p in paths), tuple((f, _stat_ident(f)) for f in metadata_files))
+    paths = list(sys.path)
+    idents = [_stat_ident(p or ".") for p in paths]
+    if paths and not sys.flags.safe_path and not _holds_metadata(paths[0] or "."):
+        # sys.path[0] is the script's folder (or the cwd), different for every program:
+        # it only matters if package metadata lies there, which it usually does not.
+        paths[0], idents[0] = "<script folder without package metadata>", None
+    return (tuple(paths), tuple(idents), tuple((f, _stat_ident(f)) for f in metadata_files))
 
 
-def host_info() -> HostInfo:
+def _holds_metadata(folder: str) -> bool:
+    try:
+        with os.scandir(folder) as it:
+            return any(e.name.endswith((".dist-info", ".egg-info", ".egg-link")) for e in it)
+    except OSError:
+        return False
+
+
+def host_info(hub_dir: Path | str | None = None) -> HostInfo:
     """Inspect the host: metadata reads only, remembered for this process while the
-    stat of everything read stays the same (a warm load checks, it does not re-parse)."""
+    stat of everything read stays the same (a warm load checks, it does not re-parse),
+    and, given ``hub_dir``, on disk for the next process (safehub/_env/_host_memo.py)."""
     with _HOST_MEMO_LOCK:
         if _HOST_MEMO:
             fingerprint, info = _HOST_MEMO[0]
             if _fingerprint(f for f, _ in fingerprint[2]) == fingerprint:
                 return info
+        memo = Path(hub_dir) / "memo" / MEMO_NAME if hub_dir is not None else None
+        if memo is not None and (found := load_memo(memo, _fingerprint)) is not None:
+            memo_read, fields = found
+            info = _live_info(
+                packages=fields["packages"], share_paths=tuple(Path(p) for p in fields["share_paths"]),
+                constraints=tuple(fields["constraints"]),
+                family_dists=tuple((n, v, Path(p)) for n, v, p in fields["family_dists"]))
+            _HOST_MEMO[:] = [(_fingerprint(memo_read), info)]
+            return info
         read: list[str] = []
         info = _host_info(read)
         _HOST_MEMO[:] = [] if _UNCACHEABLE in read else [(_fingerprint(read), info)]
+        if memo is not None and _UNCACHEABLE not in read:
+            save_memo(memo, read, _fingerprint(read), {
+                "packages": dict(info.packages), "share_paths": [str(p) for p in info.share_paths],
+                "constraints": list(info.constraints),
+                "family_dists": [[n, v, str(p)] for n, v, p in info.family_dists]})
         return info
+
+
+def _live_info(**found: Any) -> HostInfo:
+    """HostInfo from what inspecting packages found, plus what is cheap to compute live."""
+    sysconfig_ready()
+    prefixes = [_real(sys.base_prefix), _real(sys.base_exec_prefix), _base_python().parent.parent]
+    return HostInfo(
+        base_python=_base_python(),
+        base_prefixes=minimal_paths(prefixes),
+        python_version=platform.python_version(),
+        implementation=sys.implementation.name,
+        platform=f"{sysconfig.get_platform()}-{'-'.join(platform.libc_ver())}",
+        base_site_packages=base_site_packages(),
+        **found,
+    )
 
 
 def _host_info(read: list[str]) -> HostInfo:
@@ -241,19 +286,8 @@ def _host_info(read: list[str]) -> HostInfo:
     order = {_real(p): i for i, p in reversed(list(enumerate(sys.path))) if p}
     folders.sort(key=lambda f: order.get(f, len(order)))
 
-    prefixes = [_real(sys.base_prefix), _real(sys.base_exec_prefix), _base_python().parent.parent]
-    return HostInfo(
-        base_python=_base_python(),
-        base_prefixes=minimal_paths(prefixes),
-        python_version=platform.python_version(),
-        implementation=sys.implementation.name,
-        platform=f"{sysconfig.get_platform()}-{'-'.join(platform.libc_ver())}",
-        packages=packages,
-        share_paths=tuple(folders),
-        constraints=tuple(sorted(constraints)),
-        family_dists=tuple(sorted(closure)),
-        base_site_packages=base_site_packages(),
-    )
+    return _live_info(packages=packages, share_paths=tuple(folders), constraints=tuple(sorted(constraints)),
+                      family_dists=tuple(sorted(closure)))
 
 
 def _note_read(dist: md.Distribution, read: list[str]) -> None:

@@ -39,7 +39,7 @@ def host_env(hub_dir: Path | str | None = None) -> PythonEnv:
 
     sysconfig_ready()
     hub = Path(hub_dir) if hub_dir is not None else hub_path()
-    host = host_info()
+    host = host_info(hub)
     family = ensure_family(hub, host.family_dists)
     major_minor = ".".join(host.python_version.split(".")[:2])
     root = hub / "host" / f"{family.folder.name}-python"

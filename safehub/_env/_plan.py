@@ -262,6 +262,6 @@ def plan_for_repo(
         from ._family import ensure_family, family_names
         from ._host import host_info
 
-        family = family | family_names(ensure_family(hub, host_info().family_dists).folder)
+        family = family | family_names(ensure_family(hub, host_info(hub).family_dists).folder)
     return plan_dependencies(Path(repo), declared, mode=chosen, extra=extra, family=family,
                              cache_dir=hub / "scans", immutable=pinned)

@@ -77,6 +77,7 @@ class BwrapBackend(SandboxBackend):
         self.setpriv = env.get("SAFEHUB_SETPRIV") or shutil.which("setpriv", path="/usr/bin:/bin:/usr/sbin") or "setpriv"
         self.prlimit = env.get("SAFEHUB_PRLIMIT") or shutil.which("prlimit", path="/usr/bin:/bin") or "prlimit"
         self.seccomp = enabled(env)
+        self._env = env
         self._checked: str | None | bool = False
 
     @property
@@ -85,9 +86,23 @@ class BwrapBackend(SandboxBackend):
 
     # -- availability -------------------------------------------------------
 
-    def check(self) -> str | None:
-        if self._checked is False:
-            self._checked = self._probe()
+    def check(self, *, fresh: bool = False) -> str | None:
+        """Why bubblewrap cannot run jobs here (None: it can). A success is remembered
+        between processes (``_probe_memo``); ``fresh=True`` (``safehub doctor``) always probes."""
+        if self._checked is False or fresh:
+            from .._config import hub_path
+            from ._probe_memo import probe_key, remember, remembered
+
+            hub = hub_path(self._env)
+            key = probe_key((self.bwrap, self.setpriv, self.prlimit), seccomp=self.seccomp, as_root=self.as_root)
+            if not fresh and remembered(hub, self.name, key):
+                # The filter is built live all the same (milliseconds): the memo skips the
+                # sandbox start, never the check that the filter can be built.
+                self._checked = seccomp_problem(self.name) if self.seccomp else None
+            else:
+                self._checked = self._probe()
+                if self._checked is None:
+                    remember(hub, self.name, key)
         return self._checked  # type: ignore[return-value]
 
     def _probe(self) -> str | None:

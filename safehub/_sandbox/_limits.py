@@ -210,9 +210,15 @@ class Watchdog:
                     return "disk"
         return None
 
-    def run(self, poll: Callable[[], int | None], kill: Callable[[], None]) -> str | None:
+    def run(self, poll: Callable[[], int | None], kill: Callable[[], None],
+            wait: Callable[[float], object] | None = None) -> str | None:
         """Poll until ``poll()`` returns an exit status or a limit is hit; on a
-        limit, call ``kill()`` (which must take the whole tree) and return it."""
+        limit, call ``kill()`` (which must take the whole tree) and return it.
+        ``wait(seconds)`` sleeps between polls (default ``time.sleep``); one that
+        returns early when the end is known (a reply on a socket) saves the rest."""
+        from .. import _host_torch
+
+        _host_torch.sandbox_started()  # the host's own import torch may now use the CPU
         started = time.monotonic()
         next_disk = started
         interval = 0.01
@@ -225,7 +231,7 @@ class Watchdog:
             if reason is not None:
                 kill()
                 return reason
-            time.sleep(interval)
+            (wait or time.sleep)(interval)
             interval = min(POLL_S, interval * 2)
         return None
 

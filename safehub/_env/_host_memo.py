@@ -1,0 +1,136 @@
+"""``host_info`` remembered on disk between processes: ``<hub>/memo/host-info.json``.
+
+Inspecting the host parses the METADATA of the torch family and its requirement
+closure through ``importlib.metadata``, which stats every ``sys.path`` folder per
+lookup: about 0.45 s, paid by every fresh process before its sandbox can start.
+The memo keeps the result with the stat fingerprint of everything that was read
+(``sys.path``, its folders, each METADATA file), so a fresh process checks a few
+dozen stats instead.
+
+The file is host data that anything running as the user can change, and what it
+says decides which host folders are bound into sandboxes. So it is read
+fail-closed: any mismatch, any shape it should not have, or a shared folder that
+is not on this interpreter's ``sys.path`` and the memo is ignored and the host is
+inspected again. What the memo can decide is limited to what an inspection of
+this ``sys.path`` could have found; everything cheap (interpreter paths, platform,
+base package folders) is computed live, never read from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MEMO_NAME", "load_memo", "save_memo"]
+
+logger = logging.getLogger("safehub")
+
+MEMO_NAME = "host-info.json"
+MEMO_VERSION = 1
+MAX_BYTES = 1 << 20
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")
+_VERSION = re.compile(r"[A-Za-z0-9.+!_-]{1,64}")
+
+Fingerprint = Callable[[list[str]], Any]
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def _interpreter() -> dict[str, str]:
+    """What the memo is only valid for: this interpreter, this safehub."""
+    # The package is always imported before its submodules (no import edge up to it).
+    version = str(getattr(sys.modules.get("safehub"), "__version__", "unknown"))
+    return {"executable": sys.executable, "version": sys.version, "prefix": sys.prefix,
+            "base_prefix": sys.base_prefix, "safehub": version}
+
+
+def save_memo(path: Path, read: list[str], fingerprint: Any, fields: dict[str, Any]) -> None:
+    """Write the memo atomically (best effort: a memo that cannot be written is
+    only a slower next process)."""
+    payload = {"version": MEMO_VERSION, "interpreter": _interpreter(), "read": read,
+               "fingerprint": _jsonable(fingerprint), "fields": _jsonable(fields)}
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with open(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError as exc:
+        logger.debug("could not remember the host inspection in %s: %s", path, exc)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def load_memo(path: Path, fingerprint: Fingerprint) -> tuple[list[str], dict[str, Any]] | None:
+    """(the METADATA files the inspection read, its fields) if the memo is current
+    for this interpreter and checks out (see the module docstring), else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        with open(fd, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            return None
+        payload = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    try:
+        fields = _check(payload, fingerprint)
+    except (TypeError, ValueError, KeyError) as exc:
+        logger.debug("not using the host memo %s: %s", path, exc)
+        return None
+    return payload["read"], fields
+
+
+def _check(payload: Any, fingerprint: Fingerprint) -> dict[str, Any]:
+    if not isinstance(payload, dict) or payload.get("version") != MEMO_VERSION:
+        raise ValueError("another format")
+    if payload.get("interpreter") != _interpreter():
+        raise ValueError("written by another interpreter or safehub")
+    read = payload["read"]
+    if not isinstance(read, list) or not all(isinstance(f, str) and f.endswith("/METADATA") for f in read):
+        raise ValueError("bad list of files read")
+    if _jsonable(fingerprint(read)) != payload["fingerprint"]:
+        raise ValueError("the host changed since")
+    fields = payload["fields"]
+    if not isinstance(fields, dict) or set(fields) != {"packages", "share_paths", "constraints", "family_dists"}:
+        raise ValueError("bad fields")
+    from ._resolve import TORCH_FAMILY
+
+    packages = fields["packages"]
+    if not isinstance(packages, dict) or not all(
+            k in TORCH_FAMILY and isinstance(v, str) and _VERSION.fullmatch(v) for k, v in packages.items()):
+        raise ValueError("bad packages")
+    # Only folders this interpreter's own sys.path names may be shared with sandboxes.
+    on_path = {os.path.realpath(p) for p in sys.path if p}
+    shares = fields["share_paths"]
+    if not isinstance(shares, list) or not all(isinstance(p, str) and p in on_path for p in shares):
+        raise ValueError("a shared folder is not on sys.path")
+    constraints = fields["constraints"]
+    if not isinstance(constraints, list) or not all(isinstance(c, str) and len(c) < 500 for c in constraints):
+        raise ValueError("bad constraints")
+    dists = fields["family_dists"]
+    if not isinstance(dists, list):
+        raise ValueError("bad family_dists")
+    for item in dists:
+        if not (isinstance(item, list) and len(item) == 3 and all(isinstance(x, str) for x in item)):
+            raise ValueError("bad family_dists entry")
+        name, version, where = item
+        if not (_NAME.fullmatch(name) and _VERSION.fullmatch(version) and where.endswith(".dist-info")
+                and os.path.dirname(where) in shares and os.path.realpath(where) == where):
+            raise ValueError(f"family_dists entry {name!r} is outside the shared folders")
+    return fields
