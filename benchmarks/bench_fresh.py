@@ -87,6 +87,11 @@ def main() -> None:
     args = parser.parse_args()
     widths = [int(w) for w in args.widths.split(",")]
 
+    # Bytecode as a wheel install (and scripts/setup.sh) leaves it; torch's is there too.
+    # Without it each safehub process compiles its modules again (~0.1 s).
+    here = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(here / "safehub"), str(here / "runners")],
+                   check=True, capture_output=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         env = {**os.environ, "SAFEHUB_HOME": str(root / "home")}

@@ -85,18 +85,26 @@ def write_safetensors(path: Path, tensors: dict[str, Any]) -> tuple[str, int]:
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     raw += b" " * (-len(raw) % 8)
+    from ._channel._weights import _Hasher
+
     digest = hashlib.sha256()
-    with open(path, "xb") as f:
-        for chunk in (struct.pack("<Q", len(raw)), raw):
-            f.write(chunk)
-            digest.update(chunk)
-        for t, nbytes in prepared:
-            if nbytes:
-                view = (ctypes.c_ubyte * nbytes).from_address(t.data_ptr())  # `t` stays referenced meanwhile
-                f.write(view)
-                digest.update(view)
-        f.flush()
-        os.fsync(f.fileno())
+    # Hashing runs on a thread beside the writes (both release the GIL): a fresh
+    # process's first load stores its artifact-cache entry before it returns.
+    hasher = _Hasher(digest)
+    try:
+        with open(path, "xb") as f:
+            for chunk in (struct.pack("<Q", len(raw)), raw):
+                f.write(chunk)
+                hasher.add(None, memoryview(chunk))
+            for t, nbytes in prepared:
+                if nbytes:
+                    view = memoryview((ctypes.c_ubyte * nbytes).from_address(t.data_ptr())).cast("B")
+                    f.write(view)
+                    hasher.add(t, view)  # keeps `t` alive until it is hashed
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        hasher.finish()
     return digest.hexdigest(), 8 + len(raw) + offset
 
 
