@@ -20,7 +20,8 @@ from ._names import show
 from ._json import load_json
 from ._spec import ArchSpec
 
-__all__ = ["HeaderEntry", "read_header", "read_header_bytes", "check_against_spec", "load_tensors", "ST_DTYPES"]
+__all__ = ["HeaderEntry", "read_header", "read_header_bytes", "check_against_spec", "load_tensors", "map_tensors",
+           "ST_DTYPES"]
 
 # safetensors dtype code -> (spec dtype name, item size)
 ST_DTYPES: dict[str, tuple[str, int]] = {
@@ -143,8 +144,13 @@ def check_against_spec(entries: dict[str, HeaderEntry], spec: ArchSpec) -> None:
             )
 
 
-def load_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any, digest: Any = None) -> dict[str, Any]:
+def load_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any, digest: Any = None,
+                 mapped: bool = False) -> dict[str, Any]:
     """Load every tensor from the checked, open file into memory this process owns.
+
+    ``mapped``: ``fd`` is a memfd the host created and has sealed (_memfd.py): its
+    bytes can never change, so the tensors are views of a copy-on-write mapping of
+    it (``map_tensors``), not copies.
 
     ``digest`` (a hashlib object that already holds the header bytes): every
     tensor's bytes are fed to it in file order, from the memory they were read
@@ -157,6 +163,8 @@ def load_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any, digest: 
 
     dtypes = dtype_table()
     if sys.byteorder == "little":
+        if mapped:
+            return map_tensors(fd, entries, device, dtypes, torch, digest)
         return _read_tensors(fd, entries, device, dtypes, torch, digest)
     if digest is not None:  # the safetensors library maps the file: no bytes of ours to hash
         raise UnsafeSpecError("hashing loaded weights needs a little-endian machine")
@@ -225,6 +233,46 @@ def _read_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any, dtypes:
     finally:
         if hasher is not None:
             hasher.finish()
+    return out
+
+
+def map_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any, dtypes: dict, torch: Any,
+                digest: Any = None) -> dict[str, Any]:
+    """Every tensor as a view of one ``MAP_PRIVATE`` mapping of the *sealed* memfd
+    ``fd`` (no copy). Only for a descriptor ``seal_weights`` sealed: its size and
+    bytes are fixed, so nothing under the model can change, and the private
+    mapping makes the model's own writes copy-on-write (never into the file).
+
+    A tensor whose data does not start at a multiple of its element size (the
+    runner aligns them all; a hostile one may not) is copied into fresh memory:
+    a misaligned view is undefined behaviour for many kernels. ``digest`` is fed
+    the data section from the mapping, in file order: the bytes the model is built
+    from. Another ``device``: ``.to(device)`` straight from the mapping."""
+    import mmap
+
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    size = os.fstat(fd).st_size
+    out: dict[str, Any] = {}
+    if size == 0 or not entries:
+        return {key: torch.empty(e.shape, dtype=dtypes[e.dtype], device=target) for key, e in entries.items()}
+    mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    with memoryview(mapping) as whole:
+        for key, entry in sorted(entries.items(), key=lambda kv: (kv[1].begin, kv[1].end)):
+            dtype = dtypes[entry.dtype]
+            itemsize = dtype.itemsize
+            nbytes, offset = entry.end - entry.begin, entry.data_start + entry.begin
+            if offset + nbytes > size:  # read_header checked this against the same sealed size
+                raise TensorMismatchError(f"tensor {show(key)} lies outside the weights")
+            if nbytes == 0:
+                t = torch.empty(entry.shape, dtype=dtype)
+            elif offset % itemsize == 0:
+                t = torch.frombuffer(mapping, dtype=dtype, count=nbytes // itemsize, offset=offset).view(entry.shape)
+            else:
+                raw = torch.frombuffer(mapping, dtype=torch.uint8, count=nbytes, offset=offset)
+                t = raw.clone().view(dtype).view(entry.shape)  # fresh, aligned memory
+            if digest is not None and nbytes:
+                digest.update(whole[offset:offset + nbytes])
+            out[key] = t if target.type == "cpu" else t.to(target)
     return out
 
 
