@@ -186,8 +186,15 @@ def _read_message(conn: socket.socket) -> tuple[dict, int | None]:
     fds: list[int] = []
     try:
         while not data.endswith(b"\n"):
-            chunk, got, flags, _ = socket.recv_fds(conn, 65536, 1, socket.MSG_CMSG_CLOEXEC)
-            fds.extend(got)
+            # Room for one descriptor: the kernel closes any beyond it (MSG_CTRUNC).
+            # (socket.recv_fds would drop MSG_CMSG_CLOEXEC on Python 3.11.)
+            chunk, ancdata, flags, _ = conn.recvmsg(65536, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC)
+            for level, kind, payload in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.extend(int.from_bytes(payload[i:i + 4], sys.byteorder, signed=True)
+                               for i in range(0, len(payload) - len(payload) % 4, 4))
+                else:
+                    raise ValueError("unexpected control data came with the job")
             if flags & socket.MSG_CTRUNC or len(fds) > 1:
                 raise ValueError("more than one descriptor came with the job")
             if not chunk:

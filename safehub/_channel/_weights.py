@@ -248,14 +248,12 @@ def map_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any, dtypes: d
     a misaligned view is undefined behaviour for many kernels. ``digest`` is fed
     the data section from the mapping, in file order: the bytes the model is built
     from. Another ``device``: ``.to(device)`` straight from the mapping."""
-    import mmap
-
     target = torch.device(device) if device is not None else torch.device("cpu")
     size = os.fstat(fd).st_size
     out: dict[str, Any] = {}
     if size == 0 or not entries:
         return {key: torch.empty(e.shape, dtype=dtypes[e.dtype], device=target) for key, e in entries.items()}
-    mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    mapping = _map_private(fd, size)
     with memoryview(mapping) as whole:
         for key, entry in sorted(entries.items(), key=lambda kv: (kv[1].begin, kv[1].end)):
             dtype = dtypes[entry.dtype]
@@ -274,6 +272,39 @@ def map_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any, dtypes: d
                 digest.update(whole[offset:offset + nbytes])
             out[key] = t if target.type == "cpu" else t.to(target)
     return out
+
+
+def _map_private(fd: int, size: int) -> Any:
+    """``fd``'s first ``size`` bytes mapped MAP_PRIVATE, PROT_READ|PROT_WRITE, as a
+    ctypes byte array that unmaps itself once nothing refers to it (the tensors
+    viewing it keep it alive). Not ``mmap.mmap``: that keeps a dup of the
+    descriptor for as long as the mapping lives, one open fd per loaded model."""
+    import mmap
+    import weakref
+
+    libc = _libc()
+    addr = libc.mmap(None, ctypes.c_size_t(size), mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE, fd,
+                     ctypes.c_long(0))
+    if addr is None or addr == ctypes.c_void_p(-1).value:
+        err = ctypes.get_errno()
+        raise OSError(err, f"could not map the weights: {os.strerror(err)}")
+    array = (ctypes.c_ubyte * size).from_address(addr)
+    weakref.finalize(array, libc.munmap, ctypes.c_void_p(addr), ctypes.c_size_t(size))
+    return array
+
+
+_LIBC: Any = None
+
+
+def _libc() -> Any:
+    global _LIBC
+    if _LIBC is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        _LIBC = libc
+    return _LIBC
 
 
 class _Hasher:
