@@ -283,3 +283,22 @@ def test_the_worker_accepts_exactly_one_announced_memfd(case: str) -> None:
 
 def test_seal_constants_match_the_kernel() -> None:
     assert F_ADD_SEALS == 1033 and F_GET_SEALS == 1034 and F_SEAL_WRITE == 8
+
+
+def test_rlimit_fsize_bounds_what_a_job_can_put_in_the_memfd() -> None:
+    """The memfd is memory the sandbox's RLIMIT_AS does not count: its size is capped
+    by RLIMIT_FSIZE (Limits.max_file_bytes), as a file on disk is. Checked on this
+    kernel, in a child with a 1 MiB cap (SIGXFSZ ignored: the call fails with EFBIG)."""
+    w = WeightsMemfd()
+    code = (f"import os, resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20)); fd = {w.fd}\n"
+            "for call in (lambda: os.ftruncate(fd, 2 << 20), lambda: os.pwrite(fd, b'x', 2 << 20)):\n"
+            "    try:\n        call(); print('allowed')\n    except OSError as exc:\n        print(exc.errno)\n"
+            "print(os.pwrite(fd, b'x' * 4096, (1 << 20) - 1024))")
+    try:
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", code], pass_fds=(w.fd,), capture_output=True,
+                              text=True, check=True)
+        assert done.stdout.split() == ["27", "27", "1024"]  # EFBIG, EFBIG, a short write up to the cap
+        assert os.fstat(w.fd).st_size == 1 << 20
+    finally:
+        w.close()
