@@ -16,6 +16,11 @@ host creates it and passes the listening descriptor in; the worker's children
 close it). Processes of the same user can reach it, as they can reach the host
 process itself; what a worker answers is treated like any sandbox's output.
 
+A job's weights memfd (safehub/_channel/_memfd.py) rides with its job line
+(SCM_RIGHTS); the worker hands it to the forked child and closes its own copy,
+and the host seals it only after the worker has answered that the child (and
+everything it started) is gone.
+
 What the host trusts from a worker: nothing. It reads two bounded JSON lines
 ("started", then the child's exit status); the job's output goes through
 ``_channel`` exactly like a cold run's. The worker's process tree is polled by

@@ -302,3 +302,18 @@ def test_rlimit_fsize_bounds_what_a_job_can_put_in_the_memfd() -> None:
         assert os.fstat(w.fd).st_size == 1 << 20
     finally:
         w.close()
+
+
+def test_another_device_gets_a_copy_from_the_mapping() -> None:
+    """device= other than cpu: ``.to(device)`` straight from the mapping (meta here:
+    this machine has no GPU); nothing keeps the mapping alive afterwards."""
+    w = WeightsMemfd()
+    try:
+        write_safetensors_fd(w.fd, {"a": torch.randn(8)})
+        fd = w.sealed_fd(ChannelLimits())
+        loaded = load_tensors(fd, read_header(fd, ChannelLimits()), "meta", mapped=True)
+        assert loaded["a"].device.type == "meta" and loaded["a"].shape == (8,)
+    finally:
+        w.close()
+    gc.collect()
+    assert "safehub-weights" not in Path("/proc/self/maps").read_text()

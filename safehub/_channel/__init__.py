@@ -8,7 +8,8 @@
 * ``rebuild_from_output``: a model, below.
 
 ``rebuild_from_output(out_dir)`` reads exactly ``spec.json`` and
-``weights.safetensors`` (docs/architecture-format.md), checks *everything*
+``weights.safetensors`` (docs/architecture-format.md) (or, given a job's weights
+memfd, the weights from that memfd only, sealed first: _memfd.py), checks *everything*
 (caps, names, allowlists, literals, the safetensors header, the leaves built on
 ``meta``), and only then loads tensors and builds ``SafehubGraphModule``s.
 Any violation raises an :class:`~safehub._errors.UnsafeSpecError` subclass and

@@ -1,9 +1,16 @@
 """``weights.safetensors``: header checks, comparison with the spec, loading.
 
 The header is read and checked here with explicit bounds (length prefix,
-JSON, dtypes, shapes, offsets that tile the data section exactly) before the
-safetensors library sees the file. Loading then goes through safetensors only,
-on the already-opened file descriptor (no second lookup by path).
+JSON, dtypes, shapes, offsets that tile the data section exactly), on the
+already-opened descriptor (no second lookup by path), whether it is a file the
+sandbox wrote or the job's sealed weights memfd (_memfd.py). Loading then:
+
+* from a sealed memfd: ``map_tensors``, every tensor a view of one MAP_PRIVATE
+  mapping (no copy; the model's writes are copy-on-write);
+* from a file: ``_read_tensors``, ``preadv`` into fresh memory the host owns (a
+  file of the sandbox's is never mapped: a later write or truncation of it would
+  reach the model);
+* on a big-endian machine: the safetensors library, which converts byte order.
 """
 
 from __future__ import annotations
