@@ -317,3 +317,18 @@ def test_another_device_gets_a_copy_from_the_mapping() -> None:
         w.close()
     gc.collect()
     assert "safehub-weights" not in Path("/proc/self/maps").read_text()
+
+
+def test_an_empty_memfd_never_falls_back_to_the_file(tmp_path: Path) -> None:
+    """The runner wrote out/weights.safetensors instead of the memfd the host gave it:
+    the load fails; the host never reads 'whatever file is there'."""
+    model = nn.Linear(3, 2)
+    spec, weights = specgen.full_spec(model)
+    out = specgen.write(tmp_path / "out", spec, weights)
+    assert rebuild_from_output(out).state_dict()  # the file alone would do
+    w = WeightsMemfd()
+    try:
+        with pytest.raises(UnsafeSpecError, match="no weights into the job's memfd"):
+            rebuild_from_output(out, weights=w)
+    finally:
+        w.close()

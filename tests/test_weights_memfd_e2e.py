@@ -17,6 +17,7 @@ import torch
 
 import safehub
 from safehub import Limits, _jobs
+from safehub._errors import WeightsSealError
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +44,35 @@ HUBCONF = textwrap.dedent('''
     def mixed(hub=""):
         torch.manual_seed(0)
         return Mixed()
+
+
+    def seal_it(hub=""):
+        """Add F_SEAL_SEAL to the host's memfd: the host can no longer seal it."""
+        import fcntl, os
+        fcntl.fcntl(int(os.environ["SAFEHUB_WEIGHTS_FD"]), 1033, 1)
+        return nn.Linear(2, 2)
+
+
+    def linger(hub=""):
+        """A daemon that keeps the memfd mapped shared and writable, to rewrite the
+        weights under the host's model later: it dies with the sandbox."""
+        import mmap, os, select, time
+        fd = int(os.environ["SAFEHUB_WEIGHTS_FD"])
+        os.ftruncate(fd, 4096)
+        r, w = os.pipe()
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                m = mmap.mmap(fd, 4096, flags=mmap.MAP_SHARED)
+                os.write(w, b"m")
+                while True:
+                    time.sleep(1)
+            os._exit(0)
+        mapped = bool(select.select([r], [], [], 30)[0]) and os.read(r, 1) == b"m"
+        out = nn.Linear(2, 2)
+        with torch.no_grad():
+            out.weight.fill_(float(mapped))  # the host checks the daemon really held the mapping
+        return out
 ''')
 
 
@@ -103,3 +133,20 @@ def test_bwrap_and_the_warm_worker_return_weights_through_the_memfd(
     gc.collect()
     assert _fds() == fds  # the worker load left no descriptor open (the memfd, its sockets)
     assert "safehub-weights" not in Path("/proc/self/maps").read_text()
+
+
+@pytest.mark.parametrize("warm_worker", [False, True], ids=["bwrap", "worker"])
+def test_a_job_cannot_keep_the_memfd_writable_or_unsealable(repo: Path, warm_worker: bool) -> None:
+    """The host seals only once every process of the job is gone: a lingering
+    daemon's writable mapping is gone with it (the load succeeds, its memfd sealed);
+    a job that sealed the memfd itself fails the load."""
+    def load(entry: str) -> Any:
+        return safehub.load(str(repo), entry, source="local", verbose=False, force_reload=True,
+                            limits=Limits(timeout_s=120, warm_worker=warm_worker))
+
+    model = load("linger")
+    assert torch.equal(model.weight, torch.ones(2, 2))  # the daemon had the memfd mapped
+    assert model.safehub_info.sandbox_details["weights_channel"] == "memfd"
+    assert model.safehub_info.sandbox_details["worker"]["used"] is warm_worker
+    with pytest.raises(WeightsSealError, match="F_SEAL_SEAL"):
+        load("seal_it")
