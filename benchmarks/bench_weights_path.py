@@ -41,7 +41,7 @@ import torch  # noqa: E402
 from _safetensors_write import write_safetensors, write_safetensors_fd  # noqa: E402
 
 from safehub._channel._limits import ChannelLimits  # noqa: E402
-from safehub._channel._memfd import WeightsMemfd  # noqa: E402
+from safehub._channel._memfd import WeightsMemfd, shmem_huge_setting  # noqa: E402
 from safehub._channel._weights import load_tensors, read_header  # noqa: E402
 
 
@@ -59,15 +59,6 @@ def timed(fn, repeat: int, setup=None, teardown=None) -> float:
             teardown(state, result)
         del result
     return statistics.median(times)
-
-
-def shmem_thp() -> str:
-    try:
-        raw = Path("/sys/kernel/mm/transparent_hugepage/shmem_enabled").read_text()
-    except OSError:
-        return "unknown"
-    chosen = [w for w in raw.split() if w.startswith("[")]
-    return chosen[0].strip("[]") if chosen else raw.strip()
 
 
 def main() -> None:
@@ -136,7 +127,7 @@ def main() -> None:
     measure_memcpy()
     memcpy = min(memcpys)  # the fastest: shares below are conservative
     print(f"{gb:.2f} GB in {len(sd)} float32 tensors; memcpy {memcpy:.3f} s ({gb / memcpy:.2f} GB/s; medians before, "
-          f"between, after: {', '.join(f'{gb / m:.1f}' for m in memcpys)} GB/s); shmem_enabled={shmem_thp()}; "
+          f"between, after: {', '.join(f'{gb / m:.1f}' for m in memcpys)} GB/s); shmem_enabled={shmem_huge_setting() or 'unknown'}; "
           f"load average {os.getloadavg()[0]:.2f}")
     rows = (
         ("memfd: runner write", m_write), ("memfd: host seal + check + map", m_map),

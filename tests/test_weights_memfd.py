@@ -332,3 +332,16 @@ def test_an_empty_memfd_never_falls_back_to_the_file(tmp_path: Path) -> None:
             rebuild_from_output(out, weights=w)
     finally:
         w.close()
+
+
+def test_doctor_reports_the_shmem_huge_page_setting(tmp_path: Path) -> None:
+    from safehub._channel._memfd import shmem_huge_setting
+    from safehub._doctor import _weights_report
+
+    fake = tmp_path / "shmem_enabled"
+    fake.write_text("always [within_size] advise never deny force\n")
+    assert shmem_huge_setting(str(fake)) == "within_size"
+    assert shmem_huge_setting(str(tmp_path / "missing")) is None
+    report = _weights_report()
+    assert report["shmem_enabled"] == shmem_huge_setting()
+    assert (report["note"] is None) == (report["shmem_enabled"] not in ("never", "deny", None))

@@ -35,7 +35,10 @@ import os
 from .._errors import SpecTooLargeError, UnsafeSpecError, WeightsSealError
 from ._limits import ChannelLimits
 
-__all__ = ["WeightsMemfd", "seal_weights", "F_SEAL_SEAL", "F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_WRITE"]
+__all__ = ["WeightsMemfd", "seal_weights", "shmem_huge_setting", "F_SEAL_SEAL", "F_SEAL_SHRINK", "F_SEAL_GROW",
+           "F_SEAL_WRITE"]
+
+SHMEM_ENABLED = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
 
 F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)
 F_GET_SEALS = getattr(fcntl, "F_GET_SEALS", 1034)
@@ -108,3 +111,20 @@ class WeightsMemfd:
             self.close()
         except OSError:
             pass
+
+
+def shmem_huge_setting(path: str = SHMEM_ENABLED) -> str | None:
+    """The machine's transparent-huge-page policy for shmem (which memfds are), e.g.
+    "never" or "within_size"; None if unknown. With "never" (the usual default) the
+    runner's writes into the memfd land in 4 KiB pages and page allocation bounds
+    them (~2.4 GB/s on the 2-core test machine); "within_size" (enough, since the
+    runner sets the final size first) or "always" give 2 MiB pages (~11 GB/s).
+    benchmarks/bench_weights_path.py measures both. A machine-wide setting for root:
+    safehub never changes it."""
+    try:
+        with open(path, encoding="ascii") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    chosen = [word.strip("[]") for word in raw.split() if word.startswith("[")]
+    return chosen[0] if chosen else None
