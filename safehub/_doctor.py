@@ -199,8 +199,8 @@ def _weights_report() -> dict[str, Any]:
     setting = shmem_huge_setting()
     note = None
     if setting in ("never", "deny", None):
-        note = (f"weights move through 4 KiB pages (~2.4 GB/s here); root can set {SHMEM_ENABLED} "
-                "to within_size for 2 MiB pages (~11 GB/s)")
+        note = (f"weights move through 4 KiB pages; root can set {SHMEM_ENABLED} to within_size for "
+                "2 MiB pages (4-5x faster on the 2-core test machine: benchmarks/bench_weights_path.py)")
     return {"channel": "sealed memfd (bwrap, landlock, process); file otherwise", "shmem_enabled": setting,
             "note": note}
 

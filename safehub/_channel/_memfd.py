@@ -118,7 +118,7 @@ def shmem_huge_setting(path: str = SHMEM_ENABLED) -> str | None:
     "never" or "within_size"; None if unknown. With "never" (the usual default) the
     runner's writes into the memfd land in 4 KiB pages and page allocation bounds
     them (~2.4 GB/s on the 2-core test machine); "within_size" (enough, since the
-    runner sets the final size first) or "always" give 2 MiB pages (~11 GB/s).
+    runner sets the final size first) or "always" give 2 MiB pages (~11 GB/s there).
     benchmarks/bench_weights_path.py measures both. A machine-wide setting for root:
     safehub never changes it."""
     try:
