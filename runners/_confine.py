@@ -7,6 +7,8 @@ cannot be applied, :func:`apply` raises and the runner never imports the repo.
 
 Keys (all optional):
   close_fds: bool          close every descriptor above stderr
+  keep_fd: int             ...but this one (the host's weights memfd; the runner sets
+                           it from SAFEHUB_WEIGHTS_FD, the reaper gets it from the host)
   rlimits: {NAME: int | [soft, hard]}  RLIMIT_NAME (NPROC, AS, FSIZE, CPU, CORE);
                            an int sets soft == hard
   nproc_above_current: int RLIMIT_NPROC = processes this uid runs now + N
@@ -307,14 +309,24 @@ def apply(config: dict) -> None:
     """Apply the confinement described by ``config``. Empty config: nothing to apply."""
     if not config:
         return
-    known = {"close_fds", "rlimits", "nproc_above_current", "no_new_privs", "drop_caps", "landlock", "seccomp", "deny_sockets"}
+    known = {"close_fds", "keep_fd", "rlimits", "nproc_above_current", "no_new_privs", "drop_caps", "landlock", "seccomp",
+             "deny_sockets"}
     unknown = set(config) - known
     if unknown:
         raise ConfineError(f"unknown confinement options {sorted(unknown)}: the runner and host disagree")
     if config.get("close_fds"):
         # Descriptors the sandbox machinery left open (a user-namespace fd, say)
         # must not reach repo code.
-        os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        # The one exception: the memfd the host made for the job's weights ("keep_fd").
+        top = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        keep = config.get("keep_fd")
+        if keep is None:
+            os.closerange(3, top)
+        else:
+            if type(keep) is not int or not 3 <= keep < top:
+                raise ConfineError(f"keep_fd {keep!r} is not a descriptor number above stderr")
+            os.closerange(3, keep)
+            os.closerange(keep + 1, top)
     # rlimits and capabilities first: both read /proc, which Landlock hides.
     _rlimits(config.get("rlimits") or {}, config.get("nproc_above_current"))
     if config.get("drop_caps"):

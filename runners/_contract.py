@@ -31,6 +31,7 @@ __all__ = [
     "RESULT_FILE",
     "SPEC_FILE",
     "WEIGHTS_FILE",
+    "WEIGHTS_FD_ENV",
     "CHECKPOINT_FILE",
     "SPEC_FORMAT",
     "SPEC_VERSION",
@@ -78,6 +79,10 @@ EXAMPLE_INPUTS_FILE = "example_inputs.pkl"  # host -> sandbox only
 RESULT_FILE = "result.json"
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.safetensors"  # also in/ of an "export" job: the first load's weights
+# A "load"/"export" job whose backend passes descriptors: the number of the memfd the
+# host created for the weights (the same safetensors bytes, written with pwrite instead
+# of into out/WEIGHTS_FILE; the host seals it and maps it). Unset: out/WEIGHTS_FILE.
+WEIGHTS_FD_ENV = "SAFEHUB_WEIGHTS_FD"
 CHECKPOINT_FILE = "checkpoint.json"
 
 SPEC_FORMAT = "safehub-arch"

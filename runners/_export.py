@@ -24,7 +24,8 @@ import _export_aten
 import _export_deferred
 import _export_fx
 import _export_state
-from _safetensors_write import write_safetensors
+from _contract import WEIGHTS_FILE
+from _safetensors_write import write_weights
 
 FORMAT = "safehub-arch"
 VERSION = 1
@@ -265,9 +266,10 @@ def _export_module(
 # Writing
 
 
-def _write_weights(path: str, modules: dict[str, _export_state.ModuleState]) -> int:
+def _write_weights(out_dir: str, modules: dict[str, _export_state.ModuleState]) -> int:
+    """Into the host's weights memfd when it passed one, else out_dir/weights.safetensors."""
     flat = {f"{mid}.{tpath}": t for mid, state in modules.items() for tpath, t in state.tensors.items()}
-    return write_safetensors(path, flat)
+    return write_weights(out_dir, WEIGHTS_FILE, flat)
 
 
 def _write_json(path: str, payload: dict) -> None:
@@ -315,7 +317,7 @@ def export_object(
         }
 
     os.makedirs(out_dir, exist_ok=True)
-    nbytes = _write_weights(os.path.join(out_dir, "weights.safetensors"), states)
+    nbytes = _write_weights(out_dir, states)
     _write_json(
         os.path.join(out_dir, "spec.json"),
         {"format": FORMAT, "version": VERSION, "torch_version": torch.__version__, "root": root, "modules": specs},
@@ -334,7 +336,7 @@ def export_call(obj: Any, out_dir: str, request: dict, in_dir: str) -> dict:
     except (_export_aten.AtenExportError, _export_state.StateExportError, _export_deferred.DeferredExportError) as exc:
         raise ExportFailed(f"deferred export at the first forward failed: {exc}") from exc
     os.makedirs(out_dir, exist_ok=True)
-    nbytes = _write_weights(os.path.join(out_dir, "weights.safetensors"), {"m0": state})
+    nbytes = _write_weights(out_dir, {"m0": state})
     _write_json(
         os.path.join(out_dir, "spec.json"),
         {"format": FORMAT, "version": VERSION, "torch_version": torch.__version__, "root": {"module": "m0"},

@@ -216,7 +216,14 @@ def run(job_dir: str) -> Result:
     if request.get("protocol") != PROTOCOL:
         raise RuntimeError(f"runner speaks protocol {PROTOCOL}, host sent {request.get('protocol')!r}")
 
-    _confine.apply(request.get("confine") or {})
+    confine = dict(request.get("confine") or {})
+    if request.get("action") in ("load", "export"):
+        import _safetensors_write
+
+        wfd = _safetensors_write.weights_fd()  # the host's weights memfd survives close_fds
+        if wfd is not None and confine.get("close_fds"):
+            confine["keep_fd"] = wfd
+    _confine.apply(confine)
 
     action = request["action"]
     if action == "convert":

@@ -14,8 +14,11 @@ runs ``safehub_runner.run`` exactly as a cold run would and exits with
 One job at a time. Per job the worker:
   1. accepts one connection on the listening socket the host made and passed in
      (its path is never visible in here), reads one JSON line:
-     ``{"job": <job folder>, "env": {...}, "threads": n, "timeout_s": s}``;
-     the folder must be ``<jobs_dir>/job-<16 hex>``;
+     ``{"job": <job folder>, "env": {...}, "threads": n, "timeout_s": s,
+     "weights_fd": bool}``; the folder must be ``<jobs_dir>/job-<16 hex>``; with
+     ``weights_fd`` exactly one memfd comes with the line (SCM_RIGHTS): the job's
+     weights go there (its number in the child's ``SAFEHUB_WEIGHTS_FD``), and the
+     worker closes its own copy right after the fork;
   2. sweeps ``jobs_dir`` (all but this job), /tmp and /dev/shm: what an earlier
      job left there is gone before this one starts;
   3. forks the child: it closes the sockets, points stdout/stderr at the job's
@@ -37,6 +40,7 @@ no job is waiting, so the first job never waits for it.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
 import re
@@ -52,6 +56,7 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 import _confine  # noqa: E402
+from _contract import WEIGHTS_FD_ENV  # noqa: E402
 
 JOB_NAME = re.compile(r"job-[0-9a-f]{16}")
 MAX_MESSAGE = 256 * 1024
@@ -59,6 +64,7 @@ PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 SCRATCH = ("/tmp", "/dev/shm")
+F_GET_SEALS = getattr(fcntl, "F_GET_SEALS", 1034)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -140,7 +146,7 @@ def _landlock_own_domain() -> None:
         os.close(ruleset)
 
 
-def _child(job: str, message: dict, runner) -> None:
+def _child(job: str, message: dict, runner, weights_fd: int | None) -> None:
     """In the forked child: never returns."""
     try:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -151,6 +157,9 @@ def _child(job: str, message: dict, runner) -> None:
             os.close(target)
         os.environ.clear()
         os.environ.update({str(k): str(v) for k, v in dict(message.get("env") or {}).items()})
+        os.environ.pop(WEIGHTS_FD_ENV, None)
+        if weights_fd is not None:  # the runner writes the weights there and keeps it past close_fds
+            os.environ[WEIGHTS_FD_ENV] = str(weights_fd)
         os.chdir(os.path.join(job, "tmp"))
         import torch
 
@@ -168,20 +177,43 @@ def _child(job: str, message: dict, runner) -> None:
     os._exit(70)
 
 
-def _read_message(conn: socket.socket) -> dict:
+def _read_message(conn: socket.socket) -> tuple[dict, int | None]:
+    """The job line and the weights memfd sent with it (or None). At most one
+    descriptor is accepted, and only when the line says one was sent; anything
+    else is closed and the job refused."""
     conn.settimeout(30)
     data = b""
-    while not data.endswith(b"\n"):
-        chunk = conn.recv(65536)
-        if not chunk:
-            raise ConnectionError("the host hung up")
-        data += chunk
-        if len(data) > MAX_MESSAGE:
-            raise ValueError("message too long")
-    message = json.loads(data)
-    if not isinstance(message, dict):
-        raise ValueError("not an object")
-    return message
+    fds: list[int] = []
+    try:
+        while not data.endswith(b"\n"):
+            # Room for one descriptor: the kernel closes any beyond it (MSG_CTRUNC).
+            # (socket.recv_fds would drop MSG_CMSG_CLOEXEC on Python 3.11.)
+            chunk, ancdata, flags, _ = conn.recvmsg(65536, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC)
+            for level, kind, payload in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.extend(int.from_bytes(payload[i:i + 4], sys.byteorder, signed=True)
+                               for i in range(0, len(payload) - len(payload) % 4, 4))
+                else:
+                    raise ValueError("unexpected control data came with the job")
+            if flags & socket.MSG_CTRUNC or len(fds) > 1:
+                raise ValueError("more than one descriptor came with the job")
+            if not chunk:
+                raise ConnectionError("the host hung up")
+            data += chunk
+            if len(data) > MAX_MESSAGE:
+                raise ValueError("message too long")
+        message = json.loads(data)
+        if not isinstance(message, dict):
+            raise ValueError("not an object")
+        if bool(message.get("weights_fd")) != bool(fds):
+            raise ValueError("the job's weights descriptor and its message disagree")
+        if fds:
+            fcntl.fcntl(fds[0], F_GET_SEALS)  # a memfd (or the job is refused)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return message, (fds[0] if fds else None)
 
 
 def _wait(pid: int, conn: socket.socket, timeout_s: float) -> int:
@@ -247,13 +279,16 @@ def _serve(listener: socket.socket, jobs_dir: str, idle_s: float, runner) -> Non
         if conn is None:
             return
         with conn:
+            weights_fd = None
             try:
-                message = _read_message(conn)
+                message, weights_fd = _read_message(conn)
                 job = str(message.get("job"))
                 if os.path.dirname(job) != jobs_dir or not JOB_NAME.fullmatch(os.path.basename(job)):
                     raise ValueError("the job folder is not one of this worker's")
                 timeout_s = float(message.get("timeout_s") or 600)
             except (OSError, ValueError) as exc:
+                if weights_fd is not None:
+                    os.close(weights_fd)
                 try:
                     conn.sendall(json.dumps({"refused": str(exc)[:200]}).encode() + b"\n")
                 except OSError:
@@ -263,7 +298,9 @@ def _serve(listener: socket.socket, jobs_dir: str, idle_s: float, runner) -> Non
             pid = os.fork()
             if pid == 0:
                 listener.close()
-                _child(job, message, runner)
+                _child(job, message, runner, weights_fd)
+            if weights_fd is not None:
+                os.close(weights_fd)  # the child's copy only: the worker never holds a job's memfd
             status = -1
             try:
                 conn.sendall(b'{"started": true}\n')

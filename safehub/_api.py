@@ -286,7 +286,7 @@ def load(
         mark = time.perf_counter()
         checked.clear()
         with budget.discard_on_error():
-            obj = rebuild_from_output(job.out_dir, device=device,
+            obj = rebuild_from_output(job.out_dir, device=device, weights=job.weights,
                                       before_load=lambda: checked.append(time.perf_counter()))
             guard.check_result(obj)  # a lockfile's weights hash
         if checked:  # before_load runs once every check has passed and before tensor data is read

@@ -127,7 +127,7 @@ def _run_export_job(job: DeferredJob, mid: str, training: bool, structure: list[
                 "the entrypoint asked for a new download when it ran again for the deferred export",
                 hint="load with example_inputs=(...) so the graph is exported in the first run",
             )
-        gm = rebuild_from_output(result.out_dir, device=device)
+        gm = rebuild_from_output(result.out_dir, device=device, weights=result.weights)
         raw = result.result.get("summary")
     info: dict[str, Any] = {}
     mod = raw.get("modules", {}).get("m0") if isinstance(raw, dict) and isinstance(raw.get("modules"), dict) else None
@@ -138,15 +138,17 @@ def _run_export_job(job: DeferredJob, mid: str, training: bool, structure: list[
     return _one_graph(gm), info
 
 
-def keep_weights(out_dir: Path, hub_dir: Path) -> tuple[Path, _Keep]:
-    """Keep the first load's weights for later export jobs (a hard link when possible)."""
+def keep_weights(out_dir: Path, hub_dir: Path, weights: Any = None) -> tuple[Path, _Keep]:
+    """Keep the first load's weights for later export jobs: a copy of the job's
+    sealed weights memfd (``weights``, the bytes the model was built from), else a
+    hard link to (or copy of) out/weights.safetensors."""
     import os
     import shutil
 
     import stat
 
     src = Path(out_dir) / "weights.safetensors"
-    if not stat.S_ISREG(os.lstat(src).st_mode):  # the sandbox wrote it: a plain file or nothing
+    if weights is None and not stat.S_ISREG(os.lstat(src).st_mode):  # the sandbox wrote it: a plain file or nothing
         raise ExportError("the load job's weights.safetensors is not a regular file")
     from ._owned import make_owned_dir
 
@@ -157,12 +159,34 @@ def keep_weights(out_dir: Path, hub_dir: Path) -> tuple[Path, _Keep]:
     owned = make_owned_dir(hub_dir / "deferred", "load-")
     keep = _Keep(owned)
     dst = owned.path / "weights.safetensors"
-    try:
-        os.link(src, dst, follow_symlinks=False)
-    except OSError:
-        shutil.copyfile(src, dst, follow_symlinks=False)
+    if weights is not None:
+        from ._channel import ChannelLimits
+
+        _copy_fd(weights.sealed_fd(ChannelLimits()), dst)  # sealed: already so when the model was built
+    else:
+        try:
+            os.link(src, dst, follow_symlinks=False)
+        except OSError:
+            shutil.copyfile(src, dst, follow_symlinks=False)
     os.chmod(dst, 0o644)  # read by the sandbox uid through in/
     return dst, keep
+
+
+def _copy_fd(src_fd: int, dst: Path) -> None:
+    """The whole of ``src_fd`` into the new file ``dst`` (in the kernel: sendfile)."""
+    import os
+
+    size = os.fstat(src_fd).st_size
+    out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        offset = 0
+        while offset < size:
+            n = os.sendfile(out, src_fd, offset, size - offset)
+            if n <= 0:
+                raise ExportError("could not copy the load job's weights for later export")
+            offset += n
+    finally:
+        os.close(out)
 
 
 def attach_jobs(obj: Any, *, job: Any, python_env: Any, hub_dir: Path, sha: str | None, summary: dict,
@@ -178,7 +202,7 @@ def attach_jobs(obj: Any, *, job: Any, python_env: Any, hub_dir: Path, sha: str 
     if not modules:
         return
     request, backend = job.rerun
-    weights, keep = keep_weights(job.out_dir, hub_dir)
+    weights, keep = keep_weights(job.out_dir, hub_dir, getattr(job, "weights", None))
     args_pickle = (job.root / "in" / ARGS_FILE).read_bytes()
     spec = DeferredJob(
         request=dataclasses.replace(request, args=(), kwargs={}, example_inputs=None, args_pickle=args_pickle),

@@ -42,6 +42,7 @@ __all__ = [
     "DisallowedTargetError",
     "InvalidNameError",
     "TensorMismatchError",
+    "WeightsSealError",
     "ExportError",
     "UnsupportedReturnError",
     "ArtifactError",
@@ -252,6 +253,11 @@ class InvalidNameError(UnsafeSpecError):
 
 class TensorMismatchError(UnsafeSpecError):
     """The safetensors file does not match the spec (keys, shapes or dtypes)."""
+
+
+class WeightsSealError(UnsafeSpecError):
+    """The weights memfd the host made for a job could not be sealed read-only (the
+    sandbox sealed it itself, or something still maps it writable). Nothing was built."""
 
 
 class ExportError(SafehubError, RuntimeError):

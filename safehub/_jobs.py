@@ -11,6 +11,12 @@ byte the runner wrote is read by ``safehub/_channel``. Job folder::
                    weights.safetensors, checkpoint.json)
     <job>/home, <job>/tmp   scratch HOME and TMPDIR, thrown away afterwards
 
+A ``load`` or ``export`` job on a backend that passes descriptors (bubblewrap, the
+warm worker, landlock, process) returns its weights in a memfd the host created
+(``Job.weights``, safehub/_channel/_memfd.py) instead of out/weights.safetensors:
+the host seals it once the sandbox has ended and maps it copy-on-write. The host
+decides per job, and then reads the weights only from where it decided.
+
 Each job folder is owned by this process (safehub/_owned.py): a crash leaves it
 behind, and the next run_job in any process sweeps it.
 
@@ -29,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from ._channel import needs_download_urls, raise_for_runner_error, raise_runner_warnings, read_result, stderr_tail
-from ._contract import ARGS_FILE, EXAMPLE_INPUTS_FILE, PROTOCOL, REQUEST_FILE, ExportOptions, Request, Result
+from ._contract import (ARGS_FILE, EXAMPLE_INPUTS_FILE, PROTOCOL, REQUEST_FILE, WEIGHTS_FD_ENV, ExportOptions, Request,
+                        Result)
 from ._env._hints import missing_module_hint
 from ._env._types import PythonEnv
 from ._errors import SandboxError, SandboxLimitError, SandboxTimeoutError
@@ -76,6 +83,9 @@ class Job:
     result: Result
     sandbox: SandboxResult
     owned: Any = None  # safehub._owned.OwnedDir: the folder's owner lock (run_job's jobs)
+    # The job's weights memfd (safehub._channel._memfd.WeightsMemfd), or None: the
+    # weights are out/weights.safetensors. Pass it to rebuild_from_output(weights=).
+    weights: Any = None
     out_dir: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -90,6 +100,8 @@ class Job:
     def cleanup(self) -> None:
         # Never raises: the job folder holds what the sandbox left (deep chains,
         # locked folders, FIFOs), and a model already built must not be lost to it.
+        if self.weights is not None:
+            self.weights.close()  # tensors mapped from it keep their pages
         try:
             if self.owned is not None:
                 self.owned.release()
@@ -167,17 +179,31 @@ def run_job(
         job.action, backend=backend, limits=job.limits, allow_gpu=job.allow_gpu,
         staged_files=bool(job.downloads or job.in_files), checkpoint=job.checkpoint is not None)
     if why_not is None and job.repo_dir is not None:
-        ran = _worker.run_in_worker(
-            limits=job.limits, python_env=python_env, repo_dir=job.repo_dir, backend=backend,
-            hub_dir=hub_dir, layout=lambda root, confine: _layout(job, root, confine=confine),
-            environment=sandbox_environment,
-        )
-        if ran is not None:
+        weights = _weights_memfd(job, backend)
+        try:
+            ran = _worker.run_in_worker(
+                limits=job.limits, python_env=python_env, repo_dir=job.repo_dir, backend=backend,
+                hub_dir=hub_dir, layout=lambda root, confine: _layout(job, root, confine=confine),
+                environment=sandbox_environment, weights_fd=weights.fd if weights is not None else None,
+            )
+        except BaseException:
+            if weights is not None:
+                weights.close()
+            raise
+        if ran is None:
+            # A job the worker did not take runs cold with a memfd of its own: nothing
+            # the worker may have done with this one can reach it.
+            if weights is not None:
+                weights.close()
+        else:
             root, sandbox_result = ran
+            _note_channel(job, sandbox_result, weights)
             try:
-                return _finish(job, root, sandbox_result, observe=observe)
+                return _finish(job, root, sandbox_result, observe=observe, weights=weights)
             except BaseException:
                 remove_tree(root)
+                if weights is not None:
+                    weights.close()
                 raise
     jobs = hub_dir / "jobs"
     if jobs not in _SWEPT:  # once per process and hub: folders of crashed loads (args, weights)
@@ -185,13 +211,18 @@ def run_job(
         sweep_unowned(jobs, "job-")
     owned = make_owned_dir(jobs, "job-")
     root = owned.path
+    weights = None
     try:
+        weights = _weights_memfd(job, backend)
+        env = sandbox_environment(root)
+        if weights is not None:
+            env[WEIGHTS_FD_ENV] = str(weights.fd)  # the number survives: subprocess pass_fds keeps it
         for sub in ("in", "out", "home", "tmp"):
             (root / sub).mkdir(mode=0o700)
         rdir = runner_dir()
         sandbox_request = SandboxRequest(
             argv=[str(python_env.python), "-I", "-B", str(rdir / "safehub_runner.py"), str(root)],
-            env=sandbox_environment(root),
+            env=env,
             cwd=root / "tmp",
             ro_paths=(
                 *python_env.ro_paths,
@@ -206,16 +237,36 @@ def run_job(
             allow_gpu=job.allow_gpu,
             runner_dir=rdir,
             hidden_paths=python_env.hidden_paths,
+            pass_fds=(weights.fd,) if weights is not None else (),
         )
         # What the runner applies to itself before repo code (rlimits, Landlock).
         _layout(job, root, confine=backend.confine_config(sandbox_request))
         logger.debug("running %s job for %s in the %s sandbox", job.action, job.repo_dir, backend.name)
         sandbox_result = backend.run(sandbox_request)
         sandbox_result.details.setdefault("worker", {"used": False, **({"why_not": why_not} if why_not else {})})
-        return _finish(job, root, sandbox_result, owned=owned, observe=observe)
+        _note_channel(job, sandbox_result, weights)
+        return _finish(job, root, sandbox_result, owned=owned, observe=observe, weights=weights)
     except BaseException:
+        if weights is not None:
+            weights.close()
         owned.release()
         raise
+
+
+def _weights_memfd(job: JobRequest, backend: SandboxBackend) -> Any:
+    """A fresh memfd for the job's weights when its backend passes descriptors to
+    the runner (see the module docstring), else None: out/weights.safetensors."""
+    if job.action not in ("load", "export") or not getattr(backend, "passes_fds", False):
+        return None
+    from ._channel._memfd import WeightsMemfd
+
+    return WeightsMemfd()
+
+
+def _note_channel(job: JobRequest, sandbox_result: SandboxResult, weights: Any) -> None:
+    """Which way the weights came back, for safehub_info's sandbox details."""
+    if job.action in ("load", "export"):
+        sandbox_result.details["weights_channel"] = "memfd" if weights is not None else "file"
 
 
 def _layout(job: JobRequest, root: Path, *, confine: dict[str, object]) -> None:
@@ -246,7 +297,7 @@ def _layout(job: JobRequest, root: Path, *, confine: dict[str, object]) -> None:
 
 
 def _finish(job: JobRequest, root: Path, sandbox_result: SandboxResult, owned: Any = None,
-            observe: Observer | None = None) -> Job:
+            observe: Observer | None = None, weights: Any = None) -> Job:
     """Check how the run ended and read its result.json (the caller removes
     ``root`` on error)."""
     if observe is not None:
@@ -256,7 +307,7 @@ def _finish(job: JobRequest, root: Path, sandbox_result: SandboxResult, owned: A
     if not needs_download_urls(result):  # the retry's run reports them, once
         raise_runner_warnings(result, repo=str(job.repo_dir or job.checkpoint or "the job"))
     raise_for_runner_error(result, entrypoint=job.entrypoint, repo=str(job.repo_dir), import_hint=missing_module_hint)
-    done = Job(root=root, result=result, sandbox=sandbox_result, owned=owned)
+    done = Job(root=root, result=result, sandbox=sandbox_result, owned=owned, weights=weights)
     done.needs_download()  # validates the URLs now: a bad report fails here, and the folder goes
     return done
 

@@ -16,6 +16,11 @@ host creates it and passes the listening descriptor in; the worker's children
 close it). Processes of the same user can reach it, as they can reach the host
 process itself; what a worker answers is treated like any sandbox's output.
 
+A job's weights memfd (safehub/_channel/_memfd.py) rides with its job line
+(SCM_RIGHTS); the worker hands it to the forked child and closes its own copy,
+and the host seals it only after the worker has answered that the child (and
+everything it started) is gone.
+
 What the host trusts from a worker: nothing. It reads two bounded JSON lines
 ("started", then the child's exit status); the job's output goes through
 ``_channel`` exactly like a cold run's. The worker's process tree is polled by
@@ -262,10 +267,13 @@ def run_in_worker(
     hub_dir: Path,
     layout: Callable[[Path, dict[str, object]], None],
     environment: Callable[[Path], dict[str, str]],
+    weights_fd: int | None = None,
 ) -> tuple[Path, SandboxResult] | None:
     """Run one job in the warm worker for this env and repo (starting it if none
     runs). ``layout(root, confine)`` writes the job folder; ``environment(root)``
-    is the job's whole environment. Returns the job folder
+    is the job's whole environment. ``weights_fd``: the job's weights memfd, sent
+    with the job message (SCM_RIGHTS); the caller keeps and closes its own copy.
+    Returns the job folder
     and the run's result, or None when the worker cannot take the job before it
     starts (busy, or it died before forking): the caller then runs it cold."""
     workers = hub_dir / "workers"
@@ -280,7 +288,7 @@ def run_in_worker(
             logger.info("the warm worker for %s is busy; running this job cold", repo_dir)
             return None
         return _run_locked(wdir, limits=limits, python_env=python_env, repo_dir=repo_dir,
-                           backend=backend, layout=layout, environment=environment)
+                           backend=backend, layout=layout, environment=environment, weights_fd=weights_fd)
     finally:
         os.close(lock)  # releases the lock
 
@@ -306,7 +314,8 @@ def _ready(wdir: Path, jobs: Path, *, python_env: PythonEnv, repo_dir: Path, bac
 
 def _run_locked(wdir: Path, *, limits: Limits, python_env: PythonEnv, repo_dir: Path, backend: SandboxBackend,
                 layout: Callable[[Path, dict[str, object]], None],
-                environment: Callable[[Path], dict[str, str]]) -> tuple[Path, SandboxResult] | None:
+                environment: Callable[[Path], dict[str, str]],
+                weights_fd: int | None = None) -> tuple[Path, SandboxResult] | None:
     import psutil
 
     jobs = wdir / "jobs"
@@ -348,10 +357,10 @@ def _run_locked(wdir: Path, *, limits: Limits, python_env: PythonEnv, repo_dir: 
         identity = {p: (st.st_dev, st.st_ino) for p in (root, root / "out") for st in [os.lstat(p)]}
         # The worker's own deadline is a backstop for a host that died: later than ours.
         message = {"job": str(root), "env": environment(root), "timeout_s": limits.timeout_s + 10,
-                   "threads": min(4, os.cpu_count() or 1)}
+                   "threads": min(4, os.cpu_count() or 1), "weights_fd": weights_fd is not None}
         buf = bytearray()
         try:
-            conn.sendall(json.dumps(message).encode() + b"\n")
+            _send_message(conn, json.dumps(message).encode() + b"\n", weights_fd)
             reply = _read_line(conn, buf, START_TIMEOUT_S if fresh else 30.0)
         except (OSError, ValueError):
             reply = None
@@ -412,6 +421,16 @@ def _run_locked(wdir: Path, *, limits: Limits, python_env: PythonEnv, repo_dir: 
         raise
     finally:
         conn.close()
+
+
+def _send_message(conn: socket.socket, data: bytes, fd: int | None) -> None:
+    """The job line; ``fd`` rides with its first bytes (SCM_RIGHTS)."""
+    if fd is None:
+        conn.sendall(data)
+        return
+    sent = socket.send_fds(conn, [data], [fd])
+    if sent < len(data):
+        conn.sendall(data[sent:])
 
 
 class _Address:

@@ -159,6 +159,7 @@ class Recording(SandboxBackend):
 
     def __init__(self, inner: Any) -> None:
         self.inner, self.name, self.last = inner, inner.name, None
+        self.passes_fds = inner.passes_fds  # the weights memfd reaches the sandbox as in production
 
     def check(self) -> str | None:
         return self.inner.check()

@@ -81,16 +81,20 @@ def _key(event: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(sorted((k, str(v)) for k, v in event.items() if k != "phase"))
 
 
-def hash_weights(out_dir: Path) -> list[dict[str, Any]]:
-    """sha256 of every tensor in out/weights.safetensors, in key order; call only after
-    the return channel accepted the folder (keys, dtypes, shapes and offsets checked)."""
+def hash_weights(out_dir: Path, weights: Any = None) -> list[dict[str, Any]]:
+    """sha256 of every tensor in out/weights.safetensors (or the job's sealed weights
+    memfd, ``weights``), in key order; call only after the return channel accepted
+    the job (keys, dtypes, shapes and offsets checked)."""
     from .._channel._files import open_output_file
     from .._channel._limits import ChannelLimits
     from .._channel._weights import read_header
     from .._contract import WEIGHTS_FILE
 
     limits = ChannelLimits()
-    fd = open_output_file(out_dir, WEIGHTS_FILE, max_bytes=limits.weights_bytes)
+    if weights is not None:
+        fd = os.dup(weights.sealed_fd(limits))  # the job keeps its own descriptor
+    else:
+        fd = open_output_file(out_dir, WEIGHTS_FILE, max_bytes=limits.weights_bytes)
     try:
         entries = read_header(fd, limits)
         out = []
@@ -147,13 +151,13 @@ def run_entrypoint(
                 dependencies_mode=dependencies_mode, extra_dependencies=extra_dependencies, observe=observer,
             )
             with job:
-                obj = rebuild_from_output(job.out_dir)  # every check of a normal load
+                obj = rebuild_from_output(job.out_dir, weights=job.weights)  # every check of a normal load
                 summary = read_summary(job.result)
                 report["output"] = {
                     "root": summary.get("root"),
                     "modes": sorted({str(m.get("mode")) for m in summary.get("modules", {}).values() if m.get("mode")}),
                     "parameters": sum(p.numel() for m in _modules(obj) for p in m.parameters()),
-                    "tensors": hash_weights(job.out_dir),
+                    "tensors": hash_weights(job.out_dir, job.weights),
                 }
     except SafehubError as exc:
         report["status"] = "timeout" if isinstance(exc, SandboxLimitError) and exc.limit == "timeout" else "failed"

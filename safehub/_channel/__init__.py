@@ -8,7 +8,8 @@
 * ``rebuild_from_output``: a model, below.
 
 ``rebuild_from_output(out_dir)`` reads exactly ``spec.json`` and
-``weights.safetensors`` (docs/architecture-format.md), checks *everything*
+``weights.safetensors`` (docs/architecture-format.md) (or, given a job's weights
+memfd, the weights from that memfd only, sealed first: _memfd.py), checks *everything*
 (caps, names, allowlists, literals, the safetensors header, the leaves built on
 ``meta``), and only then loads tensors and builds ``SafehubGraphModule``s.
 Any violation raises an :class:`~safehub._errors.UnsafeSpecError` subclass and
@@ -91,7 +92,7 @@ def check_device(device: Any) -> Any:
 
 def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLimits | None = None,
                         before_load: Callable[[], None] | None = None,
-                        expect: dict[str, dict[str, Any]] | None = None) -> Any:
+                        expect: dict[str, dict[str, Any]] | None = None, weights: Any = None) -> Any:
     """Rebuild what the entrypoint returned from a job's ``out/`` folder.
 
     Returns a ``SafehubGraphModule`` (an ``fx.GraphModule``), or a tuple/list/dict
@@ -102,6 +103,9 @@ def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLim
     read and built from are hashed, the spec before it is parsed, the weights
     as they are read into memory this process owns, and nothing is built unless
     both match (a file changed or swapped after the check cannot reach the model).
+    ``weights`` (a job's ``_memfd.WeightsMemfd``): the weights are read from that
+    memfd, sealed first and mapped copy-on-write, and ``out_dir``'s
+    weights.safetensors is never opened; None: from the file.
     """
     import torch
 
@@ -123,7 +127,10 @@ def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLim
             _check_digest(SPEC_FILE, hashlib.sha256(spec_raw), len(spec_raw), expect[SPEC_FILE])
         spec = parse_spec(spec_raw, limits=limits, device=device)
         graphs = {mid: build_graphs(mspec) for mid, mspec in spec.modules.items()}
-        fd = open_output_file(out_dir, WEIGHTS_FILE, max_bytes=limits.weights_bytes)
+        if weights is not None:  # sealed, size-capped; the job owns (and closes) it
+            fd = weights.sealed_fd(limits)
+        else:
+            fd = open_output_file(out_dir, WEIGHTS_FILE, max_bytes=limits.weights_bytes)
         try:
             entries, header_raw = read_header_bytes(fd, limits)
             check_against_spec(entries, spec)
@@ -134,12 +141,13 @@ def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLim
             digest = None
             if expect is not None:
                 digest = hashlib.sha256(header_raw)
-            loaded = load_tensors(fd, entries, device, digest=digest)
+            loaded = load_tensors(fd, entries, device, digest=digest, mapped=weights is not None)
             if digest is not None:  # header and tensors tile the file: this is the file built from
                 size = len(header_raw) + sum(e.end - e.begin for e in entries.values())
                 _check_digest(WEIGHTS_FILE, digest, size, expect[WEIGHTS_FILE])  # type: ignore[index]
         finally:
-            os.close(fd)
+            if weights is None:
+                os.close(fd)
         built: dict[str, Any] = {}
         for mid, mspec in spec.modules.items():
             tensors = {p: loaded.pop(f"{mid}.{p}") for p in mspec.tensors}

@@ -1,9 +1,16 @@
 """``weights.safetensors``: header checks, comparison with the spec, loading.
 
 The header is read and checked here with explicit bounds (length prefix,
-JSON, dtypes, shapes, offsets that tile the data section exactly) before the
-safetensors library sees the file. Loading then goes through safetensors only,
-on the already-opened file descriptor (no second lookup by path).
+JSON, dtypes, shapes, offsets that tile the data section exactly), on the
+already-opened descriptor (no second lookup by path), whether it is a file the
+sandbox wrote or the job's sealed weights memfd (_memfd.py). Loading then:
+
+* from a sealed memfd: ``map_tensors``, every tensor a view of one MAP_PRIVATE
+  mapping (no copy; the model's writes are copy-on-write);
+* from a file: ``_read_tensors``, ``preadv`` into fresh memory the host owns (a
+  file of the sandbox's is never mapped: a later write or truncation of it would
+  reach the model);
+* on a big-endian machine: the safetensors library, which converts byte order.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ from ._names import show
 from ._json import load_json
 from ._spec import ArchSpec
 
-__all__ = ["HeaderEntry", "read_header", "read_header_bytes", "check_against_spec", "load_tensors", "ST_DTYPES"]
+__all__ = ["HeaderEntry", "read_header", "read_header_bytes", "check_against_spec", "load_tensors", "map_tensors",
+           "ST_DTYPES"]
 
 # safetensors dtype code -> (spec dtype name, item size)
 ST_DTYPES: dict[str, tuple[str, int]] = {
@@ -143,8 +151,13 @@ def check_against_spec(entries: dict[str, HeaderEntry], spec: ArchSpec) -> None:
             )
 
 
-def load_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any, digest: Any = None) -> dict[str, Any]:
+def load_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any, digest: Any = None,
+                 mapped: bool = False) -> dict[str, Any]:
     """Load every tensor from the checked, open file into memory this process owns.
+
+    ``mapped``: ``fd`` is a memfd the host created and has sealed (_memfd.py): its
+    bytes can never change, so the tensors are views of a copy-on-write mapping of
+    it (``map_tensors``), not copies.
 
     ``digest`` (a hashlib object that already holds the header bytes): every
     tensor's bytes are fed to it in file order, from the memory they were read
@@ -157,6 +170,8 @@ def load_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any, digest: 
 
     dtypes = dtype_table()
     if sys.byteorder == "little":
+        if mapped:
+            return map_tensors(fd, entries, device, dtypes, torch, digest)
         return _read_tensors(fd, entries, device, dtypes, torch, digest)
     if digest is not None:  # the safetensors library maps the file: no bytes of ours to hash
         raise UnsafeSpecError("hashing loaded weights needs a little-endian machine")
@@ -226,6 +241,77 @@ def _read_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any, dtypes:
         if hasher is not None:
             hasher.finish()
     return out
+
+
+def map_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any, dtypes: dict, torch: Any,
+                digest: Any = None) -> dict[str, Any]:
+    """Every tensor as a view of one ``MAP_PRIVATE`` mapping of the *sealed* memfd
+    ``fd`` (no copy). Only for a descriptor ``seal_weights`` sealed: its size and
+    bytes are fixed, so nothing under the model can change, and the private
+    mapping makes the model's own writes copy-on-write (never into the file).
+
+    A tensor whose data does not start at a multiple of its element size (the
+    runner aligns them all; a hostile one may not) is copied into fresh memory:
+    a misaligned view is undefined behaviour for many kernels. ``digest`` is fed
+    the data section from the mapping, in file order: the bytes the model is built
+    from. Another ``device``: ``.to(device)`` straight from the mapping."""
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    size = os.fstat(fd).st_size
+    out: dict[str, Any] = {}
+    if size == 0 or not entries:
+        return {key: torch.empty(e.shape, dtype=dtypes[e.dtype], device=target) for key, e in entries.items()}
+    mapping = _map_private(fd, size)
+    with memoryview(mapping) as whole:
+        for key, entry in sorted(entries.items(), key=lambda kv: (kv[1].begin, kv[1].end)):
+            dtype = dtypes[entry.dtype]
+            itemsize = dtype.itemsize
+            nbytes, offset = entry.end - entry.begin, entry.data_start + entry.begin
+            if offset + nbytes > size:  # read_header checked this against the same sealed size
+                raise TensorMismatchError(f"tensor {show(key)} lies outside the weights")
+            if nbytes == 0:
+                t = torch.empty(entry.shape, dtype=dtype)
+            elif offset % itemsize == 0:
+                t = torch.frombuffer(mapping, dtype=dtype, count=nbytes // itemsize, offset=offset).view(entry.shape)
+            else:
+                raw = torch.frombuffer(mapping, dtype=torch.uint8, count=nbytes, offset=offset)
+                t = raw.clone().view(dtype).view(entry.shape)  # fresh, aligned memory
+            if digest is not None and nbytes:
+                digest.update(whole[offset:offset + nbytes])
+            out[key] = t if target.type == "cpu" else t.to(target)
+    return out
+
+
+def _map_private(fd: int, size: int) -> Any:
+    """``fd``'s first ``size`` bytes mapped MAP_PRIVATE, PROT_READ|PROT_WRITE, as a
+    ctypes byte array that unmaps itself once nothing refers to it (the tensors
+    viewing it keep it alive). Not ``mmap.mmap``: that keeps a dup of the
+    descriptor for as long as the mapping lives, one open fd per loaded model."""
+    import mmap
+    import weakref
+
+    libc = _libc()
+    addr = libc.mmap(None, ctypes.c_size_t(size), mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE, fd,
+                     ctypes.c_long(0))
+    if addr is None or addr == ctypes.c_void_p(-1).value:
+        err = ctypes.get_errno()
+        raise OSError(err, f"could not map the weights: {os.strerror(err)}")
+    array = (ctypes.c_ubyte * size).from_address(addr)
+    weakref.finalize(array, libc.munmap, ctypes.c_void_p(addr), ctypes.c_size_t(size))
+    return array
+
+
+_LIBC: Any = None
+
+
+def _libc() -> Any:
+    global _LIBC
+    if _LIBC is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        _LIBC = libc
+    return _LIBC
 
 
 class _Hasher:

@@ -48,6 +48,9 @@ class SandboxRequest:
     # Folders inside a read-only path the job must not see (the base interpreter's
     # site-packages inside its prefix); read-only paths inside them are shown again.
     hidden_paths: Sequence[Path] = ()
+    # Descriptors the command inherits at the same number (only for a backend whose
+    # ``passes_fds`` is true): the job's weights memfd (safehub/_channel/_memfd.py).
+    pass_fds: Sequence[int] = ()
 
 
 @dataclass
@@ -65,6 +68,8 @@ class SandboxResult:
 
 class SandboxBackend(abc.ABC):
     name: str = "abstract"
+    # Whether ``SandboxRequest.pass_fds`` reach the command (else the host uses files).
+    passes_fds: bool = False
 
     @abc.abstractmethod
     def check(self) -> str | None:

@@ -70,6 +70,7 @@ class _Prepared(NamedTuple):
 
 class BwrapBackend(SandboxBackend):
     name = "bwrap"
+    passes_fds = True
 
     def __init__(self, bwrap: str | None = None, env: Mapping[str, str] | None = None) -> None:
         env = os.environ if env is None else env
@@ -178,7 +179,7 @@ class BwrapBackend(SandboxBackend):
         try:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out.write_fd, stderr=err.write_fd,
-                pass_fds=fds, close_fds=True, start_new_session=True, env={},
+                pass_fds=(*fds, *request.pass_fds), close_fds=True, start_new_session=True, env={},
                 preexec_fn=fresh_session_keyring(strict=not self.seccomp),
             )
         except subprocess.SubprocessError as exc:  # the fresh session keyring (preexec_fn)

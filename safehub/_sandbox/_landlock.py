@@ -63,6 +63,7 @@ def landlock_abi() -> int:
 
 class LandlockBackend(SandboxBackend):
     name = "landlock"
+    passes_fds = True
 
     def __init__(self, env: Mapping[str, str] | None = None, abi: int | None = None) -> None:
         env = os.environ if env is None else env

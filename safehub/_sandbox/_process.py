@@ -33,6 +33,7 @@ WARNING = (
 
 class ProcessBackend(SandboxBackend):
     name = "process"
+    passes_fds = True
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self.seccomp = enabled(os.environ if env is None else env)

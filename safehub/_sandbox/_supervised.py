@@ -44,6 +44,8 @@ def run_supervised(
 
     for path in request.scratch_paths:
         Path(path).mkdir(parents=True, exist_ok=True)
+    if request.pass_fds:  # the reaper's own close_fds keeps the job's weights memfd
+        confine = {**confine, "keep_fd": int(request.pass_fds[0])}
     out, err = TailPipe(MAX_CAPTURE_BYTES), TailPipe(MAX_CAPTURE_BYTES)
     start = time.monotonic()
     try:
@@ -59,6 +61,7 @@ def run_supervised(
             stderr=err.write_fd,
             start_new_session=True,
             close_fds=True,
+            pass_fds=tuple(request.pass_fds),
             # The reaper and everything below it get a new, empty session keyring.
             preexec_fn=fresh_session_keyring(strict=strict_keyring),
         )

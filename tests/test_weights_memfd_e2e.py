@@ -1,0 +1,152 @@
+"""A real bubblewrap load and a real warm-worker load bring their weights back
+through the host's sealed memfd (safehub/_channel/_memfd.py): safehub_info says
+so, nothing is written to out/weights.safetensors, the values (in every element
+size, so the runner's alignment is exercised) are right, and no descriptor is
+left open. The memfd itself is attacked in tests/test_weights_memfd.py."""
+
+from __future__ import annotations
+
+import gc
+import os
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import safehub
+from safehub import Limits, _jobs
+from safehub._errors import WeightsSealError
+
+pytestmark = pytest.mark.slow
+
+HUBCONF = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    dependencies = []
+
+
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(5, 3)
+            self.h16 = nn.Parameter(torch.arange(5, dtype=torch.float16))
+            self.register_buffer("steps", torch.tensor([7, 8, 9], dtype=torch.int64))
+            self.register_buffer("flags", torch.tensor([True, False, True]))
+            self.register_buffer("small", torch.arange(3, dtype=torch.uint8))
+
+        def forward(self, x):
+            return self.lin(x) + self.steps.sum()
+
+
+    def mixed(hub=""):
+        torch.manual_seed(0)
+        return Mixed()
+
+
+    def seal_it(hub=""):
+        """Add F_SEAL_SEAL to the host's memfd: the host can no longer seal it."""
+        import fcntl, os
+        fcntl.fcntl(int(os.environ["SAFEHUB_WEIGHTS_FD"]), 1033, 1)
+        return nn.Linear(2, 2)
+
+
+    def linger(hub=""):
+        """A daemon that keeps the memfd mapped shared and writable, to rewrite the
+        weights under the host's model later: it dies with the sandbox."""
+        import mmap, os, select, time
+        fd = int(os.environ["SAFEHUB_WEIGHTS_FD"])
+        os.ftruncate(fd, 4096)
+        r, w = os.pipe()
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                m = mmap.mmap(fd, 4096, flags=mmap.MAP_SHARED)
+                os.write(w, b"m")
+                while True:
+                    time.sleep(1)
+            os._exit(0)
+        mapped = bool(select.select([r], [], [], 30)[0]) and os.read(r, 1) == b"m"
+        out = nn.Linear(2, 2)
+        with torch.no_grad():
+            out.weight.fill_(float(mapped))  # the host checks the daemon really held the mapping
+        return out
+''')
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("memfd-repo")
+    folder.chmod(0o755)  # as root, the sandbox runs as another uid
+    (folder / "hubconf.py").write_text(HUBCONF)
+    return folder
+
+
+def _expected() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(5, 3)
+    return {"lin.weight": lin.weight.detach(), "lin.bias": lin.bias.detach(),
+            "h16": torch.arange(5, dtype=torch.float16), "steps": torch.tensor([7, 8, 9]),
+            "flags": torch.tensor([True, False, True]), "small": torch.arange(3, dtype=torch.uint8)}
+
+
+def _fds() -> list[str]:
+    return sorted(os.listdir("/proc/self/fd"))
+
+
+def test_bwrap_and_the_warm_worker_return_weights_through_the_memfd(
+        repo: Path, safehub_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+    finish = _jobs._finish
+
+    def spy(job: Any, root: Path, *args: Any, **kwargs: Any) -> Any:
+        seen.append(sorted(os.listdir(root / "out")))  # what the sandbox left in out/, before it is judged
+        return finish(job, root, *args, **kwargs)
+
+    monkeypatch.setattr(_jobs, "_finish", spy)
+    hub = str(safehub_home)
+
+    def load(**limits: Any) -> Any:
+        return safehub.load(str(repo), "mixed", source="local", hub=hub, verbose=False, force_reload=True,
+                            limits=Limits(timeout_s=120, **limits))
+
+    cold = load(warm_worker=False)
+    assert cold.safehub_info.backend == "bwrap"
+    details = cold.safehub_info.sandbox_details
+    assert details["weights_channel"] == "memfd" and details["worker"]["used"] is False
+    fds = _fds()
+    warm = load()
+    details = warm.safehub_info.sandbox_details
+    assert details["weights_channel"] == "memfd" and details["worker"]["used"] is True
+    assert seen == [["result.json", "spec.json"]] * 2  # no weights.safetensors in out/, either way
+    for model in (cold, warm):
+        state = model.state_dict()
+        for key, value in _expected().items():
+            assert state[key].dtype == value.dtype and torch.equal(state[key], value), key
+        with torch.no_grad():  # trained in place: copy-on-write pages of the model's own
+            model.lin.weight.add_(1.0)
+        assert torch.equal(model.lin.weight, _expected()["lin.weight"] + 1.0)
+    assert not torch.equal(cold.lin.weight, _expected()["lin.weight"])
+    del cold, warm, model, state
+    gc.collect()
+    assert _fds() == fds  # the worker load left no descriptor open (the memfd, its sockets)
+    assert "safehub-weights" not in Path("/proc/self/maps").read_text()
+
+
+@pytest.mark.parametrize("warm_worker", [False, True], ids=["bwrap", "worker"])
+def test_a_job_cannot_keep_the_memfd_writable_or_unsealable(repo: Path, warm_worker: bool) -> None:
+    """The host seals only once every process of the job is gone: a lingering
+    daemon's writable mapping is gone with it (the load succeeds, its memfd sealed);
+    a job that sealed the memfd itself fails the load."""
+    def load(entry: str) -> Any:
+        return safehub.load(str(repo), entry, source="local", verbose=False, force_reload=True,
+                            limits=Limits(timeout_s=120, warm_worker=warm_worker))
+
+    model = load("linger")
+    assert torch.equal(model.weight, torch.ones(2, 2))  # the daemon had the memfd mapped
+    assert model.safehub_info.sandbox_details["weights_channel"] == "memfd"
+    assert model.safehub_info.sandbox_details["worker"]["used"] is warm_worker
+    with pytest.raises(WeightsSealError, match="F_SEAL_SEAL"):
+        load("seal_it")
