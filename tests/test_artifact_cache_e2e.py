@@ -36,6 +36,7 @@ def cached(monkeypatch: pytest.MonkeyPatch, repo_copy) -> Path:
 def test_a_sandboxed_load_is_stored_and_answered_without_a_sandbox(cached: Path) -> None:
     first = safehub.load(str(cached), "mobilenet", source="local", verbose=False)
     assert first.safehub_info.cache["stored"] is True and first.safehub_info.backend != "artifact-cache"
+    assert first.safehub_info.sandbox_details["weights_channel"] == "memfd"  # stored from the sealed memfd's views
     second = safehub.load(str(cached), "mobilenet", source="local", verbose=False)
     info = second.safehub_info
     assert info.cache == {"hit": True, "key": first.safehub_info.cache["key"]}
