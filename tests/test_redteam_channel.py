@@ -61,6 +61,8 @@ EXPECTED: dict[str, object] = {
         "localhost", "localhost_upper_dot", "short_ipv4", "decimal_ipv4", "hex_ipv4", "zero_address",
         "mapped_ipv6", "userinfo_confusion", "fragment_confusion", "link_local_metadata")},
     "spec_symlink": "UnsafeSpecError",
+    # A link or FIFO at out/weights.safetensors: never opened (the weights come through the
+    # job's memfd), and the memfd the runner never wrote is refused.
     "weights_hardlink": "UnsafeSpecError",
     "weights_fifo": "UnsafeSpecError",
     "weights_huge_header": "SpecTooLargeError",
