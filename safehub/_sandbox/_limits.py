@@ -145,6 +145,7 @@ class Watchdog:
     peak_pids: int = 0
     peak_cpu_s: float = 0.0
     tmpfs_used: int = 0
+    process_rss: int = 0  # the tree's summed RSS at the last poll, without tmpfs
 
     def check(self, started: float) -> str | None:
         """One poll. Returns the limit that was hit, or None."""
@@ -184,6 +185,7 @@ class Watchdog:
                     rss += p.memory_info().rss
                 except psutil.Error:
                     pass
+            self.process_rss = rss
             # Files in the sandbox's tmpfs mounts are memory too (last disk poll).
             rss += self.tmpfs_used
             self.peak_rss = max(self.peak_rss, rss)
@@ -204,6 +206,10 @@ class Watchdog:
         if self.tmpfs_probes is not None:
             probes = self.tmpfs_probes()
             self.tmpfs_used = sum(used for used, _ in probes)
+            # tmpfs is memory: a job that filled it past the memory limit hit that limit,
+            # whichever the two polls noticed first (the tmpfs may be full by now too).
+            if limits.memory_bytes is not None and self.process_rss + self.tmpfs_used >= limits.memory_bytes:
+                return "memory"
             for used, size in probes:
                 # A full tmpfs means the job ran into the cap (ENOSPC inside).
                 if size and used >= size - 64 * 1024:
