@@ -145,7 +145,7 @@ class Watchdog:
     peak_pids: int = 0
     peak_cpu_s: float = 0.0
     tmpfs_used: int = 0
-    process_rss: int = 0  # the tree's summed RSS at the last poll, without tmpfs
+    largest_rss: int = 0  # the largest one process's RSS at the last poll
 
     def check(self, started: float) -> str | None:
         """One poll. Returns the limit that was hit, or None."""
@@ -179,13 +179,15 @@ class Watchdog:
                     continue
                 self.peak_cpu_s = max(self.peak_cpu_s, t.user + t.system)
         if limits.memory_bytes is not None:
-            rss = 0
+            rss = largest = 0
             for p in tree:
                 try:
-                    rss += p.memory_info().rss
+                    one = p.memory_info().rss
                 except psutil.Error:
-                    pass
-            self.process_rss = rss
+                    continue
+                rss += one
+                largest = max(largest, one)
+            self.largest_rss = largest
             # Files in the sandbox's tmpfs mounts are memory too (last disk poll).
             rss += self.tmpfs_used
             self.peak_rss = max(self.peak_rss, rss)
@@ -206,13 +208,14 @@ class Watchdog:
         if self.tmpfs_probes is not None:
             probes = self.tmpfs_probes()
             self.tmpfs_used = sum(used for used, _ in probes)
-            # tmpfs is memory: a job that filled it past the memory limit hit that limit,
-            # whichever the two polls noticed first (the tmpfs may be full by now too).
-            if limits.memory_bytes is not None and self.process_rss + self.tmpfs_used >= limits.memory_bytes:
-                return "memory"
             for used, size in probes:
-                # A full tmpfs means the job ran into the cap (ENOSPC inside).
+                # A full tmpfs means the job ran into the cap (ENOSPC inside). But tmpfs is
+                # memory: filled past the memory limit, that is the limit the job hit,
+                # whichever of the two polls saw it first. (The largest single process is
+                # the lower bound of the tree's memory: summed RSS counts shared pages twice.)
                 if size and used >= size - 64 * 1024:
+                    if limits.memory_bytes is not None and self.largest_rss + self.tmpfs_used >= limits.memory_bytes:
+                        return "memory"
                     return "disk"
         return None
 
