@@ -15,7 +15,7 @@ import pytest
 
 from safehub._env import _host
 from safehub._env._host import host_info, minimal_paths
-from safehub._env._host_memo import MEMO_NAME, load_memo
+from safehub._env._host_memo import load_memo, memo_name
 
 
 def _reference(paths):
@@ -61,8 +61,8 @@ def _fresh_process(monkeypatch) -> None:
 def test_a_fresh_process_reads_the_inspection_from_disk(tmp_path: Path, monkeypatch) -> None:
     _fresh_process(monkeypatch)
     first = host_info(tmp_path)
-    assert (tmp_path / "memo" / MEMO_NAME).is_file()
-    assert oct((tmp_path / "memo" / MEMO_NAME).stat().st_mode & 0o777) == "0o600"
+    assert (tmp_path / "memo" / memo_name()).is_file()
+    assert oct((tmp_path / "memo" / memo_name()).stat().st_mode & 0o777) == "0o600"
     _fresh_process(monkeypatch)
     calls: list[int] = []
     real = _host._host_info
@@ -74,17 +74,17 @@ def test_a_fresh_process_reads_the_inspection_from_disk(tmp_path: Path, monkeypa
 def test_the_disk_memo_is_ignored_when_what_it_read_changed(tmp_path: Path, monkeypatch) -> None:
     _fresh_process(monkeypatch)
     host_info(tmp_path)
-    doc = json.loads((tmp_path / "memo" / MEMO_NAME).read_text())
+    doc = json.loads((tmp_path / "memo" / memo_name()).read_text())
     victim = doc["read"][0]  # a METADATA file it parsed: edited in place since
     doc["fingerprint"][2][0][1][1] += 1  # its recorded ctime no longer matches
-    (tmp_path / "memo" / MEMO_NAME).write_text(json.dumps(doc))
+    (tmp_path / "memo" / memo_name()).write_text(json.dumps(doc))
     _fresh_process(monkeypatch)
     calls: list[int] = []
     real = _host._host_info
     monkeypatch.setattr(_host, "_host_info", lambda read: calls.append(1) or real(read))
     host_info(tmp_path)
     assert calls == [1], victim
-    assert json.loads((tmp_path / "memo" / MEMO_NAME).read_text())["fingerprint"] != doc["fingerprint"]
+    assert json.loads((tmp_path / "memo" / memo_name()).read_text())["fingerprint"] != doc["fingerprint"]
 
 
 @pytest.mark.parametrize("tamper", [
@@ -100,7 +100,7 @@ def test_the_disk_memo_is_ignored_when_what_it_read_changed(tmp_path: Path, monk
 def test_a_tampered_disk_memo_is_never_used(tmp_path: Path, monkeypatch, tamper) -> None:
     _fresh_process(monkeypatch)
     honest = host_info(tmp_path)
-    path = tmp_path / "memo" / MEMO_NAME
+    path = tmp_path / "memo" / memo_name()
     doc = json.loads(path.read_text())
     tamper(doc["fields"])
     path.write_text(json.dumps(doc))
@@ -112,7 +112,7 @@ def test_a_tampered_disk_memo_is_never_used(tmp_path: Path, monkeypatch, tamper)
 def test_the_disk_memo_is_for_one_interpreter_only(tmp_path: Path, monkeypatch) -> None:
     _fresh_process(monkeypatch)
     host_info(tmp_path)
-    path = tmp_path / "memo" / MEMO_NAME
+    path = tmp_path / "memo" / memo_name()
     doc = json.loads(path.read_text())
     doc["interpreter"]["executable"] = "/usr/bin/python-other"
     path.write_text(json.dumps(doc))
@@ -135,3 +135,10 @@ def test_the_script_folder_counts_only_when_it_holds_package_metadata(tmp_path: 
     assert _host._fingerprint([]) == fa
     (b / "torch-9.9.dist-info").mkdir()
     assert _host._fingerprint([]) != fa
+
+
+def test_each_interpreter_has_a_memo_file_of_its_own(monkeypatch) -> None:
+    """Venvs sharing one SAFEHUB_HOME would otherwise overwrite each other's memo."""
+    mine = memo_name()
+    monkeypatch.setattr(sys, "executable", "/other/venv/bin/python")
+    assert memo_name() != mine and memo_name().startswith("host-info-") and memo_name().endswith(".json")

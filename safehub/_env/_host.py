@@ -23,7 +23,7 @@ from typing import Any
 
 from .._basesite import base_site_packages
 from .._errors import MissingHostPackageError, escape_untrusted
-from ._host_memo import MEMO_NAME, load_memo, save_memo
+from ._host_memo import load_memo, memo_name, save_memo
 from ._resolve import TORCH_FAMILY, Resolution, canonical
 from ._types import PythonEnv
 
@@ -202,7 +202,7 @@ def host_info(hub_dir: Path | str | None = None) -> HostInfo:
             fingerprint, info = _HOST_MEMO[0]
             if _fingerprint(f for f, _ in fingerprint[2]) == fingerprint:
                 return info
-        memo = Path(hub_dir) / "memo" / MEMO_NAME if hub_dir is not None else None
+        memo = Path(hub_dir) / "memo" / memo_name() if hub_dir is not None else None
         if memo is not None and (found := load_memo(memo, _fingerprint)) is not None:
             memo_read, fields = found
             info = _live_info(

@@ -1,4 +1,4 @@
-"""``host_info`` remembered on disk between processes: ``<hub>/memo/host-info.json``.
+"""``host_info`` remembered on disk between processes: ``<hub>/memo/host-info-<interpreter>.json``.
 
 Inspecting the host parses the METADATA of the torch family and its requirement
 closure through ``importlib.metadata``, which stats every ``sys.path`` folder per
@@ -28,17 +28,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MEMO_NAME", "load_memo", "save_memo"]
+__all__ = ["memo_name", "load_memo", "save_memo"]
 
 logger = logging.getLogger("safehub")
 
-MEMO_NAME = "host-info.json"
 MEMO_VERSION = 1
 MAX_BYTES = 1 << 20
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,99}")
 _VERSION = re.compile(r"[A-Za-z0-9.+!_-]{1,64}")
 
 Fingerprint = Callable[[list[str]], Any]
+
+
+def memo_name() -> str:
+    """One file per interpreter (venvs sharing a SAFEHUB_HOME would otherwise
+    overwrite each other's memo on every load): ``host-info-<12 hex>.json``."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{sys.executable}\0{sys.prefix}".encode("utf-8", "surrogateescape")).hexdigest()
+    return f"host-info-{digest[:12]}.json"
 
 
 def _jsonable(value: Any) -> Any:
