@@ -53,6 +53,14 @@ def test_host_info_is_reused_until_what_it_read_changes(tmp_path: Path, monkeypa
 # --- the memo on disk, for the next process -----------------------------------
 
 
+def _yaml() -> tuple[str, str]:
+    """PyYAML (a test dependency next to torch, outside its family): version, dist-info."""
+    import importlib.metadata as md
+
+    dist = md.distribution("PyYAML")
+    return dist.version, os.path.realpath(str(dist._path))  # type: ignore[attr-defined]
+
+
 def _fresh_process(monkeypatch) -> None:
     """What a new process starts with: no in-process memo."""
     monkeypatch.setattr(_host, "_HOST_MEMO", [])
@@ -95,8 +103,13 @@ def test_the_disk_memo_is_ignored_when_what_it_read_changed(tmp_path: Path, monk
     lambda f: f["packages"].update({"torch": "2.0; rm -rf"}),
     lambda f: f.update({"extra": 1}),
     lambda f: f["constraints"].append(["not", "a", "string"]),
+    # A package next to torch (on sys.path, so only the family check can refuse it): its
+    # files would be linked into the family folder and shown to every sandbox.
+    lambda f: f["family_dists"].append(["pyyaml", _yaml()[0], _yaml()[1]]),
+    # A family member whose recorded version is not what its dist-info says.
+    lambda f: f["family_dists"].__setitem__(0, [f["family_dists"][0][0], "0.0.1", f["family_dists"][0][2]]),
 ], ids=["share-path-off-sys.path", "dist-outside-shares", "non-family-package", "bad-version", "extra-field",
-        "bad-constraint"])
+        "bad-constraint", "package-next-to-torch", "version-not-its-dist-info"])
 def test_a_tampered_disk_memo_is_never_used(tmp_path: Path, monkeypatch, tamper) -> None:
     _fresh_process(monkeypatch)
     honest = host_info(tmp_path)
@@ -104,7 +117,7 @@ def test_a_tampered_disk_memo_is_never_used(tmp_path: Path, monkeypatch, tamper)
     doc = json.loads(path.read_text())
     tamper(doc["fields"])
     path.write_text(json.dumps(doc))
-    assert load_memo(path, _host._fingerprint) is None
+    assert load_memo(path, _host._fingerprint, verify=_host._check_family) is None
     _fresh_process(monkeypatch)
     assert host_info(tmp_path) == honest  # inspected again, not taken from the file
 

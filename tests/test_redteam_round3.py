@@ -609,3 +609,42 @@ def test_a_request_that_forgets_hidden_paths_still_hides_the_base_site_packages(
     assert "read1" in out or BASE_SITE == VENV_SITE
     for key in [k for k in out if k.startswith(("read1", "read2")) and "proc_1" not in k]:
         assert out[key] in ("EACCES", "ENOENT"), (key, out[key])
+
+
+# --- the host memo (issue 13, fresh-process speed) -----------------------------------
+
+
+@pytest.mark.slow
+def test_a_forged_host_memo_cannot_show_a_package_next_to_torch(tmp_path, monkeypatch):
+    """FIXED (found while writing it). The host inspection is remembered in
+    <SAFEHUB_HOME>/memo/, a file anything running as the user can change; its list of
+    torch-family distributions decides what the family folder links, which every
+    sandbox sees. Forged to list PyYAML (installed next to torch) with a fresh
+    fingerprint, it was taken as it was, and repos could import yaml again. Now each
+    distribution is read again by path and must be the family or required by it: the
+    forged memo is refused, and the real load that follows cannot import yaml."""
+    import importlib.metadata as md
+
+    import safehub
+    from safehub._env import _host
+    from safehub._env._host_memo import memo_name
+
+    yaml = md.distribution("PyYAML")
+    _host.host_info(Path(safehub.get_dir()))  # the honest memo, then the forgery over it
+    memo = Path(safehub.get_dir()) / "memo" / memo_name()
+    doc = json.loads(memo.read_text())
+    doc["fields"]["family_dists"].append(["pyyaml", yaml.version, os.path.realpath(str(yaml._path))])
+    memo.write_text(json.dumps(doc))
+    monkeypatch.setattr(_host, "_HOST_MEMO", [])  # as a fresh process starts
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    repo.chmod(0o755)  # as root, the sandbox runs as another uid
+    (repo / "hubconf.py").write_text(
+        "dependencies = []\nimport importlib.util, torch\n\n"
+        "def probe():\n"
+        "    if importlib.util.find_spec('yaml') is not None:\n"
+        "        raise RuntimeError('LEAK: yaml is importable in the sandbox')\n"
+        "    return torch.nn.Linear(2, 2)\n")
+    model = safehub.load(str(repo), "probe", source="local", sandbox="bwrap", verbose=False)
+    assert model.safehub_info.backend == "bwrap"
+    assert "pyyaml" not in memo.read_text().lower()  # inspected again and remembered honestly

@@ -203,7 +203,7 @@ def host_info(hub_dir: Path | str | None = None) -> HostInfo:
             if _fingerprint(f for f, _ in fingerprint[2]) == fingerprint:
                 return info
         memo = Path(hub_dir) / "memo" / memo_name() if hub_dir is not None else None
-        if memo is not None and (found := load_memo(memo, _fingerprint)) is not None:
+        if memo is not None and (found := load_memo(memo, _fingerprint, verify=_check_family)) is not None:
             memo_read, fields = found
             info = _live_info(
                 packages=fields["packages"], share_paths=tuple(Path(p) for p in fields["share_paths"]),
@@ -220,6 +220,38 @@ def host_info(hub_dir: Path | str | None = None) -> HostInfo:
                 "constraints": list(info.constraints),
                 "family_dists": [[n, v, str(p)] for n, v, p in info.family_dists]})
         return info
+
+
+def _check_family(fields: Mapping[str, Any]) -> None:
+    """Raise ValueError unless a memo's distributions are what ``_host_info`` finds:
+    each dist-info (read by path) names the recorded distribution and version, the
+    torch family's recorded versions match, and every distribution is a family member
+    or required, transitively, by one. A forged memo that lists another package next
+    to torch (whose files the family folder would then show to every sandbox) fails."""
+    found: dict[str, md.Distribution] = {}
+    for name, version, where in fields["family_dists"]:
+        dist = md.PathDistribution(Path(where))
+        try:
+            ok = canonical(dist.metadata["Name"] or "") == name and dist.version == version
+        except Exception:  # noqa: BLE001 - unreadable metadata: not what an inspection found
+            ok = False
+        if not ok:
+            raise ValueError(f"{where} is not {name} {version}")
+        found[name] = dist
+    packages = fields["packages"]
+    if any(found.get(name) is None or found[name].version != version for name, version in packages.items()):
+        raise ValueError("the torch family's versions differ from its dist-infos")
+    reached: set[str] = set()
+    queue = [name for name in found if name in packages]
+    while queue:
+        name = queue.pop()
+        if name in reached:
+            continue
+        reached.add(name)
+        queue += [canonical(req.name) for req in _base_requires(found[name])
+                  if canonical(req.name) in found and canonical(req.name) not in TORCH_FAMILY]
+    if reached != set(found):
+        raise ValueError(f"not required by the torch family: {sorted(set(found) - reached)[:3]}")
 
 
 def _live_info(**found: Any) -> HostInfo:

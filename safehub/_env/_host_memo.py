@@ -81,9 +81,11 @@ def save_memo(path: Path, read: list[str], fingerprint: Any, fields: dict[str, A
             pass
 
 
-def load_memo(path: Path, fingerprint: Fingerprint) -> tuple[list[str], dict[str, Any]] | None:
+def load_memo(path: Path, fingerprint: Fingerprint,
+              verify: Callable[[dict[str, Any]], None] | None = None) -> tuple[list[str], dict[str, Any]] | None:
     """(the METADATA files the inspection read, its fields) if the memo is current
-    for this interpreter and checks out (see the module docstring), else None."""
+    for this interpreter and checks out (see the module docstring), else None.
+    ``verify(fields)`` raises ValueError for fields an inspection could not have found."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
@@ -98,6 +100,8 @@ def load_memo(path: Path, fingerprint: Fingerprint) -> tuple[list[str], dict[str
         return None
     try:
         fields = _check(payload, fingerprint)
+        if verify is not None:
+            verify(fields)
     except (TypeError, ValueError, KeyError) as exc:
         logger.debug("not using the host memo %s: %s", path, exc)
         return None
