@@ -40,8 +40,6 @@ ST_CODES = {
     "bool": "BOOL", "complex64": "C64",
 }  # fmt: skip
 
-_F_GET_SEALS = getattr(fcntl, "F_GET_SEALS", 1034)
-
 
 def _cpu_contiguous(t: Any) -> Any:
     t = t.detach()
@@ -127,7 +125,7 @@ def weights_fd() -> int | None:
         raise RuntimeError(f"{WEIGHTS_FD_ENV}={raw!r} is not a descriptor number")
     fd = int(raw)
     try:
-        fcntl.fcntl(fd, _F_GET_SEALS)
+        fcntl.fcntl(fd, fcntl.F_GET_SEALS)
     except OSError as exc:
         raise RuntimeError(f"{WEIGHTS_FD_ENV}={fd} is not an open memfd ({exc.strerror})") from None
     return fd

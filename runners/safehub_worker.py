@@ -64,7 +64,6 @@ PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
 SCRATCH = ("/tmp", "/dev/shm")
-F_GET_SEALS = getattr(fcntl, "F_GET_SEALS", 1034)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -208,7 +207,7 @@ def _read_message(conn: socket.socket) -> tuple[dict, int | None]:
         if bool(message.get("weights_fd")) != bool(fds):
             raise ValueError("the job's weights descriptor and its message disagree")
         if fds:
-            fcntl.fcntl(fds[0], F_GET_SEALS)  # a memfd (or the job is refused)
+            fcntl.fcntl(fds[0], fcntl.F_GET_SEALS)  # a memfd (or the job is refused)
     except BaseException:
         for fd in fds:
             os.close(fd)

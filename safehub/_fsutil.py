@@ -16,8 +16,9 @@ import logging
 import os
 import stat
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["remove_tree", "tree_size", "human_size"]
+__all__ = ["remove_tree", "tree_size", "human_size", "write_memo", "read_memo"]
 
 logger = logging.getLogger("safehub")
 
@@ -232,3 +233,48 @@ def human_size(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"
+
+
+# --- small JSON memos the host keeps for itself (safehub/_env/_host_memo.py,
+# safehub/_sandbox/_probe_memo.py): written whole or not at all, read without
+# following links and within a size cap; whoever reads one checks what it says.
+
+
+def write_memo(path: str | os.PathLike[str], payload: object) -> None:
+    """Write ``payload`` as JSON to ``path`` (0600) through a temporary file and a
+    rename. Best effort: a memo that cannot be written only costs the next process
+    the work again, so failures are logged, never raised."""
+    import json
+    import secrets
+
+    target = os.fspath(path)
+    tmp = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{secrets.token_hex(6)}.partial")
+    try:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with open(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, sort_keys=True)
+        os.replace(tmp, target)
+    except OSError as exc:
+        logger.debug("could not write the memo %s: %s", target, exc)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def read_memo(path: str | os.PathLike[str], max_bytes: int) -> Any:
+    """The JSON value in ``path``, or None when it is missing, a link, larger than
+    ``max_bytes`` or not JSON."""
+    import json
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        with open(fd, "rb") as f:
+            raw = f.read(max_bytes + 1)
+        return json.loads(raw.decode("utf-8")) if len(raw) <= max_bytes else None
+    except (OSError, ValueError):
+        return None

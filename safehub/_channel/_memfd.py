@@ -40,12 +40,12 @@ __all__ = ["WeightsMemfd", "seal_weights", "shmem_huge_setting", "F_SEAL_SEAL", 
 
 SHMEM_ENABLED = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
 
-F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)
-F_GET_SEALS = getattr(fcntl, "F_GET_SEALS", 1034)
-F_SEAL_SEAL = getattr(fcntl, "F_SEAL_SEAL", 0x0001)
-F_SEAL_SHRINK = getattr(fcntl, "F_SEAL_SHRINK", 0x0002)
-F_SEAL_GROW = getattr(fcntl, "F_SEAL_GROW", 0x0004)
-F_SEAL_WRITE = getattr(fcntl, "F_SEAL_WRITE", 0x0008)
+F_ADD_SEALS = fcntl.F_ADD_SEALS
+F_GET_SEALS = fcntl.F_GET_SEALS
+F_SEAL_SEAL = fcntl.F_SEAL_SEAL
+F_SEAL_SHRINK = fcntl.F_SEAL_SHRINK
+F_SEAL_GROW = fcntl.F_SEAL_GROW
+F_SEAL_WRITE = fcntl.F_SEAL_WRITE
 REQUIRED = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE
 
 _HINT = "the repo is hostile or broken; nothing it returned was built"

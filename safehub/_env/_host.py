@@ -15,7 +15,7 @@ import platform
 import sys
 import sysconfig
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from email.parser import HeaderParser
 from pathlib import Path
@@ -241,15 +241,7 @@ def _check_family(fields: Mapping[str, Any]) -> None:
     packages = fields["packages"]
     if any(found.get(name) is None or found[name].version != version for name, version in packages.items()):
         raise ValueError("the torch family's versions differ from its dist-infos")
-    reached: set[str] = set()
-    queue = [name for name in found if name in packages]
-    while queue:
-        name = queue.pop()
-        if name in reached:
-            continue
-        reached.add(name)
-        queue += [canonical(req.name) for req in _base_requires(found[name])
-                  if canonical(req.name) in found and canonical(req.name) not in TORCH_FAMILY]
+    reached = {key for key, _ in _requirement_closure([found[n] for n in found if n in packages], found.get)}
     if reached != set(found):
         raise ValueError(f"not required by the torch family: {sorted(set(found) - reached)[:3]}")
 
@@ -285,41 +277,54 @@ def _host_info(read: list[str]) -> HostInfo:
             packages[name] = dist.version
             family.append(dist)
 
+    # What the family requires of other packages (installer constraints).
+    constraints = {f"{canonical(req.name)}{req.specifier}" for dist in family for req in _base_requires(dist)
+                   if canonical(req.name) not in TORCH_FAMILY}
     # Folders holding the family and, transitively, what it requires.
     folders: list[Path] = []
-    constraints: set[str] = set()
     closure: list[tuple[str, str, Path]] = []
-    seen: set[str] = set()
-    queue = list(family)
-    while queue:
-        dist = queue.pop()
+    for key, dist in _requirement_closure(family, _installed):
         _note_read(dist, read)
-        key = canonical(dist.metadata["Name"] or "")
-        if key in seen:
-            continue
-        seen.add(key)
         folder = _dist_folder(dist)
         if folder is not None and folder not in folders:
             folders.append(folder)
         info = _dist_info_path(dist)
         if info is not None:
             closure.append((key, str(dist.version), info))
-        for req in _base_requires(dist):
-            name = canonical(req.name)
-            if name in TORCH_FAMILY:
-                continue
-            if key in packages:
-                constraints.add(f"{name}{req.specifier}")
-            try:
-                queue.append(md.distribution(name))
-            except md.PackageNotFoundError:
-                pass
     # Host sys.path order, so the venv sees them as the host does.
     order = {_real(p): i for i, p in reversed(list(enumerate(sys.path))) if p}
     folders.sort(key=lambda f: order.get(f, len(order)))
 
     return _live_info(packages=packages, share_paths=tuple(folders), constraints=tuple(sorted(constraints)),
                       family_dists=tuple(sorted(closure)))
+
+
+def _requirement_closure(roots: Iterable[md.Distribution], lookup: Callable[[str], md.Distribution | None]
+                         ) -> Iterator[tuple[str, md.Distribution]]:
+    """(canonical name, distribution) for each of ``roots`` and, transitively, what
+    they require without extras on this interpreter, once each. ``lookup`` finds a
+    required distribution by canonical name (None: not there). Torch-family names are
+    never followed: a family member is a root or is left out."""
+    seen: set[str] = set()
+    queue = list(roots)
+    while queue:
+        dist = queue.pop()
+        key = canonical(dist.metadata["Name"] or "")
+        if key in seen:
+            continue
+        seen.add(key)
+        yield key, dist
+        for req in _base_requires(dist):
+            name = canonical(req.name)
+            if name not in TORCH_FAMILY and (found := lookup(name)) is not None:
+                queue.append(found)
+
+
+def _installed(name: str) -> md.Distribution | None:
+    try:
+        return md.distribution(name)
+    except md.PackageNotFoundError:
+        return None
 
 
 def _note_read(dist: md.Distribution, read: list[str]) -> None:

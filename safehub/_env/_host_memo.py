@@ -22,11 +22,12 @@ import json
 import logging
 import os
 import re
-import secrets
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .._fsutil import read_memo, write_memo
 
 __all__ = ["memo_name", "load_memo", "save_memo"]
 
@@ -62,23 +63,10 @@ def _interpreter() -> dict[str, str]:
 
 
 def save_memo(path: Path, read: list[str], fingerprint: Any, fields: dict[str, Any]) -> None:
-    """Write the memo atomically (best effort: a memo that cannot be written is
-    only a slower next process)."""
+    """Write the memo (atomically, best effort: see ``write_memo``)."""
     payload = {"version": MEMO_VERSION, "interpreter": _interpreter(), "read": read,
                "fingerprint": _jsonable(fingerprint), "fields": _jsonable(fields)}
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.partial")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with open(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, sort_keys=True)
-        os.replace(tmp, path)
-    except OSError as exc:
-        logger.debug("could not remember the host inspection in %s: %s", path, exc)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    write_memo(path, payload)
 
 
 def load_memo(path: Path, fingerprint: Fingerprint,
@@ -86,17 +74,8 @@ def load_memo(path: Path, fingerprint: Fingerprint,
     """(the METADATA files the inspection read, its fields) if the memo is current
     for this interpreter and checks out (see the module docstring), else None.
     ``verify(fields)`` raises ValueError for fields an inspection could not have found."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        with open(fd, "rb") as f:
-            raw = f.read(MAX_BYTES + 1)
-        if len(raw) > MAX_BYTES:
-            return None
-        payload = json.loads(raw.decode("utf-8"))
-    except (OSError, ValueError):
+    payload = read_memo(path, MAX_BYTES)
+    if payload is None:
         return None
     try:
         fields = _check(payload, fingerprint)

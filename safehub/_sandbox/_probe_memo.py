@@ -16,17 +16,15 @@ is still built on every check. ``safehub doctor`` always probes afresh.
 from __future__ import annotations
 
 import json
-import logging
 import os
-import secrets
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["probe_key", "remembered", "remember"]
+from .._fsutil import read_memo, write_memo
 
-logger = logging.getLogger("safehub")
+__all__ = ["probe_key", "remembered", "remember"]
 
 MEMO_VERSION = 1
 TTL_S = 3600.0
@@ -71,16 +69,7 @@ def _path(hub: Path, backend: str) -> Path:
 
 def remembered(hub: Path, backend: str, key: dict[str, Any]) -> bool:
     """True when a probe with exactly ``key`` succeeded here less than an hour ago."""
-    try:
-        fd = os.open(_path(hub, backend), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return False
-    try:
-        with open(fd, "rb") as f:
-            raw = f.read(MAX_BYTES + 1)
-        doc = json.loads(raw.decode("utf-8")) if len(raw) <= MAX_BYTES else None
-    except (OSError, ValueError):
-        return False
+    doc = read_memo(_path(hub, backend), MAX_BYTES)
     if not isinstance(doc, dict) or doc.get("version") != MEMO_VERSION:
         return False
     at = doc.get("at")
@@ -91,18 +80,4 @@ def remembered(hub: Path, backend: str, key: dict[str, Any]) -> bool:
 
 def remember(hub: Path, backend: str, key: dict[str, Any]) -> None:
     """Record a successful probe (best effort: a memo not written is one probe more)."""
-    path = _path(hub, backend)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.partial")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with open(fd, "w", encoding="utf-8") as f:
-            json.dump({"version": MEMO_VERSION, "at": time.time(), "key": key}, f)
-        os.replace(tmp, path)
-    except OSError as exc:
-        logger.debug("could not remember the %s probe in %s: %s", backend, path, exc)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-
+    write_memo(_path(hub, backend), {"version": MEMO_VERSION, "at": time.time(), "key": key})
