@@ -336,10 +336,13 @@ def load_artifact(path: str | os.PathLike[str], *, device: Any = None, limits: C
 
 def load_checked(folder: Path, *, device: Any = None, limits: ChannelLimits | None = None,
                  provenance_sha256: str | None = None,
-                 before_load: Callable[[], None] | None = None) -> tuple[Any, dict[str, Any]]:
+                 before_load: Callable[[], None] | None = None,
+                 weights_memo: Callable[[str], Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """``load_artifact`` without the info: (what was saved, its provenance).
     ``provenance_sha256``: the provenance bytes must hash to it (the artifact cache
-    binds its key record to the artifact this way); they are hashed and parsed once."""
+    binds its key record to the artifact this way); they are hashed and parsed once.
+    ``weights_memo`` (the artifact cache): given the weights' expected sha256, the
+    ``WeightsStatMemo`` that maps them and may skip their hash."""
     limits = limits or ChannelLimits()
     check_listing(folder)
     raw = read_provenance_bytes(folder)
@@ -353,7 +356,9 @@ def load_checked(folder: Path, *, device: Any = None, limits: ChannelLimits | No
     for name in (SPEC_FILE, WEIGHTS_FILE):
         _check_size(folder, name, files[name], caps[name])
     try:
-        obj = rebuild_from_output(folder, device=device, limits=limits, expect=files, before_load=before_load)
+        memo = weights_memo(files[WEIGHTS_FILE]["sha256"]) if weights_memo is not None else None
+        obj = rebuild_from_output(folder, device=device, limits=limits, expect=files, before_load=before_load,
+                                  weights_memo=memo)
     except ArtifactError:
         raise
     except UnsafeSpecError as exc:

@@ -8,6 +8,8 @@ Layout under ``<SAFEHUB_HOME>/artifacts/``::
     entries/<key>/artifact/   an artifact folder exactly as ``safehub.save`` writes it
     tmp/                      entries being written (renamed into entries/ whole)
     stat/                     stat caches of local repo folders (_cache_key.py)
+    verified/<key>.json       the stat of an entry's weights when they last hashed
+                              right (_artifact_stat_memo.py)
 
 An entry appears by one ``rename`` of a finished folder, under a file lock, so a
 process killed mid-write leaves only a folder in ``tmp/`` that nothing reads.
@@ -17,14 +19,19 @@ trusts none of it: the entry folder is opened once without following links and
 read through that descriptor; ``key.json`` must name this key and hash to it;
 ``provenance.json`` must hash to what ``key.json`` recorded; the spec and the
 weights must hash to what provenance recorded, computed on the exact bytes the
-model is built from; and then the spec and weights go through
-``rebuild_from_output``, every check a sandbox's output gets. Weights are read
-into memory this process owns (not mapped): a mapped file that is rewritten or
-truncated later would change the model, or crash the process, after it was
-checked. What a hit cannot prove is that the entry came from this machine's
-sandbox: whoever can rewrite the cache can plant a consistent entry, which then
-is exactly as powerful as a malicious repo's output (data that passed the
-checks), never code run on the host.
+model is built from (the weights' hash is skipped when their stat is the one
+recorded when they last hashed right: _artifact_stat_memo.py); and then the
+spec and weights go through ``rebuild_from_output``, every check a sandbox's
+output gets. The weights are mapped copy-on-write, not read: the model's pages
+are the page cache's until written. No check depends on the weights' values,
+so a later rewrite of the file is no worse than one before the load; a
+truncation makes the model's memory fault (SIGBUS) on access, a denial of
+service that whoever can write the cache has anyway. safehub never writes an
+entry's files in place (entries are renamed in, removed by unlinking), so a
+model already loaded keeps its bytes. What a hit cannot prove is that the entry
+came from this machine's sandbox: whoever can rewrite the cache can plant a
+consistent entry, which then is exactly as powerful as a malicious repo's
+output (data that passed the checks), never code run on the host.
 """
 
 from __future__ import annotations
@@ -80,9 +87,10 @@ class CachePlan:
                before_load: Callable[[], None] | None = None) -> tuple[Any, dict[str, Any]] | None:
         if self.cache is None or self.key is None or self.bypass:
             return None
-        found = self.cache.load(self.key, device=device, limits=limits, before_load=before_load)
+        checked: dict[str, Any] = {}
+        found = self.cache.load(self.key, device=device, limits=limits, before_load=before_load, info=checked)
         if found is not None:
-            self.info.update(hit=True)
+            self.info.update(hit=True, **checked)
         return found
 
     def store(self, obj: Any) -> None:
@@ -185,6 +193,7 @@ class ArtifactCache:
         self.entries_dir = self.root / "entries"
         self.tmp_dir = self.root / "tmp"
         self.stat_dir = self.root / "stat"
+        self.verified_dir = self.root / "verified"
 
     def entry_path(self, key: str) -> Path:
         if not _is_key(key):
@@ -201,19 +210,31 @@ class ArtifactCache:
     # --- reading -------------------------------------------------------------
 
     def load(self, key: str, *, device: Any = None, limits: Any = None,
-             before_load: Callable[[], None] | None = None) -> tuple[Any, dict[str, Any]] | None:
+             before_load: Callable[[], None] | None = None, rehash: bool = False,
+             info: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]] | None:
         """(what was cached, its provenance), or None when there is no entry.
         Raises ArtifactCacheError when an entry is there but fails any check.
-        ``before_load``: as in ``rebuild_from_output`` (for the timing breakdown)."""
+        ``before_load``: as in ``rebuild_from_output`` (for the timing breakdown).
+        ``rehash``: hash the weights even if their stat memo knows them.
+        ``info`` gets ``weights_hashed``: whether this load hashed the weights."""
         path = self.entry_path(key)
         if not os.path.lexists(path):
             return None
         with self._lock(key):
-            return self._load_locked(key, path, device=device, limits=limits, before_load=before_load)
+            return self._load_locked(key, path, device=device, limits=limits, before_load=before_load,
+                                     rehash=rehash, info=info)
 
     def _load_locked(self, key: str, path: Path, *, device: Any, limits: Any,
-                     before_load: Callable[[], None] | None = None) -> tuple[Any, dict[str, Any]] | None:
+                     before_load: Callable[[], None] | None = None, rehash: bool = False,
+                     info: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]] | None:
         from ._artifact import load_checked
+        from ._artifact_stat_memo import WeightsStatMemo
+
+        memos: list[WeightsStatMemo] = []
+
+        def memo_for(sha256: str) -> WeightsStatMemo:
+            memos.append(WeightsStatMemo(self.verified_dir / f"{key}.json", sha256, rehash=rehash))
+            return memos[-1]
 
         try:
             dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -228,12 +249,15 @@ class ArtifactCache:
             record = self._read_key_file(key, dir_fd)
             try:
                 obj, provenance = load_checked(pinned / ARTIFACT_DIR, device=device, limits=limits,
-                                               provenance_sha256=record["provenance_sha256"], before_load=before_load)
+                                               provenance_sha256=record["provenance_sha256"], before_load=before_load,
+                                               weights_memo=memo_for)
             except UnsafeSpecError as exc:  # ArtifactError included: say it is the cache, and how to recover
                 raise self._error(key, exc.message) from None
         finally:
             os.close(dir_fd)
         self._check_provenance(key, record, provenance)
+        if info is not None and memos:
+            info["weights_hashed"] = memos[-1].hashed
         return obj, provenance
 
     def _error(self, key: str, what: str) -> ArtifactCacheError:
@@ -380,11 +404,15 @@ class ArtifactCache:
         from ._fsutil import remove_tree
 
         with self._lock(key):
+            try:
+                os.unlink(self.verified_dir / f"{key}.json")
+            except OSError:
+                pass
             return remove_tree(self.entry_path(key))
 
     def verify(self, key: str) -> None:
         """Every check a hit gets, tensors loaded on the CPU; raises ArtifactCacheError."""
-        found = self.load(key, device="cpu")
+        found = self.load(key, device="cpu", rehash=True)
         if found is None:
             raise self._error(key, "it is gone")
 

@@ -437,3 +437,116 @@ def test_the_key_names_torch_without_importing_it() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(proc.stdout.split()) == 2
+
+
+# --- the weights' stat memo: mapped, hashed until their stat is known ---------------
+
+
+def _mapping_of(t: torch.Tensor) -> str | None:
+    """The /proc/self/maps line whose range holds ``t``'s data, if any."""
+    addr = t.data_ptr()
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= addr < hi:
+                return line
+    return None
+
+
+@pytest.fixture
+def no_racy_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file is recorded only once its ctime is RACY_S old; the tests' files are new."""
+    from safehub import _artifact_stat_memo
+
+    monkeypatch.setattr(_artifact_stat_memo, "RACY_S", 0.0)
+
+
+def test_a_hit_maps_its_weights_and_stops_hashing_once_their_stat_is_known(repo: Path, home: Path,
+                                                                           no_racy_window: None) -> None:
+    load(repo, FakeBackend(handler_for()))
+    first = load(repo, FakeBackend(handler_for()))
+    assert first.safehub_info.cache["weights_hashed"] is True
+    entry = entry_of(home)
+    assert (home / "artifacts" / "verified" / f"{entry.name}.json").is_file()
+    second = load(repo, FakeBackend(handler_for()))
+    assert second.safehub_info.cache["weights_hashed"] is False
+    line = _mapping_of(dict(second.named_parameters())["0.weight"])
+    assert line is not None and line.rstrip().endswith("weights.safetensors"), line
+    # Copy-on-write: the model's own writes never reach the cache file.
+    before = (entry / "artifact" / "weights.safetensors").read_bytes()
+    with torch.no_grad():
+        for p in second.parameters():
+            p.add_(1.0)
+    assert (entry / "artifact" / "weights.safetensors").read_bytes() == before
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        assert torch.equal(first(x), load(repo, FakeBackend(handler_for()))(x))
+
+
+def test_a_weights_file_changed_in_place_is_hashed_again_even_with_its_times_put_back(
+        repo: Path, home: Path, no_racy_window: None) -> None:
+    load(repo, FakeBackend(handler_for()))
+    load(repo, FakeBackend(handler_for()))  # hashed; its stat is recorded
+    assert load(repo, FakeBackend(handler_for())).safehub_info.cache["weights_hashed"] is False
+    weights = entry_of(home) / "artifact" / "weights.safetensors"
+    st = os.stat(weights)
+    with open(weights, "r+b") as f:  # same inode, same size
+        f.seek(-3, os.SEEK_END)
+        byte = f.read(1)
+        f.seek(-3, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 0x40]))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime back; the ctime cannot go back
+    _refused(repo, "weights.safetensors has sha256")
+
+
+def test_a_new_weights_file_is_not_recorded_inside_the_racy_window(repo: Path, home: Path) -> None:
+    load(repo, FakeBackend(handler_for()))
+    hit = load(repo, FakeBackend(handler_for()))
+    assert hit.safehub_info.cache["weights_hashed"] is True
+    assert not (home / "artifacts" / "verified").exists(), "a file as new as its ctime's tick must not be recorded"
+
+
+def test_a_forged_memo_skips_only_the_hash_never_the_checks(repo: Path, home: Path, no_racy_window: None) -> None:
+    """Whoever can write the cache can forge the memo, as they can re-hash an entry
+    (_rehash above): the memo may skip the hash, never a structural check. And
+    `cache verify` always hashes."""
+    from safehub._artifact_stat_memo import _fingerprint
+
+    load(repo, FakeBackend(handler_for()))
+    load(repo, FakeBackend(handler_for()))
+    entry = entry_of(home)
+    memo_path = home / "artifacts" / "verified" / f"{entry.name}.json"
+    weights = entry / "artifact" / "weights.safetensors"
+
+    def forge(rehash: bool = False) -> None:
+        memo = json.loads(memo_path.read_text())
+        if rehash:  # the recorded hashes too, so that only the checks stand in the way
+            _rehash(entry)
+            memo["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+        memo["stat"] = _fingerprint(os.stat(weights))
+        memo_path.write_text(json.dumps(memo))
+
+    # Tensor bytes changed, memo forged: the hash is skipped (the documented limit) ...
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x40
+    weights.write_bytes(bytes(data))
+    forge()
+    assert load(repo, FakeBackend(handler_for())).safehub_info.cache["weights_hashed"] is False
+    # ... but `cache verify` hashes, and says so.
+    with pytest.raises(ArtifactCacheError, match="weights.safetensors has sha256"):
+        ArtifactCache(home).verify(entry.name)
+    # A weights header that lies about a tensor, memo forged: refused by the checks.
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + header_len])
+    name = next(iter(header))
+    header[name]["shape"] = [int(d) + 1 for d in header[name]["shape"]]
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (header_len - len(raw))
+    assert len(raw) == header_len
+    weights.write_bytes(bytes(data[:8]) + raw + bytes(data[8 + header_len:]))
+    forge(rehash=True)
+    _refused(repo, "the shape needs")
+    # Garbage, memo forged: refused.
+    weights.write_bytes(b"\xff" * len(data))
+    forge(rehash=True)
+    _refused(repo, "byte header, over the")

@@ -39,7 +39,7 @@ def test_a_sandboxed_load_is_stored_and_answered_without_a_sandbox(cached: Path)
     assert first.safehub_info.sandbox_details["weights_channel"] == "memfd"  # stored from the sealed memfd's views
     second = safehub.load(str(cached), "mobilenet", source="local", verbose=False)
     info = second.safehub_info
-    assert info.cache == {"hit": True, "key": first.safehub_info.cache["key"]}
+    assert info.cache == {"hit": True, "key": first.safehub_info.cache["key"], "weights_hashed": True}  # a new file: hashed
     assert info.backend == "artifact-cache" and not info.sandbox_details and "sandbox" not in info.timings
     assert info.env_key == first.safehub_info.env_key and info.sha is None and info.source == "local"
     x = torch.randn(3, 3, 16, 16)

@@ -92,7 +92,8 @@ def check_device(device: Any) -> Any:
 
 def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLimits | None = None,
                         before_load: Callable[[], None] | None = None,
-                        expect: dict[str, dict[str, Any]] | None = None, weights: Any = None) -> Any:
+                        expect: dict[str, dict[str, Any]] | None = None, weights: Any = None,
+                        weights_memo: Any = None) -> Any:
     """Rebuild what the entrypoint returned from a job's ``out/`` folder.
 
     Returns a ``SafehubGraphModule`` (an ``fx.GraphModule``), or a tuple/list/dict
@@ -106,6 +107,10 @@ def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLim
     ``weights`` (a job's ``_memfd.WeightsMemfd``): the weights are read from that
     memfd, sealed first and mapped copy-on-write, and ``out_dir``'s
     weights.safetensors is never opened; None: from the file.
+    ``weights_memo`` (an artifact-cache hit, with ``expect``: a
+    ``WeightsStatMemo``): the weights file is mapped copy-on-write instead of
+    read, and not hashed when the memo knows its exact stat (see
+    ``safehub/_artifact_stat_memo.py``); every other check still runs.
     """
     import torch
 
@@ -139,12 +144,16 @@ def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLim
             if before_load is not None:
                 before_load()
             digest = None
-            if expect is not None:
+            before = os.fstat(fd) if weights_memo is not None else None
+            if expect is not None and not (before is not None and weights_memo.known(before)):
                 digest = hashlib.sha256(header_raw)
-            loaded = load_tensors(fd, entries, device, digest=digest, mapped=weights is not None)
+            loaded = load_tensors(fd, entries, device, digest=digest,
+                                  mapped=weights is not None or weights_memo is not None)
             if digest is not None:  # header and tensors tile the file: this is the file built from
                 size = len(header_raw) + sum(e.end - e.begin for e in entries.values())
                 _check_digest(WEIGHTS_FILE, digest, size, expect[WEIGHTS_FILE])  # type: ignore[index]
+                if before is not None:
+                    weights_memo.remember(before, os.fstat(fd))
         finally:
             if weights is None:
                 os.close(fd)

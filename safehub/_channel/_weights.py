@@ -155,9 +155,10 @@ def load_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any, digest: 
                  mapped: bool = False) -> dict[str, Any]:
     """Load every tensor from the checked, open file into memory this process owns.
 
-    ``mapped``: ``fd`` is a memfd the host created and has sealed (_memfd.py): its
-    bytes can never change, so the tensors are views of a copy-on-write mapping of
-    it (``map_tensors``), not copies.
+    ``mapped``: the tensors are views of a copy-on-write mapping of ``fd``
+    (``map_tensors``), not copies. For a memfd the host created and has sealed
+    (_memfd.py), whose bytes can never change; or for an artifact-cache entry's
+    weights, whose values no check depends on (see _artifact_cache.py).
 
     ``digest`` (a hashlib object that already holds the header bytes): every
     tensor's bytes are fed to it in file order, from the memory they were read
@@ -245,10 +246,11 @@ def _read_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any, dtypes:
 
 def map_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any, dtypes: dict, torch: Any,
                 digest: Any = None) -> dict[str, Any]:
-    """Every tensor as a view of one ``MAP_PRIVATE`` mapping of the *sealed* memfd
-    ``fd`` (no copy). Only for a descriptor ``seal_weights`` sealed: its size and
-    bytes are fixed, so nothing under the model can change, and the private
-    mapping makes the model's own writes copy-on-write (never into the file).
+    """Every tensor as a view of one ``MAP_PRIVATE`` mapping of ``fd`` (no copy):
+    a memfd ``seal_weights`` sealed (its size and bytes are fixed, so nothing
+    under the model can change), or an artifact-cache entry's weights file (see
+    ``load_tensors``). The private mapping makes the model's own writes
+    copy-on-write (never into the file).
 
     A tensor whose data does not start at a multiple of its element size (the
     runner aligns them all; a hostile one may not) is copied into fresh memory:
