@@ -92,8 +92,22 @@ def _expected() -> dict[str, torch.Tensor]:
             "flags": torch.tensor([True, False, True]), "small": torch.arange(3, dtype=torch.uint8)}
 
 
-def _fds() -> list[str]:
-    return sorted(os.listdir("/proc/self/fd"))
+def _fds() -> dict[str, str]:
+    """Every open descriptor and what it points at (a socket or memfd's inode included)."""
+    gc.collect()  # an earlier test's garbage closes its descriptors now, not mid-test
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:  # the listing's own descriptor, gone already
+            pass
+    return found
+
+
+def _opened_since(before: dict[str, str]) -> dict[str, str]:
+    # Descriptors closed meanwhile (another test's leftovers) are no leak; a number
+    # reused for something new is, since its target (inode) differs.
+    return {fd: target for fd, target in _fds().items() if before.get(fd) != target}
 
 
 def test_bwrap_and_the_warm_worker_return_weights_through_the_memfd(
@@ -131,7 +145,7 @@ def test_bwrap_and_the_warm_worker_return_weights_through_the_memfd(
     assert not torch.equal(cold.lin.weight, _expected()["lin.weight"])
     del cold, warm, model, state
     gc.collect()
-    assert _fds() == fds  # the worker load left no descriptor open (the memfd, its sockets)
+    assert _opened_since(fds) == {}  # the worker load left no descriptor open (the memfd, its sockets)
     assert "safehub-weights" not in Path("/proc/self/maps").read_text()
 
 
