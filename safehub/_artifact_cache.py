@@ -201,7 +201,7 @@ class ArtifactCache:
         return self.entries_dir / key
 
     def _lock(self, key: str) -> Any:
-        from filelock import FileLock
+        from ._fsutil import FileLock
 
         locks = self.hub / "locks"
         locks.mkdir(parents=True, exist_ok=True)

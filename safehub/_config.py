@@ -20,6 +20,7 @@ Cache layout under :func:`get_dir` (huggingface_hub style, one job per folder)::
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -65,6 +66,8 @@ def get_dir(env: Mapping[str, str] | None = None) -> str:
     xdg = env.get("XDG_CACHE_HOME")
     if xdg:
         return str(Path(xdg).expanduser() / "safehub")
+    if sys.platform.startswith("linux"):  # platformdirs' answer there, without its import
+        return str(Path("~/.cache").expanduser() / "safehub")
     import platformdirs  # deferred: keeps `import safehub` light
 
     return str(Path(platformdirs.user_cache_dir("safehub", appauthor=False)))

@@ -155,3 +155,32 @@ def test_each_interpreter_has_a_memo_file_of_its_own(monkeypatch) -> None:
     mine = memo_name()
     monkeypatch.setattr(sys, "executable", "/other/venv/bin/python")
     assert memo_name() != mine and memo_name().startswith("host-info-") and memo_name().endswith(".json")
+
+
+def test_the_memo_check_reads_every_installed_dist_info_as_importlib_metadata_does() -> None:
+    """The memo check parses only METADATA's header block, once: for every
+    distribution installed here it must find what ``importlib.metadata`` finds."""
+    import importlib.metadata as md
+
+    checked = 0
+    for dist in md.distributions():
+        path = getattr(dist, "_path", None)
+        if path is None or not str(path).endswith(".dist-info"):
+            continue
+        light = _host._HeaderDist(Path(path))
+        assert (light.metadata["Name"], light.version, light.requires) == (
+            dist.metadata["Name"], dist.version, dist.requires), path
+        checked += 1
+    assert checked >= 20  # torch, its requirements, the test tools
+
+
+def test_the_memo_check_reads_headers_only_and_stops_at_the_first_empty_line(tmp_path: Path) -> None:
+    info = tmp_path / "x-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\r\nName: x\r\nVersion: 1.0\r\nRequires-Dist: a\r\n"
+                                   "Requires-Dist: b ;\r\n extra == 'dev'\r\n\r\nRequires-Dist: not-a-header\n",
+                                   encoding="utf-8")
+    light = _host._HeaderDist(info)
+    assert light.version == "1.0" and [" ".join(r.split()) for r in light.requires or []] == ["a", "b ; extra == 'dev'"]
+    (info / "METADATA").write_bytes(b"Name: x\nVersion: \xff\n")  # not UTF-8: no name, matches nothing
+    assert _host._HeaderDist(info).version == "None"

@@ -211,3 +211,40 @@ def test_a_deep_chain_left_by_a_real_job_does_not_lose_the_model(tmp_path):
         # Whatever happened, never leave a chain pytest's own tmp cleanup (recursive) dies on.
         for left in (set(jobs.iterdir()) if jobs.exists() else set()) - before:
             remove_tree(left)
+
+
+def test_file_lock_excludes_other_holders_and_times_out(tmp_path: Path) -> None:
+    from safehub._fsutil import FileLock, LockTimeout
+
+    path = tmp_path / "x.lock"
+    with FileLock(path) as held:
+        assert held.is_locked and (path.stat().st_mode & 0o777) == 0o600
+        with pytest.raises(LockTimeout, match="held by another process"):
+            FileLock(path, timeout=0).acquire()  # another holder in this process, as in another
+        waited = FileLock(path)
+        with pytest.raises(LockTimeout):
+            waited.acquire(timeout=0.12)
+        assert not waited.is_locked
+        other = subprocess.run([sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR);"
+                                " fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", str(path)], capture_output=True, text=True)
+        assert other.returncode != 0 and "BlockingIOError" in other.stderr
+    with FileLock(path, timeout=0):  # released on exit
+        pass
+    assert path.exists()  # never unlinked: a waiter may hold it open
+
+
+def test_file_lock_is_dropped_when_its_holder_dies_and_refuses_a_symlink(tmp_path: Path) -> None:
+    from safehub._fsutil import FileLock
+
+    path = tmp_path / "x.lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from safehub._fsutil import FileLock;"
+                               " FileLock(sys.argv[1]).acquire(); print('held', flush=True); sys.stdin.read()", str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    holder.kill()
+    holder.wait()
+    with FileLock(path, timeout=5):
+        pass
+    (tmp_path / "link.lock").symlink_to(path)
+    with pytest.raises(OSError):
+        FileLock(tmp_path / "link.lock", timeout=0).acquire()

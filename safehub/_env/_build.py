@@ -209,7 +209,7 @@ def ensure_env(
     Raises EnvironmentBuildError (bad entry, installer failure), MissingHostPackageError
     (torch family missing on the host or rejected by a dependency) or OfflineError.
     """
-    from filelock import FileLock, Timeout
+    from .._fsutil import FileLock, LockTimeout
 
     env = os.environ if env is None else env
     offline = is_offline(env)
@@ -239,7 +239,7 @@ def ensure_env(
     lock = FileLock(str(lock_path(hub, key[:16])))
     try:
         lock.acquire(timeout=LOCK_TIMEOUT_S)
-    except Timeout:
+    except LockTimeout:
         raise EnvironmentBuildError(
             f"another process has been building environment {key[:16]} for over {LOCK_TIMEOUT_S} s",
             hint=f"if no safehub process is running, delete {hub / 'locks'} and retry",

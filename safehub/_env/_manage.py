@@ -88,7 +88,7 @@ def list_envs(hub_dir: Path | str) -> list[EnvRecord]:
 
 def remove_env(hub_dir: Path | str, name: str, *, timeout: float = 60.0) -> bool:
     """Delete env ``name`` (its folder name, key[:16]). Returns whether it existed."""
-    from filelock import FileLock
+    from .._fsutil import FileLock
 
     if not _NAME.match(name):
         raise ValueError(f"{name!r} is not an env name (16 lowercase hex digits)")
@@ -107,7 +107,7 @@ def remove_env(hub_dir: Path | str, name: str, *, timeout: float = 60.0) -> bool
 def prune_envs(hub_dir: Path | str) -> list[str]:
     """Remove leftovers: temp folders of crashed builds and incomplete env folders.
     Skips any whose lock is held (a build in progress). Returns what was removed."""
-    from filelock import FileLock, Timeout
+    from .._fsutil import FileLock, LockTimeout
 
     envs = Path(hub_dir) / "envs"
     if not envs.is_dir():
@@ -123,6 +123,6 @@ def prune_envs(hub_dir: Path | str) -> list[str]:
                 if p.exists() or p.is_symlink():
                     remove_tree(p)
                     removed.append(p.name)
-        except Timeout:
+        except LockTimeout:
             continue
     return removed

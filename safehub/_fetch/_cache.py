@@ -96,7 +96,7 @@ class RepoCache:
         return CacheEntry(host, owner.lower(), name.lower(), sha, folder / sha, folder / f"{sha}.json")
 
     def lock(self, entry: CacheEntry):
-        from filelock import FileLock
+        from .._fsutil import FileLock
 
         self.locks.mkdir(parents=True, exist_ok=True)
         key = quote(f"{entry.host}/{entry.owner}/{entry.name}", safe="")

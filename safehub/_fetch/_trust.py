@@ -63,7 +63,7 @@ class TrustStore:
         return {r for r in repos if isinstance(r, str)} if isinstance(repos, list) else set()
 
     def add(self, key: str) -> None:
-        from filelock import FileLock
+        from .._fsutil import FileLock
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.path) + ".lock"):
