@@ -184,3 +184,26 @@ def test_the_memo_check_reads_headers_only_and_stops_at_the_first_empty_line(tmp
     assert light.version == "1.0" and [" ".join(r.split()) for r in light.requires or []] == ["a", "b ; extra == 'dev'"]
     (info / "METADATA").write_bytes(b"Name: x\nVersion: \xff\n")  # not UTF-8: no name, matches nothing
     assert _host._HeaderDist(info).version == "None"
+
+
+def test_requirements_skipped_unparsed_are_exactly_extra_only_ones() -> None:
+    """``_base_requires`` skips `; extra == "x"` lines without parsing them: each
+    such line installed here must be one packaging evaluates false without extras,
+    and a marker with anything more must not be skipped."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    skipped = 0
+    for dist in md.distributions():
+        for line in dist.requires or ():
+            if _host._EXTRA_ONLY.search(line):
+                req = Requirement(line)
+                assert req.marker is not None and not req.marker.evaluate({"extra": ""}), line
+                skipped += 1
+    assert skipped >= 10
+    for line in ('a; extra == ""', 'a; extra == "x" or python_version >= "3"', "a; python_version >= '3'",
+                 'a; extra == "x" and extra == "y" or os_name != "x"', 'a ; extra=="x" # c'):
+        assert not _host._EXTRA_ONLY.search(line), line
+    for line in ('a; extra == "x"', "a>=1 ; extra=='dev' ", 'a[b]; extra == "x-y.z"'):
+        assert _host._EXTRA_ONLY.search(line) and not Requirement(line).marker.evaluate({"extra": ""}), line

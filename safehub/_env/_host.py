@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import platform
+import re
 import sys
 import sysconfig
 import threading
@@ -109,12 +110,20 @@ def _present(name: str) -> md.Distribution | None:
     return dist if spec is not None else None
 
 
+# A marker that is one `extra == "<name>"` comparison and nothing else: false for
+# extra "", so the line is skipped unparsed (most Requires-Dist lines of torch's
+# requirements are such; parsing them was most of a fresh process's memo check).
+_EXTRA_ONLY = re.compile(r""";\s*extra\s*==\s*(?:"[^"\\]+"|'[^'\\]+')\s*$""")
+
+
 def _base_requires(dist: md.Distribution) -> list:
     """Requirements that apply without extras, on this interpreter."""
     from packaging.requirements import InvalidRequirement, Requirement
 
     out = []
     for line in dist.requires or ():
+        if _EXTRA_ONLY.search(line):  # e.g. `; extra == "dev"`: never applies without extras
+            continue
         try:
             req = Requirement(line)
         except InvalidRequirement:
