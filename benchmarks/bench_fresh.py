@@ -7,8 +7,9 @@ ResNet-shaped model from a local hub repo (weights in the repo as a checkpoint).
 safehub runs with its env already built (one load first) but new keyword
 arguments each time, so no artifact-cache hit can answer it. Reported per model
 size: the median wall time of torch.hub and of safehub with the warm worker on
-(the default) and off (``SAFEHUB_WORKER=0``), their ratios, and safehub's
-per-part breakdown (``LoadInfo.timings``) of the median run.
+(the default) and off (``SAFEHUB_WORKER=0``), their ratios (of the medians, and
+the median of each round's ratio), and safehub's per-part breakdown
+(``LoadInfo.timings``) of the median run.
 """
 
 from __future__ import annotations
@@ -119,6 +120,10 @@ def main() -> None:
                 entry[f"{name}_median_s"] = round(statistics.median(v for v, _ in values), 3)
                 if name != "torch_hub":
                     entry[f"ratio_{name}_vs_torch_hub"] = round(median_s / entry["torch_hub_median_s"], 2)  # type: ignore[operator]
+                    # Each round runs torch.hub and safehub back to back: the median of the
+                    # per-round ratios cancels the machine's drift between rounds.
+                    paired = [v / t for (v, _), (t, _) in zip(values, runs["torch_hub"])]
+                    entry[f"paired_ratio_{name}_vs_torch_hub"] = round(statistics.median(paired), 2)
                     entry[f"{name}_parts"] = json.loads(stdout.strip().splitlines()[-1])
             report[f"width{width}"] = entry
     if args.json:
