@@ -182,8 +182,8 @@ def test_the_memo_check_reads_headers_only_and_stops_at_the_first_empty_line(tmp
                                    encoding="utf-8")
     light = _host._HeaderDist(info)
     assert light.version == "1.0" and [" ".join(r.split()) for r in light.requires or []] == ["a", "b ; extra == 'dev'"]
-    (info / "METADATA").write_bytes(b"Name: x\nVersion: \xff\n")  # not UTF-8: no name, matches nothing
-    assert _host._HeaderDist(info).version == "None"
+    (info / "METADATA").write_bytes(b"Name: x\nVersion: 1\xff\n")  # not UTF-8: a version no dist-info has
+    assert _host._HeaderDist(info).version != "1"
 
 
 def test_requirements_skipped_unparsed_are_exactly_extra_only_ones() -> None:
@@ -207,3 +207,10 @@ def test_requirements_skipped_unparsed_are_exactly_extra_only_ones() -> None:
         assert not _host._EXTRA_ONLY.search(line), line
     for line in ('a; extra == "x"', "a>=1 ; extra=='dev' ", 'a[b]; extra == "x-y.z"'):
         assert _host._EXTRA_ONLY.search(line) and not Requirement(line).marker.evaluate({"extra": ""}), line
+
+
+def test_the_memo_check_never_blocks_on_a_fifo_named_metadata(tmp_path: Path) -> None:
+    info = tmp_path / "x-1.0.dist-info"
+    info.mkdir()
+    os.mkfifo(info / "METADATA")  # a memo names the path; opening a FIFO to read would wait for a writer
+    assert _host._HeaderDist(info).version == "None"

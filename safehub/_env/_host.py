@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import re
+import stat
 import sys
 import sysconfig
 import threading
@@ -262,10 +263,14 @@ class _HeaderDist:
     on each attribute (about 40 parses, 20 ms, in every fresh process's memo check)."""
 
     def __init__(self, path: Path) -> None:
-        try:
-            text = (path / "METADATA").read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            text = ""
+        text = ""
+        try:  # a regular file within the cap, read without blocking (a memo names the path)
+            fd = os.open(path / "METADATA", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            with open(fd, "rb") as f:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    text = f.read(_MAX_METADATA_BYTES).decode("utf-8", "surrogateescape")  # cut mid-character at the cap
+        except OSError:
+            pass
         # The headers end at the first empty line, as the email parser reads them.
         head = []
         for line in text.splitlines(keepends=True):
