@@ -238,6 +238,8 @@ def _functional_models(_: Path | None) -> list[Model]:
                                    + x.to(x.device, torch.float64).float()),
         # tensor // number (xcit's PositionalEncodingFourier: dim_t // 2)
         "floor_divide": lambda m, x: x + torch.arange(6, dtype=torch.float32) // 2,
+        # number ** tensor (xcit's PositionalEncodingFourier: temperature ** (2 * (dim_t // 2) / dim))
+        "scalar_pow": lambda m, x: x * 10000 ** (2 * (torch.arange(6, dtype=torch.float32) // 2) / 6),
         # detection heads build anchor grids in forward (yolov5's Detect._make_grid)
         "meshgrid": lambda m, x: torch.stack(torch.meshgrid(torch.arange(x.shape[1]), torch.arange(3), indexing="ij"), 2)
         .float().sum() + x,

@@ -316,3 +316,26 @@ def test_the_runner_refuses_the_same_fx_kernels_as_the_host():
         assert _literals.host_refuses_function(f"torch.{name}", fn, ()) is not None
         assert f"torch.{name}" not in function_allowlist()
     assert _literals.host_refuses_function("torch.relu", torch.relu, ()) is None
+
+
+def test_number_to_a_tensor_power_rebuilds_in_aten_mode(tmp_path):
+    """xcit's positional encoding computes ``temperature ** tensor`` (aten.pow.Scalar):
+    the corpus refused it ('pow_1'); it is derived now, and rebuilds and matches."""
+    if str(ROOT / "runners") not in sys.path:
+        sys.path.insert(0, str(ROOT / "runners"))
+    import _export  # runners/_export.py
+
+    from safehub._channel import rebuild_from_output
+
+    class Fourier(torch.nn.Module):
+        def forward(self, x):
+            dim_t = torch.arange(6, dtype=torch.float32, device=x.device)
+            return x * 10000 ** (2 * (dim_t // 2) / 6)
+
+    x = torch.randn(2, 6)
+    _export.export_object(Fourier().eval(), str(tmp_path), options={"mode": "aten"}, example_inputs=(x,), hubconf=None,
+                          entrypoint="fourier")
+    rebuilt = rebuild_from_output(tmp_path)
+    assert "aten.pow.Scalar" in aten_forward_ops()
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(x), Fourier()(x))
