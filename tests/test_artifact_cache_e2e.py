@@ -37,6 +37,8 @@ def test_a_sandboxed_load_is_stored_and_answered_without_a_sandbox(cached: Path)
     first = safehub.load(str(cached), "mobilenet", source="local", verbose=False)
     assert first.safehub_info.cache["stored"] is True and first.safehub_info.backend != "artifact-cache"
     assert first.safehub_info.sandbox_details["weights_channel"] == "memfd"  # stored from the sealed memfd's views
+    timings = first.safehub_info.timings  # storing is part of the load, and of its total
+    assert 0 < timings["cache_store"] < timings["total"] and timings["total"] >= timings["sandbox"] + timings["cache_store"]
     second = safehub.load(str(cached), "mobilenet", source="local", verbose=False)
     info = second.safehub_info
     assert info.cache == {"hit": True, "key": first.safehub_info.cache["key"], "weights_hashed": True}  # a new file: hashed
