@@ -339,3 +339,19 @@ def test_number_to_a_tensor_power_rebuilds_in_aten_mode(tmp_path):
     assert "aten.pow.Scalar" in aten_forward_ops()
     with torch.no_grad():
         assert torch.allclose(rebuilt(x), Fourier()(x))
+
+
+def test_unchecked_family_is_a_substring_test_of_every_family_on_every_torch_name():
+    """``unchecked_family`` searches one compiled alternation: for every name torch
+    exposes (functions, functional, Tensor methods, aten ops) it must say what a
+    plain substring test of each family says."""
+    from safehub._channel import _allowlist
+
+    names = set(dir(torch)) | set(dir(torch.nn.functional)) | set(dir(torch.Tensor)) | set(dir(torch.ops.aten))
+    names |= {"max_pool2d_with_indices", "sparse_with_indices", "x_unsafe_index_y", "QUANTIZE", ""}
+    assert len(names) > 2000
+    for name in sorted(names):
+        plain = name.replace("_with_indices", "")
+        want = any(part in plain for part in _allowlist._UNCHECKED_FAMILIES)
+        assert _allowlist.unchecked_family(name) is want, name
+    assert _allowlist.unchecked_family("sparse_coo_tensor") and not _allowlist.unchecked_family("max_pool2d_with_indices")
