@@ -630,7 +630,10 @@ def test_a_forged_host_memo_cannot_show_a_package_next_to_torch(tmp_path, monkey
     from safehub._env._host_memo import memo_name
 
     yaml = md.distribution("PyYAML")
-    _host.host_info(Path(safehub.get_dir()))  # the honest memo, then the forgery over it
+    # The honest memo, then the forgery over it. An inspection this process kept from
+    # an earlier test would answer without writing the file: start as a fresh process.
+    monkeypatch.setattr(_host, "_HOST_MEMO", [])
+    _host.host_info(Path(safehub.get_dir()))
     memo = Path(safehub.get_dir()) / "memo" / memo_name()
     doc = json.loads(memo.read_text())
     doc["fields"]["family_dists"].append(["pyyaml", yaml.version, os.path.realpath(str(yaml._path))])
