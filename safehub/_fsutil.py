@@ -8,6 +8,10 @@ twice), follows no symlink, never crosses into another file system, and holds
 at most two folder descriptors at a time whatever the depth. It never raises
 for what it finds: a cleanup failure must not lose a model that was already
 built, so it logs what it had to leave and returns False.
+
+Also here, since every layer needs them: the small JSON memos the host keeps
+for itself (``write_memo`` / ``read_memo``) and ``FileLock``, the inter-process
+lock of the caches (one ``flock`` per holder, on a file it never follows a link to).
 """
 
 from __future__ import annotations
