@@ -66,11 +66,21 @@ def get_dir(env: Mapping[str, str] | None = None) -> str:
     xdg = env.get("XDG_CACHE_HOME")
     if xdg:
         return str(Path(xdg).expanduser() / "safehub")
-    if sys.platform.startswith("linux"):  # platformdirs' answer there, without its import
-        return str(Path("~/.cache").expanduser() / "safehub")
+    return str(user_dir("cache", env))
+
+
+def user_dir(kind: str, env: Mapping[str, str] | None = None) -> Path:
+    """safehub's per-user ``kind`` folder ("cache" or "config"), as platformdirs
+    gives it. On Linux that is the XDG rule, computed here: platformdirs' import on
+    every load cost a fresh process a few ms."""
+    env = os.environ if env is None else env
+    if sys.platform.startswith("linux"):
+        var, default = {"cache": ("XDG_CACHE_HOME", "~/.cache"), "config": ("XDG_CONFIG_HOME", "~/.config")}[kind]
+        return Path(env.get(var, "").strip() or os.path.expanduser(default)) / "safehub"
     import platformdirs  # deferred: keeps `import safehub` light
 
-    return str(Path(platformdirs.user_cache_dir("safehub", appauthor=False)))
+    find = {"cache": platformdirs.user_cache_dir, "config": platformdirs.user_config_dir}[kind]
+    return Path(find("safehub", appauthor=False))
 
 
 def set_dir(d: str | os.PathLike[str]) -> None:

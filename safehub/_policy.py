@@ -326,12 +326,9 @@ def _merge(kind: str, old: Any, new: Any, *, rule: str, old_file: str, new_file:
 
 
 def _user_config_policy() -> Path:
-    if sys.platform.startswith("linux"):  # what platformdirs says there, without its import on every load
-        base = os.environ.get("XDG_CONFIG_HOME", "").strip() or os.path.expanduser("~/.config")
-        return Path(base) / "safehub" / "policy.toml"
-    import platformdirs
+    from ._config import user_dir
 
-    return Path(platformdirs.user_config_dir("safehub", appauthor=False)) / "policy.toml"
+    return user_dir("config") / "policy.toml"
 
 
 def policy_sources(policy: str | os.PathLike[str] | None = None,

@@ -263,21 +263,10 @@ class _HeaderDist:
     on each attribute (about 40 parses, 20 ms, in every fresh process's memo check)."""
 
     def __init__(self, path: Path) -> None:
-        text = ""
-        try:  # a regular file within the cap, read without blocking (a memo names the path)
-            fd = os.open(path / "METADATA", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            with open(fd, "rb") as f:
-                if stat.S_ISREG(os.fstat(fd).st_mode):
-                    text = f.read(_MAX_METADATA_BYTES).decode("utf-8", "surrogateescape")  # cut mid-character at the cap
-        except OSError:
-            pass
-        # The headers end at the first empty line, as the email parser reads them.
-        head = []
-        for line in text.splitlines(keepends=True):
-            if not line.rstrip("\r\n"):
-                break
-            head.append(line)
-        self.metadata = HeaderParser().parsestr("".join(head))
+        try:
+            self.metadata = _metadata_headers(path / "METADATA")
+        except OSError:  # not there: no name, matches nothing
+            self.metadata = HeaderParser().parsestr("")
 
     @property
     def version(self) -> str:
@@ -416,10 +405,25 @@ def check_host_requirements(resolution: Resolution, packages: Mapping[str, str])
                 )
 
 
+def _metadata_headers(path: Path) -> Any:
+    """The header block of a METADATA file (an ``email.message.Message``): read
+    without blocking and only if it is a regular file (a memo names the path; a FIFO
+    there would hang), within the 1 MiB cap, and parsed only up to the first empty
+    line, where the email parser ends the headers (the long description after it is
+    most of the file). Raises OSError when it cannot be opened."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        text = f.read(_MAX_METADATA_BYTES).decode("utf-8", errors="replace") if stat.S_ISREG(os.fstat(fd).st_mode) else ""
+    head = []
+    for line in text.splitlines(keepends=True):
+        if not line.rstrip("\r\n"):
+            break
+        head.append(line)
+    return HeaderParser().parsestr("".join(head))
+
+
 def _read_metadata(path: Path) -> tuple[str, str, list[str]]:
-    with open(path, "rb") as f:
-        raw = f.read(_MAX_METADATA_BYTES)
-    msg = HeaderParser().parsestr(raw.decode("utf-8", errors="replace"))
+    msg = _metadata_headers(path)
     return str(msg.get("Name", "")), str(msg.get("Version", "")), [str(v) for v in msg.get_all("Requires-Dist") or []]
 
 
