@@ -4,7 +4,8 @@ Reports, without running any repo code: whether bubblewrap works (by starting
 an empty sandbox with every layer a job gets), whether unprivileged user
 namespaces are allowed, the Landlock ABI and what it covers, whether the seccomp
 filter can be built (and its size per backend), whether a delegated cgroup v2 is
-available, and which backend ``sandbox="auto"`` would pick.
+available, which backend ``sandbox="auto"`` would pick, and whether safehub's
+own modules have current bytecode (``_bytecode.py``).
 """
 
 from __future__ import annotations
@@ -207,6 +208,7 @@ def _weights_report() -> dict[str, Any]:
 
 def doctor_report(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Everything ``safehub doctor --json`` prints. JSON-able."""
+    from ._bytecode import bytecode_report
     from ._errors import SandboxUnavailableError
     from ._sandbox import get_backend
 
@@ -227,6 +229,7 @@ def doctor_report(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "requested": env.get("SAFEHUB_SANDBOX") or "auto",
         "worker": _worker_report(env),
         "weights": _weights_report(),
+        "bytecode": bytecode_report(),
     }
     try:
         chosen = get_backend(env.get("SAFEHUB_SANDBOX") or "auto", env=env) if report["requested"] != "process" else None
@@ -292,6 +295,11 @@ def format_report(report: Mapping[str, Any]) -> str:
         lines.append(f"weights channel     {we.get('channel')}; shmem huge pages: {we.get('shmem_enabled') or 'unknown'}")
         if we.get("note"):
             lines.append(f"                    {we['note']}")
+    bc = report.get("bytecode") or {}
+    if bc:
+        lines.append(f"bytecode            {bc['modules'] - bc['stale']} of {bc['modules']} modules current")
+        if bc.get("note"):
+            lines.append(f"                    {bc['note']}")
     lines.append("")
     if report.get("ok"):
         lines.append(f"sandbox='{report['requested']}' uses the {report['auto_backend']} backend.")
