@@ -5,8 +5,8 @@ cannot write the ``.pyc`` back: always for the runner (the sandbox runs Python
 with ``-B`` on read-only mounts, so every cold run and every warm worker's start
 pays it), and on the host when ``PYTHONDONTWRITEBYTECODE`` is set or the folder
 is read-only. An editable install compiles nothing, and editing a file makes its
-``.pyc`` stale. Measured on the 2-core machine: ten stale host modules added
-about 0.05 s to every fresh process. ``safehub doctor`` reports it; the fix is
+``.pyc`` stale. Measured on the 2-core machine: ten stale host modules cost
+0.03-0.06 s of CPU in every fresh process. ``safehub doctor`` reports it; the fix is
 one ``compileall`` (what ``scripts/setup.sh`` and a wheel install do).
 """
 
