@@ -207,6 +207,11 @@ def _functional_models(_: Path | None) -> list[Model]:
         def forward(self, x: Any) -> Any:
             return self.fn(self, x)
 
+    def _assign_first_column(x: Any, value: Any) -> Any:
+        x = x * 2  # a new tensor: the input itself is never written
+        x[:, 0:1] = value
+        return x
+
     fns: dict[str, Callable[[Any, Any], Any]] = {
         "mm": lambda m, x: torch.mm(x, m.w.t()),
         "matmul_bmm": lambda m, x: torch.bmm(x[:, None], torch.matmul(x, m.w)[:, :, None]),
@@ -240,6 +245,8 @@ def _functional_models(_: Path | None) -> list[Model]:
         "floor_divide": lambda m, x: x + torch.arange(6, dtype=torch.float32) // 2,
         # number ** tensor (xcit's PositionalEncodingFourier: temperature ** (2 * (dim_t // 2) / dim))
         "scalar_pow": lambda m, x: x * 10000 ** (2 * (torch.arange(6, dtype=torch.float32) // 2) / 6),
+        # a slice assigned in place (xcit's ClassAttentionBlock: x[:, 0:1] = self.norm2(x[:, 0:1]))
+        "slice_assign": lambda m, x: _assign_first_column(x, torch.nn.functional.layer_norm(x[:, 0:1], (1,))),
         # detection heads build anchor grids in forward (yolov5's Detect._make_grid)
         "meshgrid": lambda m, x: torch.stack(torch.meshgrid(torch.arange(x.shape[1]), torch.arange(3), indexing="ij"), 2)
         .float().sum() + x,

@@ -341,6 +341,40 @@ def test_number_to_a_tensor_power_rebuilds_in_aten_mode(tmp_path):
         assert torch.allclose(rebuilt(x), Fourier()(x))
 
 
+def test_a_slice_assigned_in_place_rebuilds_in_aten_mode(tmp_path):
+    """xcit's class-attention block assigns a slice in place (``x[:, 0:1] = norm(x[:, 0:1])``,
+    aten.copy_ into a slice view): the corpus refused it ('copy_') once the pow above
+    was allowed; it is derived now, and rebuilds and matches. Only the block's own
+    tensor is written: the caller's input is unchanged."""
+    if str(ROOT / "runners") not in sys.path:
+        sys.path.insert(0, str(ROOT / "runners"))
+    import _export  # runners/_export.py
+
+    from safehub._channel import rebuild_from_output
+
+    class ClassAttentionTail(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.LayerNorm(6)
+
+        def forward(self, x):
+            x = x * 2
+            x[:, 0:1] = self.norm(x[:, 0:1])
+            return x
+
+    model = ClassAttentionTail().eval()
+    x = torch.randn(2, 3, 6)
+    _export.export_object(model, str(tmp_path), options={"mode": "aten"}, example_inputs=(x,), hubconf=None,
+                          entrypoint="cls_tail")
+    rebuilt = rebuild_from_output(tmp_path)
+    assert "aten.copy_.default" in aten_forward_ops()
+    x2 = torch.randn(4, 3, 6)  # another batch size
+    before = x2.clone()
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(x2), model(x2), atol=1e-6)
+    assert torch.equal(x2, before)
+
+
 def test_unchecked_family_is_a_substring_test_of_every_family_on_every_torch_name():
     """``unchecked_family`` searches one compiled alternation: for every name torch
     exposes (functions, functional, Tensor methods, aten ops) it must say what a

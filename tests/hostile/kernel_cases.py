@@ -61,6 +61,16 @@ INDEX_CASES: dict[str, Variants] = {
         ("mask-shape", lambda: ((_x(4, 3), [torch.ones(5, dtype=torch.bool)], torch.ones(3)), {})),
     ],
     "aten.index_select.default": _index_variants(4, lambda v: ((_x(4, 3), 0, _idx(v)), {})),
+    # src is written into self: a src that does not broadcast to self (larger, or
+    # undersized but not broadcastable), a self whose elements alias one another
+    # (an expanded view), and a src overlapping self in part (a shifted view).
+    "aten.copy_.default": [
+        ("src-larger", lambda: ((_x(2, 3), _x(4, 3)), {})),
+        ("src-undersized", lambda: ((_x(4, 3), _x(2, 3)), {})),
+        ("src-more-dims", lambda: ((_x(3), _x(2, 3)), {})),
+        ("self-expanded", lambda: ((_x(1, 3).expand(4, 3), _x(4, 3)), {})),
+        ("partial-overlap", lambda: ((lambda b: (b[1:], b[:-1]))(_x(8)), {})),
+    ],
     "aten.gather.default": _index_variants(3, lambda v: ((_x(4, 3), 1, _idx(v, 4, 1)), {})),
     "aten.scatter.value": _index_variants(3, lambda v: ((_x(4, 3), 1, _idx(v, 4, 1), 1.0), {})),
     "aten.max_unpool2d.default": _index_variants(16, lambda v: ((_x(1, 1, 2, 2), _idx(v, 1, 1, 2, 2), [4, 4]), {})),
