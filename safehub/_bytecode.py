@@ -43,13 +43,15 @@ def _current(source: Path) -> bool:
     return mtime == (int(st.st_mtime) & 0xFFFFFFFF) and size == (st.st_size & 0xFFFFFFFF)
 
 
-def stale_modules(folders: Iterable[Path]) -> tuple[int, list[str]]:
-    """(number of modules, paths without current bytecode) under ``folders``;
-    ``__pycache__`` folders themselves are not walked."""
+def stale_modules(folders: Iterable[Path], skip: Iterable[Path] = ()) -> tuple[int, list[str]]:
+    """(number of modules, paths without current bytecode) under ``folders``, not
+    under ``skip``; ``__pycache__`` folders themselves are not walked."""
     count, stale = 0, []
+    skipped = {os.path.realpath(p) for p in skip}
     for folder in folders:
         for root, dirs, files in os.walk(folder):
-            dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.startswith("."))
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.startswith(".")
+                             and os.path.realpath(os.path.join(root, d)) not in skipped)
             for name in sorted(files):
                 if name.endswith(".py"):
                     count += 1
@@ -66,12 +68,13 @@ def bytecode_report(package: Path | None = None, runners: Path | None = None,
     from ._resources import runner_dir
 
     package = package or Path(__file__).resolve().parent
-    host_count, host_stale = stale_modules([package])
     if runners is None:
         try:
             runners = runner_dir()
         except Exception:  # noqa: BLE001 - a missing runner is reported by every load; not this check's job
             runners = None
+    # Installed from a wheel, the runner is the data package safehub/_runners: counted once, as the runner.
+    host_count, host_stale = stale_modules([package], skip=[runners] if runners is not None else [])
     runner_count, runner_stale = stale_modules([runners]) if runners is not None else (0, [])
     writes = not sys.dont_write_bytecode if writes is None else writes
     # The host writes its own .pyc at the next import unless told not to; the sandbox never can.

@@ -57,6 +57,15 @@ def test_the_report_says_who_pays_and_how_to_fix_it(tmp_path: Path) -> None:
     assert "1 runner module(s), at every sandbox start" in bytecode_report(host, runners, writes=True)["note"]
 
 
+def test_a_runner_folder_inside_the_package_is_counted_once(tmp_path: Path) -> None:
+    host = tmp_path / "safehub"
+    _module(host, "a.py")
+    runners = host / "_runners"  # the wheel's layout
+    _module(runners, "r.py")
+    report = bytecode_report(host, runners, writes=True)
+    assert report["modules"] == 2 and report["stale"] == 2 and report["stale_runner"] == 1
+
+
 def test_doctor_counts_safehubs_own_modules() -> None:
     report = bytecode_report()
     package = Path(__file__).resolve().parent.parent / "safehub"
