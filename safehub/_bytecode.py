@@ -73,8 +73,10 @@ def bytecode_report(package: Path | None = None, runners: Path | None = None,
             runners = runner_dir()
         except Exception:  # noqa: BLE001 - a missing runner is reported by every load; not this check's job
             runners = None
-    # Installed from a wheel, the runner is the data package safehub/_runners: counted once, as the runner.
-    host_count, host_stale = stale_modules([package], skip=[runners] if runners is not None else [])
+    # Installed from a wheel, the runner and the demo repo are data packages inside safehub/:
+    # the runner is counted once, as the runner; the demo is a hub repo, not safehub's code.
+    skip = [p for p in (runners, package / "_demo") if p is not None]
+    host_count, host_stale = stale_modules([package], skip=skip)
     runner_count, runner_stale = stale_modules([runners]) if runners is not None else (0, [])
     writes = not sys.dont_write_bytecode if writes is None else writes
     # The host writes its own .pyc at the next import unless told not to; the sandbox never can.

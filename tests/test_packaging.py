@@ -63,6 +63,10 @@ def test_doctor_from_the_wheel(installed: tuple[Path, Path]) -> None:
     py, work = installed
     report = json.loads(_run([str(py), "-m", "safehub", "doctor", "--json"], cwd=work, env=_env(work)).stdout)
     assert report["ok"] is True and report["auto_backend"] == "bwrap", report
+    # pip compiles what it installs: the runner (a data package in the wheel) included, counted once.
+    bytecode = report["bytecode"]
+    assert bytecode["stale"] == 0 and bytecode["note"] is None, bytecode
+    assert bytecode["modules"] == len(list((ROOT / "safehub").rglob("*.py"))) + len(list((ROOT / "runners").glob("*.py")))
 
 
 def test_demo_load_from_the_wheel(installed: tuple[Path, Path]) -> None:
