@@ -206,7 +206,7 @@ def child_safehub(spec: dict) -> dict:
     info: dict = {}
     try:
         obj = safehub.load(case["repo"], case["entrypoint"], revision=case["sha"], trust_repo=True,
-                           verbose=False, **case_kwargs(case))
+                           verbose=False, force_reload=bool(spec.get("force_reload")), **case_kwargs(case))
         info["load_s"] = time.perf_counter() - t0
         stage = "pick"
         model = _pick(obj, case.get("pick"))
@@ -215,6 +215,8 @@ def child_safehub(spec: dict) -> dict:
             info["modes"] = sorted({str(m.get("mode")) for m in meta.summary.get("modules", {}).values()})
             info["dependencies"] = list(meta.dependencies.get("distributions", []))
             info["timings"] = meta.timings
+            info["cache"] = getattr(meta, "cache", None)
+            info["worker_used"] = bool(((meta.sandbox_details or {}).get("worker") or {}).get("used"))
         ref_path = Path(spec["ref"]) if spec.get("ref") else None
         if ref_path is None or not ref_path.exists():
             stage = "forward"
@@ -402,11 +404,58 @@ def run(args: argparse.Namespace) -> int:
                             {"case": case, "ref": str(ref_pt) if ref.get("ok") else None, "cwd": str(cwd)},
                             env, args.timeout, out / "safehub.log")
             sh["cause"] = classify(sh)
+            if args.warm and sh.get("ok") and ref.get("ok"):
+                _warm_runs(work, case, tree, cwd, ref, sh, ref_pt, env, base_env, args.timeout, out)
             result.update(torch_hub=ref, safehub=sh, finished=time.time())
             path.write_text(json.dumps(result, indent=1, default=str))
             logger.info("case %s: torch.hub %s, safehub %s", case["id"], ref["cause"], sh["cause"])
     report(work, load_cases(), args.tag)
     return 0
+
+
+def _warm_runs(work: Path, case: dict, tree: Path, cwd: Path, ref: dict, sh: dict, ref_pt: Path, env: dict,
+               base_env: dict, timeout: float, out: Path) -> None:
+    """``--warm``: each side again in a new process, right after its first run. torch.hub
+    once more; safehub twice: with ``force_reload=True`` (the repo fetched again, no
+    artifact-cache hit, the repo's warm worker from the first run: a fresh process's
+    miss) and plain (a fresh process's artifact-cache hit). Each records its load call."""
+    again = _run_child(work / "ref/bin/python", "ref", {"case": case, "tree": str(tree), "out": str(ref_pt), "cwd": str(cwd)},
+                       {**base_env, "TORCH_HOME": str(work / "torch-home")}, timeout, out / "ref-warm.log")
+    ref["warm_load_s"] = again.get("load_s")
+    spec = {"case": case, "ref": str(ref_pt), "cwd": str(cwd)}
+    for name, extra in (("warm_miss", {"force_reload": True}), ("warm_hit", {})):
+        run = _run_child(work / "host/bin/python", "safehub", {**spec, **extra}, env, timeout, out / f"safehub-{name}.log")
+        sh[name] = {k: run.get(k) for k in ("ok", "load_s", "cache", "worker_used", "timings", "message")}
+
+
+def _timing_lines(rows: list[dict]) -> list[str]:
+    """Median load calls (torch already imported in each child) over the cases both load."""
+    import statistics
+
+    both = [r for r in rows if r["torch_hub"].get("ok") and r["safehub"].get("ok")]
+    if not both:
+        return []
+    def med(values: list) -> str:
+        values = [v for v in values if isinstance(v, (int, float))]
+        return f"{statistics.median(values):.2f} s" if values else "n/a"
+
+    def ratio(pairs: list) -> str:
+        values = [a / b for a, b in pairs if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > 0]
+        return f"{statistics.median(values):.2f}x" if values else "n/a"
+
+    th = [r["torch_hub"] for r in both]
+    sh = [r["safehub"] for r in both]
+    lines = ["", f"Load calls over the {len(both)} cases both load (median; each child imported torch first):", "",
+             "| run | torch.hub | safehub | median of per-case ratios |", "|---|---|---|---|",
+             f"| first (cold worker, env built if new) | {med([t.get('load_s') for t in th])} | "
+             f"{med([s.get('load_s') for s in sh])} | {ratio([(s.get('load_s'), t.get('load_s')) for s, t in zip(sh, th)])} |"]
+    if any("warm_miss" in s for s in sh):
+        for name, label in (("warm_miss", "again, force_reload (warm worker, no cache hit)"),
+                            ("warm_hit", "again, plain (artifact-cache hit where the model is cacheable)")):
+            lines.append(f"| {label} | {med([t.get('warm_load_s') for t in th])} | "
+                         f"{med([(s.get(name) or {}).get('load_s') for s in sh])} | "
+                         f"{ratio([((s.get(name) or {}).get('load_s'), t.get('warm_load_s')) for s, t in zip(sh, th)])} |")
+    return lines
 
 
 def report(work: Path, cases: list[dict], tag: str = "") -> None:
@@ -434,6 +483,8 @@ def report(work: Path, cases: list[dict], tag: str = "") -> None:
           f"both load and outputs match on {summary['compared']} (same weights, same inputs).", "",
           "| cause | torch.hub | safehub |", "|---|---|---|"]
     md += [f"| {c} | {counts['torch_hub'].get(c, 0)} | {counts['safehub'].get(c, 0)} |" for c in causes]
+    timing = _timing_lines(rows)
+    md += timing
     md += ["", "| case | torch.hub | safehub | safehub modes | train | note |", "|---|---|---|---|---|---|"]
     for r in rows:
         sh = r["safehub"]
@@ -442,7 +493,7 @@ def report(work: Path, cases: list[dict], tag: str = "") -> None:
         md.append(f"| {r['id']} | {r['torch_hub']['cause']} | {sh['cause']} | {','.join(sh.get('modes') or [])} "
                   f"| {train} | {note} |")
     (work / f"report{tag}.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md[:len(causes) + 6]))
+    print("\n".join(md[:len(causes) + 6 + len(timing)]))
 
 
 def main() -> int:
@@ -455,6 +506,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per side per case")
     ap.add_argument("--report", action="store_true", help="only rewrite the report from cached results")
     ap.add_argument("--tag", default="", help="suffix of the results folder and report files (-before, -after)")
+    ap.add_argument("--warm", action="store_true",
+                    help="after each case both sides load: torch.hub again, safehub with force_reload and plain")
     ap.add_argument("--safehub-only", action="store_true",
                     help="reuse torch.hub's cached side of each case (it does not depend on safehub's code)")
     args = ap.parse_args()

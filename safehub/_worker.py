@@ -113,10 +113,15 @@ def _worker_key(python_env: PythonEnv, repo_dir: Path, backend: SandboxBackend, 
     rdir = runner_dir()
     for path in sorted(rdir.glob("*.py")):
         runner_digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    repo = os.path.realpath(repo_dir)
+    st = os.stat(repo)
     material = {
         "python": str(python_env.python), "ro": [str(p) for p in python_env.ro_paths], "env": python_env.key,
         "hidden": [str(p) for p in python_env.hidden_paths],
-        "repo": os.path.realpath(repo_dir), "backend": backend.describe(), "tmpfs": tmpfs_bytes,
+        # The folder itself, not only its path: a worker bind-mounted the folder it started
+        # with, and a new folder at the same path (force_reload, a re-clone) needs a new worker.
+        "repo": repo, "repo_folder": [st.st_dev, st.st_ino],
+        "backend": backend.describe(), "tmpfs": tmpfs_bytes,
         "euid": os.geteuid(), "runner": runner_digest.hexdigest(),
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:32]

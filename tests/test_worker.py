@@ -223,3 +223,26 @@ def test_ipc_objects_of_one_job_do_not_reach_the_next(tmp_path: Path, safehub_ho
     assert planted["tmp"] == "planted", "control: the plant job really ran and wrote its files"
     seen, _ = report("collect")
     assert all(v != "found" for v in seen.values()), seen
+
+
+def test_a_replaced_repo_folder_gets_a_new_worker(tmp_path: Path) -> None:
+    """A worker bind-mounts the repo folder it was started for. ``force_reload`` (or a
+    user re-cloning a local repo) puts a new folder at the same path; the worker kept
+    the old, deleted one, and the next load found no hubconf.py (the corpus's --warm
+    run found it). The folder's identity is part of the worker's key now."""
+    import shutil
+
+    folder = tmp_path / "replaced-repo"
+    folder.mkdir()
+    folder.chmod(0o755)
+    (folder / "hubconf.py").write_text(HUBCONF)
+    first = _load(folder, "probe")
+    assert _worker(first)["used"] is True
+    old = tmp_path / "replaced-repo.old"
+    folder.rename(old)
+    shutil.copytree(old, folder)  # the same files in a new folder at the same path
+    folder.chmod(0o755)
+    shutil.rmtree(old)
+    again = _load(folder, "probe", force_reload=True)
+    assert _worker(again)["used"] is True and _worker(again)["pid"] != _worker(first)["pid"]
+    assert torch.equal(again.weight, first.weight)
