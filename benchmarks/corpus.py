@@ -206,7 +206,7 @@ def child_safehub(spec: dict) -> dict:
     info: dict = {}
     try:
         obj = safehub.load(case["repo"], case["entrypoint"], revision=case["sha"], trust_repo=True,
-                           verbose=False, force_reload=bool(spec.get("force_reload")), **case_kwargs(case))
+                           verbose=False, **case_kwargs(case))
         info["load_s"] = time.perf_counter() - t0
         stage = "pick"
         model = _pick(obj, case.get("pick"))
@@ -416,15 +416,16 @@ def run(args: argparse.Namespace) -> int:
 def _warm_runs(work: Path, case: dict, tree: Path, cwd: Path, ref: dict, sh: dict, ref_pt: Path, env: dict,
                base_env: dict, timeout: float, out: Path) -> None:
     """``--warm``: each side again in a new process, right after its first run. torch.hub
-    once more; safehub twice: with ``force_reload=True`` (the repo fetched again, no
-    artifact-cache hit, the repo's warm worker from the first run: a fresh process's
-    miss) and plain (a fresh process's artifact-cache hit). Each records its load call."""
+    once more; safehub twice: with ``SAFEHUB_ARTIFACT_CACHE=0`` (no artifact-cache hit,
+    the repo's warm worker from the first run: a fresh process's miss; not
+    ``force_reload``, which fetches the repo into a new folder and so a new worker) and
+    plain (a fresh process's artifact-cache hit). Each records its load call."""
     again = _run_child(work / "ref/bin/python", "ref", {"case": case, "tree": str(tree), "out": str(ref_pt), "cwd": str(cwd)},
                        {**base_env, "TORCH_HOME": str(work / "torch-home")}, timeout, out / "ref-warm.log")
     ref["warm_load_s"] = again.get("load_s")
     spec = {"case": case, "ref": str(ref_pt), "cwd": str(cwd)}
-    for name, extra in (("warm_miss", {"force_reload": True}), ("warm_hit", {})):
-        run = _run_child(work / "host/bin/python", "safehub", {**spec, **extra}, env, timeout, out / f"safehub-{name}.log")
+    for name, extra in (("warm_miss", {"SAFEHUB_ARTIFACT_CACHE": "0"}), ("warm_hit", {})):
+        run = _run_child(work / "host/bin/python", "safehub", spec, {**env, **extra}, timeout, out / f"safehub-{name}.log")
         sh[name] = {k: run.get(k) for k in ("ok", "load_s", "cache", "worker_used", "timings", "message")}
 
 
@@ -450,7 +451,7 @@ def _timing_lines(rows: list[dict]) -> list[str]:
              f"| first (cold worker, env built if new) | {med([t.get('load_s') for t in th])} | "
              f"{med([s.get('load_s') for s in sh])} | {ratio([(s.get('load_s'), t.get('load_s')) for s, t in zip(sh, th)])} |"]
     if any("warm_miss" in s for s in sh):
-        for name, label in (("warm_miss", "again, force_reload (warm worker, no cache hit)"),
+        for name, label in (("warm_miss", "again, SAFEHUB_ARTIFACT_CACHE=0 (warm worker, no cache hit)"),
                             ("warm_hit", "again, plain (artifact-cache hit where the model is cacheable)")):
             lines.append(f"| {label} | {med([t.get('warm_load_s') for t in th])} | "
                          f"{med([(s.get(name) or {}).get('load_s') for s in sh])} | "
@@ -507,7 +508,7 @@ def main() -> int:
     ap.add_argument("--report", action="store_true", help="only rewrite the report from cached results")
     ap.add_argument("--tag", default="", help="suffix of the results folder and report files (-before, -after)")
     ap.add_argument("--warm", action="store_true",
-                    help="after each case both sides load: torch.hub again, safehub with force_reload and plain")
+                    help="after each case both sides load: torch.hub again, safehub without the artifact cache and plain")
     ap.add_argument("--safehub-only", action="store_true",
                     help="reuse torch.hub's cached side of each case (it does not depend on safehub's code)")
     args = ap.parse_args()
