@@ -120,7 +120,10 @@ def _worker_key(python_env: PythonEnv, repo_dir: Path, backend: SandboxBackend, 
         "hidden": [str(p) for p in python_env.hidden_paths],
         # The folder itself, not only its path: a worker bind-mounted the folder it started
         # with, and a new folder at the same path (force_reload, a re-clone) needs a new worker.
-        "repo": repo, "repo_folder": [st.st_dev, st.st_ino],
+        # The inode alone does not tell: ext4 hands a deleted folder's inode to the next one
+        # made. Its ctime does (a new folder's is new; an entry added or renamed at the top
+        # level also changes it, which only costs a worker start).
+        "repo": repo, "repo_folder": [st.st_dev, st.st_ino, st.st_ctime_ns],
         "backend": backend.describe(), "tmpfs": tmpfs_bytes,
         "euid": os.geteuid(), "runner": runner_digest.hexdigest(),
     }

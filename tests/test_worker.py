@@ -246,3 +246,11 @@ def test_a_replaced_repo_folder_gets_a_new_worker(tmp_path: Path) -> None:
     again = _load(folder, "probe", force_reload=True)
     assert _worker(again)["used"] is True and _worker(again)["pid"] != _worker(first)["pid"]
     assert torch.equal(again.weight, first.weight)
+    # Deleted and made again (a re-clone): ext4 usually gives the new folder the old inode.
+    shutil.rmtree(folder)
+    folder.mkdir()
+    folder.chmod(0o755)
+    (folder / "hubconf.py").write_text(HUBCONF)
+    third = _load(folder, "probe", force_reload=True)
+    assert _worker(third)["used"] is True and _worker(third)["pid"] not in (_worker(first)["pid"], _worker(again)["pid"])
+    assert torch.equal(third.weight, first.weight)

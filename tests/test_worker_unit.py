@@ -45,13 +45,15 @@ def test_a_busy_worker_is_not_waited_for(tmp_path: Path) -> None:
 
     env = _env(tmp_path)
     backend = BwrapBackend(env={})
-    wdir = tmp_path / "workers" / _worker_key(env, tmp_path, backend, Limits().tmpfs_bytes)  # type: ignore[arg-type]
+    repo = tmp_path / "repo"  # its own folder: making workers/ beside it leaves its identity alone
+    repo.mkdir()
+    wdir = tmp_path / "workers" / _worker_key(env, repo, backend, Limits().tmpfs_bytes)  # type: ignore[arg-type]
     wdir.mkdir(parents=True, mode=0o700)
     held = os.open(wdir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(held, fcntl.LOCK_EX)
     laid_out: list[Path] = []
     try:
-        got = run_in_worker(limits=Limits(), python_env=env, repo_dir=tmp_path, backend=backend,  # type: ignore[arg-type]
+        got = run_in_worker(limits=Limits(), python_env=env, repo_dir=repo, backend=backend,  # type: ignore[arg-type]
                             hub_dir=tmp_path, layout=lambda root, confine: laid_out.append(root),
                             environment=lambda root: {})
     finally:
@@ -94,3 +96,33 @@ def test_socket_addresses_fit_under_a_deep_cache(tmp_path: Path) -> None:
         assert path.exists()
         with socket.socket(socket.AF_UNIX) as client, _Address(path) as again:
             client.connect(again)
+
+
+def test_the_worker_key_names_the_folder_not_only_its_path(tmp_path: Path) -> None:
+    """A worker keeps the folder it was started with mounted: a folder deleted and made
+    again at the same path (which on ext4 usually gets the same inode back) needs a
+    new key, and so does a folder renamed away and replaced."""
+    import shutil
+
+    from safehub._worker import _worker_key
+
+    env, backend = _env(tmp_path), BwrapBackend(env={})
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text("dependencies = []\n")
+
+    def key() -> str:
+        return _worker_key(env, repo, backend, Limits().tmpfs_bytes)  # type: ignore[arg-type]
+
+    first = key()
+    assert key() == first
+    (repo / "hubconf.py").write_text("dependencies = ['torch']\n")  # edited in place: the same folder
+    assert key() == first
+    shutil.rmtree(repo)
+    repo.mkdir()
+    (repo / "hubconf.py").write_text("dependencies = []\n")
+    second = key()
+    assert second != first
+    repo.rename(tmp_path / "old")
+    shutil.copytree(tmp_path / "old", repo)
+    assert key() not in (first, second)
