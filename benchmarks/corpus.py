@@ -215,7 +215,7 @@ def child_safehub(spec: dict) -> dict:
             info["modes"] = sorted({str(m.get("mode")) for m in meta.summary.get("modules", {}).values()})
             info["dependencies"] = list(meta.dependencies.get("distributions", []))
             info["timings"] = meta.timings
-            info["cache"] = getattr(meta, "cache", None)
+            info["cache"] = meta.cache
             info["worker_used"] = bool(((meta.sandbox_details or {}).get("worker") or {}).get("used"))
         ref_path = Path(spec["ref"]) if spec.get("ref") else None
         if ref_path is None or not ref_path.exists():

@@ -65,7 +65,7 @@ def bytecode_report(package: Path | None = None, runners: Path | None = None,
                     writes: bool | None = None) -> dict[str, Any]:
     """What ``safehub doctor`` prints about it (default: this safehub, its runner and
     this interpreter's ``sys.dont_write_bytecode``). JSON-able."""
-    from ._resources import runner_dir
+    from ._resources import runner_dir, shipped_folder
 
     package = package or Path(__file__).resolve().parent
     if runners is None:
@@ -75,7 +75,7 @@ def bytecode_report(package: Path | None = None, runners: Path | None = None,
             runners = None
     # Installed from a wheel, the runner and the demo repo are data packages inside safehub/:
     # the runner is counted once, as the runner; the demo is a hub repo, not safehub's code.
-    skip = [p for p in (runners, package / "_demo") if p is not None]
+    skip = [p for p in (runners, shipped_folder("safehub._demo", "examples/demo-hub", "hubconf.py")) if p is not None]
     host_count, host_stale = stale_modules([package], skip=skip)
     runner_count, runner_stale = stale_modules([runners]) if runners is not None else (0, [])
     writes = not sys.dont_write_bytecode if writes is None else writes
