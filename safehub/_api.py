@@ -261,16 +261,18 @@ def load(
         if checked:  # as for a sandbox's output: every check, then the tensor data and the build
             timings["validation"] = checked[0] - mark
             timings["weights_and_build"] = time.perf_counter() - checked[0]
-        return _from_cache(hit[0], repo=repo, model=model, python_env=python_env, cache=cache, args=args,
-                           kwargs=kwargs, export=export, hub_dir=hub_dir, verbose=verbose, timings=timings,
+    request = JobRequest(
+        action="load", repo_dir=repo.path, entrypoint=model, args=args, kwargs=kwargs,
+        example_inputs=example_inputs, export={"mode": export, "deferred": True}, limits=run_limits,
+    )
+    if hit is not None:
+        return _from_cache(hit[0], repo=repo, model=model, python_env=python_env, cache=cache, request=request,
+                           sandbox=sandbox, export=export, hub_dir=hub_dir, verbose=verbose, timings=timings,
                            started=load_started)
     budget = DownloadBudget(run_limits)
     with budget.discard_on_error():  # a failed load keeps none of the files it fetched
         job, python_env = _run(
-            JobRequest(
-                action="load", repo_dir=repo.path, entrypoint=model, args=args, kwargs=kwargs,
-                example_inputs=example_inputs, export={"mode": export, "deferred": True},
-            ),
+            request,
             repo=repo, hub=hub, hub_dir=hub_dir, verbose=verbose, sandbox=sandbox, budget=budget,
             dependencies_mode=dependencies_mode, extra_dependencies=extra_dependencies, timings=timings,
             guard=guard,
@@ -316,14 +318,18 @@ def load(
 
         attach_jobs(obj, job=job, python_env=python_env, hub_dir=hub_dir, sha=repo.sha, summary=info.summary,
                     cache_key=cache.key, export_mode=export)
-    modes = sorted({str(m.get("mode")) for m in info.summary.get("modules", {}).values() if m.get("mode")})
-    status("rebuilt %s here from the sandbox's export (%s)", model, ", ".join(modes) or "no graphs", verbose=verbose)
-    _attach_info(obj, info)
-    from ._artifact import note_load  # provenance for safehub.save
+        modes = sorted({str(m.get("mode")) for m in info.summary.get("modules", {}).values() if m.get("mode")})
+        status("rebuilt %s here from the sandbox's export (%s)", model, ", ".join(modes) or "no graphs", verbose=verbose)
+        _attach_info(obj, info)
+        from ._artifact import note_load  # provenance for safehub.save
 
-    note_load(obj, info, repo_path=repo.path, args=args, kwargs=kwargs, export=export)
-    mark = time.perf_counter()
-    cache.store(obj)  # before the caller can change the model
+        note_load(obj, info, repo_path=repo.path, args=args, kwargs=kwargs, export=export)
+        mark = time.perf_counter()
+        # Before the caller can change the model, and while the job's sealed weights memfd
+        # (the bytes it was built from) is open: a background writer copies it from there.
+        from ._channel import ChannelLimits
+
+        cache.store(obj, weights_fd=job.weights.sealed_fd(ChannelLimits()) if job.weights is not None else None)
     if "stored" in cache.info:  # tried (a cacheable load): its cost is part of this load's
         info.timings["cache_store"] = round(time.perf_counter() - mark, 4)
         info.timings.pop("total", None)  # re-added last, as --profile prints the table in order
@@ -333,24 +339,34 @@ def load(
 
 
 def _from_cache(obj: Any, *, repo: RepoCheckout, model: str, python_env: PythonEnv, cache: Any,
-                args: tuple[Any, ...], kwargs: dict[str, Any], export: str, hub_dir: Path, verbose: bool,
-                timings: dict[str, float], started: float) -> Any:
-    """Finish a load answered by the artifact cache (validated like a sandbox's output)."""
+                request: JobRequest, sandbox: str | SandboxBackend | None, export: str, hub_dir: Path,
+                verbose: bool, timings: dict[str, float], started: float) -> Any:
+    """Finish a load answered by the artifact cache (validated like a sandbox's output).
+    Its deferred modules export from ``request`` (the load's job) when the cache has
+    no graph for a call."""
     from ._artifact import _modules, note_load
+    from ._artifact_cache import ARTIFACT_DIR
     from ._channel._origin import origin_of
+    from ._contract import WEIGHTS_FILE
+    from ._deferred_jobs import attach_cached_jobs
 
-    modules = {o.mid: {"mode": o.mspec.mode, "graphs": list(o.mspec.graphs)}
-               for o in map(origin_of, _modules(obj)) if o is not None}
+    modules: dict[str, Any] = {o.mid: {"mode": o.mspec.mode, "graphs": list(o.mspec.graphs)}
+                               for o in map(origin_of, _modules(obj)) if o is not None}
+    summary = {"modules": modules}
+    attach_cached_jobs(obj, request=request, sandbox=sandbox, hub_dir=hub_dir, sha=repo.sha, summary=summary,
+                       entry_weights=cache.cache.entry_path(cache.key) / ARTIFACT_DIR / WEIGHTS_FILE,
+                       python_env=python_env, cache_key=cache.key, export_mode=export,
+                       fetch_for=(repo.owner, repo.name) if repo.owner is not None and repo.name is not None else None)
     info = LoadInfo(
         repo=repo.display_name, source=repo.source, sha=repo.sha, entrypoint=model, backend="artifact-cache",
-        limits={}, env_key=python_env.key, env_backend=python_env.backend, summary={"modules": modules},
+        limits={}, env_key=python_env.key, env_backend=python_env.backend, summary=summary,
         sandbox_details={}, dependencies={"mode": python_env.mode, "distributions": list(python_env.distributions),
                                           "records": dict(python_env.records)},
         timings=_timings(timings, {}, total=time.perf_counter() - started), cache=cache.info,
     )
     status("rebuilt %s here from the artifact cache (entry %s)", model, str(cache.key)[:16], verbose=verbose)
     _attach_info(obj, info)
-    note_load(obj, info, repo_path=repo.path, args=args, kwargs=kwargs, export=export)
+    note_load(obj, info, repo_path=repo.path, args=tuple(request.args), kwargs=dict(request.kwargs), export=export)
     _record(hub_dir, info)
     return obj
 

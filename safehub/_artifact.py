@@ -78,13 +78,18 @@ def save(model: Any, path: str | os.PathLike[str]) -> Path:
     its current parameter and buffer values are saved, so a fine-tuned model saves
     its new weights. ``path`` must not exist yet. Returns the folder.
     """
-    import torch
+    return _save(model, path, deferred=False)
 
+
+def _save(model: Any, path: str | os.PathLike[str], *, deferred: bool) -> Path:
+    """``save``; ``deferred=True`` (the artifact cache only) also keeps modules whose
+    graph is exported at their first call: their tree and tensors, no graph. Such an
+    entry is only useful to a load that can run export jobs again (safehub/_deferred_jobs.py)."""
     dest = Path(path)
     if os.path.lexists(dest):
         raise ArtifactSaveError(f"{str(dest)!r} already exists", hint="save to a new folder, or remove the old one first")
     picked: dict[str, tuple[Any, BuildOrigin]] = {}
-    root = _structure(model, picked, 0)
+    root = _structure(model, picked, 0, deferred=deferred)
     record = _common_record(picked)
     tensors: dict[str, Any] = {}
     for mid, (module, origin) in picked.items():
@@ -99,20 +104,9 @@ def save(model: Any, path: str | os.PathLike[str]) -> Path:
             f.flush()
             os.fsync(f.fileno())
         weights_sha, weights_bytes = write_safetensors(tmp / WEIGHTS_FILE, tensors)
-        provenance: dict[str, Any] = {"format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION}
-        provenance.update({key: record.provenance.get(key) for key in SOURCE_KEYS})
-        provenance.update({
-            "root": "module" if "module" in root else next(iter(root)),
-            # training: the mode the spec restores at load (as exported), not the current one
-            "modules": {mid: {"mode": o.mspec.mode, "graphs": builtins.list(o.mspec.graphs), "training": o.mspec.training}
-                        for mid, (_m, o) in sorted(picked.items())},
-            "torch_version": torch.__version__,
-            # The package is always imported before its submodules; no import edge up to it.
-            "safehub_version": str(getattr(sys.modules.get("safehub"), "__version__", "unknown")),
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "files": {SPEC_FILE: {"sha256": hashlib.sha256(spec_raw).hexdigest(), "bytes": len(spec_raw)},
-                      WEIGHTS_FILE: {"sha256": weights_sha, "bytes": weights_bytes}},
-        })  # fmt: skip
+        provenance = _provenance(record, root, picked)
+        provenance["files"] = {SPEC_FILE: {"sha256": hashlib.sha256(spec_raw).hexdigest(), "bytes": len(spec_raw)},
+                               WEIGHTS_FILE: {"sha256": weights_sha, "bytes": weights_bytes}}
         with open(tmp / PROVENANCE_FILE, "x", encoding="ascii") as f:
             f.write(json.dumps(provenance, indent=2, ensure_ascii=True) + "\n")
             f.flush()
@@ -126,17 +120,60 @@ def save(model: Any, path: str | os.PathLike[str]) -> Path:
     return dest
 
 
-def _structure(value: Any, picked: dict[str, tuple[Any, BuildOrigin]], depth: int) -> dict[str, Any]:
+def _provenance(record: BuildRecord, root: dict[str, Any], picked: dict[str, tuple[Any, BuildOrigin]]) -> dict[str, Any]:
+    """provenance.json without ``files`` (the hashes of what is written)."""
+    import torch
+
+    provenance: dict[str, Any] = {"format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION}
+    provenance.update({key: record.provenance.get(key) for key in SOURCE_KEYS})
+    provenance.update({
+        "root": "module" if "module" in root else next(iter(root)),
+        # training: the mode the spec restores at load (as exported), not the current one
+        "modules": {mid: {"mode": o.mspec.mode, "graphs": builtins.list(o.mspec.graphs), "training": o.mspec.training}
+                    for mid, (_m, o) in sorted(picked.items())},
+        "torch_version": torch.__version__,
+        # The package is always imported before its submodules; no import edge up to it.
+        "safehub_version": str(getattr(sys.modules.get("safehub"), "__version__", "unknown")),
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })  # fmt: skip
+    return provenance
+
+
+def load_record(model: Any) -> tuple[bytes, dict[str, Any]] | None:
+    """(spec.json bytes, provenance without ``files``) of everything one load returned,
+    as it was validated and built; None when ``model`` is only a part of what its load
+    returned (then only ``save`` can write it, from its current tensors). The artifact
+    cache writes these beside the weights the load was built from, before the load returns."""
+    picked: dict[str, tuple[Any, BuildOrigin]] = {}
+    root = _structure(model, picked, 0, deferred=True)
+    record = _common_record(picked)
+    spec_raw = _spec_for(record, root, picked)
+    if spec_raw is not record.spec_raw:
+        return None
+    return spec_raw, _provenance(record, root, picked)
+
+
+def _structure(value: Any, picked: dict[str, tuple[Any, BuildOrigin]], depth: int, *,
+               deferred: bool = False) -> dict[str, Any]:
     """The spec's ``root`` Value for ``value``; collects the modules it names."""
     from torch import nn
 
     from ._channel._module import SafehubGraphModule
+    from ._deferred import DeferredModule
 
     if depth > _MAX_DEPTH:
         raise ArtifactSaveError(f"the containers nest deeper than {_MAX_DEPTH} levels")
+    if isinstance(value, DeferredModule) and not deferred:
+        raise ArtifactSaveError(
+            "this model's graph is exported at its first call (deferred export), so there is no graph to save yet",
+            hint="load it with example_inputs=(...) of the call you make, so its graph is exported at load time; "
+                 "then save that model",
+        )
     if isinstance(value, nn.Module):
         origin = origin_of(value)
-        if origin is None or not isinstance(value, SafehubGraphModule):
+        is_built = isinstance(value, DeferredModule if origin is not None and origin.mspec.mode == "deferred"
+                              else SafehubGraphModule)
+        if origin is None or not is_built:
             raise ArtifactSaveError(
                 f"safehub.save can only save a model safehub rebuilt; this is a {type(value).__name__} "
                 "safehub did not build",
@@ -150,11 +187,11 @@ def _structure(value: Any, picked: dict[str, tuple[Any, BuildOrigin]], depth: in
         picked[origin.mid] = (value, origin)
         return {"module": origin.mid}
     if isinstance(value, (tuple, builtins.list)):
-        return {type(value).__name__: [_structure(v, picked, depth + 1) for v in value]}
+        return {type(value).__name__: [_structure(v, picked, depth + 1, deferred=deferred) for v in value]}
     if isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
             raise ArtifactSaveError("a dict of models needs string keys to be saved")
-        return {"dict": {k: _structure(v, picked, depth + 1) for k, v in value.items()}}
+        return {"dict": {k: _structure(v, picked, depth + 1, deferred=deferred) for k, v in value.items()}}
     raise ArtifactSaveError(f"safehub.save got a {type(value).__qualname__}; it saves a model safehub rebuilt "
                             "or a tuple/list/dict of them")
 
@@ -175,7 +212,7 @@ def _current_tensors(module: Any, origin: BuildOrigin) -> dict[str, Any]:
     leaf classes, tied weights). Values may differ: that is fine-tuning."""
     mspec, mid = origin.mspec, origin.mid
     where = f"module {mid}"
-    if module.code != origin.code or module.train_code != origin.train_code:
+    if mspec.mode != "deferred" and (module.code != origin.code or module.train_code != origin.train_code):
         raise ArtifactSaveError(f"{where}: its graph was edited after safehub built it; an artifact saves the validated graph",
                                 hint="save the model as loaded (its weights may change, its graph may not)")
     params = dict(module.named_parameters(remove_duplicate=False))
@@ -327,6 +364,11 @@ def load_artifact(path: str | os.PathLike[str], *, device: Any = None, limits: C
     LoadGuard.for_call(policy=policy, lock=lock).check_artifact(str(path))
     folder = Path(path)
     obj, provenance = load_checked(folder, device=device, limits=limits)
+    if any(m["mode"] == "deferred" for m in provenance["modules"].values()):
+        # Only the artifact cache writes these; without the load that made it, no graph can be exported.
+        raise ArtifactError("this artifact holds a module with no graph (deferred export): it is an artifact-cache "
+                            "entry, which only safehub.load can use",
+                            hint="load the model with safehub.load, or with example_inputs=(...) and save that")
     info = ArtifactInfo(path=str(folder), repo=provenance["repo"], source=provenance["source"], sha=provenance["sha"],
                         entrypoint=provenance["entrypoint"], provenance=provenance)
     for module in _modules(obj):

@@ -49,6 +49,9 @@ from pathlib import Path
 from typing import Any
 
 from ._cache_key import NotCanonical, canonical_value, key_digest, key_inputs, local_tree_digest
+from ._cache_writer import fsync_dir as _fsync_dir
+from ._cache_writer import key_record
+from ._config import env_flag
 from ._errors import ArtifactCacheError, SafehubError, UnsafeSpecError
 from ._fsutil import tree_size
 
@@ -62,6 +65,7 @@ KEY_FORMAT = "safehub-artifact-cache"
 KEY_VERSION = 1
 MAX_KEY_BYTES = 4 << 20
 LOCK_TIMEOUT_S = 600.0
+WRITER_WAIT_S = 120.0  # a lookup waits this long for a background writer of its key
 STALE_TMP_S = 3600.0
 _HEX64 = frozenset("0123456789abcdef")
 _RECOVER = ("reload it with force_reload=True (re-runs the sandbox and replaces the entry), "
@@ -93,8 +97,10 @@ class CachePlan:
             self.info.update(hit=True, **checked)
         return found
 
-    def store(self, obj: Any) -> None:
-        """Keep ``obj`` (just built, not yet returned) for the next load. Never fails the load."""
+    def store(self, obj: Any, weights_fd: int | None = None) -> None:
+        """Keep ``obj`` (just built, not yet returned) for the next load. Never fails the load.
+        ``weights_fd``: the sealed weights memfd ``obj`` was built from; then a background
+        writer copies it (safehub/_cache_writer.py) and the load does not wait for the disk."""
         if self.cache is None or self.key is None or self.inputs is None:
             return
         try:
@@ -104,12 +110,19 @@ class CachePlan:
                 if now != repo.get("tree"):
                     self.info.update(stored=False, reason="the local repo changed during the load")
                     return
+            if weights_fd is not None and env_flag("SAFEHUB_CACHE_WRITER", default=True):
+                started = self.cache.store_in_background(self.key, self.inputs, obj, weights_fd, replace=self.bypass)
+                if started is not None:
+                    self.info.update(stored=started, background=started)
+                    if not started:
+                        self.info.setdefault("reason", "another process stored this key first, or is storing it")
+                    return
             stored = self.cache.store(self.key, self.inputs, obj, replace=self.bypass)
             self.info.update(stored=stored)
             if not stored:
                 self.info.setdefault("reason", "another process stored this key first")
         except (SafehubError, NotCanonical, OSError) as exc:
-            # ArtifactSaveError: a namespace or deferred module, which an artifact does not carry
+            # ArtifactSaveError: a namespace, which an artifact does not carry
             self.info.update(stored=False, reason=f"{type(exc).__name__}: {getattr(exc, 'message', exc)}")
             logger.info("the load was not cached: %s", self.info["reason"])
 
@@ -118,8 +131,6 @@ def plan_cache(hub_dir: Path, *, repo: Any, entrypoint: str, args: tuple[Any, ..
                example_inputs: Any, export: str, env_key: str, force_reload: bool,
                policy_active: bool = False) -> CachePlan:
     """The cache key of one load, or why it has none (``info["reason"]``)."""
-    from ._config import env_flag
-
     if not env_flag("SAFEHUB_ARTIFACT_CACHE", default=True):
         return CachePlan(None, None, None, force_reload,
                          info={"hit": False, "key": None, "reason": "SAFEHUB_ARTIFACT_CACHE=0"})
@@ -159,8 +170,6 @@ def graph_cache(hub_dir: Path, load_key: str | None, *, mid: str, training: bool
     """The cache plan of one deferred export (a load's graph for one call signature):
     keyed by the load's own key and the signature (dtypes, shapes, scalars), so it is
     as specific as the load. None when the load had no key."""
-    from ._config import env_flag
-
     if load_key is None or not env_flag("SAFEHUB_ARTIFACT_CACHE", default=True):
         return None
     try:
@@ -218,7 +227,7 @@ class ArtifactCache:
         ``rehash``: hash the weights even if their stat memo knows them.
         ``info`` gets ``weights_hashed``: whether this load hashed the weights."""
         path = self.entry_path(key)
-        if not os.path.lexists(path):
+        if not os.path.lexists(path) and not (self._wait_for_writer(key) and os.path.lexists(path)):
             return None
         with self._lock(key):
             return self._load_locked(key, path, device=device, limits=limits, before_load=before_load,
@@ -259,6 +268,26 @@ class ArtifactCache:
         if info is not None and memos:
             info["weights_hashed"] = memos[-1].hashed
         return obj, provenance
+
+    def _wait_for_writer(self, key: str) -> bool:
+        """With no entry for ``key``: wait for a writer that holds its lock (a background
+        writer holds it until the entry is in place). True when there was one."""
+        from ._fsutil import LockTimeout
+
+        lock = self._lock(key)
+        try:
+            lock.acquire(timeout=0)
+        except LockTimeout:
+            try:
+                lock.acquire(timeout=WRITER_WAIT_S)
+            except LockTimeout:
+                logger.warning("artifact-cache entry %s is still being written after %.0f s; not waiting for it",
+                               key[:16], WRITER_WAIT_S)
+                return False
+            lock.release()
+            return True
+        lock.release()
+        return False
 
     def _error(self, key: str, what: str) -> ArtifactCacheError:
         return ArtifactCacheError(f"artifact-cache entry {key[:16]} is damaged or was changed: {what}. Nothing was built",
@@ -316,7 +345,7 @@ class ArtifactCache:
     def store(self, key: str, inputs: dict[str, Any], obj: Any, *, replace: bool = False) -> bool:
         """Save ``obj`` as the entry of ``key``. Returns False when an entry was
         already there and ``replace`` is False (another process stored it first)."""
-        from ._artifact import save
+        from ._artifact import _save
         from ._artifact_format import PROVENANCE_FILE
         from ._fsutil import remove_tree
 
@@ -327,14 +356,11 @@ class ArtifactCache:
         tmp = self.tmp_dir / f"{key[:16]}-{secrets.token_hex(8)}"
         tmp.mkdir(mode=0o700)
         try:
-            save(obj, tmp / ARTIFACT_DIR)  # writes and fsyncs the three files, renames its folder into place
+            _save(obj, tmp / ARTIFACT_DIR, deferred=True)  # writes and fsyncs the three files, renames its folder into place
             with open(tmp / ARTIFACT_DIR / PROVENANCE_FILE, "rb") as f:
                 provenance_sha256 = hashlib.sha256(f.read()).hexdigest()
-            doc = {"format": KEY_FORMAT, "version": KEY_VERSION, "key": key, "inputs": inputs,
-                   "provenance_sha256": provenance_sha256,
-                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             with open(tmp / KEY_FILE, "x", encoding="ascii") as f:
-                f.write(json.dumps(doc, indent=1, ensure_ascii=True) + "\n")
+                f.write(key_record(key, inputs, provenance_sha256))
                 f.flush()
                 os.fsync(f.fileno())
             _fsync_dir(tmp)
@@ -354,6 +380,62 @@ class ArtifactCache:
         finally:
             if os.path.lexists(tmp):
                 remove_tree(tmp)
+
+    def store_in_background(self, key: str, inputs: dict[str, Any], obj: Any, weights_fd: int, *,
+                            replace: bool = False) -> bool | None:
+        """Start a writer process for the entry of ``key`` (safehub/_cache_writer.py):
+        ``obj``'s validated spec and the sealed weights memfd it was built from. The
+        entry's lock is taken here and handed to the writer, so a lookup meanwhile
+        waits for it. True: started. False: an entry is there (and ``replace`` is
+        False), or another process holds the lock. None: ``obj`` is not all of one
+        load's result, so only ``store`` can write it."""
+        import subprocess
+        import sys
+
+        from ._artifact import load_record
+        from ._fsutil import LockTimeout
+
+        parts = load_record(obj)
+        if parts is None:
+            return None
+        spec_raw, provenance = parts
+        final = self.entry_path(key)
+        self.entries_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._clean_tmp()
+        lock = self._lock(key)
+        try:
+            lock.acquire(timeout=0)
+        except LockTimeout:
+            return False  # another process is writing (or reading) this key
+        lock_fd = lock._fd
+        assert lock_fd is not None
+        doc_fd = -1
+        try:
+            if os.path.lexists(final) and not replace:
+                return False
+            doc = {"key": key, "inputs": inputs, "entries_dir": str(self.entries_dir), "tmp_dir": str(self.tmp_dir),
+                   "spec": spec_raw.decode("ascii"), "provenance": provenance, "replace": replace}
+            doc_fd = os.memfd_create("safehub-cache-entry", os.MFD_CLOEXEC)
+            os.write(doc_fd, json.dumps(doc, ensure_ascii=True).encode("ascii"))
+            os.lseek(doc_fd, 0, os.SEEK_SET)
+            with open(self.root / "writer.log", "ab") as log:
+                # -I -S: the standard library only; the script imports nothing of safehub's, site's or the repo's.
+                subprocess.Popen(
+                    [sys.executable, "-I", "-S", str(Path(__file__).with_name("_cache_writer.py")),
+                     str(doc_fd), str(weights_fd), str(lock_fd)],
+                    pass_fds=(doc_fd, weights_fd, lock_fd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=log, start_new_session=True,  # outlives this process; a ^C here does not stop it
+                )
+            logger.info("caching the load as artifact-cache entry %s (in the background)", key[:16])
+            return True
+        finally:
+            if doc_fd >= 0:
+                os.close(doc_fd)
+            # This process's descriptor of the lock: closing it leaves the lock with the writer
+            # (an flock belongs to the open file, which the writer's copy keeps open).
+            lock._fd = None
+            os.close(lock_fd)
 
     def _clean_tmp(self) -> None:
         """Folders of writers that died (a killed process) are never read; remove old ones."""
@@ -416,10 +498,3 @@ class ArtifactCache:
         if found is None:
             raise self._error(key, "it is gone")
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -312,8 +312,9 @@ def parse_provenance(raw: bytes) -> dict[str, Any]:
     for mid, mod in modules.items():
         if not _MID.fullmatch(mid) or not isinstance(mod, dict) or set(mod) != {"mode", "graphs", "training"}:
             raise ArtifactError(f"provenance.json: module {show(mid)} is not {{mode, graphs, training}}")
-        if mod["mode"] not in ("fx", "aten") or mod["graphs"] not in (["eval"], ["eval", "train"]) \
-                or not isinstance(mod["training"], bool):
+        graphs_ok = mod["graphs"] == [] if mod["mode"] == "deferred" else mod["graphs"] in (["eval"], ["eval", "train"])
+        # "deferred" (no graph yet) only in artifact-cache entries; load_artifact refuses it.
+        if mod["mode"] not in ("fx", "aten", "deferred") or not graphs_ok or not isinstance(mod["training"], bool):
             raise ArtifactError(f"provenance.json: module {mid} has an invalid mode, graphs or training flag")
     files = doc["files"]
     if not isinstance(files, dict) or set(files) != {SPEC_FILE, WEIGHTS_FILE}:

@@ -19,7 +19,7 @@ import torch
 from ._deferred import deferred_modules
 from ._errors import ExportError
 
-__all__ = ["DeferredJob", "attach_jobs", "keep_weights", "sweep_kept_weights"]
+__all__ = ["DeferredJob", "attach_cached_jobs", "attach_jobs", "keep_weights", "sweep_kept_weights"]
 
 logger = logging.getLogger("safehub")
 
@@ -50,16 +50,22 @@ class DeferredJob:
     ``request`` is the load's own JobRequest (repo folder, entrypoint, limits,
     staged downloads) with its arguments replaced by the bytes the host pickled."""
 
-    request: Any  # JobRequest, args=() and args_pickle set
+    request: Any  # JobRequest: args=() and args_pickle set, or (a cache hit) the load's own args
     sha: str | None
     python_env: Any  # PythonEnv
-    backend: Any  # SandboxBackend
+    backend: Any  # SandboxBackend, or (a cache hit) the load's ``sandbox=`` choice, resolved at the first export
     hub_dir: Path
     weights: Path  # the weights.safetensors the first load returned (kept under <hub>/deferred/)
     # The load's artifact-cache key (None: not cacheable): each exported graph is cached
     # under a key made of it and the call's signature.
     cache_key: str | None = None
     export_mode: str = "auto"
+    # A load answered by the artifact cache never ran the entrypoint here, so it does not
+    # know which files the entrypoint fetches: an export job may ask, once, and the host
+    # fetches them as a load would (from the checkpoint cache when it has them).
+    # ``fetch_for``: the (owner, name) whose release assets may get the GitHub token.
+    fetch_downloads: bool = False
+    fetch_for: tuple[str, str] | None = None
 
     @property
     def entrypoint(self) -> str:
@@ -117,18 +123,28 @@ def _run_export_job(job: DeferredJob, mid: str, training: bool, structure: list[
         )
     if not job.weights.is_file():
         raise ExportError(f"the weights kept for this model's export ({job.weights}) are gone", hint="load the model again")
-    request = dataclasses.replace(
-        job.request, action="export", in_files={WEIGHTS_FILE: job.weights},
-        deferred={"mid": mid, "training": training, "args": structure},
-    )
-    with run_job(request, python_env=job.python_env, backend=job.backend, hub_dir=job.hub_dir) as result:
-        if result.needs_download():
+    from ._sandbox import SandboxBackend, get_backend
+
+    if not isinstance(job.backend, SandboxBackend):
+        job.backend = get_backend(job.backend)
+    for attempt in range(2):
+        request = dataclasses.replace(
+            job.request, action="export", in_files={WEIGHTS_FILE: job.weights},
+            deferred={"mid": mid, "training": training, "args": structure},
+        )
+        with run_job(request, python_env=job.python_env, backend=job.backend, hub_dir=job.hub_dir) as result:
+            needed = result.needs_download()
+            if not needed:
+                gm = rebuild_from_output(result.out_dir, device=device, weights=result.weights)
+                raw = result.result.get("summary")
+                break
+        if attempt or not job.fetch_downloads:
             raise ExportError(
                 "the entrypoint asked for a new download when it ran again for the deferred export",
                 hint="load with example_inputs=(...) so the graph is exported in the first run",
             )
-        gm = rebuild_from_output(result.out_dir, device=device, weights=result.weights)
-        raw = result.result.get("summary")
+        job.request = dataclasses.replace(job.request, downloads={**job.request.downloads,
+                                                                  **_fetch(job, needed)})
     info: dict[str, Any] = {}
     mod = raw.get("modules", {}).get("m0") if isinstance(raw, dict) and isinstance(raw.get("modules"), dict) else None
     if isinstance(mod, dict):
@@ -136,6 +152,18 @@ def _run_export_job(job: DeferredJob, mid: str, training: bool, structure: list[
             info["dynamic_batch"] = mod["dynamic_batch"]
         info["attempts"] = clean_attempts(mod.get("attempts"))
     return _one_graph(gm), info
+
+
+def _fetch(job: DeferredJob, urls: list[str]) -> dict[str, Path]:
+    """The files an export job asked for, fetched on the host as ``safehub.load`` does
+    (no policy is in force: a load under a policy is never answered by the cache)."""
+    from ._fetch import prefetch_downloads
+    from ._fetch._downloads import DownloadBudget
+
+    logger.info("the export job asked for %d file(s); fetching them on the host", len(urls))
+    budget = DownloadBudget(job.request.limits)
+    with budget.discard_on_error():
+        return dict(prefetch_downloads(urls, hub_dir=job.hub_dir, verbose=False, repo=job.fetch_for, budget=budget))
 
 
 def keep_weights(out_dir: Path, hub_dir: Path, weights: Any = None) -> tuple[Path, _Keep]:
@@ -187,6 +215,33 @@ def _copy_fd(src_fd: int, dst: Path) -> None:
             offset += n
     finally:
         os.close(out)
+
+
+def attach_cached_jobs(obj: Any, *, request: Any, sandbox: Any, entry_weights: Path, python_env: Any,
+                       hub_dir: Path, sha: str | None, summary: dict, cache_key: str | None, export_mode: str,
+                       fetch_for: tuple[str, str] | None) -> None:
+    """``attach_jobs`` for a load the artifact cache answered: no job ran, so an
+    export reruns the entrypoint from ``request`` (the load's JobRequest, its
+    arguments copied) on a link to the entry's weights. Graphs the cache holds for
+    a call's signature need neither (``run_export`` looks there first)."""
+    import copy
+    import dataclasses
+
+    modules = deferred_modules(obj)
+    if not modules:
+        return
+    # A hard link: the entry is never written in place, so the link keeps the bytes it was
+    # built from even if the entry is replaced or removed later.
+    weights, keep = keep_weights(entry_weights.parent, hub_dir)
+    args, kwargs = copy.deepcopy((tuple(request.args), dict(request.kwargs)))  # plain values: the key required it
+    spec = DeferredJob(
+        request=dataclasses.replace(request, args=args, kwargs=kwargs, example_inputs=None),
+        sha=sha, python_env=python_env, backend=sandbox, hub_dir=hub_dir, weights=weights,
+        cache_key=cache_key, export_mode=export_mode, fetch_downloads=True, fetch_for=fetch_for,
+    )
+    for m in modules:
+        exports = summary.setdefault("modules", {}).setdefault(m._safehub_mid, {}).setdefault("exports", [])
+        m.attach(spec, m._safehub_mid, keep, exports)
 
 
 def attach_jobs(obj: Any, *, job: Any, python_env: Any, hub_dir: Path, sha: str | None, summary: dict,

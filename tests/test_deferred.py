@@ -264,3 +264,39 @@ def test_export_after_the_repo_folder_is_gone_explains(tmp_path: Path) -> None:
                       sha=None, python_env=None, backend=None, hub_dir=tmp_path, weights=tmp_path / "w.safetensors")
     with pytest.raises(ExportError, match="is gone"):
         run_export(job, "m0", False, [], torch.device("cpu"))
+
+
+def test_the_artifact_cache_keeps_a_deferred_module_and_load_artifact_refuses_it(tmp_path: Path) -> None:
+    """The cache's writer keeps a deferred module's tree and tensors (no graph yet);
+    safehub.save refuses it, saying why, and so does load_artifact on such a folder:
+    without the load that made it, no graph can ever be exported."""
+    import json
+
+    import safehub
+    from safehub._artifact import _save, load_checked
+    from safehub._errors import ArtifactError, ArtifactSaveError
+
+    torch.manual_seed(1)
+    ours = _load_deferred(zoo_fxfail.LenOfTensor(), tmp_path / "o")
+    with pytest.raises(ArtifactSaveError, match="deferred export") as info:
+        safehub.save(ours, tmp_path / "public")
+    assert "example_inputs" in str(info.value.hint)
+    folder = _save(ours, tmp_path / "entry", deferred=True)
+    back, provenance = load_checked(folder)
+    assert isinstance(back, DeferredModule)
+    assert provenance["modules"] == {"m0": {"mode": "deferred", "graphs": [], "training": True}}
+    assert back.state_dict().keys() == ours.state_dict().keys()
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in ours.state_dict().items())
+    with pytest.raises(ArtifactError, match="artifact-cache entry"):
+        safehub.load_artifact(folder)
+    with pytest.raises(ExportError, match="never exported"):  # no job: fails closed at the first call
+        back(torch.randn(2, 6))
+    # A provenance that calls it another mode, or gives a deferred module graphs, is refused.
+    prov = folder / "provenance.json"
+    good = json.loads(prov.read_text())
+    for mode, graphs in (("fx", []), ("deferred", ["eval"])):
+        doc = json.loads(json.dumps(good))
+        doc["modules"]["m0"].update(mode=mode, graphs=graphs)
+        prov.write_text(json.dumps(doc))
+        with pytest.raises(ArtifactError, match="invalid mode, graphs"):
+            load_checked(folder)

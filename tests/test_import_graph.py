@@ -121,7 +121,7 @@ LAYERS = {
     "safehub._policy_match": 0.5, "safehub._lockfile": 0.75, "safehub._policy": 1.25, "safehub._guard": 1.75,
     "safehub._policy_cli": 3.5,
     "safehub._cache_key": 1, "safehub._artifact_stat_memo": 2, "safehub._artifact_cache": 2.25, "safehub._artifact_cache_cli": 3.5,
-    "safehub._host_torch": 0.5, "safehub._worker": 1.75, "safehub._bytecode": 0.75,
+    "safehub._host_torch": 0.5, "safehub._worker": 1.75, "safehub._bytecode": 0.75, "safehub._cache_writer": 0,
 }  # fmt: skip
 
 

@@ -161,8 +161,8 @@ def rebuild_from_output(out_dir: Path, *, device: Any = None, limits: ChannelLim
         for mid, mspec in spec.modules.items():
             tensors = {p: loaded.pop(f"{mid}.{p}") for p in mspec.tensors}
             built[mid] = build_module(mspec, meta_leaves[mid], tensors, graphs[mid])
-        # What safehub.save needs (the validated spec); a deferred module has no graph to save yet.
-        attach_origin({m: b for m, b in built.items() if spec.modules[m].mode != "deferred"}, spec, spec_raw)
+        # What safehub.save and the artifact cache need (the validated spec), deferred modules included.
+        attach_origin(built, spec, spec_raw)
     except UnsafeSpecError as exc:
         if exc.hint is not None:
             raise

@@ -46,7 +46,11 @@ class BuildOrigin:
 def attach_origin(built: dict[str, Any], spec: Any, spec_raw: bytes) -> BuildRecord:
     record = BuildRecord(spec_raw=spec_raw, root=spec.root)
     for mid, gm in built.items():
-        origin = BuildOrigin(record, mid, spec.modules[mid], gm.code, gm.train_code)
+        mspec = spec.modules[mid]
+        if mspec.mode == "deferred":  # no graph yet (safehub/_deferred.py): only its tree and tensors are kept
+            origin = BuildOrigin(record, mid, mspec, "", "")
+        else:
+            origin = BuildOrigin(record, mid, mspec, gm.code, gm.train_code)
         gm.__dict__[ORIGIN_ATTR] = origin  # a plain attribute: not a submodule, not in state_dict
     return record
 

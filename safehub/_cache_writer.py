@@ -1,0 +1,147 @@
+"""The artifact cache's background writer: one entry written after the load that
+made it has returned, so a first load does not wait for its weights to be
+copied, hashed and fsynced (0.08 s for 45 MB here, the time grows with the model).
+
+It is safehub's own code in a host process (``python -I -S`` on this file:
+standard library only, nothing imported from safehub, the repo or site-packages),
+never repo code, and it reads nothing the sandbox can still change. The loading
+process (``ArtifactCache.store_in_background``) hands it three descriptors:
+
+* the job document, in a memfd: the entry's paths, the validated ``spec.json``
+  bytes, the provenance record (all but the files' hashes) and the key record;
+* the sealed weights memfd the model was built from (sealed: its bytes can never
+  change, _channel/_memfd.py). The host validated exactly these bytes, and the
+  model was built from them untouched, so they are the entry's weights file;
+* the entry's lock (``flock``), taken before the load returned. A lookup of the
+  key that finds no entry waits for that lock (``ArtifactCache.load``), so a load
+  followed by the same load is a hit, as when entries were written inline; the
+  kernel drops the lock when this process ends, however it ends.
+
+The entry is written the way ``ArtifactCache.store`` writes one: in ``tmp/``, each
+file and folder fsynced, then one ``rename`` into ``entries/``; a writer killed part
+way leaves a ``tmp/`` folder nothing reads. A failure is logged to
+``artifacts/writer.log``; the next load of the key misses and stores again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import secrets
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_entry", "fsync_dir", "key_record", "SPEC_FILE", "WEIGHTS_FILE", "PROVENANCE_FILE"]
+
+# The names below are the artifact format's (safehub/_contract.py, _artifact_format.py);
+# tests/test_cache_writer.py checks they agree, since this file imports nothing of safehub.
+SPEC_FILE = "spec.json"
+WEIGHTS_FILE = "weights.safetensors"
+PROVENANCE_FILE = "provenance.json"
+KEY_FILE = "key.json"
+ARTIFACT_DIR = "artifact"
+KEY_FORMAT = "safehub-artifact-cache"
+KEY_VERSION = 1
+CHUNK = 8 << 20
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def key_record(key: str, inputs: dict[str, Any], provenance_sha256: str) -> str:
+    """``key.json``'s text (read back by ArtifactCache._read_key_file)."""
+    doc = {"format": KEY_FORMAT, "version": KEY_VERSION, "key": key, "inputs": inputs,
+           "provenance_sha256": provenance_sha256, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return json.dumps(doc, indent=1, ensure_ascii=True) + "\n"
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _copy_hashed(src_fd: int, dst: Path) -> tuple[str, int]:
+    """The whole of ``src_fd`` into the new file ``dst``, hashed on the way."""
+    size = os.fstat(src_fd).st_size
+    digest = hashlib.sha256()
+    with open(dst, "xb") as f:
+        if size:
+            with mmap.mmap(src_fd, size, prot=mmap.PROT_READ) as mapped, memoryview(mapped) as view:
+                for start in range(0, size, CHUNK):
+                    with view[start:start + CHUNK] as chunk:
+                        digest.update(chunk)
+                        f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    return digest.hexdigest(), size
+
+
+def write_entry(doc: dict[str, Any], weights_fd: int) -> bool:
+    """Write the entry ``doc`` describes; the caller holds the entry's lock.
+    Returns False when an entry was there already and ``doc["replace"]`` is false."""
+    entries, tmp_dir = Path(doc["entries_dir"]), Path(doc["tmp_dir"])
+    key = doc["key"]
+    final = entries / key
+    tmp = tmp_dir / f"{key[:16]}-{secrets.token_hex(8)}"
+    tmp.mkdir(mode=0o700)
+    try:
+        art = tmp / ARTIFACT_DIR
+        art.mkdir(mode=0o700)
+        spec_raw = doc["spec"].encode("ascii")
+        _write_new(art / SPEC_FILE, spec_raw)
+        weights_sha, weights_bytes = _copy_hashed(weights_fd, art / WEIGHTS_FILE)
+        provenance = dict(doc["provenance"])
+        provenance["files"] = {SPEC_FILE: {"sha256": hashlib.sha256(spec_raw).hexdigest(), "bytes": len(spec_raw)},
+                               WEIGHTS_FILE: {"sha256": weights_sha, "bytes": weights_bytes}}
+        prov_raw = (json.dumps(provenance, indent=2, ensure_ascii=True) + "\n").encode("ascii")
+        _write_new(art / PROVENANCE_FILE, prov_raw)
+        os.chmod(art, 0o755)  # as safehub.save leaves an artifact
+        fsync_dir(art)
+        _write_new(tmp / KEY_FILE, key_record(key, doc["inputs"], hashlib.sha256(prov_raw).hexdigest()).encode("ascii"))
+        fsync_dir(tmp)
+        if os.path.lexists(final):
+            if not doc["replace"]:
+                return False
+            old = tmp_dir / f"{key[:16]}-{secrets.token_hex(8)}.old"
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)  # the entry appears whole, or not at all
+        fsync_dir(entries)
+        return True
+    finally:
+        if os.path.lexists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str]) -> int:
+    """``python -I -S _cache_writer.py DOC_FD WEIGHTS_FD LOCK_FD``."""
+    doc_fd, weights_fd, lock_fd = (int(a) for a in argv[1:4])
+    try:
+        with os.fdopen(doc_fd, "rb") as f:
+            doc = json.loads(f.read())
+        write_entry(doc, weights_fd)  # False (another writer was first) is no failure
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - logged; the next load of this key stores it again
+        print(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} could not write an artifact-cache entry: "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        os.close(lock_fd)  # (the exit would drop it too)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
