@@ -76,7 +76,29 @@ def make_sized_repo(root: Path, widths: list[int]) -> Path:
 def timed_run(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
     start = time.perf_counter()
     done = subprocess.run(argv, env=env, check=True, capture_output=True, text=True)
-    return time.perf_counter() - start, done.stdout
+    elapsed = time.perf_counter() - start
+    settle()
+    return elapsed, done.stdout
+
+
+def settle(timeout_s: float = 30.0) -> None:
+    """Wait (untimed) until no artifact-cache writer is running: a safehub load's
+    entry is written after its process exits (safehub/_cache_writer.py), and that
+    writer must not slow down the next run, whichever side it is."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        busy = False
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    busy = b"_cache_writer.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if busy:
+                    break
+        if not busy:
+            return
+        time.sleep(0.01)
 
 
 def main() -> None:
@@ -85,6 +107,9 @@ def main() -> None:
     parser.add_argument("--widths", default="64,96", help="ResNet base widths (64: 11.7 M params, 96: 26 M)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--no-worker-off", action="store_true", help="skip the SAFEHUB_WORKER=0 runs")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:VAR=VALUE",
+                        help="one more safehub variant in each round, with an environment variable set "
+                             "(an A/B in the same run, e.g. inline_store:SAFEHUB_CACHE_WRITER=0)")
     args = parser.parse_args()
     widths = [int(w) for w in args.widths.split(",")]
 
@@ -105,6 +130,10 @@ def main() -> None:
             variants = {"torch_hub": (FRESH_TORCH_HUB, {}), "safehub": (FRESH_SAFEHUB, {})}
             if not args.no_worker_off:
                 variants["safehub_no_worker"] = (FRESH_SAFEHUB, {"SAFEHUB_WORKER": "0"})
+            for spec in args.variant:
+                name, _, setting = spec.partition(":")
+                var, _, value = setting.partition("=")
+                variants[f"safehub_{name}"] = (FRESH_SAFEHUB, {var: value})
             runs: dict[str, list[tuple[float, str]]] = {name: [] for name in variants}
             for _ in range(args.repeat):
                 for name, (script, extra) in variants.items():
