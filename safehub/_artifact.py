@@ -163,6 +163,14 @@ def _structure(value: Any, picked: dict[str, tuple[Any, BuildOrigin]], depth: in
 
     if depth > _MAX_DEPTH:
         raise ArtifactSaveError(f"the containers nest deeper than {_MAX_DEPTH} levels")
+    from ._namespace import SafehubNamespace
+
+    if isinstance(value, SafehubNamespace) and deferred and depth == 0:
+        # The object a load returned (artifact cache only): its modules, and the load's own
+        # spec as it was validated (_spec_for); the namespace is read-only, so it is that spec's.
+        for module in _modules(value):
+            _structure(module, picked, depth + 1, deferred=deferred)
+        return {"object": value.safehub_type}
     if isinstance(value, DeferredModule) and not deferred:
         raise ArtifactSaveError(
             "this model's graph is exported at its first call (deferred export), so there is no graph to save yet",
@@ -256,7 +264,7 @@ def _current_tensors(module: Any, origin: BuildOrigin) -> dict[str, Any]:
 def _spec_for(record: BuildRecord, root: dict[str, Any], picked: dict[str, Any]) -> bytes:
     """The validated spec bytes as they were, or (for part of what a load
     returned) the same spec with only those modules and that root."""
-    from ._channel._spec import ModuleRef
+    from ._channel._spec import ModuleRef, ObjectRoot
 
     def encode(value: Any) -> Any:
         if isinstance(value, ModuleRef):
@@ -265,6 +273,10 @@ def _spec_for(record: BuildRecord, root: dict[str, Any], picked: dict[str, Any])
             return {type(value).__name__: [encode(v) for v in value]}
         return {"dict": {k: encode(v) for k, v in value.items()}}
 
+    if "object" in root:  # a load's whole namespace (_structure): the load's spec, every module in it
+        if not isinstance(record.root, ObjectRoot) or set(picked) != set(_refs(record.root)):
+            raise ArtifactSaveError("this namespace is not what its load returned")
+        return record.spec_raw
     if encode(record.root) == root:
         return record.spec_raw
     doc = json.loads(record.spec_raw)  # bytes this process validated when it built the model
@@ -317,11 +329,34 @@ def _record_of(obj: Any) -> BuildRecord | None:
 
 
 def _modules(obj: Any) -> builtins.list[Any]:
+    from ._namespace import SafehubNamespace
+
     if isinstance(obj, (tuple, builtins.list)):
         return [m for v in obj for m in _modules(v)]
     if isinstance(obj, dict):
         return [m for v in obj.values() for m in _modules(v)]
+    if isinstance(obj, SafehubNamespace):  # its modules; its plain values are not modules
+        return [m for v in obj.safehub_attrs().values() if not _plain(v) for m in _modules(v)]
     return [obj]
+
+
+def _plain(value: Any) -> bool:
+    return value is None or type(value) in (bool, int, float, str) or (
+        type(value) is tuple and all(_plain(v) for v in value))
+
+
+def _refs(root: Any) -> builtins.list[str]:
+    """The module ids a validated spec root names."""
+    from ._channel._spec import ModuleRef, ObjectRoot, PlainValue
+
+    if isinstance(root, ModuleRef):
+        return [root.mid]
+    if isinstance(root, ObjectRoot):
+        return [m for v in root.attrs.values() for m in _refs(v)]
+    if isinstance(root, PlainValue):
+        return []
+    values = root.values() if isinstance(root, dict) else root
+    return [m for v in values for m in _refs(v)]
 
 
 # --- loading -----------------------------------------------------------------
@@ -364,10 +399,10 @@ def load_artifact(path: str | os.PathLike[str], *, device: Any = None, limits: C
     LoadGuard.for_call(policy=policy, lock=lock).check_artifact(str(path))
     folder = Path(path)
     obj, provenance = load_checked(folder, device=device, limits=limits)
-    if any(m["mode"] == "deferred" for m in provenance["modules"].values()):
+    if provenance["root"] == "object" or any(m["mode"] == "deferred" for m in provenance["modules"].values()):
         # Only the artifact cache writes these; without the load that made it, no graph can be exported.
-        raise ArtifactError("this artifact holds a module with no graph (deferred export): it is an artifact-cache "
-                            "entry, which only safehub.load can use",
+        raise ArtifactError("this artifact holds a module with no graph (deferred export) or a namespace: it is an "
+                            "artifact-cache entry, which only safehub.load can use",
                             hint="load the model with safehub.load, or with example_inputs=(...) and save that")
     info = ArtifactInfo(path=str(folder), repo=provenance["repo"], source=provenance["source"], sha=provenance["sha"],
                         entrypoint=provenance["entrypoint"], provenance=provenance)

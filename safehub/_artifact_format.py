@@ -298,7 +298,8 @@ def parse_provenance(raw: bytes) -> dict[str, Any]:
     _str(doc, "archive_sha256", _HEX64)
     _str(doc, "entrypoint", _IDENT)
     _str(doc, "export", choices=("auto", "fx", "aten"))
-    _str(doc, "root", nullable=False, choices=("module", "tuple", "list", "dict"))
+    # "object" (a namespace a load returned): artifact-cache entries only; load_artifact refuses it
+    _str(doc, "root", nullable=False, choices=("module", "tuple", "list", "dict", "object"))
     _str(doc, "torch_version", nullable=False, max_chars=64)
     _str(doc, "safehub_version", nullable=False, max_chars=64)
     _str(doc, "saved_at", _TIME, nullable=False)

@@ -158,6 +158,25 @@ def test_a_cached_deferred_load_fetches_what_its_export_asks_for(monkeypatch: py
         assert any((Path(os.environ["SAFEHUB_HOME"]) / "checkpoints").rglob("*")), "fetched again on the host"
 
 
+def test_a_namespace_is_cached_whole(cached: Path) -> None:
+    """An entrypoint that returns an object holding modules (a GAN wrapper): the hit is
+    the same read-only namespace, its deferred module exporting as on a first load."""
+    from safehub._namespace import SafehubNamespace
+
+    first = safehub.load(str(cached), "gan", source="local", verbose=False)
+    assert isinstance(first, SafehubNamespace) and first.netG.safehub_info.cache["stored"] is True
+    again = safehub.load(str(cached), "gan", source="local", verbose=False)
+    assert isinstance(again, SafehubNamespace) and dir(again) == dir(first)
+    assert again.netG.safehub_info.backend == "artifact-cache"
+    z = torch.randn(2, 4)
+    with torch.no_grad():
+        assert torch.equal(again.netG(z), first.netG(z))
+    assert isinstance(again.netD, DeferredModule)  # fx cannot trace it: exported at its first call
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(again.netD.eval()(x), first.netD.eval()(x))
+
+
 _WRITER = textwrap.dedent(
     """
     import os, signal, sys, time

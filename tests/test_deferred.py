@@ -300,3 +300,34 @@ def test_the_artifact_cache_keeps_a_deferred_module_and_load_artifact_refuses_it
         prov.write_text(json.dumps(doc))
         with pytest.raises(ArtifactError, match="invalid mode, graphs"):
             load_checked(folder)
+
+
+def test_the_artifact_cache_keeps_a_namespace_whole(tmp_path: Path) -> None:
+    """A load that returned an object (a namespace of modules and plain data) is kept
+    by the cache's writer as the load's own spec; it comes back as the same namespace.
+    safehub.save and load_artifact still refuse it, as for deferred modules."""
+    import safehub
+    from safehub._artifact import _save, load_checked, load_record
+    from safehub._errors import ArtifactError, ArtifactSaveError
+    from safehub._namespace import SafehubNamespace
+
+    torch.manual_seed(0)
+    gan = zoo_fxfail.GANWrapper()
+    _export.export_object(gan, str(tmp_path / "g"), options={"deferred": True}, example_inputs=None,
+                          hubconf=None, entrypoint="gan")
+    ns = rebuild_from_output(tmp_path / "g")
+    with pytest.raises(ArtifactSaveError, match="SafehubNamespace"):
+        safehub.save(ns, tmp_path / "public")
+    spec_raw, provenance = load_record(ns)
+    assert spec_raw == (tmp_path / "g" / "spec.json").read_bytes() and provenance["root"] == "object"
+    with pytest.raises(ArtifactSaveError, match="not what its load returned"):  # a part of it is not the load
+        _save(SafehubNamespace("GANWrapper", {"netG": ns.netG}), tmp_path / "part", deferred=True)
+    folder = _save(ns, tmp_path / "entry", deferred=True)
+    back, provenance = load_checked(folder)
+    assert isinstance(back, SafehubNamespace) and dir(back) == dir(ns)
+    assert (back.image_size, back.name, back.scale, back.flags) == (ns.image_size, ns.name, ns.scale, ns.flags)
+    assert isinstance(back.netD, DeferredModule)
+    z = torch.randn(3, 4)
+    assert torch.equal(back.netG(z), ns.netG(z))
+    with pytest.raises(ArtifactError, match="artifact-cache entry"):
+        safehub.load_artifact(folder)
