@@ -389,10 +389,8 @@ class ArtifactCache:
         waits for it. True: started. False: an entry is there (and ``replace`` is
         False), or another process holds the lock. None: ``obj`` is not all of one
         load's result, so only ``store`` can write it."""
-        import subprocess
-        import sys
-
         from ._artifact import load_record
+        from ._cache_writer import spawn as spawn_writer
         from ._fsutil import LockTimeout
 
         parts = load_record(obj)
@@ -419,14 +417,8 @@ class ArtifactCache:
             doc_fd = os.memfd_create("safehub-cache-entry", os.MFD_CLOEXEC)
             os.write(doc_fd, json.dumps(doc, ensure_ascii=True).encode("ascii"))
             os.lseek(doc_fd, 0, os.SEEK_SET)
-            with open(self.root / "writer.log", "ab") as log:
-                # -I -S: the standard library only; the script imports nothing of safehub's, site's or the repo's.
-                subprocess.Popen(
-                    [sys.executable, "-I", "-S", str(Path(__file__).with_name("_cache_writer.py")),
-                     str(doc_fd), str(weights_fd), str(lock_fd)],
-                    pass_fds=(doc_fd, weights_fd, lock_fd), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=log, start_new_session=True,  # outlives this process; a ^C here does not stop it
-                )
+            # -I -S: the standard library only; the script imports nothing of safehub's, site's or the repo's.
+            spawn_writer(doc_fd, weights_fd, lock_fd, self.root / "writer.log")
             logger.info("caching the load as artifact-cache entry %s (in the background)", key[:16])
             return True
         finally:

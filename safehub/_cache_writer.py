@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_entry", "fsync_dir", "key_record", "SPEC_FILE", "WEIGHTS_FILE", "PROVENANCE_FILE"]
+__all__ = ["write_entry", "spawn", "reap", "fsync_dir", "key_record", "SPEC_FILE", "WEIGHTS_FILE", "PROVENANCE_FILE"]
 
 # The names below are the artifact format's (safehub/_contract.py, _artifact_format.py);
 # tests/test_cache_writer.py checks they agree, since this file imports nothing of safehub.
@@ -125,6 +125,54 @@ def write_entry(doc: dict[str, Any], weights_fd: int) -> bool:
     finally:
         if os.path.lexists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# Writers this process started and has not yet reaped (os.waitpid): each is reaped
+# by the next spawn once it has exited; one still running when this process exits is
+# reparented and reaped by init. No Popen object: its __del__ warns about a child
+# that outlives it, which a writer is meant to do.
+_STARTED: list[int] = []
+_FIRST_FD = 3
+
+
+def spawn(doc_fd: int, weights_fd: int, lock_fd: int, log_path: Path) -> int:
+    """Start ``python -I -S`` on this file in a new session, with the three descriptors
+    as fds 3, 4 and 5 (nothing else of this process's is inherited but what is not
+    close-on-exec), stdin and stdout on /dev/null and stderr appended to ``log_path``.
+    Returns its pid. ``posix_spawn``: no Python code runs between fork and exec."""
+    reap()
+    # Copies at 10 and above first, so that placing them at 3, 4, 5 cannot overwrite a source.
+    copies = [_dup_high(fd) for fd in (doc_fd, weights_fd, lock_fd)]
+    try:
+        actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_DUP2, fd, _FIRST_FD + i) for i, fd in enumerate(copies)]
+        actions += [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 2, str(log_path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)]
+        argv = [sys.executable, "-I", "-S", os.path.abspath(__file__)] + [str(_FIRST_FD + i) for i in range(3)]
+        pid = os.posix_spawn(sys.executable, argv, dict(os.environ), file_actions=actions,
+                             setsid=True)  # its own session: a ^C at the terminal does not stop it
+    finally:
+        for fd in copies:
+            os.close(fd)
+    _STARTED.append(pid)
+    return pid
+
+
+def _dup_high(fd: int) -> int:
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+
+
+def reap() -> None:
+    """Collect the exit status of every writer this process started that has ended."""
+    for pid in list(_STARTED):
+        try:
+            done, _status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere (a SIGCHLD handler, subprocess's own sweep)
+            done = pid
+        if done:
+            _STARTED.remove(pid)
 
 
 def main(argv: list[str]) -> int:

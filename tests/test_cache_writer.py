@@ -96,6 +96,33 @@ def test_a_background_writer_stores_the_bytes_the_model_was_built_from(built, tm
     cache.verify(KEY)
 
 
+def test_a_writer_is_reaped_and_leaves_no_warning_or_descriptor(built, tmp_path: Path) -> None:
+    """No Popen object warns that its child outlives it (ResourceWarning, an error under
+    -W error), no descriptor of ours stays open, and the exited writer is reaped."""
+    import gc
+    import warnings
+
+    model, memfd = built
+    cache = ArtifactCache(tmp_path / "home")
+    sealed = memfd.sealed_fd(ChannelLimits())
+    before = sorted(os.listdir("/proc/self/fd"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cache.store_in_background(KEY, INPUTS, model, sealed) is True
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert sorted(os.listdir("/proc/self/fd")) == before  # the doc memfd, lock and copies are closed
+    (pid,) = _cache_writer._STARTED
+    _wait_for_entry(cache)
+    deadline = time.monotonic() + 60
+    while _cache_writer._STARTED and time.monotonic() < deadline:  # the lock goes just before the exit
+        _cache_writer.reap()
+        time.sleep(0.01)
+    assert _cache_writer._STARTED == []
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped: no zombie left
+
+
 def test_a_part_of_a_load_is_left_to_the_inline_store(built, tmp_path: Path) -> None:
     model, memfd = built
     cache = ArtifactCache(tmp_path / "home")
