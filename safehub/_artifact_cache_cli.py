@@ -13,7 +13,8 @@ from typing import Any
 from ._artifact_cache import ArtifactCache
 from ._fsutil import human_size as _human
 
-__all__ = ["add_artifact_cache_commands", "artifact_section", "artifact_summary", "remove_artifacts", "verify_artifacts"]
+__all__ = ["add_artifact_cache_commands", "artifact_section", "artifact_summary", "remove_artifacts", "verify_artifacts",
+           "writer_failures"]
 
 
 def _hub(args: argparse.Namespace) -> Path:
@@ -70,11 +71,30 @@ def verify_artifacts(hub: Path) -> list[dict[str, Any]]:
     return out
 
 
+def writer_failures(cache: ArtifactCache, tail_bytes: int = 64 << 10) -> dict[str, Any] | None:
+    """What the background writer (safehub/_cache_writer.py) logged: it logs failures only.
+    None when nothing was; else the log's path, the failures in its last ``tail_bytes``,
+    and the last one."""
+    path = cache.root / "writer.log"
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - tail_bytes))
+            lines = [ln for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+    except OSError:
+        return None
+    if not lines:
+        return None
+    return {"path": str(path), "recent_failures": len(lines), "last": lines[-1][:500]}
+
+
 def _cmd_artifacts(args: argparse.Namespace) -> int:
     cache = ArtifactCache(_hub(args))
     rows = [cache.describe(k).as_dict() for k in cache.keys()]
+    failures = writer_failures(cache)
     if args.json:
-        json.dump({"entries": rows, "total_bytes": sum(r["size_bytes"] for r in rows)}, sys.stdout, indent=1)
+        json.dump({"entries": rows, "total_bytes": sum(r["size_bytes"] for r in rows), "writer_failures": failures},
+                  sys.stdout, indent=1)
         print()
         return 0
     if not rows:
@@ -83,6 +103,10 @@ def _cmd_artifacts(args: argparse.Namespace) -> int:
         print(f"{r['key'][:16]}  {r['repo']}  {r['entrypoint']}  {_human(r['size_bytes'])}  {r['created']}")
     if rows:
         print(f"{len(rows)} entries, {_human(sum(r['size_bytes'] for r in rows))}")
+    if failures is not None:
+        print(f"the background writer could not store {failures['recent_failures']} load(s) (those loads run the "
+              f"sandbox again next time); the last: {failures['last']}\n  (log: {failures['path']}; delete it "
+              "once dealt with)")
     return 0
 
 

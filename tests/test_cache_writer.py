@@ -221,3 +221,29 @@ def test_the_plan_uses_the_writer_unless_turned_off(built, tmp_path: Path, monke
     plan.store(model, weights_fd=memfd.sealed_fd(ChannelLimits()))
     assert plan.info["stored"] is True and plan.info.get("background", False) is (setting == "1")
     assert plan.lookup(device="cpu") is not None
+
+
+def test_a_writer_that_fails_logs_it_and_cache_artifacts_says_so(built, tmp_path: Path, monkeypatch, capsys) -> None:
+    """The real writer, handed a descriptor it cannot map (a folder, not the weights):
+    no entry, the lock is free again (the lookup after it is a miss, not a wait), one
+    line in writer.log, and `safehub cache artifacts` (text and --json) reports it."""
+    from safehub._cli import main
+
+    model, _memfd = built
+    home = tmp_path / "home"
+    cache = ArtifactCache(home)
+    not_weights = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert cache.store_in_background(KEY, INPUTS, model, not_weights) is True
+    finally:
+        os.close(not_weights)
+    assert cache.load(KEY) is None  # waited for the writer, which left no entry
+    log = (cache.root / "writer.log").read_text()
+    assert "could not write an artifact-cache entry" in log and len(log.splitlines()) == 1
+    assert not list(cache.tmp_dir.iterdir())  # its tmp folder went with the failure
+    monkeypatch.setenv("SAFEHUB_HOME", str(home))
+    assert main(["cache", "artifacts"]) == 0
+    assert "the background writer could not store 1 load(s)" in capsys.readouterr().out
+    assert main(["cache", "artifacts", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["writer_failures"]["recent_failures"] == 1 and doc["entries"] == []
