@@ -92,6 +92,11 @@ def _ensure_env(repo: RepoCheckout, hub: Hubconf, hub_dir: Path, *, verbose: boo
     return python_env
 
 
+def _owner_name(repo: RepoCheckout) -> tuple[str, str] | None:
+    """The repo whose release assets may get the GitHub token in a download (None: a local repo)."""
+    return (repo.owner, repo.name) if repo.owner is not None and repo.name is not None else None
+
+
 def _run(
     job: JobRequest,
     *,
@@ -145,7 +150,7 @@ def _run(
 
         logger.info("the entrypoint asked for %d file(s); downloading them on the host", len(needed))
         # The GitHub token is lent only for the loaded repo's own release assets.
-        owner_name = (repo.owner, repo.name) if repo.owner is not None and repo.name is not None else None
+        owner_name = _owner_name(repo)
         fetch_started = time.perf_counter()
         downloads.update(prefetch_downloads(needed, hub_dir=hub_dir, verbose=verbose, repo=owner_name, budget=budget,
                                             url_policy=guard.check_url, host_policy=guard.check_host))
@@ -356,7 +361,7 @@ def _from_cache(obj: Any, *, repo: RepoCheckout, model: str, python_env: PythonE
     attach_cached_jobs(obj, request=request, sandbox=sandbox, hub_dir=hub_dir, sha=repo.sha, summary=summary,
                        entry_weights=cache.cache.entry_path(cache.key) / ARTIFACT_DIR / WEIGHTS_FILE,
                        python_env=python_env, cache_key=cache.key, export_mode=export,
-                       fetch_for=(repo.owner, repo.name) if repo.owner is not None and repo.name is not None else None)
+                       fetch_for=_owner_name(repo))
     info = LoadInfo(
         repo=repo.display_name, source=repo.source, sha=repo.sha, entrypoint=model, backend="artifact-cache",
         limits={}, env_key=python_env.key, env_backend=python_env.backend, summary=summary,

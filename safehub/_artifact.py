@@ -160,11 +160,10 @@ def _structure(value: Any, picked: dict[str, tuple[Any, BuildOrigin]], depth: in
 
     from ._channel._module import SafehubGraphModule
     from ._deferred import DeferredModule
+    from ._namespace import SafehubNamespace
 
     if depth > _MAX_DEPTH:
         raise ArtifactSaveError(f"the containers nest deeper than {_MAX_DEPTH} levels")
-    from ._namespace import SafehubNamespace
-
     if isinstance(value, SafehubNamespace) and deferred and depth == 0:
         # The object a load returned (artifact cache only): its modules, and the load's own
         # spec as it was validated (_spec_for); the namespace is read-only, so it is that spec's.

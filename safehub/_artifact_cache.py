@@ -40,7 +40,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import stat
 import time
 from collections.abc import Callable
@@ -49,8 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from ._cache_key import NotCanonical, canonical_value, key_digest, key_inputs, local_tree_digest
+from ._cache_writer import ARTIFACT_DIR, KEY_FILE, KEY_FORMAT, KEY_VERSION, key_record, place_entry, tmp_name
 from ._cache_writer import fsync_dir as _fsync_dir
-from ._cache_writer import key_record
 from ._config import env_flag
 from ._errors import ArtifactCacheError, SafehubError, UnsafeSpecError
 from ._fsutil import tree_size
@@ -59,10 +58,6 @@ __all__ = ["ArtifactCache", "CachePlan", "plan_cache", "graph_cache", "EntryInfo
 
 logger = logging.getLogger("safehub")
 
-KEY_FILE = "key.json"
-ARTIFACT_DIR = "artifact"
-KEY_FORMAT = "safehub-artifact-cache"
-KEY_VERSION = 1
 MAX_KEY_BYTES = 4 << 20
 LOCK_TIMEOUT_S = 600.0
 WRITER_WAIT_S = 120.0  # a lookup waits this long for a background writer of its key
@@ -353,7 +348,7 @@ class ArtifactCache:
         self.entries_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._clean_tmp()
-        tmp = self.tmp_dir / f"{key[:16]}-{secrets.token_hex(8)}"
+        tmp = self.tmp_dir / tmp_name(key)
         tmp.mkdir(mode=0o700)
         try:
             _save(obj, tmp / ARTIFACT_DIR, deferred=True)  # writes and fsyncs the three files, renames its folder into place
@@ -365,16 +360,8 @@ class ArtifactCache:
                 os.fsync(f.fileno())
             _fsync_dir(tmp)
             with self._lock(key):
-                if os.path.lexists(final):
-                    if not replace:
-                        return False
-                    old = self.tmp_dir / f"{key[:16]}-{secrets.token_hex(8)}.old"
-                    os.rename(final, old)
-                    os.rename(tmp, final)
-                    remove_tree(old)
-                else:
-                    os.rename(tmp, final)  # the entry appears whole, or not at all
-                _fsync_dir(self.entries_dir)
+                if not place_entry(tmp, final, self.tmp_dir, key, replace=replace, remove=remove_tree):
+                    return False
             logger.info("cached the load as artifact-cache entry %s", key[:16])
             return True
         finally:
@@ -406,8 +393,9 @@ class ArtifactCache:
             lock.acquire(timeout=0)
         except LockTimeout:
             return False  # another process is writing (or reading) this key
-        lock_fd = lock._fd
-        assert lock_fd is not None
+        # This process's descriptor of the lock, closed below once the writer has its copy:
+        # the flock belongs to the open file, which the writer's descriptor keeps open.
+        lock_fd = lock.detach()
         doc_fd = -1
         try:
             if os.path.lexists(final) and not replace:
@@ -424,9 +412,6 @@ class ArtifactCache:
         finally:
             if doc_fd >= 0:
                 os.close(doc_fd)
-            # This process's descriptor of the lock: closing it leaves the lock with the writer
-            # (an flock belongs to the open file, which the writer's copy keeps open).
-            lock._fd = None
             os.close(lock_fd)
 
     def _clean_tmp(self) -> None:

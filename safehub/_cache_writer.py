@@ -33,10 +33,11 @@ import secrets
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_entry", "spawn", "reap", "fsync_dir", "key_record", "SPEC_FILE", "WEIGHTS_FILE", "PROVENANCE_FILE"]
+__all__ = ["write_entry", "place_entry", "tmp_name", "spawn", "reap", "fsync_dir", "key_record", "SPEC_FILE", "WEIGHTS_FILE", "PROVENANCE_FILE"]
 
 # The names below are the artifact format's (safehub/_contract.py, _artifact_format.py);
 # tests/test_cache_writer.py checks they agree, since this file imports nothing of safehub.
@@ -88,13 +89,36 @@ def _copy_hashed(src_fd: int, dst: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def tmp_name(key: str, suffix: str = "") -> str:
+    """A new name in ``tmp/`` for an entry of ``key`` being written (or an old one going)."""
+    return f"{key[:16]}-{secrets.token_hex(8)}{suffix}"
+
+
+def place_entry(tmp: Path, final: Path, tmp_dir: Path, key: str, *, replace: bool,
+                remove: Callable[[Path], object]) -> bool:
+    """Rename the finished entry ``tmp`` to ``final`` under the entry's lock (the caller
+    holds it): the entry appears whole or not at all. An entry already there stays
+    (False) unless ``replace``; then it is swapped out and ``remove``d."""
+    if os.path.lexists(final):
+        if not replace:
+            return False
+        old = tmp_dir / tmp_name(key, ".old")
+        os.rename(final, old)
+        os.rename(tmp, final)
+        remove(old)
+    else:
+        os.rename(tmp, final)
+    fsync_dir(final.parent)
+    return True
+
+
 def write_entry(doc: dict[str, Any], weights_fd: int) -> bool:
     """Write the entry ``doc`` describes; the caller holds the entry's lock.
     Returns False when an entry was there already and ``doc["replace"]`` is false."""
     entries, tmp_dir = Path(doc["entries_dir"]), Path(doc["tmp_dir"])
     key = doc["key"]
     final = entries / key
-    tmp = tmp_dir / f"{key[:16]}-{secrets.token_hex(8)}"
+    tmp = tmp_dir / tmp_name(key)
     tmp.mkdir(mode=0o700)
     try:
         art = tmp / ARTIFACT_DIR
@@ -111,17 +135,8 @@ def write_entry(doc: dict[str, Any], weights_fd: int) -> bool:
         fsync_dir(art)
         _write_new(tmp / KEY_FILE, key_record(key, doc["inputs"], hashlib.sha256(prov_raw).hexdigest()).encode("ascii"))
         fsync_dir(tmp)
-        if os.path.lexists(final):
-            if not doc["replace"]:
-                return False
-            old = tmp_dir / f"{key[:16]}-{secrets.token_hex(8)}.old"
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)  # the entry appears whole, or not at all
-        fsync_dir(entries)
-        return True
+        return place_entry(tmp, final, tmp_dir, key, replace=doc["replace"],
+                           remove=lambda p: shutil.rmtree(p, ignore_errors=True))
     finally:
         if os.path.lexists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)

@@ -335,6 +335,14 @@ class FileLock:
         if fd is not None:
             os.close(fd)  # closing the only descriptor of this open file drops the flock
 
+    def detach(self) -> int:
+        """The held lock's descriptor, which this object forgets (the caller closes it):
+        a descriptor handed to another process (inherited) keeps the lock held there."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            raise RuntimeError(f"the lock {self.path} is not held by this object")
+        return fd
+
     @property
     def is_locked(self) -> bool:
         return self._fd is not None
