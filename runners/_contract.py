@@ -73,7 +73,7 @@ PROTOCOL = 1
 
 # <job>/in/ (written by the host, read-only in the sandbox)
 REQUEST_FILE = "request.json"
-ARGS_FILE = "args.pkl"  # cloudpickle of (args, kwargs): host -> sandbox only
+ARGS_FILE = "args.pkl"  # pickle (cloudpickle unless plain data) of (args, kwargs): host -> sandbox only
 EXAMPLE_INPUTS_FILE = "example_inputs.pkl"  # host -> sandbox only
 # <job>/out/ (the only folder the runner writes; hostile input to the host)
 RESULT_FILE = "result.json"

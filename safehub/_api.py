@@ -319,10 +319,13 @@ def load(
             policy=guard.describe(),
             cache=cache.info,
         )
-        from ._deferred_jobs import attach_jobs
+        from ._deferred import deferred_modules
 
-        attach_jobs(obj, job=job, python_env=python_env, hub_dir=hub_dir, sha=repo.sha, summary=info.summary,
-                    cache_key=cache.key, export_mode=export)
+        if deferred_modules(obj):  # (its job module is imported only then)
+            from ._deferred_jobs import attach_jobs
+
+            attach_jobs(obj, job=job, python_env=python_env, hub_dir=hub_dir, sha=repo.sha, summary=info.summary,
+                        cache_key=cache.key, export_mode=export)
         modes = sorted({str(m.get("mode")) for m in info.summary.get("modules", {}).values() if m.get("mode")})
         status("rebuilt %s here from the sandbox's export (%s)", model, ", ".join(modes) or "no graphs", verbose=verbose)
         _attach_info(obj, info)

@@ -178,6 +178,8 @@ def graph_cache(hub_dir: Path, load_key: str | None, *, mid: str, training: bool
 
 @dataclass(frozen=True)
 class EntryInfo:
+    """One artifact-cache entry as ``cache artifacts`` lists it."""
+
     key: str
     path: Path
     size_bytes: int

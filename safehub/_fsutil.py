@@ -32,6 +32,8 @@ _O_PATH = getattr(os, "O_PATH", 0)
 
 @dataclass
 class _Frame:
+    """One folder on the removal walk's stack."""
+
     name: str  # name in the parent folder
     ident: tuple[int, int]  # (st_dev, st_ino) of this folder
     children: list[str] = field(default_factory=list)  # sub-folders still to visit

@@ -38,6 +38,8 @@ _DYNAMIC_CALLS = {"globals", "setattr", "exec", "eval", "__import__", "vars", "l
 
 @dataclass(frozen=True)
 class Entrypoint:
+    """One entrypoint as the static reading of hubconf.py found it."""
+
     name: str
     kind: str  # "function", "class", "imported", "assigned"
     signature: str | None = None  # e.g. "(pretrained=False, **kwargs)"
@@ -50,6 +52,8 @@ class Entrypoint:
 
 @dataclass
 class Hubconf:
+    """What the static reading of a hubconf.py found."""
+
     path: Path
     dependencies: list[str]
     entrypoints: dict[str, Entrypoint]  # certainly callable, or possibly callable

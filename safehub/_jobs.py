@@ -79,6 +79,8 @@ class JobRequest:
 
 @dataclass
 class Job:
+    """A finished sandboxed job: its folder, checked result and sandbox record."""
+
     root: Path
     result: Result
     sandbox: SandboxResult
@@ -269,22 +271,50 @@ def _note_channel(job: JobRequest, sandbox_result: SandboxResult, weights: Any) 
         sandbox_result.details["weights_channel"] = "memfd" if weights is not None else "file"
 
 
+_PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes)
+
+
+def _plain(value: object, depth: int = 0) -> bool:
+    """Only builtin scalars in tuples, lists and dicts: the standard pickle writes
+    them as well as cloudpickle does, without importing it (a few ms per process)."""
+    if type(value) in _PLAIN_SCALARS:
+        return True
+    if depth > 20:
+        return False
+    if isinstance(value, (tuple, list)) and type(value) in (tuple, list):
+        return all(_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict) and type(value) is dict:
+        return all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _dump_args(value: object, f: Any) -> None:
+    """Host -> sandbox: pickle what the caller passed (cloudpickle for anything but
+    plain data: functions, classes and tensors by value)."""
+    if _plain(value):
+        import pickle
+
+        pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)  # what cloudpickle uses
+    else:
+        import cloudpickle
+
+        cloudpickle.dump(value, f)
+
+
 def _layout(job: JobRequest, root: Path, *, confine: dict[str, object]) -> None:
     """Write the job's in/ folder: request.json (with ``confine``), the pickled
     arguments, example inputs and staged files."""
-    import cloudpickle
-
     request = _request_json(job)
     with open(root / "in" / ARGS_FILE, "wb") as f:
         if job.args_pickle is not None:
             f.write(job.args_pickle)
         else:
-            cloudpickle.dump((tuple(job.args), dict(job.kwargs)), f)
+            _dump_args((tuple(job.args), dict(job.kwargs)), f)
     for name, src in job.in_files.items():
         _stage_file(Path(src), root / "in" / name)
     if job.example_inputs is not None:
         with open(root / "in" / EXAMPLE_INPUTS_FILE, "wb") as f:
-            cloudpickle.dump(job.example_inputs, f)
+            _dump_args(job.example_inputs, f)
 
     if job.downloads:
         from ._fetch._downloads import stage_downloads

@@ -48,6 +48,8 @@ _ENTRY_KEYS = {"repo", "host", "ref", "sha", "archive_sha256", "tree_hash", "ent
 
 @dataclass(frozen=True)
 class LockEntry:
+    """One locked entrypoint: what its load must match."""
+
     repo: str  # owner/name, lower case
     host: str
     ref: str | None
@@ -74,6 +76,8 @@ class LockEntry:
 
 @dataclass(frozen=True)
 class Lock:
+    """A parsed lockfile."""
+
     path: str
     entries: tuple[LockEntry, ...]
 

@@ -34,6 +34,8 @@ def canonical_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class RepoPattern:
+    """A policy's ``owner/name`` or ``owner/*`` pattern."""
+
     owner: str  # lower case
     name: str | None  # lower case; None for owner/*
 
@@ -66,6 +68,8 @@ def parse_repo_pattern(text: str) -> RepoPattern:
 
 @dataclass(frozen=True)
 class HostPattern:
+    """A policy's URL origin pattern (``*.`` for a domain and its subdomains)."""
+
     scheme: str
     host: str  # IDNA, lower case, no trailing dot; for a wildcard, the domain after "*."
     port: int

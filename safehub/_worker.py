@@ -58,6 +58,7 @@ from ._errors import SandboxError
 from ._fsutil import remove_tree
 from ._resources import runner_dir
 from ._sandbox import Limits, SandboxBackend, SandboxRequest, SandboxResult
+from ._sandbox import _proc
 from ._sandbox._base import MAX_CAPTURE_BYTES
 from ._sandbox._limits import Watchdog, confine_rlimits, killed_by_signal
 from ._sandbox._seccomp import confine_entry
@@ -141,6 +142,8 @@ def _private_dir(path: Path) -> None:
 
 @dataclasses.dataclass
 class _State:
+    """The running worker, as its state file records it."""
+
     pid: int  # the outer bwrap process
     create_time: float
     uid: int | None
@@ -149,8 +152,6 @@ class _State:
 def _load_state(wdir: Path) -> _State | None:
     """The running worker recorded in ``wdir``, checked against the process table
     (a pid reused by another process, or a dead worker, is no worker)."""
-    import psutil
-
     from ._sandbox._bwrap import _DETACHED
 
     for proc in list(_DETACHED):
@@ -159,10 +160,9 @@ def _load_state(wdir: Path) -> _State | None:
     try:
         raw = json.loads((wdir / STATE_FILE).read_text(encoding="utf-8"))
         state = _State(int(raw["pid"]), float(raw["create_time"]), None if raw["uid"] is None else int(raw["uid"]))
-        proc = psutil.Process(state.pid)
-        if abs(proc.create_time() - state.create_time) > 0.01 or proc.status() == psutil.STATUS_ZOMBIE:
+        if abs(_proc.create_time(state.pid) - state.create_time) > 0.01 or _proc.is_zombie(state.pid):
             return None
-    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None
     return state
 
@@ -190,10 +190,32 @@ def _kill(wdir: Path, state: _State | None) -> None:
     psutil.wait_procs(procs, timeout=10)
 
 
+def _worker_pids(pid: int) -> set[int]:
+    """The processes under the outer bwrap ``pid`` that are not the job's: the
+    namespace's pid 1 and the worker itself (the watchdog does not count them)."""
+    try:
+        init = _proc.children(pid, recursive=False)
+    except _proc.ProcessGone:
+        return set()  # the watchdog finds the worker gone
+    except _proc.NoChildrenFile:
+        import psutil
+
+        try:
+            procs = psutil.Process(pid).children()
+            return {p.pid for p in procs} | {c.pid for p in procs for c in p.children()}
+        except psutil.Error:
+            return set()
+    out = set(init)
+    for child in init:
+        try:
+            out.update(_proc.children(child, recursive=False))
+        except _proc.ProcessGone:
+            pass
+    return out
+
+
 def _start(wdir: Path, jobs: Path, *, python_env: PythonEnv, repo_dir: Path, backend: SandboxBackend,
            tmpfs_bytes: int, env: dict[str, str]) -> _State:
-    import psutil
-
     sock_path = wdir / "sock"
     sock_path.unlink(missing_ok=True)
     remove_tree(jobs)
@@ -221,7 +243,7 @@ def _start(wdir: Path, jobs: Path, *, python_env: PythonEnv, repo_dir: Path, bac
                                           log_path=wdir / "worker.log")
     finally:
         listener.close()
-    state = _State(pid, psutil.Process(pid).create_time(), uid)
+    state = _State(pid, _proc.create_time(pid), uid)
     tmp = wdir / f"{STATE_FILE}.{secrets.token_hex(4)}"
     tmp.write_text(json.dumps(dataclasses.asdict(state)), encoding="utf-8")
     os.replace(tmp, wdir / STATE_FILE)
@@ -324,8 +346,6 @@ def _run_locked(wdir: Path, *, limits: Limits, python_env: PythonEnv, repo_dir: 
                 layout: Callable[[Path, dict[str, object]], None],
                 environment: Callable[[Path], dict[str, str]],
                 weights_fd: int | None = None) -> tuple[Path, SandboxResult] | None:
-    import psutil
-
     jobs = wdir / "jobs"
     try:
         ready = _ready(wdir, jobs, python_env=python_env, repo_dir=repo_dir, backend=backend,
@@ -377,11 +397,7 @@ def _run_locked(wdir: Path, *, limits: Limits, python_env: PythonEnv, repo_dir: 
             _kill(wdir, state)
             remove_tree(root)
             return None
-        try:
-            init = psutil.Process(state.pid).children()
-            exclude = {p.pid for p in init} | {c.pid for p in init for c in p.children()}
-        except psutil.Error:
-            exclude = set()
+        exclude = _worker_pids(state.pid)
         answer: list[dict[str, Any] | None] = []
 
         def poll() -> int | None:

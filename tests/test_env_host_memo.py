@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -214,3 +215,96 @@ def test_the_memo_check_never_blocks_on_a_fifo_named_metadata(tmp_path: Path) ->
     info.mkdir()
     os.mkfifo(info / "METADATA")  # a memo names the path; opening a FIFO to read would wait for a writer
     assert _host._HeaderDist(info).version == "None"
+
+
+# Lines the fast path of _base_required_names must answer as packaging does, or
+# leave to packaging (None). "" is "requires nothing without extras".
+TRICKY_REQUIRES = [
+    "filelock", "typing-extensions>=4.10.0", "mpmath<1.4,>=1.1.0", "gmpy2 (>=2.1.0a4) ; extra == 'gmpy'",
+    "MarkupSafe>=2.0", "a[b,c]>=1", "a [ b ] (==1.0)",
+    "x; (python_version < '3.14') and extra == 'test-full'",
+    "x; python_version < \"3.10\" and extra == \"core\"",
+    "x; sys_platform != 'cygwin' and python_version >= '3' and extra == 'test'",
+    # not false without extras: packaging decides (or the fast path must agree)
+    "x; python_version >= '3' or sys_platform == 'linux' and extra == 'y'",
+    "x; (python_version >= '3') or (sys_platform == 'linux') and extra == 'y'",
+    "x; (python_version >= '3') or (sys_platform == 'y') and extra == 'y'",
+    "x; ('(' == '(') or (sys_platform == 'linux') and extra == 'y'",
+    "x; platform_release == ' or ' and extra == 'y'",
+    "x; extra == ''", "x; extra == 'y' or python_version >= '3'", "x; 'y' == extra",
+    "x; python_version >= '3'", "x; python_version < '3'", "x @ https://example.invalid/x.whl",
+    "not a requirement!", "x>=", "-e x", "x==1.*", "x===1", "x~=1.2",
+]
+
+
+def test_the_fast_requires_path_agrees_with_packaging() -> None:
+    import importlib.metadata as md
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    from safehub._env._host import _fast_required_name
+
+    lines = TRICKY_REQUIRES + [line for d in md.distributions() for line in d.requires or ()]
+    fast = 0
+    for line in lines:
+        got = _fast_required_name(line)
+        if got is None:
+            continue
+        fast += 1
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            pytest.fail(f"the fast path answered {got!r} for a line packaging refuses: {line!r}")
+        want = req.name if req.marker is None or req.marker.evaluate({"extra": ""}) else ""
+        assert got == want, line
+    assert fast > 0.8 * len(lines)  # the point: most lines never reach packaging
+
+
+def test_a_fresh_memo_check_does_not_import_packaging(tmp_path: Path) -> None:
+    """The fresh-process memo check of torch's family answers without packaging."""
+    script = ("import sys, safehub._env._host as h; h.host_info(sys.argv[1]); h._HOST_MEMO.clear(); "
+              "h.host_info(sys.argv[1]); print('packaging' in sys.modules)")
+    first = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True)
+    again = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert first.stdout.strip() == "True"  # the first inspection parses with packaging
+    assert again.stdout.strip() == "False", again.stderr  # a memo hit's check does not
+
+
+def test_metadata_headers_are_what_the_email_parser_reads(tmp_path: Path) -> None:
+    """The plain header reader gives the email parser's answers: every METADATA
+    installed here, plus folds, repeats, case and odd lines (those go to the parser)."""
+    import importlib.metadata as md
+    from email.parser import HeaderParser
+
+    from safehub._env._host import _metadata_headers
+
+    crafted = [
+        "Metadata-Version: 2.1\nName:   spaced \nVersion:\t1.0\nRequires-Dist: a\nrequires-dist: b>=1; extra == 'x'\n",
+        "Name: folded\nSummary: one\n  two\n\tthree\nVersion: 2\n\nbody: not a header\n",
+        "Name: x\r\nVersion: 3\r\nRequires-Dist: c\r\n",
+        " leading fold\nName: y\n", "not a header line\nName: z\n", "Name: colon: inside\nVersion:\n",
+        "Name: \u00e9t\u00e9\nVersion: 1\n",
+    ]
+    paths = []
+    for i, text in enumerate(crafted):
+        path = tmp_path / f"m{i}"
+        path.write_bytes(text.encode())
+        paths.append(path)
+    for dist in md.distributions():
+        meta = getattr(dist, "_path", None)
+        if meta is not None and (Path(meta) / "METADATA").is_file():
+            paths.append(Path(meta) / "METADATA")
+    assert len(paths) > 20
+    for path in paths:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        head = []
+        for line in text.splitlines(keepends=True):
+            if not line.rstrip("\r\n"):
+                break
+            head.append(line)
+        want = HeaderParser().parsestr("".join(head))
+        got = _metadata_headers(path)
+        for name in ("Name", "Version", "Requires-Dist", "Summary", "Metadata-Version", "requires-dist"):
+            assert got[name] == want[name], (path, name)
+            assert got.get_all(name) == want.get_all(name), (path, name)
+        assert got.get("Nope", "d") == want.get("Nope", "d") == "d"

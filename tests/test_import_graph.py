@@ -122,6 +122,7 @@ LAYERS = {
     "safehub._policy_cli": 3.5,
     "safehub._cache_key": 1, "safehub._artifact_stat_memo": 2, "safehub._artifact_cache": 2.25, "safehub._artifact_cache_cli": 3.5,
     "safehub._host_torch": 0.5, "safehub._worker": 1.75, "safehub._bytecode": 0.75, "safehub._cache_writer": 0,
+    "safehub._lazy": 0,
 }  # fmt: skip
 
 
@@ -146,3 +147,15 @@ def test_modules_import_only_from_lower_layers():
 def test_safehub_has_no_import_cycles():
     found = cycles({k: set(v) for k, v in _import_graph().items()})
     assert not found, "import cycles in safehub/: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def test_every_dataclass_has_a_docstring():
+    """Without one, ``@dataclass`` builds ``__doc__`` from ``inspect.signature`` at import
+    (0.2 ms a class, 58 classes): import cost in every fresh process."""
+    missing = []
+    for module, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.ClassDef) and ast.get_docstring(node) is None
+                    and any("dataclass" in ast.unparse(d) for d in node.decorator_list)):
+                missing.append(f"{module}.{node.name}")
+    assert missing == []

@@ -188,3 +188,20 @@ def test_no_repo_module_imported_and_nothing_unpickled_in_the_host(tmp_path):
     assert pickles == [], f"the host unpickled something: {pickles[:5]}"
     repo_imports = [e for e in report["events"] if e[0] == "import" and (str(DEMO) in e[2] or e[1] in ("hubconf", "tinynet"))]
     assert repo_imports == []
+
+
+FRESH_MODULES_SCRIPT = (
+    "import sys, safehub; safehub.load(sys.argv[1], 'tinynet', source='local', verbose=False); "
+    "print(sorted(m for m in ('psutil', 'packaging', 'cloudpickle') if m in sys.modules))"
+)
+
+
+def test_a_fresh_load_imports_none_of_the_slow_helpers(loaded, tmp_path):
+    """A fresh process's load (env built, warm worker) pays for no psutil (the watchdog
+    reads /proc), packaging (plain requirement lines) or cloudpickle (plain arguments):
+    each was 2-20 ms of every fresh process. Twice: the first may build or start things."""
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", FRESH_MODULES_SCRIPT, str(DEMO)], capture_output=True,
+                              text=True, timeout=600, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout

@@ -35,6 +35,8 @@ VOLATILE_KEYS = frozenset({"generated_at", "timings", "wall_s", "sandbox_wall_s"
 
 @dataclass(frozen=True)
 class BatchItem:
+    """One line of a batch file: a repo and the entrypoints to audit (none: all)."""
+
     repo: str
     entrypoints: tuple[str, ...] = field(default=())
 

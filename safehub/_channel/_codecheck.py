@@ -73,6 +73,8 @@ class _Arg:
 
 @dataclass(frozen=True)
 class _Op:
+    """One operation of a graph, as the code check compares it."""
+
     op: str
     target: Any
     args: tuple

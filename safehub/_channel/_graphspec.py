@@ -27,6 +27,8 @@ _OPERATOR_ARITY = {"neg": 1, "pos": 1, "abs": 1, "invert": 1, "not_": 1, "truth"
 
 @dataclass
 class NodeSpec:
+    """One validated graph node; ``target`` is resolved through the allowlists."""
+
     op: str
     name: str
     target: Any  # str for placeholder/get_attr/call_module/call_method/output, a callable for call_function
@@ -37,6 +39,8 @@ class NodeSpec:
 
 @dataclass
 class GraphSpec:
+    """A validated graph: its nodes in order and its placeholder names."""
+
     nodes: list[NodeSpec]
     placeholders: tuple[str, ...]
 

@@ -72,6 +72,8 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class JsonScan:
+    """What a pre-scan of untrusted JSON found, before any decoding."""
+
     depth: int
     values: int  # an upper bound on the number of values (containers and scalars)
     memory_bytes: int  # an upper bound on peak memory for decoding and parsing, raw bytes included

@@ -20,6 +20,8 @@ __all__ = ["ChannelLimits"]
 
 @dataclass(frozen=True)
 class ChannelLimits:
+    """Bounds on everything the sandbox returns (sizes, counts, depths)."""
+
     spec_bytes: int = 64 * 1024 * 1024
     weights_bytes: int = 64 * 1024**3
     header_bytes: int = 100 * 1024 * 1024  # safetensors' own cap on its JSON header

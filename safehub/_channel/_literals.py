@@ -43,6 +43,8 @@ def dtype_table() -> dict[str, Any]:
 
 @dataclass
 class LiteralContext:
+    """Where a literal is being parsed, and what it may refer to."""
+
     limits: ChannelLimits
     where: str
     # Called with a referenced node name; raises if the name is not an earlier node.

@@ -33,6 +33,8 @@ class BuildRecord:
 
 @dataclass(frozen=True, eq=False)
 class BuildOrigin:
+    """How one module was built: its record, spec and generated code."""
+
     record: BuildRecord
     mid: str
     mspec: Any  # the validated _spec.ModuleSpec

@@ -43,6 +43,8 @@ _MAX_DIM = 2**62
 
 @dataclass(frozen=True)
 class ModuleRef:
+    """A reference to a module of the spec by its id."""
+
     mid: str
 
 
@@ -56,6 +58,8 @@ class ObjectRoot:
 
 @dataclass(frozen=True)
 class PlainValue:
+    """A plain attribute value of an object root."""
+
     value: Any  # int, float, str, bool, None or tuples of them
 
 
@@ -81,6 +85,8 @@ def _parse_data(value: Any, where: str, depth: int) -> Any:
 
 @dataclass
 class TensorInfo:
+    """One tensor the spec declares: where, its dtype and shape, and what kind."""
+
     path: str
     dtype: str
     shape: tuple[int, ...]
@@ -91,6 +97,8 @@ class TensorInfo:
 
 @dataclass
 class LeafSpec:
+    """One allowlisted leaf module: its class, constructor kwargs and tensors."""
+
     path: str
     cls_name: str
     cls: type
@@ -102,6 +110,8 @@ class LeafSpec:
 
 @dataclass
 class ModuleSpec:
+    """One validated module of the spec: tensors, leaves and (traced) graphs."""
+
     mid: str
     mode: str
     training: bool
@@ -114,6 +124,8 @@ class ModuleSpec:
 
 @dataclass
 class ArchSpec:
+    """A whole validated spec: the root and the modules it refers to."""
+
     torch_version: str
     root: Any  # ModuleRef or tuple/list/dict of them
     modules: dict[str, ModuleSpec]

@@ -40,6 +40,8 @@ ST_DTYPES: dict[str, tuple[str, int]] = {
 
 @dataclass(frozen=True)
 class HeaderEntry:
+    """One tensor's entry in a checked safetensors header."""
+
     dtype: str
     shape: tuple[int, ...]
     begin: int

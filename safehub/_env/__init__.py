@@ -10,11 +10,13 @@ _scan.py). Envs see only the host's torch family, through a folder of links
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 from ._build import ensure_env, env_key, key_inputs
 from ._host import host_info
 from ._hostenv import host_env
 from ._plan import MODES, DependencyPlan, UnknownImportError, plan_for_repo
-from ._manage import EnvRecord, list_envs, prune_envs, remove_env
 from ._resolve import Resolution, Requirement, resolve_dependencies
 from ._types import PythonEnv
 
@@ -37,3 +39,9 @@ __all__ = [
     "remove_env",
     "resolve_dependencies",
 ]
+
+if TYPE_CHECKING:
+    from ._manage import EnvRecord, list_envs, prune_envs, remove_env
+
+# Imported on first use (env management is the CLI's, no part of a load): safehub/_lazy.py.
+__getattr__ = lazy_exports(__name__, {"EnvRecord": "._manage", "list_envs": "._manage", "prune_envs": "._manage", "remove_env": "._manage"})

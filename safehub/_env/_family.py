@@ -47,6 +47,8 @@ MAX_RECORD_BYTES = 64 << 20  # torch's RECORD is ~2 MB
 
 @dataclass(frozen=True)
 class Family:
+    """The shared torch-family folder each env's ``.pth`` names."""
+
     folder: Path  # the family folder named in each env's .pth
     targets: tuple[Path, ...]  # real paths the links point to; the sandbox binds each read-only
 

@@ -24,6 +24,8 @@ _TMP = re.compile(r"^\.tmp-([0-9a-f]{16})-")
 
 @dataclass(frozen=True)
 class EnvRecord:
+    """One env folder as ``safehub env ls`` lists it."""
+
     root: Path
     key: str  # "" when the marker is missing or does not match the folder
     backend: str

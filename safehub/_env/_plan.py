@@ -46,6 +46,8 @@ class UnknownImportError(EnvironmentBuildError):
 
 @dataclass(frozen=True)
 class DependencyPlan:
+    """What a repo's env installs, and how that was decided."""
+
     mode: str
     entries: tuple[str, ...]  # what ensure_env resolves (import or distribution names + specifiers)
     scanned: tuple[str, ...] = ()  # distributions added by the scan

@@ -319,8 +319,6 @@ def _bad(entry: object, why: str) -> EnvironmentBuildError:
 
 def parse_entry(entry: object) -> tuple[str, str]:
     """Validate one entry; return (name, normalised specifier)."""
-    from packaging.specifiers import InvalidSpecifier, SpecifierSet
-
     if not isinstance(entry, str):
         raise _bad(entry, "it is not a string")
     if len(entry) > MAX_ENTRY_CHARS:
@@ -330,6 +328,8 @@ def parse_entry(entry: object) -> tuple[str, str]:
         raise _bad(entry, "only a name and an optional version specifier are allowed (no URLs, extras or markers)")
     name, spec = m.group("name"), (m.group("spec") or "").strip()
     if spec:
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet  # (a bare name needs none of it)
+
         if not _SPEC_CHARS.match(spec):
             raise _bad(entry, "the version specifier has characters a specifier never uses")
         try:

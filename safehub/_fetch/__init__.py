@@ -11,7 +11,9 @@ Public to the rest of safehub:
 
 from __future__ import annotations
 
-from ._cli import add_cache_commands
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 from ._downloads import download_url_to_file, prefetch_downloads, stage_downloads
 from ._names import RepoSpec, parse_repo
 from ._repo import SOURCES, RepoCheckout, RepoRequest, fetch_repo, get_repo
@@ -29,3 +31,9 @@ __all__ = [
     "parse_repo",
     "RepoSpec",
 ]
+
+if TYPE_CHECKING:
+    from ._cli import add_cache_commands
+
+# Imported on first use (the cache CLI is no part of a load): safehub/_lazy.py.
+__getattr__ = lazy_exports(__name__, {"add_cache_commands": "._cli"})

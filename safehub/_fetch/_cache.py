@@ -60,6 +60,8 @@ def _read_json(path: Path, max_bytes: int = 1 << 20) -> Any:
 
 @dataclass(frozen=True)
 class CacheEntry:
+    """One fetched repo snapshot in the cache."""
+
     host: str
     owner: str
     name: str

@@ -52,6 +52,8 @@ _DECODE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, UnicodeError, EOFErr
 
 @dataclass(frozen=True)
 class ArchiveLimits:
+    """Bounds on an archive and what it unpacks to."""
+
     max_archive_bytes: int = 1 << 30  # compressed download
     max_total_bytes: int = 1 << 30  # uncompressed, all files
     max_file_bytes: int = 1 << 30  # uncompressed, one file
@@ -92,6 +94,8 @@ class ArchiveLimits:
 
 @dataclass(frozen=True)
 class _Member:
+    """One checked archive member."""
+
     info: zipfile.ZipInfo
     path: str  # relative to the stripped top folder; '' never appears
     kind: str  # 'f', 'd' or 'l'

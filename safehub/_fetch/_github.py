@@ -40,6 +40,8 @@ FORK_MESSAGE = "If it's a commit from a forked repo, please call load() with the
 
 @dataclass(frozen=True)
 class GitHubHost:
+    """A GitHub (or GitHub Enterprise) host: its web and API base URLs."""
+
     web: str
     api: str
 

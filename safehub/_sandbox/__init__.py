@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_exports
 from .._errors import SandboxUnavailableError
 from ._base import Limits, SandboxBackend, SandboxRequest, SandboxResult
 from ._bwrap import BwrapBackend
-from ._fake import FakeBackend, FakeJob, FakeOutcome
 from ._landlock import LandlockBackend
 from ._process import ProcessBackend
 
@@ -37,6 +38,12 @@ __all__ = [
     "FakeJob",
     "FakeOutcome",
 ]
+
+if TYPE_CHECKING:
+    from ._fake import FakeBackend, FakeJob, FakeOutcome
+
+# Imported on first use (the test backend is no part of a real load): safehub/_lazy.py.
+__getattr__ = lazy_exports(__name__, {"FakeBackend": "._fake", "FakeJob": "._fake", "FakeOutcome": "._fake"})
 
 BACKENDS = ("auto", "bwrap", "landlock", "process")
 

@@ -32,6 +32,8 @@ GPU_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/d
 
 @dataclass(frozen=True)
 class SandboxRequest:
+    """One command to run sandboxed, with what it may see and its limits."""
+
     argv: Sequence[str]
     env: Mapping[str, str]
     cwd: Path
@@ -55,6 +57,8 @@ class SandboxRequest:
 
 @dataclass
 class SandboxResult:
+    """How a sandboxed run ended, and what the backend recorded."""
+
     returncode: int
     stdout: bytes
     stderr: bytes

@@ -9,7 +9,7 @@ limits come in two layers:
   cores off, and RLIMIT_NPROC. RLIMIT_NPROC counts per user, and root is exempt,
   so the bubblewrap backend runs the job as a fresh uid of its own in a fresh user
   namespace, where the count covers exactly the sandbox's processes;
-* a psutil watchdog polling the tree from the host: wall clock, summed memory,
+* a watchdog polling the tree from the host (/proc, safehub/_sandbox/_proc.py): wall clock, summed memory,
   process count, and what the job has written to disk. It reports which limit
   it enforced, so the caller gets a typed error naming it.
 """
@@ -23,7 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Limits", "confine_rlimits", "Watchdog", "killed_by_signal", "tree_usage_bytes"]
+from ._proc import NoChildrenFile, ProcessGone, children, cpu_seconds, rss_bytes
+
+__all__ = ["Limits", "confine_rlimits", "Watchdog", "killed_by_signal", "tree_pids", "tree_usage_bytes"]
 
 # Headroom above the memory limit for RLIMIT_AS: virtual size runs well above
 # resident size (torch maps ~0.7 GB at import; thread stacks), and the watchdog
@@ -152,17 +154,14 @@ class Watchdog:
         limits = self.limits
         if time.monotonic() - started > limits.timeout_s:
             return "timeout"
-        import psutil
-
         if self.pids_counter is not None:
             count, refused = self.pids_counter()
             if refused or (limits.max_pids is not None and count >= limits.max_pids):
                 return "pids"
         try:
-            tree = psutil.Process(self.root_pid).children(recursive=True)
-        except psutil.Error:
+            tree = [pid for pid in tree_pids(self.root_pid) if pid not in self.exclude]
+        except ProcessGone:
             return None
-        tree = [p for p in tree if p.pid not in self.exclude]
         count = len(tree)
         if self.pids_counter is not None:
             count, refused = self.pids_counter()
@@ -172,18 +171,15 @@ class Watchdog:
         if limits.max_pids is not None and count >= limits.max_pids:
             return "pids"
         if limits.cpu_time_s is not None:
-            for p in tree:
-                try:
-                    t = p.cpu_times()
-                except psutil.Error:
-                    continue
-                self.peak_cpu_s = max(self.peak_cpu_s, t.user + t.system)
+            for pid in tree:
+                cpu = cpu_seconds(pid)
+                if cpu is not None:
+                    self.peak_cpu_s = max(self.peak_cpu_s, cpu)
         if limits.memory_bytes is not None:
             rss = largest = 0
-            for p in tree:
-                try:
-                    one = p.memory_info().rss
-                except psutil.Error:
+            for pid in tree:
+                one = rss_bytes(pid)
+                if one is None:
                     continue
                 rss += one
                 largest = max(largest, one)
@@ -245,16 +241,28 @@ class Watchdog:
         return None
 
 
-def _pss(tree: Sequence[object]) -> int:
+def tree_pids(root_pid: int) -> list[int]:
+    """Pids of every descendant of ``root_pid`` (read from /proc; through psutil on
+    a kernel without the children files). Raises ProcessGone once it has exited."""
+    try:
+        return children(root_pid)
+    except NoChildrenFile:
+        pass
+    import psutil
+
+    try:
+        return [p.pid for p in psutil.Process(root_pid).children(recursive=True)]
+    except psutil.Error:
+        raise ProcessGone(f"process {root_pid} is gone") from None
+
+
+def _pss(tree: Sequence[int]) -> int:
     import psutil
 
     total = 0
-    for p in tree:
+    for pid in tree:
         try:
-            total += p.memory_full_info().pss  # type: ignore[attr-defined]
+            total += psutil.Process(pid).memory_full_info().pss
         except (psutil.Error, AttributeError):
-            try:
-                total += p.memory_info().rss  # type: ignore[attr-defined]
-            except psutil.Error:
-                pass
+            total += rss_bytes(pid) or 0
     return total
