@@ -322,9 +322,9 @@ def _serve(listener: socket.socket, jobs_dir: str, idle_s: float, runner) -> Non
 
 
 def _warm_up() -> None:
-    """Run the exporter once on a small model (the first trace and export in a
-    process pay for lazy imports and caches), single-threaded; its output goes to
-    /tmp and is swept before the next job."""
+    """Run the exporter once on a small model, fx and torch.export both (the first
+    trace and export in a process pay for lazy imports and caches), single-threaded;
+    its output goes to /tmp and is swept before the next job."""
     import torch
     from torch import nn
 
@@ -333,6 +333,12 @@ def _warm_up() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2)).eval()
     model(torch.zeros(1, 3, 8, 8))
     _export.export_object(model, "/tmp/warm-up", options={"mode": "auto"})
+    # torch.export (the aten path: every deferred module's export job, models fx cannot
+    # trace) has lazy imports and caches of its own, about 1.5 s at its first use: paid
+    # here once, not in every forked child.
+    import _export_aten
+
+    _export_aten._export_gm(model, (torch.zeros(2, 3, 8, 8),), [])
 
 
 def main(argv: list[str]) -> int:

@@ -179,13 +179,13 @@ def run_job(
     # An audited job runs cold: its resource figures are then its own, not a worker's.
     why_not = "an audited job" if job.audit else _worker.eligible(
         job.action, backend=backend, limits=job.limits, allow_gpu=job.allow_gpu,
-        staged_files=bool(job.downloads or job.in_files), checkpoint=job.checkpoint is not None)
+        checkpoint=job.checkpoint is not None, staged_bytes=_staged_bytes(job))
     if why_not is None and job.repo_dir is not None:
         weights = _weights_memfd(job, backend)
         try:
             ran = _worker.run_in_worker(
                 limits=job.limits, python_env=python_env, repo_dir=job.repo_dir, backend=backend,
-                hub_dir=hub_dir, layout=lambda root, confine: _layout(job, root, confine=confine),
+                hub_dir=hub_dir, layout=lambda root, confine: _layout(job, root, confine=confine, copy_files=True),
                 environment=sandbox_environment, weights_fd=weights.fd if weights is not None else None,
             )
         except BaseException:
@@ -301,9 +301,22 @@ def _dump_args(value: object, f: Any) -> None:
         cloudpickle.dump(value, f)
 
 
-def _layout(job: JobRequest, root: Path, *, confine: dict[str, object]) -> None:
+def _staged_bytes(job: JobRequest) -> int:
+    """The size of the host files ``job`` stages in in/, downloads included (a
+    missing one counts as 0: staging it fails the job either way)."""
+    total = 0
+    for src in (*job.in_files.values(), *job.downloads.values()):
+        try:
+            total += os.stat(src).st_size
+        except OSError:
+            pass
+    return total
+
+
+def _layout(job: JobRequest, root: Path, *, confine: dict[str, object], copy_files: bool = False) -> None:
     """Write the job's in/ folder: request.json (with ``confine``), the pickled
-    arguments, example inputs and staged files."""
+    arguments, example inputs and staged files (``copy_files``: copies, never hard
+    links, for a warm worker's job, whose in/ its child can write)."""
     request = _request_json(job)
     with open(root / "in" / ARGS_FILE, "wb") as f:
         if job.args_pickle is not None:
@@ -311,7 +324,7 @@ def _layout(job: JobRequest, root: Path, *, confine: dict[str, object]) -> None:
         else:
             _dump_args((tuple(job.args), dict(job.kwargs)), f)
     for name, src in job.in_files.items():
-        _stage_file(Path(src), root / "in" / name)
+        _stage_file(Path(src), root / "in" / name, copy=copy_files)
     if job.example_inputs is not None:
         with open(root / "in" / EXAMPLE_INPUTS_FILE, "wb") as f:
             _dump_args(job.example_inputs, f)
@@ -320,7 +333,7 @@ def _layout(job: JobRequest, root: Path, *, confine: dict[str, object]) -> None:
         from ._fetch._downloads import stage_downloads
 
         # Files the host fetched for this entrypoint, linked into in/ (read-only there).
-        stage_downloads(job.downloads, root / "in")
+        stage_downloads(job.downloads, root / "in", copy=copy_files)
     request["confine"] = confine
     (root / "in" / REQUEST_FILE).write_text(json.dumps(request), encoding="utf-8")
     _share_read_only(root / "in")
@@ -342,16 +355,21 @@ def _finish(job: JobRequest, root: Path, sandbox_result: SandboxResult, owned: A
     return done
 
 
-def _stage_file(src: Path, dst: Path) -> None:
-    """A host file into in/ (read-only there): a hard link where possible, else a copy."""
+def _stage_file(src: Path, dst: Path, *, copy: bool = False) -> None:
+    """A host file into in/ (read-only there): a hard link where possible, else a
+    copy; always a copy with ``copy`` (an in/ the job can write: a link would let it
+    write the host's file)."""
     import shutil
 
     if dst.name in (REQUEST_FILE, ARGS_FILE, EXAMPLE_INPUTS_FILE, "downloads") or dst.name.startswith("."):
         raise ValueError(f"in/ file name {dst.name!r} is taken")
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
+    if not copy:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(src, dst)
 
 
 def _share_read_only(folder: Path) -> None:

@@ -29,9 +29,11 @@ itself excluded); a job that hits a limit takes the whole worker down with it.
 
 One job at a time per worker: a second load that finds it busy (the lock is
 taken) runs cold, as it would without a worker. Only plain ``load``/``list``/
-``export`` jobs on the bwrap backend without host-staged files go to a worker
-(their ``in/`` is writable by the child, so no host file may be linked there);
-everything else runs cold. Opt out with ``SAFEHUB_WORKER=0`` or
+``export`` jobs on the bwrap backend go to a worker. A worker job's ``in/`` is
+writable by its child (the jobs folder is bound read-write), so no host file may be
+linked there: the files a job stages (the downloads the broker fetched for the
+entrypoint, a deferred export's weights) are copied, up to ``MAX_STAGED_COPY_BYTES``
+in all; a job staging more runs cold (with hard links), as does everything else. Opt out with ``SAFEHUB_WORKER=0`` or
 ``Limits(warm_worker=False)``.
 """
 
@@ -75,6 +77,9 @@ WORKER_ACTIONS = ("load", "list", "export")
 DEFAULT_IDLE_S = 300.0
 MAX_LINE = 4096
 START_TIMEOUT_S = 120.0  # a new worker imports torch and warms up before its first job
+# A worker job's in/ is writable by its child, so staged host files are copied there,
+# never linked; past this much, copying costs about what a cold start does.
+MAX_STAGED_COPY_BYTES = 1 << 30
 STATE_FILE = "state.json"
 
 
@@ -93,9 +98,11 @@ def idle_seconds(env: dict[str, str] | None = None) -> float:
     return min(max(value, 1.0), 86400.0)
 
 
-def eligible(action: str, *, backend: SandboxBackend, limits: Limits, allow_gpu: bool, staged_files: bool,
-             checkpoint: bool) -> str | None:
-    """Why this job cannot go to a worker (None: it can)."""
+def eligible(action: str, *, backend: SandboxBackend, limits: Limits, allow_gpu: bool, checkpoint: bool,
+             staged_bytes: int = 0) -> str | None:
+    """Why this job cannot go to a worker (None: it can). ``staged_bytes``: the host
+    files the job stages in in/ (downloads included), which a worker job gets as
+    copies (see the module docstring)."""
     if not enabled(limits):
         return "turned off (SAFEHUB_WORKER=0 or Limits(warm_worker=False))"
     if backend.name != "bwrap" or not hasattr(backend, "spawn_detached"):
@@ -104,8 +111,8 @@ def eligible(action: str, *, backend: SandboxBackend, limits: Limits, allow_gpu:
         return f"no worker for {action} jobs"
     if allow_gpu:
         return "no worker for GPU jobs"
-    if staged_files:
-        return "the job stages host files"
+    if staged_bytes > MAX_STAGED_COPY_BYTES:
+        return f"the job stages {staged_bytes >> 20} MiB of host files (a worker job copies them; a cold run links them)"
     return None
 
 

@@ -254,3 +254,78 @@ def test_a_replaced_repo_folder_gets_a_new_worker(tmp_path: Path) -> None:
     third = _load(folder, "probe", force_reload=True)
     assert _worker(third)["used"] is True and _worker(third)["pid"] not in (_worker(first)["pid"], _worker(again)["pid"])
     assert torch.equal(third.weight, first.weight)
+
+
+TAMPER_HUBCONF = '''
+import hashlib, os
+import torch
+from torch import nn
+
+dependencies = ["torch"]
+
+
+def tamper():
+    """Load a checkpoint through the broker, then try to write every file of in/."""
+    m = nn.Linear(2, 2)
+    m.load_state_dict(torch.hub.load_state_dict_from_url(URL))
+    written, links = 0.0, 0.0
+    in_dir = os.path.join(os.path.dirname(os.getcwd()), "in")  # cwd is <job>/tmp
+    for dirpath, _, names in os.walk(in_dir):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            links = max(links, float(os.stat(path).st_nlink))
+            try:
+                os.chmod(path, 0o666)
+            except OSError:
+                pass
+            try:
+                with open(path, "ab") as f:
+                    f.write(b"tampered")
+                written += 1
+            except OSError:
+                pass
+    with torch.no_grad():
+        m.bias[0] = written
+        m.bias[1] = links  # 2 for a hard link to the host's cached checkpoint
+    return m
+'''
+
+
+def test_a_worker_job_gets_copies_of_its_downloads_not_links(tmp_path: Path, safehub_home: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker job's in/ is writable by its child: the checkpoint the broker fetched
+    reaches it as a copy, so a job that writes it (as the caller's uid it can) changes
+    its own copy and never the host's checkpoint cache."""
+    import hashlib
+    import io
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from github_server import FakeGitHub
+
+    torch.manual_seed(0)
+    state = {"weight": torch.randn(2, 2), "bias": torch.randn(2)}
+    raw = io.BytesIO()
+    torch.save(state, raw)
+    with FakeGitHub() as gh:
+        for key, value in gh.env().items():
+            monkeypatch.setenv(key, value)
+        url = gh.url + gh.add_repo("alice", "weights").release_asset("v1", "w.pt", raw.getvalue())
+        folder = tmp_path / "repo"
+        folder.mkdir()
+        folder.chmod(0o755)
+        (folder / "hubconf.py").write_text(TAMPER_HUBCONF.replace("URL", repr(url)))
+        first = _load(folder, "tamper")
+        second = _load(folder, "tamper")  # the first may have started the worker: this one runs in it
+    assert _worker(second)["used"] is True, "a job that stages downloads now runs in the worker"
+    assert [d["url"] for d in second.safehub_info.downloads] == [url]
+    assert torch.equal(second.weight, state["weight"])
+    assert second.bias[1].item() == 1.0, "the staged checkpoint is a copy, not a link to the host's"
+    cached = [p for p in (safehub_home / "checkpoints").rglob("*") if p.is_file() and p.name.endswith("w.pt")]
+    assert cached, "the broker's checkpoint cache holds the file"
+    for path in cached:
+        assert path.stat().st_nlink == 1, "no job folder holds a link to the cached checkpoint"
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == hashlib.sha256(raw.getvalue()).hexdigest()
+    if os.geteuid() != 0:  # as the caller's uid the child could write in/: it wrote its copies
+        assert second.bias[0].item() > 0
+    assert first is not second

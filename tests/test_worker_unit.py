@@ -16,7 +16,7 @@ import pytest
 
 from safehub import Limits
 from safehub._sandbox import BwrapBackend, ProcessBackend
-from safehub._worker import _Address, _read_line, eligible, enabled, idle_seconds, run_in_worker
+from safehub._worker import MAX_STAGED_COPY_BYTES, _Address, _read_line, eligible, enabled, idle_seconds, run_in_worker
 
 
 def _env(tmp_path: Path) -> SimpleNamespace:
@@ -25,13 +25,16 @@ def _env(tmp_path: Path) -> SimpleNamespace:
 
 def test_who_may_use_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     bwrap = BwrapBackend(env={})
-    ok = dict(backend=bwrap, limits=Limits(), allow_gpu=False, staged_files=False, checkpoint=False)
+    ok = dict(backend=bwrap, limits=Limits(), allow_gpu=False, checkpoint=False)
     assert eligible("load", **ok) is None
     assert eligible("export", **ok) is None
     assert "convert" in str(eligible("convert", **ok))
     assert "process" in str(eligible("load", **{**ok, "backend": ProcessBackend(env={})}))
     assert "GPU" in str(eligible("load", **{**ok, "allow_gpu": True}))
-    assert "host files" in str(eligible("load", **{**ok, "staged_files": True}))  # in/ is writable in a worker
+    # in/ is writable in a worker job: what it stages (downloads, a deferred export's
+    # weights) is copied there, up to a size; past it the job runs cold, with links.
+    assert eligible("export", **ok, staged_bytes=MAX_STAGED_COPY_BYTES) is None
+    assert "MiB of host files" in str(eligible("export", **ok, staged_bytes=MAX_STAGED_COPY_BYTES + 1))
     assert "turned off" in str(eligible("load", **{**ok, "limits": Limits(warm_worker=False)}))
     monkeypatch.setenv("SAFEHUB_WORKER", "0")
     assert not enabled(Limits()) and "turned off" in str(eligible("load", **ok))

@@ -500,19 +500,25 @@ def _recorded_sha256(path: Path) -> str | None:
     return digest if isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest) else None
 
 
-def stage_downloads(files: Mapping[str, Path], in_dir: Path) -> Path:
+def stage_downloads(files: Mapping[str, Path], in_dir: Path, *, copy: bool = False) -> Path:
     """Place the files in ``<in_dir>/downloads/`` with a ``manifest.json`` {url: filename}
-    for the sandbox. Hard links where possible (same inode, mounted read-only), else copies."""
+    for the sandbox. Hard links where possible (same inode, mounted read-only), else
+    copies; always copies with ``copy`` (a warm worker's job can write its in/, and
+    through a link it would write the checkpoint cache)."""
     folder = Path(in_dir) / "downloads"
     folder.mkdir(mode=0o755, exist_ok=True)
     manifest: dict[str, str] = {}
     for i, (url, src) in enumerate(files.items()):
         name = f"{i:02d}-{Path(src).name[-120:]}"
         dst = folder / name
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copyfile(src, dst)
+        if not copy:
+            try:
+                os.link(src, dst)
+                manifest[url] = name
+                continue
+            except OSError:
+                pass
+        shutil.copyfile(src, dst)
         manifest[url] = name
     with open(folder / "manifest.json", "w", encoding="utf-8") as f:
         json.dump(manifest, f)
