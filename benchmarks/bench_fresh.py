@@ -1,6 +1,6 @@
 """A fresh process that loads a model: safehub vs torch.hub, side by side in one run.
 
-Run by hand:  python benchmarks/bench_fresh.py [--repeat 5] [--json] [--sizes 11.7M,25M]
+Run by hand:  python benchmarks/bench_fresh.py [--repeat 5] [--json] [--widths 64,96] [--baseline CHECKOUT]
 
 Each figure is a new ``python`` process that imports the library and loads a
 ResNet-shaped model from a local hub repo (weights in the repo as a checkpoint).
@@ -73,9 +73,11 @@ def make_sized_repo(root: Path, widths: list[int]) -> Path:
     return repo
 
 
-def timed_run(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
+def timed_run(argv: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, str]:
     start = time.perf_counter()
-    done = subprocess.run(argv, env=env, check=True, capture_output=True, text=True)
+    # cwd outside the checkout: `python -c` puts the cwd first on sys.path, ahead of
+    # PYTHONPATH, so a --baseline run started in the checkout would import this one.
+    done = subprocess.run(argv, env=env, check=True, capture_output=True, text=True, cwd=cwd)
     elapsed = time.perf_counter() - start
     settle()
     return elapsed, done.stdout
@@ -110,6 +112,9 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:VAR=VALUE",
                         help="one more safehub variant in each round, with an environment variable set "
                              "(an A/B in the same run, e.g. inline_store:SAFEHUB_CACHE_WRITER=0)")
+    parser.add_argument("--baseline", metavar="CHECKOUT",
+                        help="one more safehub variant in each round: the safehub/ of another checkout (e.g. "
+                             "`git worktree add /tmp/base <commit>`), on PYTHONPATH, with a SAFEHUB_HOME of its own")
     args = parser.parse_args()
     widths = [int(w) for w in args.widths.split(",")]
 
@@ -126,14 +131,20 @@ def main() -> None:
         tag = 0
         for width in widths:
             tag += 1
-            timed_run([sys.executable, "-c", FRESH_SAFEHUB, str(repo), str(width), str(tag)], env)  # builds the env
             variants = {"torch_hub": (FRESH_TORCH_HUB, {}), "safehub": (FRESH_SAFEHUB, {})}
+            if args.baseline:
+                variants["safehub_baseline"] = (FRESH_SAFEHUB, {"PYTHONPATH": str(Path(args.baseline).resolve()),
+                                                                "SAFEHUB_HOME": str(root / "home-baseline")})
             if not args.no_worker_off:
                 variants["safehub_no_worker"] = (FRESH_SAFEHUB, {"SAFEHUB_WORKER": "0"})
             for spec in args.variant:
                 name, _, setting = spec.partition(":")
                 var, _, value = setting.partition("=")
                 variants[f"safehub_{name}"] = (FRESH_SAFEHUB, {var: value})
+            for name, (script, extra) in variants.items():  # builds each env, starts each worker
+                if script is FRESH_SAFEHUB:
+                    tag += 1
+                    timed_run([sys.executable, "-c", script, str(repo), str(width), str(tag)], {**env, **extra}, root)
             runs: dict[str, list[tuple[float, str]]] = {name: [] for name in variants}
             for _ in range(args.repeat):
                 for name, (script, extra) in variants.items():
@@ -141,7 +152,7 @@ def main() -> None:
                     argv = [sys.executable, "-c", script, str(repo), str(width)]
                     if script is FRESH_SAFEHUB:
                         argv.append(str(tag))
-                    runs[name].append(timed_run(argv, {**env, **extra}))
+                    runs[name].append(timed_run(argv, {**env, **extra}, root))
             entry: dict[str, object] = {}
             for name, values in runs.items():
                 ordered = sorted(values)
