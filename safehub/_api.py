@@ -97,6 +97,34 @@ def _owner_name(repo: RepoCheckout) -> tuple[str, str] | None:
     return (repo.owner, repo.name) if repo.owner is not None and repo.name is not None else None
 
 
+def _hinted_downloads(job: JobRequest, *, repo: RepoCheckout, hub_dir: Path, verbose: bool, budget: DownloadBudget,
+                      guard: LoadGuard, timings: dict[str, float]) -> dict[str, Path]:
+    """The files the last load of this entrypoint from this snapshot asked for, fetched
+    (from the checkpoint cache, usually) with every check an asked-for file gets, so
+    the first sandbox run has them (safehub/_fetch/_download_memo.py). A hint that
+    fails is dropped: the entrypoint then asks for what it needs."""
+    if job.action != "load" or not job.entrypoint:
+        return {}
+    from ._fetch._download_memo import remembered_urls
+
+    urls = remembered_urls(hub_dir, repo, job.entrypoint)
+    if not urls:
+        return {}
+    from ._fetch import prefetch_downloads
+
+    started = time.perf_counter()
+    try:
+        found = prefetch_downloads(urls, hub_dir=hub_dir, verbose=verbose, repo=_owner_name(repo), budget=budget,
+                                   url_policy=guard.check_url, host_policy=guard.check_host)
+        guard.check_downloads(found)
+    except SafehubError as exc:
+        logger.info("the files this entrypoint asked for last time are not staged ahead (%s)", exc)
+        return {}
+    finally:
+        timings["downloads"] = timings.get("downloads", 0.0) + time.perf_counter() - started
+    return dict(found)
+
+
 def _run(
     job: JobRequest,
     *,
@@ -129,7 +157,9 @@ def _run(
     if python_env is None:
         python_env = _ensure_env(repo, hub, hub_dir, verbose=verbose, dependencies_mode=dependencies_mode,
                                  extra_dependencies=extra_dependencies, timings=timings, guard=guard)
-    downloads: dict[str, Path] = {}
+    downloads = _hinted_downloads(job, repo=repo, hub_dir=hub_dir, verbose=verbose, budget=budget, guard=guard,
+                                  timings=timings)
+    hinted = set(downloads)
     for _round in range(MAX_DOWNLOAD_ROUNDS + 1):
         this_round = dataclasses.replace(job, downloads=dict(downloads), limits=budget.round_limits())
         what = f"{job.entrypoint} (the entrypoint, then its export)" if job.action == "load" else f"a {job.action} job"
@@ -142,6 +172,10 @@ def _run(
         needed = done.needs_download()
         if not needed:
             done.rerun = (this_round, backend)  # type: ignore[attr-defined]  # a deferred export runs it again
+            if job.action == "load" and job.entrypoint and set(downloads) != hinted:  # it asked for more: stage them next time
+                from ._fetch._download_memo import remember_urls
+
+                remember_urls(hub_dir, repo, job.entrypoint, downloads)
             return done, python_env
         done.cleanup()
         if _round == MAX_DOWNLOAD_ROUNDS:

@@ -252,3 +252,75 @@ def test_runner_reports_needs_download_even_if_the_repo_swallows_it(tmp_path):
     assert result["error"]["category"] == "needs_download"
     assert result["error"]["urls"] == ["https://example.com/w.pt"]
     assert not (job / "out" / "spec.json").exists()
+
+
+# --- the download memo (safehub/_fetch/_download_memo.py) ---------------------------
+
+
+def _checkout(tmp_path: Path, sha: str | None = "a" * 40):
+    from safehub._fetch import RepoCheckout
+
+    return RepoCheckout(path=tmp_path, sha=sha, host="github.com" if sha else None, owner="Alice" if sha else None,
+                        name="net" if sha else None, ref=None, source="github" if sha else "local")
+
+
+def test_the_download_memo_round_trips_per_snapshot_and_entrypoint(tmp_path):
+    from safehub._fetch._download_memo import remember_urls, remembered_urls
+
+    hub, repo = tmp_path / "hub", _checkout(tmp_path)
+    urls = ["https://example.com/a.pth", "https://example.com/b.pth", "https://example.com/a.pth"]
+    remember_urls(hub, repo, "net", urls)
+    assert remembered_urls(hub, repo, "net") == urls[:2]  # once each, in order
+    assert remembered_urls(hub, repo, "other") == []  # per entrypoint
+    assert remembered_urls(hub, _checkout(tmp_path, "b" * 40), "net") == []  # per snapshot
+    local = _checkout(tmp_path, None)
+    remember_urls(hub, local, "net", urls[:1])
+    assert remembered_urls(hub, local, "net") == urls[:1]
+    assert remembered_urls(hub, repo, "net") == urls[:2]
+
+
+def _forged(key: dict, fields: dict) -> dict:
+    return {"version": 1, "key": key, "urls": ["https://example.com/a.pth"], **fields}
+
+
+@pytest.mark.parametrize("change", [
+    {"version": 2},  # another format
+    {"key": None},  # no key
+    {"key": "other"},  # another memo's key
+    {"urls": ["https://example.com/a b.pth"]},  # a URL the broker refuses outright
+    {"urls": [f"https://example.com/{i}.pth" for i in range(17)]},  # more than MAX_DOWNLOAD_URLS
+    {"urls": "https://example.com/a.pth"},  # not a list
+    {"urls": [7]},  # not a string
+])
+def test_a_forged_or_odd_download_memo_is_no_hint(tmp_path, change):
+    from safehub._fetch import _download_memo as memo
+
+    hub, repo = tmp_path / "hub", _checkout(tmp_path)
+    key = memo._key(repo, "net")
+    path = memo._path(hub, key)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(_forged(key, {})))
+    assert memo.remembered_urls(hub, repo, "net") == ["https://example.com/a.pth"]  # the unforged form is a hint
+    path.write_text(json.dumps(_forged(key, change)))
+    assert memo.remembered_urls(hub, repo, "net") == []
+    path.write_bytes(b"x" * (memo.MAX_BYTES + 1))
+    assert memo.remembered_urls(hub, repo, "net") == []
+
+
+def test_a_hint_the_broker_refuses_is_dropped_and_the_load_goes_on(tmp_path):
+    """The hint's fetch is the broker's: a private address is refused there, and the
+    load continues without it (the entrypoint asks for what it needs)."""
+    from safehub._api import _hinted_downloads
+    from safehub._fetch._download_memo import remember_urls
+    from safehub._fetch._downloads import DownloadBudget
+    from safehub._guard import LoadGuard
+    from safehub._jobs import JobRequest
+    from safehub._sandbox import Limits
+
+    hub, repo = tmp_path / "hub", _checkout(tmp_path)
+    remember_urls(hub, repo, "net", ["http://169.254.169.254/latest/meta-data"])
+    job = JobRequest(action="load", repo_dir=tmp_path, entrypoint="net")
+    timings: dict[str, float] = {}
+    got = _hinted_downloads(job, repo=repo, hub_dir=hub, verbose=False, budget=DownloadBudget(Limits()),
+                            guard=LoadGuard.for_call(), timings=timings)
+    assert got == {} and "downloads" in timings

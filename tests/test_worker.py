@@ -10,6 +10,7 @@ ptrace and stop the worker; the next job reports what it can see, as weights.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import stat
@@ -292,10 +293,12 @@ def tamper():
 
 
 def test_a_worker_job_gets_copies_of_its_downloads_not_links(tmp_path: Path, safehub_home: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
     """A worker job's in/ is writable by its child: the checkpoint the broker fetched
     reaches it as a copy, so a job that writes it (as the caller's uid it can) changes
-    its own copy and never the host's checkpoint cache."""
+    its own copy and never the host's checkpoint cache. The second load stages it
+    before its first sandbox run (safehub/_fetch/_download_memo.py)."""
     import hashlib
     import io
     import sys
@@ -315,8 +318,14 @@ def test_a_worker_job_gets_copies_of_its_downloads_not_links(tmp_path: Path, saf
         folder.mkdir()
         folder.chmod(0o755)
         (folder / "hubconf.py").write_text(TAMPER_HUBCONF.replace("URL", repr(url)))
-        first = _load(folder, "tamper")
-        second = _load(folder, "tamper")  # the first may have started the worker: this one runs in it
+        with caplog.at_level(logging.INFO, logger="safehub"):
+            first = _load(folder, "tamper")
+            asked_first = [r for r in caplog.records if "the entrypoint asked for" in r.getMessage()]
+            caplog.clear()
+            second = _load(folder, "tamper")  # the first may have started the worker: this one runs in it
+            asked_second = [r for r in caplog.records if "the entrypoint asked for" in r.getMessage()]
+    assert len(asked_first) == 1, "the first load's entrypoint asked for its checkpoint (a second sandbox run)"
+    assert asked_second == [], "the second load staged it ahead (the download memo): one sandbox run"
     assert _worker(second)["used"] is True, "a job that stages downloads now runs in the worker"
     assert [d["url"] for d in second.safehub_info.downloads] == [url]
     assert torch.equal(second.weight, state["weight"])
