@@ -208,6 +208,12 @@ def _read_example_inputs(in_dir: str):
         return pickle.load(f)
 
 
+# Set by a warm worker (safehub_worker.py) in the process its job children fork
+# from: the seccomp filter the host gave it for every job ("worker_child"), applied
+# with the job's own confinement. Empty in a cold run.
+WORKER_CONFINE: dict = {}
+
+
 def run(job_dir: str) -> Result:
     in_dir = os.path.join(job_dir, "in")
     out_dir = os.path.join(job_dir, "out")
@@ -216,7 +222,7 @@ def run(job_dir: str) -> Result:
     if request.get("protocol") != PROTOCOL:
         raise RuntimeError(f"runner speaks protocol {PROTOCOL}, host sent {request.get('protocol')!r}")
 
-    confine = dict(request.get("confine") or {})
+    confine = {**WORKER_CONFINE, **dict(request.get("confine") or {})}
     if request.get("action") in ("load", "export"):
         import _safetensors_write
 

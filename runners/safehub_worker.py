@@ -167,7 +167,7 @@ def _child(job: str, message: dict, runner, weights_fd: int | None) -> None:
         # What a cold run's repo code sees: the runner as __main__, its argv.
         sys.modules["__main__"] = runner
         sys.argv = [os.path.join(_HERE, "safehub_runner.py"), job]
-        runner.main(sys.argv)  # applies request.json's confine (close_fds, rlimits) first
+        runner.main(sys.argv)  # applies request.json's confine (close_fds, rlimits) and the worker's filter first
     except BaseException as exc:  # noqa: BLE001 - the host reads the status and this line
         try:
             os.write(2, f"safehub worker child: {type(exc).__name__}: {exc}\n".encode()[:4000])
@@ -355,6 +355,11 @@ def main(argv: list[str]) -> int:
             pass
     os.closerange(listen_fd + 1, 65536)
     confine.pop("close_fds", None)
+    # The filter every job's child stacks on bwrap's (no System V IPC or POSIX message
+    # queues: they live in this worker's IPC namespace and would outlast a job). The
+    # host that started this worker built it; each child applies it with its job's own
+    # confinement (safehub_runner.WORKER_CONFINE), so a load need not build it again.
+    child_seccomp = confine.pop("worker_child_seccomp", None)
     _confine.apply(confine)
     _prctl(PR_SET_DUMPABLE, 0)  # jobs (same uid) may not open our /proc/<pid>/mem
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
@@ -368,6 +373,8 @@ def main(argv: list[str]) -> int:
     import _export  # noqa: F401
     import safehub_runner
 
+    if child_seccomp is not None:
+        safehub_runner.WORKER_CONFINE["seccomp"] = child_seccomp
     _serve(listener, jobs_dir, idle_s, safehub_runner)
     return 0
 

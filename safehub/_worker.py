@@ -65,6 +65,7 @@ from ._sandbox._base import MAX_CAPTURE_BYTES
 from ._sandbox._limits import Watchdog, confine_rlimits, killed_by_signal
 from ._sandbox._seccomp import confine_entry
 from ._sandbox._seccomp import enabled as seccomp_enabled
+from ._sandbox._seccomp import policy_digest as seccomp_policy_digest
 
 if TYPE_CHECKING:
     from ._env._types import PythonEnv
@@ -132,7 +133,10 @@ def _worker_key(python_env: PythonEnv, repo_dir: Path, backend: SandboxBackend, 
         # made. Its ctime does (a new folder's is new; an entry added or renamed at the top
         # level also changes it, which only costs a worker start).
         "repo": repo, "repo_folder": [st.st_dev, st.st_ino, st.st_ctime_ns],
-        "backend": backend.describe(), "tmpfs": tmpfs_bytes,
+        # The worker holds the job children's seccomp filter its host built: keyed by
+        # the policy's source, not by a filter built here (a warm load builds none).
+        "backend": {k: v for k, v in backend.describe().items() if k != "seccomp_instructions"},
+        "seccomp_policy": seccomp_policy_digest() if seccomp_enabled() else None, "tmpfs": tmpfs_bytes,
         "euid": os.geteuid(), "runner": runner_digest.hexdigest(),
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:32]
@@ -245,6 +249,12 @@ def _start(wdir: Path, jobs: Path, *, python_env: PythonEnv, repo_dir: Path, bac
             limits=limits, runner_dir=rdir, hidden_paths=python_env.hidden_paths,
         )
         confine = backend.confine_config(request)
+        if seccomp_enabled():
+            # Stacked on the worker's own bwrap filter in every job's child: no System V
+            # IPC or POSIX message queues, which live in the worker's IPC namespace and
+            # would outlast a job into the next (red team round 3). The worker keeps it
+            # and each child applies it (runners/safehub_worker.py).
+            confine["worker_child_seccomp"] = confine_entry("worker_child")
         request = dataclasses.replace(request, argv=[*request.argv, json.dumps(confine)])
         pid, uid = backend.spawn_detached(request, pass_fds=(listener.fileno(),),  # type: ignore[attr-defined]
                                           log_path=wdir / "worker.log")
@@ -374,12 +384,8 @@ def _run_locked(wdir: Path, *, limits: Limits, python_env: PythonEnv, repo_dir: 
         rlimits = confine_rlimits(limits)
         if limits.max_pids is not None:
             rlimits["NPROC"] = int(limits.max_pids) + 2  # the worker and the namespace's pid 1 count too
+        # The child's seccomp filter is the worker's ("worker_child", given at its start).
         confine: dict[str, object] = {"close_fds": True, "no_new_privs": True, "rlimits": rlimits}
-        if seccomp_enabled():
-            # Stacked on the worker's own bwrap filter: no System V IPC or POSIX message
-            # queues, which live in the worker's IPC namespace and would outlast this job
-            # into the next one (red team round 3).
-            confine["seccomp"] = confine_entry("worker_child")
         layout(root, confine)
         if state.uid is not None:  # as root, the worker runs as a uid of its own: the job
             os.chmod(root, 0o755)  # folder and in/ stay root's (not renamable), the rest is the job's

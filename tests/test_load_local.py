@@ -192,14 +192,15 @@ def test_no_repo_module_imported_and_nothing_unpickled_in_the_host(tmp_path):
 
 FRESH_MODULES_SCRIPT = (
     "import sys, safehub; safehub.load(sys.argv[1], 'tinynet', source='local', verbose=False); "
-    "print(sorted(m for m in ('psutil', 'packaging', 'cloudpickle') if m in sys.modules))"
+    "print(sorted(m for m in ('psutil', 'packaging', 'cloudpickle', 'pyseccomp') if m in sys.modules))"
 )
 
 
 def test_a_fresh_load_imports_none_of_the_slow_helpers(loaded, tmp_path):
     """A fresh process's load (env built, warm worker) pays for no psutil (the watchdog
-    reads /proc), packaging (plain requirement lines) or cloudpickle (plain arguments):
-    each was 2-20 ms of every fresh process. Twice: the first may build or start things."""
+    reads /proc), packaging (plain requirement lines), cloudpickle (plain arguments) or
+    pyseccomp (the worker holds its children's filter): each was 5-20 ms of every
+    fresh process. Twice: the first may build or start things."""
     for _ in range(2):
         proc = subprocess.run([sys.executable, "-c", FRESH_MODULES_SCRIPT, str(DEMO)], capture_output=True,
                               text=True, timeout=600, cwd=tmp_path)

@@ -81,10 +81,30 @@ def test_a_memo_reached_through_a_link_is_not_read(tmp_path: Path, monkeypatch) 
     assert calls == [1]
 
 
-def test_a_remembered_probe_still_checks_the_seccomp_filter(tmp_path: Path, monkeypatch) -> None:
-    """The memo skips starting a sandbox, never the check that the filter can be built."""
-    from safehub._sandbox import _bwrap
+def test_a_remembered_probe_skips_the_filter_build_but_no_sandbox_starts_without_it(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """The memo skips starting a sandbox and building the filter (a load a warm worker
+    answers builds none), never the filter itself: every sandbox start builds it, and
+    one that cannot is refused with the reason."""
+    from safehub._errors import SandboxUnavailableError
+    from safehub._sandbox import SandboxRequest, _bwrap
 
     assert _backend(tmp_path).check() is None
     monkeypatch.setattr(_bwrap, "seccomp_problem", lambda variant: "no libseccomp here (test)")
-    assert _backend(tmp_path).check() == "no libseccomp here (test)"
+    backend = _backend(tmp_path)
+    assert backend.check() is None  # remembered
+    (tmp_path / "tmp").mkdir()
+    request = SandboxRequest(argv=["/bin/true"], env={}, cwd=tmp_path / "tmp")
+    with pytest.raises(SandboxUnavailableError, match="no libseccomp here"):
+        backend.run(request)
+    assert _backend(tmp_path).check(fresh=True) == "no libseccomp here (test)"  # doctor's probe says it too
+
+
+def test_the_probe_memo_is_keyed_by_the_pyseccomp_module(tmp_path: Path, monkeypatch) -> None:
+    from safehub._sandbox import _bwrap
+
+    assert _backend(tmp_path).check() is None
+    calls = _no_probe(monkeypatch)
+    monkeypatch.setattr(_bwrap, "_seccomp_files", lambda on: ("/elsewhere/pyseccomp.py",))
+    assert _backend(tmp_path).check() is None
+    assert calls == [1], "another pyseccomp: probed again"

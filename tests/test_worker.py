@@ -199,7 +199,8 @@ def test_a_job_over_its_limit_takes_the_worker_down(repo: Path) -> None:
 def test_ipc_objects_of_one_job_do_not_reach_the_next(tmp_path: Path, safehub_home: Path) -> None:
     """Red team round 3: every job of a worker shares its IPC namespace, so System V
     shared memory, queues and semaphores and POSIX message queues planted by one job
-    were found by the next. The per-job seccomp filter ("worker_child") refuses
+    were found by the next. The job children's seccomp filter ("worker_child", which
+    the worker got from its host at start and applies in each child) refuses
     creating them; files, /dev/shm and a re-forking daemon are swept after each job."""
     import re
 

@@ -68,6 +68,21 @@ class _Prepared(NamedTuple):
     rw: list[Path]
     scratch: list[Path]
 
+def _seccomp_files(on: bool) -> tuple[str, ...]:
+    """The pyseccomp module, found without importing it (its import loads libseccomp
+    through ``ctypes.util.find_library``): a changed or removed one invalidates the
+    probe memo."""
+    if not on:
+        return ()
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("pyseccomp")
+    except (ImportError, ValueError):
+        spec = None
+    return (spec.origin,) if spec is not None and spec.origin else ("<no pyseccomp>",)
+
+
 class BwrapBackend(SandboxBackend):
     name = "bwrap"
     passes_fds = True
@@ -95,11 +110,13 @@ class BwrapBackend(SandboxBackend):
             from ._probe_memo import probe_key, remember, remembered
 
             hub = hub_path(self._env)
-            key = probe_key((self.bwrap, self.setpriv, self.prlimit), seccomp=self.seccomp, as_root=self.as_root)
+            key = probe_key((self.bwrap, self.setpriv, self.prlimit, *_seccomp_files(self.seccomp)),
+                            seccomp=self.seccomp, as_root=self.as_root)
             if not fresh and remembered(hub, self.name, key):
-                # The filter is built live all the same (milliseconds): the memo skips the
-                # sandbox start, never the check that the filter can be built.
-                self._checked = seccomp_problem(self.name) if self.seccomp else None
+                # The memo skips the sandbox start and the filter build: a load that a
+                # warm worker answers builds no filter at all. Every start of a sandbox
+                # still builds it, and refuses to start without it (_prepare).
+                self._checked = None
             else:
                 self._checked = self._probe()
                 if self._checked is None:
@@ -142,7 +159,7 @@ class BwrapBackend(SandboxBackend):
             "namespaces": ["user", "pid", "net", "ipc", "uts", "cgroup", "mount"],
             "sandbox_uid": "fresh unprivileged uid" if self.as_root else "caller's uid",
             "session_keyring": "fresh",
-            **describe(self.name, self.seccomp),
+            **describe(self.name, self.seccomp, build_now=False),
         }
 
     # -- running -------------------------------------------------------------
@@ -151,6 +168,8 @@ class BwrapBackend(SandboxBackend):
         """What every start needs, cold run or warm worker alike: the checks, the
         sandbox uid (writable paths handed to it) and the bwrap command line."""
         problem = self.check()
+        if not problem and self.seccomp:
+            problem = seccomp_problem(self.name)  # built here, whatever the probe memo said
         if problem:
             raise SandboxUnavailableError(f"the bwrap sandbox is unavailable: {problem}")
         warn_if_off(self.seccomp)

@@ -9,8 +9,11 @@ after an hour whatever happens.
 
 Only a success is remembered, so the memo can never make safehub choose a weaker
 backend: at worst a stale one lets a load try bubblewrap where it has stopped
-working, and that run fails closed with bubblewrap's own error. The seccomp filter
-is still built on every check. ``safehub doctor`` always probes afresh.
+working, and that run fails closed with bubblewrap's own error. A remembered probe
+also skips building the seccomp filter (a load that a warm worker answers needs
+none); every sandbox start builds it and refuses to start without it
+(``BwrapBackend._prepare``), and the key holds the pyseccomp module's identity.
+``safehub doctor`` always probes afresh.
 """
 
 from __future__ import annotations

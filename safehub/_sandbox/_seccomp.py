@@ -26,7 +26,7 @@ from collections.abc import Mapping
 
 from . import _seccomp_policy as policy
 
-__all__ = ["build", "problem", "enabled", "describe", "SUPPORTED", "OPT_OUT", "MAX_INSNS"]
+__all__ = ["build", "problem", "enabled", "describe", "policy_digest", "SUPPORTED", "OPT_OUT", "MAX_INSNS"]
 
 logger = logging.getLogger("safehub")
 
@@ -65,6 +65,24 @@ def _hint() -> str:
     )
 
 
+_BUILT: dict[tuple[str, str], bytes] = {}  # what build() made in this process (describe reads it)
+
+
+def policy_digest() -> str:
+    """Identity of the filters' source (the policy and its compiler): a warm worker
+    holds the filter its host built, so its key includes this, and a changed policy
+    gets a new worker. Cheap: no filter is built."""
+    import hashlib
+
+    from . import _seccomp_policy
+
+    digest = hashlib.sha256()
+    for path in (__file__, _seccomp_policy.__file__):
+        with open(path, "rb") as f:
+            digest.update(f.read() + b"\0")
+    return digest.hexdigest()[:32]
+
+
 @functools.lru_cache(maxsize=16)
 def build(variant: str, machine: str | None = None) -> bytes:
     """The BPF program (struct sock_filter array) for ``variant`` ("bwrap",
@@ -83,7 +101,9 @@ def build(variant: str, machine: str | None = None) -> bytes:
     except (ImportError, RuntimeError, OSError) as exc:  # RuntimeError: libseccomp.so not found
         raise SeccompUnavailable(f"cannot build the seccomp filter: {exc}; {_hint()}") from None
     try:
-        return _compile(sc, variant, machine)
+        program = _compile(sc, variant, machine)
+        _BUILT[(variant, machine)] = program
+        return program
     except OSError as exc:
         raise SeccompUnavailable(f"libseccomp could not build the {variant} filter for {machine}: {exc}; {_hint()}") from None
 
@@ -149,18 +169,24 @@ def _compile(sc, variant: str, machine: str) -> bytes:  # noqa: ANN001 - pysecco
     return program
 
 
-def describe(variant: str, on: bool) -> dict[str, object]:
-    """What the filter does, for load records and ``safehub doctor``."""
+def describe(variant: str, on: bool, *, build_now: bool = True) -> dict[str, object]:
+    """What the filter does, for load records and ``safehub doctor``. With
+    ``build_now=False`` (a warm worker's load, which builds no filter) the instruction
+    count is given only when this process built the program already."""
     if not on:
         return {"seccomp": f"OFF ({OPT_OUT}=0): no syscall filter, the kernel keyring and io_uring are reachable"}
-    try:
-        program = build(variant)
-    except SeccompUnavailable as exc:
-        return {"seccomp": "unavailable", "seccomp_problem": str(exc)}
+    program: bytes | None
+    if build_now:
+        try:
+            program = build(variant)
+        except SeccompUnavailable as exc:
+            return {"seccomp": "unavailable", "seccomp_problem": str(exc)}
+    else:
+        program = _BUILT.get((variant, os.uname().machine))
     deny = sorted(policy.DENY) + (sorted(policy.LANDLOCK_DENY) if variant == "landlock" else [])
     return {
         "seccomp": "on",
-        "seccomp_instructions": len(program) // 8,
+        **({"seccomp_instructions": len(program) // 8} if program is not None else {}),
         "seccomp_denied": ["keyring", "io_uring", "bpf", "perf_event_open", "userfaultfd", "ptrace",
                            "process_vm_*", "mount family", "unshare/setns/clone namespaces", "kexec",
                            "module loading", "personality changes"]
