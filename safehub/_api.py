@@ -97,6 +97,18 @@ def _owner_name(repo: RepoCheckout) -> tuple[str, str] | None:
     return (repo.owner, repo.name) if repo.owner is not None and repo.name is not None else None
 
 
+def _broker_fetch(urls: list[str], *, repo: RepoCheckout, hub_dir: Path, verbose: bool, budget: DownloadBudget,
+                  guard: LoadGuard) -> dict[str, Path]:
+    """Fetch ``urls`` for an entrypoint of ``repo`` through the broker, under the load's
+    budget and policy (the GitHub token lent only for the repo's own release assets)."""
+    from ._fetch import prefetch_downloads
+
+    found = prefetch_downloads(urls, hub_dir=hub_dir, verbose=verbose, repo=_owner_name(repo), budget=budget,
+                               url_policy=guard.check_url, host_policy=guard.check_host)
+    guard.check_downloads(found)
+    return dict(found)
+
+
 def _hinted_downloads(job: JobRequest, *, repo: RepoCheckout, hub_dir: Path, verbose: bool, budget: DownloadBudget,
                       guard: LoadGuard, timings: dict[str, float]) -> dict[str, Path]:
     """The files the last load of this entrypoint from this snapshot asked for, fetched
@@ -110,19 +122,15 @@ def _hinted_downloads(job: JobRequest, *, repo: RepoCheckout, hub_dir: Path, ver
     urls = remembered_urls(hub_dir, repo, job.entrypoint)
     if not urls:
         return {}
-    from ._fetch import prefetch_downloads
-
     started = time.perf_counter()
     try:
-        found = prefetch_downloads(urls, hub_dir=hub_dir, verbose=verbose, repo=_owner_name(repo), budget=budget,
-                                   url_policy=guard.check_url, host_policy=guard.check_host)
-        guard.check_downloads(found)
+        found = _broker_fetch(urls, repo=repo, hub_dir=hub_dir, verbose=verbose, budget=budget, guard=guard)
     except SafehubError as exc:
         logger.info("the files this entrypoint asked for last time are not staged ahead (%s)", exc)
         return {}
     finally:
         timings["downloads"] = timings.get("downloads", 0.0) + time.perf_counter() - started
-    return dict(found)
+    return found
 
 
 def _run(
@@ -180,15 +188,9 @@ def _run(
         done.cleanup()
         if _round == MAX_DOWNLOAD_ROUNDS:
             break
-        from ._fetch import prefetch_downloads
-
         logger.info("the entrypoint asked for %d file(s); downloading them on the host", len(needed))
-        # The GitHub token is lent only for the loaded repo's own release assets.
-        owner_name = _owner_name(repo)
         fetch_started = time.perf_counter()
-        downloads.update(prefetch_downloads(needed, hub_dir=hub_dir, verbose=verbose, repo=owner_name, budget=budget,
-                                            url_policy=guard.check_url, host_policy=guard.check_host))
-        guard.check_downloads(downloads)
+        downloads.update(_broker_fetch(needed, repo=repo, hub_dir=hub_dir, verbose=verbose, budget=budget, guard=guard))
         timings["downloads"] = timings.get("downloads", 0.0) + time.perf_counter() - fetch_started
     raise SafehubError(
         f"the entrypoint kept asking for new downloads after {MAX_DOWNLOAD_ROUNDS} rounds",

@@ -119,10 +119,15 @@ _EXTRA_ONLY = re.compile(r""";\s*extra\s*==\s*(?:"[^"\\]+"|'[^'\\]+')\s*$""")
 
 def _base_requires(dist: md.Distribution) -> list:
     """Requirements that apply without extras, on this interpreter."""
+    return _applying(dist.requires or ())
+
+
+def _applying(lines: Iterable[str]) -> list:
+    """The requirement lines that apply without extras, parsed by packaging."""
     from packaging.requirements import InvalidRequirement, Requirement
 
     out = []
-    for line in dist.requires or ():
+    for line in lines:
         if _EXTRA_ONLY.search(line):  # e.g. `; extra == "dev"`: never applies without extras
             continue
         try:
@@ -193,15 +198,7 @@ def _base_required_names(dist: Any) -> list[str]:
         elif name:
             names.append(name)
     if slow:
-        from packaging.requirements import InvalidRequirement, Requirement
-
-        for line in slow:
-            try:
-                req = Requirement(line)
-            except InvalidRequirement:
-                continue
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                names.append(req.name)
+        names += [req.name for req in _applying(slow)]
     return names
 
 

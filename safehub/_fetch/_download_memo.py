@@ -21,11 +21,14 @@ import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._contract import MAX_DOWNLOAD_URLS
 from .._errors import SafehubError
 from .._fsutil import read_memo, write_memo
+
+if TYPE_CHECKING:
+    from ._repo import RepoCheckout
 
 __all__ = ["remembered_urls", "remember_urls"]
 
@@ -35,11 +38,11 @@ MEMO_VERSION = 1
 MAX_BYTES = 64 * 1024
 
 
-def _key(repo: Any, entrypoint: str) -> dict[str, Any]:
+def _key(repo: RepoCheckout, entrypoint: str) -> dict[str, Any]:
     """What a memo belongs to: a GitHub snapshot by its SHA; a local folder by its
     real path (its content may change: the hint may then be stale, which costs a
     fetch, never a wrong model)."""
-    if getattr(repo, "sha", None):
+    if repo.sha:
         where: list[Any] = [repo.source, repo.host, (repo.slug or "").lower(), repo.sha]
     else:
         where = [repo.source, str(Path(repo.path).resolve())]
@@ -51,7 +54,7 @@ def _path(hub_dir: Path, key: dict[str, Any]) -> Path:
     return Path(hub_dir) / "memo" / f"downloads-{digest}.json"
 
 
-def remembered_urls(hub_dir: Path, repo: Any, entrypoint: str) -> list[str]:
+def remembered_urls(hub_dir: Path, repo: RepoCheckout, entrypoint: str) -> list[str]:
     """The URLs the last load of ``entrypoint`` from this snapshot asked for, each
     checked as the entrypoint's own request would be; [] when there is no usable memo."""
     from ._downloads import validate_url
@@ -69,7 +72,7 @@ def remembered_urls(hub_dir: Path, repo: Any, entrypoint: str) -> list[str]:
         return []
 
 
-def remember_urls(hub_dir: Path, repo: Any, entrypoint: str, urls: Iterable[str]) -> None:
+def remember_urls(hub_dir: Path, repo: RepoCheckout, entrypoint: str, urls: Iterable[str]) -> None:
     """Record ``urls`` (those of a load that succeeded) for the next load; best effort."""
     listed = list(dict.fromkeys(urls))[:MAX_DOWNLOAD_URLS]
     key = _key(repo, entrypoint)

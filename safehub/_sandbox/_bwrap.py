@@ -68,6 +68,7 @@ class _Prepared(NamedTuple):
     rw: list[Path]
     scratch: list[Path]
 
+
 def _seccomp_files(on: bool) -> tuple[str, ...]:
     """The pyseccomp module, found without importing it (its import loads libseccomp
     through ``ctypes.util.find_library``): a changed or removed one invalidates the
