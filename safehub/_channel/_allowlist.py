@@ -13,7 +13,10 @@ backward kernel, never a kernel that trusts the sizes or index values it is give
 the two such kernels real models need run behind the checked wrappers of
 :mod:`._kernels`.
 
-Regenerate aten_forward_ops.json and re-review the deny lists on every torch upgrade.
+Regenerate aten_forward_ops.json and function_allowlist.json (the fx function and
+Tensor method lists for the torch safehub is tested with, so that a load need not
+compute them; scripts/derive_function_allowlist.py) and re-review the deny lists on
+every torch upgrade.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from ._names import show
 __all__ = [
     "function_allowlist",
     "method_allowlist",
+    "allowed_function",
+    "allowed_method",
     "leaf_allowlist",
     "resolve_aten",
     "aten_forward_ops",
@@ -116,10 +121,11 @@ _TORCH_QUALNAME = re.compile(r"torch(\.[A-Za-z_][A-Za-z0-9_]*)+")
 
 
 @functools.lru_cache(maxsize=None)
-def function_allowlist() -> dict[str, Callable[..., Any]]:
-    """Exact ``"module.name"`` keys -> callables. A function is listed under every
-    namespace it appears in, and under FX's qualified name for it."""
-    import builtins
+def _torch_function_sources() -> dict[str, tuple[str, str]]:
+    """Every torch key of the function allowlist -> the ``(namespace, attribute)`` its
+    callable is read from (computed from torch itself; ~1500 names, ~25 ms in a fresh
+    process). A function is listed under every namespace it appears in, and under
+    FX's qualified name for it."""
     import importlib
 
     import torch
@@ -141,7 +147,8 @@ def function_allowlist() -> dict[str, Callable[..., Any]]:
             if callable(fn) and not isinstance(fn, type):
                 allowed_ids[id(fn)] = fn
 
-    table: dict[str, Callable[..., Any]] = {}
+    sources: dict[str, tuple[str, str]] = {}
+    objects: dict[str, Any] = {}
     for modname in _FUNCTION_NAMESPACES:
         mod = importlib.import_module(modname)  # fixed host names
         for attr, obj in vars(mod).items():
@@ -157,8 +164,9 @@ def function_allowlist() -> dict[str, Callable[..., Any]]:
                 or attr in _FX_FUNCTION_DENY
             ):
                 continue
-            table[f"{modname}.{attr}"] = cast(_Function, obj)
-    for obj in list(table.values()):
+            sources[f"{modname}.{attr}"] = (modname, attr)
+            objects[f"{modname}.{attr}"] = obj
+    for key, obj in list(objects.items()):
         try:
             qual = torch.fx.node._get_qualified_name(obj)
         except Exception:  # noqa: BLE001 - some builtins have no qualified name
@@ -170,22 +178,120 @@ def function_allowlist() -> dict[str, Callable[..., Any]]:
             and kernel_refusal(qual.rsplit(".", 1)[-1]) is None
             and qual.rsplit(".", 1)[-1] not in _FX_FUNCTION_DENY
         ):
-            table.setdefault(qual, obj)
-    from ._kernels import ZEROED_FUNCTIONS
+            sources.setdefault(qual, sources[key])
+    return sources
 
-    for key, obj in list(table.items()):  # empty* run zero-filled (see ._kernels)
-        name = key.rsplit(".", 1)[-1]
-        if name in ZEROED_FUNCTIONS and obj is getattr(torch, name, None):
-            table[key] = ZEROED_FUNCTIONS[name]
-    for name in _OPERATOR:
-        table[f"operator.{name}"] = getattr(operator, name)
-    for name in _MATH:
-        table[f"math.{name}"] = getattr(math, name)
+
+def _torch_function(key: str, modname: str, attr: str) -> Callable[..., Any] | None:
+    """The callable allowlist entry ``key`` stands for: ``vars(<namespace>)[attr]`` for a
+    fixed namespace (never a getattr walk), with empty* swapped for their zero-filled
+    forms (see ._kernels); None if it is not there or not a plain function."""
+    import importlib
+
+    if modname not in _FUNCTION_NAMESPACES:
+        return None
+    obj = vars(importlib.import_module(modname)).get(attr)
+    name = key.rsplit(".", 1)[-1]
+    if name in _ZEROED_NAMES:
+        import torch
+
+        from ._kernels import ZEROED_FUNCTIONS
+
+        if obj is getattr(torch, name, None):
+            obj = ZEROED_FUNCTIONS[name]
+    return None if _not_a_function(obj) else cast(_Function, obj)
+
+
+@functools.lru_cache(maxsize=None)
+def _fixed_functions() -> dict[str, Callable[..., Any]]:
+    """The allowlist's entries outside torch: operator.*, math.* and getattr."""
+    import builtins
+
+    table: dict[str, Callable[..., Any]] = {f"operator.{name}": getattr(operator, name) for name in _OPERATOR}
+    table.update({f"math.{name}": getattr(math, name) for name in _MATH})
     table[GETATTR_KEY] = builtins.getattr
-    broken = sorted(k for k, v in table.items() if _not_a_function(v))
-    if broken:  # fail closed: a target that is not a plain callable never reaches a graph
-        raise RuntimeError(f"safehub's function allowlist holds non-functions: {broken}")
     return table
+
+
+@functools.lru_cache(maxsize=None)
+def function_allowlist() -> dict[str, Callable[..., Any]]:
+    """Exact ``"module.name"`` keys -> callables, computed from torch (all of it; a graph's
+    targets are looked up one by one with :func:`allowed_function`)."""
+    table: dict[str, Callable[..., Any]] = {}
+    for key, (modname, attr) in _torch_function_sources().items():
+        fn = _torch_function(key, modname, attr)
+        if fn is None:  # fail closed: a target that is not a plain callable never reaches a graph
+            raise RuntimeError(f"safehub's function allowlist holds a non-function: {key}")
+        table[key] = fn
+    table.update(_fixed_functions())
+    return table
+
+
+# The allowlists for the torch safehub is tested with, shipped beside this module
+# (scripts/derive_function_allowlist.py writes it; tests/test_allowlist_shipped.py keeps
+# it equal to the computed lists). Computing them costs a fresh process ~25 ms, most of
+# it torch.overrides building its own tables, once per process; with the shipped names,
+# a load resolves only its graph's targets. Any other torch build computes them.
+_SHIPPED_FILE = "function_allowlist.json"
+_SHIPPED_MAX_BYTES = 1 << 20
+_ZEROED_NAMES = frozenset({"empty", "empty_like", "empty_strided"})  # the keys of ._kernels.ZEROED_FUNCTIONS
+
+
+def torch_build() -> dict[str, str]:
+    """What the shipped lists were derived for: torch's version and git commit."""
+    import torch
+
+    return {"version": str(torch.__version__), "git_version": str(getattr(torch.version, "git_version", ""))}
+
+
+def derive_shipped() -> dict[str, Any]:
+    """The shipped file's contents, computed from the installed torch."""
+    return {
+        "torch": torch_build(),
+        "functions": {key: f"{mod}:{attr}" for key, (mod, attr) in sorted(_torch_function_sources().items())},
+        "methods": sorted(method_allowlist()),
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def _shipped() -> tuple[dict[str, tuple[str, str]], frozenset[str]] | None:
+    """The shipped lists, or None when they were derived for another torch build."""
+    import json
+    from importlib import resources
+
+    raw = resources.files(__package__).joinpath(_SHIPPED_FILE).read_bytes()
+    if len(raw) > _SHIPPED_MAX_BYTES:  # shipped with safehub, but fail closed on a corrupt install
+        raise DisallowedTargetError(f"{_SHIPPED_FILE} is larger than {_SHIPPED_MAX_BYTES} bytes")
+    data = json.loads(raw)
+    if data.get("torch") != torch_build():
+        return None
+    functions = {key: cast(tuple[str, str], tuple(src.split(":", 1))) for key, src in data["functions"].items()}
+    return functions, frozenset(data["methods"])
+
+
+_resolved: dict[str, Callable[..., Any] | None] = {}
+
+
+def allowed_function(key: str) -> Callable[..., Any] | None:
+    """The allowlisted callable for call_function target ``key``, or None: the same
+    answer as ``function_allowlist().get(key)``, without building the whole table when
+    this torch is the one the shipped names were derived for."""
+    shipped = _shipped()
+    if shipped is None:
+        return function_allowlist().get(key)
+    fixed = _fixed_functions().get(key)
+    if fixed is not None:
+        return fixed
+    if key not in _resolved:
+        src = shipped[0].get(key)
+        _resolved[key] = None if src is None else _torch_function(key, *src)
+    return _resolved[key]
+
+
+def allowed_method(name: str) -> bool:
+    """Whether Tensor method ``name`` is allowlisted: ``name in method_allowlist()``."""
+    shipped = _shipped()
+    return name in (method_allowlist() if shipped is None else shipped[1])
 
 
 def _not_a_function(obj: object) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from .._errors import DisallowedTargetError, InvalidNameError, SpecTooLargeError, UnsafeSpecError
-from ._allowlist import GETATTR_ATTRS, GETATTR_KEY, function_allowlist, method_allowlist, resolve_aten
+from ._allowlist import GETATTR_ATTRS, GETATTR_KEY, allowed_function, allowed_method, resolve_aten
 from ._json import obj
 from ._limits import ChannelLimits
 from ._literals import LiteralContext, NodeRef, decode_literal
@@ -61,7 +61,6 @@ def parse_graph(
         raise UnsafeSpecError(f"{where}: nodes must be a list")
     if len(nodes_raw) > limits.nodes:
         raise SpecTooLargeError(f"{where} has {len(nodes_raw)} nodes, over the cap of {limits.nodes}")
-    functions, methods = function_allowlist(), method_allowlist()
     seen: set[str] = set()
     placeholders: list[str] = []
     nodes: list[NodeSpec] = []
@@ -113,7 +112,7 @@ def parse_graph(
         else:
             args = tuple(decode_literal(a, ctx) for a in args_raw)
             kwargs = {k: decode_literal(v, ctx) for k, v in kwargs_raw.items()}
-            target = _resolve_target(op, target_raw, nwhere, mode, tensors, aliases, leaves, functions, methods, limits)
+            target = _resolve_target(op, target_raw, nwhere, mode, tensors, aliases, leaves, limits)
             target_raw = cast(str, target_raw)  # _resolve_target refused anything but a string
             if op == "get_attr" and (args or kwargs):
                 raise UnsafeSpecError(f"{nwhere}: get_attr takes no arguments")
@@ -167,8 +166,6 @@ def _resolve_target(
     tensors: dict,
     aliases: dict,
     leaves: dict,
-    functions: dict,
-    methods: frozenset,
     limits: ChannelLimits,
 ) -> Any:
     if not isinstance(target, str) or len(target) > limits.path_chars:
@@ -184,14 +181,14 @@ def _resolve_target(
             raise UnsafeSpecError(f"{where}: call_module target {show(target)} is not a leaf of this module")
         return target
     if op == "call_method":
-        if target not in methods:
+        if not allowed_method(target):
             raise DisallowedTargetError(
                 f"{where}: Tensor method {show(target)} is not on safehub's allowlist",
                 hint="methods that touch storage, hooks, files or Python objects are refused",
             )
         return target
     # call_function
-    fn = functions.get(target)
+    fn = allowed_function(target)  # exact keys only (see ._allowlist)
     if fn is not None and callable(fn):
         return fn
     if target.startswith("aten."):  # aten mode, or fx mode when a model calls torch.ops.aten.* itself
