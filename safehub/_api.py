@@ -11,13 +11,13 @@ import dataclasses
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._config import hub_path
 from ._errors import EntrypointNotFoundError, SafehubError
 from ._hubconf import Hubconf, read_hubconf
+from ._records import record
 from ._status import status
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ logger = logging.getLogger("safehub")
 MAX_DOWNLOAD_ROUNDS = 2
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LoadInfo:
     """What a load used; attached to the returned module as ``safehub_info``."""
 

@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from ._channel import SPEC_FILE, WEIGHTS_FILE, ChannelLimits, rebuild_from_outpu
 from ._channel._names import show
 from ._channel._origin import BuildOrigin, BuildRecord, origin_of
 from ._errors import ArtifactError, ArtifactSaveError, UnsafeSpecError
+from ._records import record
 
 __all__ = ["save", "load_artifact", "load_checked", "inspect_artifact", "ArtifactInfo", "note_load"]
 
@@ -53,7 +53,7 @@ _TAMPERED_HINT = ("nothing was built. This artifact's files match its recorded h
                   "model gets: it was not written by safehub.save, or was edited and re-hashed. Do not use it")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ArtifactInfo:
     """``safehub_info`` of a model loaded from an artifact: its provenance, as recorded."""
 

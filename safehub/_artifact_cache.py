@@ -43,7 +43,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ from ._cache_writer import fsync_dir as _fsync_dir
 from ._config import env_flag
 from ._errors import ArtifactCacheError, SafehubError, UnsafeSpecError
 from ._fsutil import tree_size
+from ._records import record
 
 __all__ = ["ArtifactCache", "CachePlan", "plan_cache", "graph_cache", "EntryInfo"]
 
@@ -71,7 +72,7 @@ def _is_key(text: str) -> bool:
     return len(text) == 64 and set(text) <= _HEX64
 
 
-@dataclass
+@record
 class CachePlan:
     """One load's view of the cache: its key (None when not cacheable) and what happened."""
 
@@ -176,7 +177,7 @@ def graph_cache(hub_dir: Path, load_key: str | None, *, mid: str, training: bool
     return CachePlan(ArtifactCache(hub_dir), key_digest(inputs), inputs, False, info={"hit": False})
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class EntryInfo:
     """One artifact-cache entry as ``cache artifacts`` lists it."""
 

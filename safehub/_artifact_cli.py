@@ -7,16 +7,16 @@ import functools
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ._errors import SafehubError, escape_untrusted
+from ._records import record
 
 __all__ = ["add_artifact_commands", "CliHelpers"]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CliHelpers:
     """The shared argument helpers of ``_cli`` (passed in: this module sits below it)."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 
 from ._deferred import deferred_modules
 from ._errors import ExportError
+from ._records import record
 
 __all__ = ["DeferredJob", "attach_cached_jobs", "attach_jobs", "keep_weights", "sweep_kept_weights"]
 
@@ -44,7 +44,7 @@ def sweep_kept_weights(hub_dir: Path) -> int:
     return sweep_unowned(Path(hub_dir) / "deferred", "load-")
 
 
-@dataclass
+@record
 class DeferredJob:
     """What the host needs to re-run the sandbox: never repo code or repo objects.
     ``request`` is the load's own JobRequest (repo folder, entrypoint, limits,

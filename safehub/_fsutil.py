@@ -19,8 +19,10 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
+
+from ._records import record
 
 __all__ = ["remove_tree", "tree_size", "human_size", "write_memo", "read_memo"]
 
@@ -30,7 +32,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_PATH = getattr(os, "O_PATH", 0)
 
 
-@dataclass
+@record
 class _Frame:
     """One folder on the removal walk's stack."""
 

@@ -19,11 +19,12 @@ import ast
 import difflib
 import inspect
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from ._errors import EntrypointArgumentsError, EntrypointNotFoundError, HubconfError, escape_untrusted
+from ._records import record
 
 __all__ = ["Entrypoint", "Hubconf", "read_hubconf", "parse_hubconf", "MAX_HUBCONF_BYTES"]
 
@@ -36,7 +37,7 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DYNAMIC_CALLS = {"globals", "setattr", "exec", "eval", "__import__", "vars", "locals"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Entrypoint:
     """One entrypoint as the static reading of hubconf.py found it."""
 
@@ -50,7 +51,7 @@ class Entrypoint:
     params: tuple[tuple[str, inspect._ParameterKind, bool], ...] | None = None
 
 
-@dataclass
+@record
 class Hubconf:
     """What the static reading of a hubconf.py found."""
 

@@ -30,7 +30,7 @@ import logging
 import os
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from ._contract import (ARGS_FILE, EXAMPLE_INPUTS_FILE, PROTOCOL, REQUEST_FILE, 
 from ._env._hints import missing_module_hint
 from ._env._types import PythonEnv
 from ._errors import SandboxError, SandboxLimitError, SandboxTimeoutError
+from ._records import record
 from ._resources import runner_dir
 from ._sandbox import Limits, SandboxBackend, SandboxRequest, SandboxResult
 from ._fsutil import remove_tree
@@ -52,7 +53,7 @@ logger = logging.getLogger("safehub")
 _SWEPT: set[Path] = set()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class JobRequest:
     """What one sandboxed job should do (see ``safehub._contract.Request``)."""
 
@@ -77,7 +78,7 @@ class JobRequest:
     audit: bool = False
 
 
-@dataclass
+@record
 class Job:
     """A finished sandboxed job: its folder, checked result and sandbox record."""
 

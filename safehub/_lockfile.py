@@ -26,11 +26,11 @@ import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ._errors import PolicyError, escape_untrusted
+from ._records import record
 
 __all__ = ["Lock", "LockEntry", "read_lock", "write_lock", "weights_sha256", "runner_identity", "safehub_version",
            "FORMAT", "VERSION"]
@@ -46,7 +46,7 @@ _ENTRY_KEYS = {"repo", "host", "ref", "sha", "archive_sha256", "tree_hash", "ent
                "downloads", "runner", "safehub", "weights_sha256"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LockEntry:
     """One locked entrypoint: what its load must match."""
 
@@ -74,7 +74,7 @@ class LockEntry:
         }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Lock:
     """A parsed lockfile."""
 

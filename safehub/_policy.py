@@ -27,12 +27,13 @@ import os
 import stat
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from ._errors import PolicyError, escape_untrusted
 from ._policy_match import HostPattern, RepoPattern, parse_host, parse_package, parse_repo_pattern
+from ._records import record
 
 __all__ = ["Policy", "load_policy", "read_policy_file", "SCHEMA", "SYSTEM_POLICY_PATH", "SANDBOX_RANK",
            "policy_sources"]
@@ -217,7 +218,7 @@ def _value(kind: str, value: Any, where: str, base: Path | None) -> Any:
 # --- merging layers ---------------------------------------------------------------
 
 
-@dataclass
+@record
 class Policy:
     """The merged policy. ``values`` is {section: {key: value}}; ``sources`` says which
     files set each value (the first is the widest, later ones narrowed it)."""

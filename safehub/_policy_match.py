@@ -16,8 +16,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from ._records import record
 
 __all__ = ["RepoPattern", "HostPattern", "parse_repo_pattern", "parse_host", "parse_package", "url_origin",
            "canonical_name"]
@@ -32,7 +33,7 @@ def canonical_name(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RepoPattern:
     """A policy's ``owner/name`` or ``owner/*`` pattern."""
 
@@ -66,7 +67,7 @@ def parse_repo_pattern(text: str) -> RepoPattern:
     return RepoPattern(owner.lower(), name.lower())
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HostPattern:
     """A policy's URL origin pattern (``*.`` for a domain and its subdomains)."""
 

@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 from ._config import env_flag
 from ._errors import SandboxError
 from ._fsutil import remove_tree
+from ._records import record
 from ._resources import runner_dir
 from ._sandbox import Limits, SandboxBackend, SandboxRequest, SandboxResult
 from ._sandbox import _proc
@@ -151,7 +152,7 @@ def _private_dir(path: Path) -> None:
         os.chmod(path, 0o700)
 
 
-@dataclasses.dataclass
+@record
 class _State:
     """The running worker, as its state file records it."""
 

@@ -303,10 +303,14 @@ def test_a_model_loads_under_the_filter(backend, monkeypatch):
     assert torch.isfinite(model(torch.randn(5, 8))).all()
 
 
-def test_fail_closed_without_libseccomp_and_the_explicit_opt_out(monkeypatch):
+def test_fail_closed_without_libseccomp_and_the_explicit_opt_out(monkeypatch, tmp_path):
     """No libseccomp bindings: every backend is unavailable (never silently
     unfiltered); SAFEHUB_SECCOMP=0 is the only way to run without the filter."""
     import builtins
+
+    # A home with no remembered probe (a remembered one skips check()'s build; the
+    # sandbox start still refuses: test_probe_memo.py).
+    home = {"SAFEHUB_HOME": str(tmp_path / "home")}
 
     real_import = builtins.__import__
 
@@ -320,12 +324,12 @@ def test_fail_closed_without_libseccomp_and_the_explicit_opt_out(monkeypatch):
     try:
         from safehub._sandbox import BwrapBackend, LandlockBackend, ProcessBackend
 
-        for backend in (BwrapBackend(env={}), LandlockBackend(env={}), ProcessBackend(env={})):
+        for backend in (BwrapBackend(env=home), LandlockBackend(env=home), ProcessBackend(env=home)):
             problem = backend.check()
             assert problem and "pyseccomp" in problem and "SAFEHUB_SECCOMP=0" in problem, (backend.name, problem)
         with pytest.raises(SandboxUnavailableError, match="seccomp"):
             get_backend("landlock", env={"SAFEHUB_SECCOMP": "1", "SAFEHUB_BWRAP": "/x"})
-        off = {"SAFEHUB_SECCOMP": "0"}
+        off = {"SAFEHUB_SECCOMP": "0", **home}
         assert BwrapBackend(env=off).check() is None and LandlockBackend(env=off).check() is None
     finally:
         monkeypatch.setattr(builtins, "__import__", real_import)

@@ -15,11 +15,12 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from .._errors import SafehubError, escape_untrusted
+from .._records import record
 from ._verdict import EXIT_CODES, worst
 
 __all__ = ["BatchItem", "read_batch", "audit_one", "audit_batch", "write_reports", "VOLATILE_KEYS"]
@@ -33,7 +34,7 @@ VOLATILE_KEYS = frozenset({"generated_at", "timings", "wall_s", "sandbox_wall_s"
                            "peak_pids"})
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BatchItem:
     """One line of a batch file: a repo and the entrypoints to audit (none: all)."""
 

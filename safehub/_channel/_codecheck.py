@@ -33,13 +33,13 @@ import builtins
 import gc
 import math
 import operator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.fx.graph import CodeGen, PythonCode
 
 from .._errors import UnsafeSpecError
+from .._records import record
 from ._names import show
 
 __all__ = ["CheckedCodeGen", "check_python_code"]
@@ -64,14 +64,14 @@ _UNBOUND = object()
 PARSE_FILENAME = "<safehub-codecheck>"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _Arg:
     """The value of a ``forward`` argument, as passed by the caller."""
 
     name: str
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _Op:
     """One operation of a graph, as the code check compares it."""
 

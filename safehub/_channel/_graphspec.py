@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 import re
 
-from dataclasses import dataclass
 from typing import Any, cast
 
 from .._errors import DisallowedTargetError, InvalidNameError, SpecTooLargeError, UnsafeSpecError
+from .._records import record
 from ._allowlist import GETATTR_ATTRS, GETATTR_KEY, allowed_function, allowed_method, resolve_aten
 from ._json import obj
 from ._limits import ChannelLimits
@@ -25,7 +25,7 @@ _OPS = ("placeholder", "get_attr", "call_function", "call_method", "call_module"
 _OPERATOR_ARITY = {"neg": 1, "pos": 1, "abs": 1, "invert": 1, "not_": 1, "truth": 1, "index": 1, "setitem": 3}
 
 
-@dataclass
+@record
 class NodeSpec:
     """One validated graph node; ``target`` is resolved through the allowlists."""
 
@@ -37,7 +37,7 @@ class NodeSpec:
     kwargs: dict[str, Any]
 
 
-@dataclass
+@record
 class GraphSpec:
     """A validated graph: its nodes in order and its placeholder names."""
 

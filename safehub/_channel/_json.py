@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 from typing import Any
 
 from .._errors import SpecTooLargeError, UnsafeSpecError
+from .._records import record
 from ._names import show
 
 __all__ = ["load_json", "prescan", "JsonScan", "MEMORY_FACTOR", "obj", "boolean", "dict_capped"]
@@ -70,7 +70,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class JsonScan:
     """What a pre-scan of untrusted JSON found, before any decoding."""
 

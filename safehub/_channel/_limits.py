@@ -13,12 +13,13 @@ hence ``nodes``). Measured by benchmarks/bench_prescan.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .._records import record
+
 
 __all__ = ["ChannelLimits"]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ChannelLimits:
     """Bounds on everything the sandbox returns (sizes, counts, depths)."""
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from .._errors import InvalidNameError, SpecTooLargeError, UnsafeSpecError
+from .._records import record
 from ._limits import ChannelLimits
 from ._names import show
 
@@ -28,7 +28,7 @@ DTYPE_NAMES = (
 _MEMORY_FORMATS = ("contiguous_format", "channels_last", "preserve_format", "channels_last_3d")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NodeRef:
     """A reference to an earlier node of the same graph."""
 
@@ -41,7 +41,7 @@ def dtype_table() -> dict[str, Any]:
     return {name: getattr(torch, name) for name in DTYPE_NAMES}  # fixed names, not spec strings
 
 
-@dataclass
+@record
 class LiteralContext:
     """Where a literal is being parsed, and what it may refer to."""
 

@@ -10,15 +10,17 @@ read from outside the process after validation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
+
+from .._records import record
 
 __all__ = ["BuildRecord", "BuildOrigin", "ORIGIN_ATTR", "attach_origin", "origin_of"]
 
 ORIGIN_ATTR = "_safehub_origin"
 
 
-@dataclass(eq=False)
+@record(eq=False)
 class BuildRecord:
     """One rebuild: shared by every module it returned."""
 
@@ -31,7 +33,7 @@ class BuildRecord:
         return self  # immutable in practice; a deep-copied model keeps its record
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class BuildOrigin:
     """How one module was built: its record, spec and generated code."""
 

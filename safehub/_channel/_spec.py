@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from .._contract import SPEC_FORMAT, SPEC_VERSION
 from .._errors import DisallowedTargetError, InvalidNameError, SpecTooLargeError, UnsafeSpecError
+from .._records import record
 from ._allowlist import COUNT_KWARGS, leaf_allowlist
 from ._graphspec import GraphSpec, NodeSpec, parse_graph
 from ._json import boolean, dict_capped, load_json, obj
@@ -41,14 +42,14 @@ _FLOATING = ("float64", "float32", "float16", "bfloat16", "complex64", "complex1
 _MAX_DIM = 2**62
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ModuleRef:
     """A reference to a module of the spec by its id."""
 
     mid: str
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ObjectRoot:
     """An object whose attributes held modules: type name and validated attributes."""
 
@@ -56,7 +57,7 @@ class ObjectRoot:
     attrs: dict[str, Any]  # identifier -> ModuleRef/containers/ObjectRoot or PlainValue
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PlainValue:
     """A plain attribute value of an object root."""
 
@@ -83,7 +84,7 @@ def _parse_data(value: Any, where: str, depth: int) -> Any:
     raise UnsafeSpecError(f"{where}: plain data must be int, float, str, bool, None or a tuple of them")
 
 
-@dataclass
+@record
 class TensorInfo:
     """One tensor the spec declares: where, its dtype and shape, and what kind."""
 
@@ -95,7 +96,7 @@ class TensorInfo:
     persistent: bool
 
 
-@dataclass
+@record
 class LeafSpec:
     """One allowlisted leaf module: its class, constructor kwargs and tensors."""
 
@@ -108,7 +109,7 @@ class LeafSpec:
     members: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
+@record
 class ModuleSpec:
     """One validated module of the spec: tensors, leaves and (traced) graphs."""
 
@@ -122,7 +123,7 @@ class ModuleSpec:
     graphs: dict[str, GraphSpec]
 
 
-@dataclass
+@record
 class ArchSpec:
     """A whole validated spec: the root and the modules it refers to."""
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 from .._errors import SpecTooLargeError, TensorMismatchError, UnsafeSpecError
+from .._records import record
 from ._limits import ChannelLimits
 from ._names import show
 from ._json import load_json
@@ -38,7 +38,7 @@ ST_DTYPES: dict[str, tuple[str, int]] = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HeaderEntry:
     """One tensor's entry in a checked safetensors header."""
 

@@ -30,10 +30,10 @@ import logging
 import os
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from .._errors import EnvironmentBuildError, MissingHostPackageError
+from .._records import record
 
 __all__ = ["Family", "ensure_family", "family_names", "family_digest", "family_entries", "FAMILY_MARKER"]
 
@@ -45,7 +45,7 @@ MAX_SPLIT_DEPTH = 3
 MAX_RECORD_BYTES = 64 << 20  # torch's RECORD is ~2 MB
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Family:
     """The shared torch-family folder each env's ``.pth`` names."""
 

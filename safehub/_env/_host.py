@@ -18,13 +18,13 @@ import sys
 import sysconfig
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from email.parser import HeaderParser
 from pathlib import Path
 from typing import Any
 
 from .._basesite import base_site_packages
 from .._errors import MissingHostPackageError, escape_untrusted
+from .._records import record
 from ._host_memo import load_memo, memo_name, save_memo
 from ._resolve import TORCH_FAMILY, Resolution, canonical
 from ._types import PythonEnv
@@ -43,7 +43,7 @@ _IMPORT_NAME = {"torch-tensorrt": "torch_tensorrt", "pytorch-triton": "triton"}
 _MAX_METADATA_BYTES = 1 << 20
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HostInfo:
     """The parts of the host that shape every env."""
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
+from .._records import record
 from ._build import MARKER, _read_marker, lock_path
 from .._fsutil import remove_tree
 
@@ -22,7 +22,7 @@ _NAME = re.compile(r"^[0-9a-f]{16}$")
 _TMP = re.compile(r"^\.tmp-([0-9a-f]{16})-")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class EnvRecord:
     """One env folder as ``safehub env ls`` lists it."""
 

@@ -21,11 +21,12 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from .._errors import EnvironmentBuildError, escape_untrusted
+from .._records import record
 from ._resolve import IMPORT_TO_DIST, KNOWN_DISTS, TORCH_FAMILY, canonical, parse_entry
 from ._scan import ScanResult, cached_scan
 
@@ -44,7 +45,7 @@ class UnknownImportError(EnvironmentBuildError):
     """The scan found an import whose distribution safehub does not know."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DependencyPlan:
     """What a repo's env installs, and how that was decided."""
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from .._errors import EnvironmentBuildError, escape_untrusted
+from .._records import record
 
 __all__ = [
     "Resolution",
@@ -274,7 +274,7 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Requirement:
     """One validated hubconf entry."""
 
@@ -286,7 +286,7 @@ class Requirement:
         return f"{self.distribution}{self.specifier}"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Resolution:
     """What a dependency list means for the env.
 

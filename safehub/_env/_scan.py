@@ -38,8 +38,10 @@ import json
 import os
 import stat
 import sys
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
+
+from .._records import record
 
 __all__ = ["ScanResult", "scan_repo", "MAX_FILES"]
 
@@ -55,7 +57,7 @@ SCAN_FORMAT = 3
 _KINDS = ("third_party", "optional", "family", "family_optional", "local", "stdlib", "lazy")
 
 
-@dataclass
+@record
 class ScanResult:
     """Top-level import names by class; ``where`` says where each was first seen."""
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
+
+from .._records import record
 
 __all__ = ["PythonEnv"]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PythonEnv:
     """An interpreter the runner can use.
 

@@ -22,13 +22,13 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
 from .._errors import CacheCorruptedError
 from .._fsutil import remove_tree
+from .._records import record
 from ._extract import tree_hash
 from ._names import SHA_RE
 
@@ -58,7 +58,7 @@ def _read_json(path: Path, max_bytes: int = 1 << 20) -> Any:
     return json.loads(raw.decode("utf-8"))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CacheEntry:
     """One fetched repo snapshot in the cache."""
 

@@ -7,11 +7,11 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .._config import get_dir
+from .._records import record
 from ._cache import CacheEntry, RepoCache
 from .._errors import CacheCorruptedError
 from .._fsutil import human_size as _human
@@ -151,7 +151,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CacheSection:
     """The artifact cache's part of ``ls``/``rm``/``verify``, handed in by the command
     line (it lives in a layer above this package)."""

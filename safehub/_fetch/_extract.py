@@ -28,11 +28,11 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from .._config import env_flag
 from .._errors import UnsafeArchiveError
+from .._records import record
 
 __all__ = ["ArchiveLimits", "extract_zip", "tree_hash", "make_read_only"]
 
@@ -50,7 +50,7 @@ _DECODE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, UnicodeError, EOFErr
                   NotImplementedError, OverflowError, ValueError, KeyError, IndexError)  # fmt: skip
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ArchiveLimits:
     """Bounds on an archive and what it unpacks to."""
 
@@ -92,7 +92,7 @@ class ArchiveLimits:
         )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _Member:
     """One checked archive member."""
 

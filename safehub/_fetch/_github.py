@@ -18,10 +18,10 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 from .._errors import FetchError, InvalidRepoError, RepoNotFoundError
+from .._records import record
 from ._http import HttpClient, origin_of
 from ._names import MIN_SHORT_SHA, SHA_RE, is_full_sha, looks_like_short_sha
 
@@ -38,7 +38,7 @@ MAX_ANCESTRY_CHECKS = 20
 FORK_MESSAGE = "If it's a commit from a forked repo, please call load() with the forked repo directly."
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GitHubHost:
     """A GitHub (or GitHub Enterprise) host: its web and API base URLs."""
 

@@ -8,9 +8,9 @@ than normalised.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from .._errors import InvalidRepoError
+from .._records import record
 
 __all__ = ["RepoSpec", "parse_repo", "validate_ref", "is_full_sha", "SHA_RE"]
 
@@ -28,7 +28,7 @@ MAX_REF_LEN = 255
 MIN_SHORT_SHA = 7
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RepoSpec:
     """A parsed ``owner/name[:ref]``. ``ref`` is None when the user gave none."""
 

@@ -11,10 +11,10 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from .._config import env_flag, is_offline, progress_enabled
+from .._records import record
 from .._status import status
 from .._errors import HubconfError, InvalidRepoError, OfflineError
 from .._fsutil import remove_tree
@@ -32,7 +32,7 @@ logger = logging.getLogger("safehub")
 DEFAULT_REF_TTL_S = 300.0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RepoCheckout:
     """A repo tree ready to hand to the sandbox (read-only; contains hubconf.py)."""
 
@@ -65,7 +65,7 @@ def ref_ttl(env: Mapping[str, str]) -> float:
         raise ValueError(f"SAFEHUB_REF_CACHE_TTL={raw!r} is not a number of seconds") from None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RepoRequest:
     """Which repo to fetch and how: torch.hub's options, in one object."""
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
+from .._records import record
 from .._resources import runner_dir
 from ._limits import Limits, confine_rlimits
 
@@ -30,7 +31,7 @@ MAX_CAPTURE_BYTES = 64 * 1024
 GPU_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset", "/dev/dri")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SandboxRequest:
     """One command to run sandboxed, with what it may see and its limits."""
 
@@ -55,7 +56,7 @@ class SandboxRequest:
     pass_fds: Sequence[int] = ()
 
 
-@dataclass
+@record
 class SandboxResult:
     """How a sandboxed run ended, and what the backend recorded."""
 

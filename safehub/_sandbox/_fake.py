@@ -16,16 +16,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from .._records import record
 from ._base import SandboxBackend, SandboxRequest, SandboxResult
 
 __all__ = ["FakeBackend", "FakeJob", "FakeOutcome"]
 
 
-@dataclass
+@record
 class FakeJob:
     """What the handler sees of one run."""
 
@@ -46,7 +47,7 @@ class FakeJob:
         (self.out_dir / "result.json").write_text(json.dumps({"protocol": protocol, **result}), encoding="utf-8")
 
 
-@dataclass
+@record
 class FakeOutcome:
     """How the fake run ended; a handler returning None means status 0, nothing printed."""
 

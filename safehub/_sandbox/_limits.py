@@ -20,9 +20,10 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
+from .._records import record
 from ._proc import NoChildrenFile, ProcessGone, children, cpu_seconds, rss_bytes
 
 __all__ = ["Limits", "confine_rlimits", "Watchdog", "killed_by_signal", "tree_pids", "tree_usage_bytes"]
@@ -35,7 +36,7 @@ POLL_S = 0.05
 DISK_POLL_S = 0.5
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Limits:
     """Resource limits for one sandboxed run. ``None`` means "no limit of this kind"."""
 
@@ -125,7 +126,7 @@ def tree_usage_bytes(paths: Sequence[Path], max_files: int) -> tuple[int, int]:
     return total, count
 
 
-@dataclass
+@record
 class Watchdog:
     """Polls one sandboxed tree until its leader exits or a limit is hit.
 
