@@ -24,11 +24,19 @@ import dataclasses
 import operator
 import reprlib
 import sys
-from typing import Any, Callable, TypeVar, dataclass_transform, overload
+from typing import Any, Callable, TypeVar, overload
+
+_T = TypeVar("_T", bound=type)
+_F = TypeVar("_F")
+
+if sys.version_info >= (3, 11):
+    from typing import dataclass_transform
+else:  # (3.10: only type checkers read it)
+    def dataclass_transform(**_: Any) -> Callable[[_F], _F]:
+        return lambda fn: fn
 
 __all__ = ["record"]
 
-_T = TypeVar("_T", bound=type)
 _GENERATED = ("__init__", "__repr__", "__eq__", "__hash__", "__setattr__", "__delattr__")
 
 
