@@ -71,6 +71,16 @@ def test_the_shipped_lookup_answers_exactly_as_the_computed_table():
         assert allowed_method(name) == (name in methods), name
 
 
+def test_names_that_are_not_listed_are_not_remembered():
+    """A spec's unknown names (up to the node cap per graph, in every load of a
+    long-running process) must not grow the lookup's memo."""
+    before = dict(_allowlist._resolved)
+    for i in range(1000):
+        assert allowed_function(f"torch.not_a_function_{i}") is None
+    assert _allowlist._resolved == before
+    assert set(_allowlist._resolved) <= set(function_allowlist())
+
+
 def test_the_zero_filled_forms_are_what_the_lookup_gives():
     from safehub._channel._kernels import ZEROED_FUNCTIONS
 

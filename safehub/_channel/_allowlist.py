@@ -282,9 +282,11 @@ def allowed_function(key: str) -> Callable[..., Any] | None:
     fixed = _fixed_functions().get(key)
     if fixed is not None:
         return fixed
-    if key not in _resolved:
-        src = shipped[0].get(key)
-        _resolved[key] = None if src is None else _torch_function(key, *src)
+    src = shipped[0].get(key)
+    if src is None:  # (misses are not remembered: a spec's names must not grow this process's memory)
+        return None
+    if key not in _resolved:  # at most one entry per shipped key
+        _resolved[key] = _torch_function(key, *src)
     return _resolved[key]
 
 
