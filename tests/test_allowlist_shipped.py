@@ -81,6 +81,21 @@ def test_names_that_are_not_listed_are_not_remembered():
     assert set(_allowlist._resolved) <= set(function_allowlist())
 
 
+@pytest.mark.parametrize("src", [("os", "system"), ("torch", "_sparse_coo_tensor_unsafe"),
+                                 ("torch.nn.functional", "__builtins__"), ("torch", "lstm"),
+                                 ("torch", "batch_norm_backward_elemt")])
+def test_a_wrong_shipped_entry_still_resolves_to_nothing_refused(monkeypatch, src):
+    """Defence in depth: were the shipped file wrong, a name outside the fixed namespaces
+    or in a refused family still resolves to nothing. (A public torch function that is
+    not overridable, torch.load, is kept out by the file being exactly the computed list
+    for this build, the first test here, and by the build check, not by this.)"""
+    shipped = _allowlist._shipped()
+    assert shipped is not None
+    monkeypatch.setattr(_allowlist, "_shipped", lambda: ({"torch.crafted": src}, shipped[1]))
+    monkeypatch.setattr(_allowlist, "_resolved", {})
+    assert allowed_function("torch.crafted") is None
+
+
 def test_the_zero_filled_forms_are_what_the_lookup_gives():
     from safehub._channel._kernels import ZEROED_FUNCTIONS
 

@@ -188,10 +188,13 @@ def _torch_function(key: str, modname: str, attr: str) -> Callable[..., Any] | N
     forms (see ._kernels); None if it is not there or not a plain function."""
     import importlib
 
-    if modname not in _FUNCTION_NAMESPACES:
+    name = key.rsplit(".", 1)[-1]
+    if modname not in _FUNCTION_NAMESPACES or any(
+        n.startswith("__") or unchecked_family(n) or kernel_refusal(n) is not None or n in _FX_FUNCTION_DENY
+        for n in (attr, name)
+    ):  # (the computed lists never hold these; a shipped file that did is refused here too)
         return None
     obj = vars(importlib.import_module(modname)).get(attr)
-    name = key.rsplit(".", 1)[-1]
     if name in _ZEROED_NAMES:
         import torch
 
