@@ -285,3 +285,5 @@ class Result(TypedDict):
     warnings: NotRequired[List[RunnerWarning]]  # raised by repo code, at most MAX_WARNINGS
     summary: NotRequired[Dict[str, Any]]  # action "load" / "convert"
     entrypoints: NotRequired[List[Dict[str, Union[str, None]]]]  # action "list"
+    # action "load": the staged URLs the entrypoint was served, at most MAX_DOWNLOAD_URLS
+    downloads_used: NotRequired[List[str]]

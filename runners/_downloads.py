@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 
 from _contract import PROTOCOL, Result
 
-__all__ = ["install", "check", "NeedsDownload", "NestedHubLoad", "requested"]
+__all__ = ["install", "check", "NeedsDownload", "NestedHubLoad", "requested", "served"]
 
 MAX_URLS = 16
 MAX_URL_LEN = 2048
@@ -36,6 +36,7 @@ _HASH_REGEX = re.compile(r"-([a-f0-9]*)\.")  # torch.hub's: resnet18-bfd8deac.pt
 
 _manifest: dict[str, str] = {}
 _requested: list[str] = []
+_served: list[str] = []  # staged URLs the entrypoint was given, reported with a load's result
 
 
 class NeedsDownload(BaseException):
@@ -72,10 +73,18 @@ def requested() -> list[str]:
     return list(_requested)
 
 
+def served() -> list[str]:
+    """The staged URLs repo code asked for, in order (the host's download memo keeps
+    exactly these, so a URL the entrypoint no longer asks for is not staged again)."""
+    return list(_served)
+
+
 def _serve(url: str) -> str:
     url = str(url)
     path = _manifest.get(url)
     if path is not None:
+        if url not in _served and len(_served) < MAX_URLS:
+            _served.append(url)
         return path
     if len(url) <= MAX_URL_LEN and url not in _requested and len(_requested) < MAX_URLS:
         _requested.append(url)

@@ -331,7 +331,7 @@ def run(job_dir: str) -> Result:
     lap("export")
     if isinstance(summary, dict):
         summary["timings"] = timings
-    return {"protocol": PROTOCOL, "status": "ok", "summary": summary}
+    return {"protocol": PROTOCOL, "status": "ok", "summary": summary, "downloads_used": _downloads.served()}
 
 
 def main(argv: list[str]) -> int:

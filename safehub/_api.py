@@ -109,6 +109,21 @@ def _broker_fetch(urls: list[str], *, repo: RepoCheckout, hub_dir: Path, verbose
     return dict(found)
 
 
+def _remember_downloads(done: Any, staged: dict[str, Any], hinted: set[str], *, repo: RepoCheckout, hub_dir: Path,
+                        entrypoint: str) -> None:
+    """Keep what the next load of ``entrypoint`` should stage ahead: the staged URLs its
+    entrypoint was served this time (so a hint it no longer asks for is dropped), or,
+    from a runner that does not say, everything staged once it asked for more."""
+    from ._channel import downloads_used
+
+    used = downloads_used(done.result, staged)
+    keep = list(staged) if used is None else used
+    if set(keep) != hinted:
+        from ._fetch._download_memo import remember_urls
+
+        remember_urls(hub_dir, repo, entrypoint, keep)
+
+
 def _hinted_downloads(job: JobRequest, *, repo: RepoCheckout, hub_dir: Path, verbose: bool, budget: DownloadBudget,
                       guard: LoadGuard, timings: dict[str, float]) -> dict[str, Path]:
     """The files the last load of this entrypoint from this snapshot asked for, fetched
@@ -180,10 +195,8 @@ def _run(
         needed = done.needs_download()
         if not needed:
             done.rerun = (this_round, backend)  # type: ignore[attr-defined]  # a deferred export runs it again
-            if job.action == "load" and job.entrypoint and set(downloads) != hinted:  # it asked for more: stage them next time
-                from ._fetch._download_memo import remember_urls
-
-                remember_urls(hub_dir, repo, job.entrypoint, downloads)
+            if job.action == "load" and job.entrypoint:
+                _remember_downloads(done, downloads, hinted, repo=repo, hub_dir=hub_dir, entrypoint=job.entrypoint)
             return done, python_env
         done.cleanup()
         if _round == MAX_DOWNLOAD_ROUNDS:

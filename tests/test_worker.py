@@ -339,3 +339,77 @@ def test_a_worker_job_gets_copies_of_its_downloads_not_links(tmp_path: Path, saf
     if os.geteuid() != 0:  # as the caller's uid the child could write in/: it wrote its copies
         assert second.bias[0].item() > 0
     assert first is not second
+
+
+STALE_HUBCONF = '''
+import torch
+from torch import nn
+
+def net(tag=0):
+    """Load one checkpoint through the broker."""
+    m = nn.Linear(2, 2)
+    m.load_state_dict(torch.hub.load_state_dict_from_url(URL))
+    return m
+'''
+
+
+def _memo_urls(home: Path, folder: Path) -> list[str] | None:
+    """The download memo of the local repo ``folder`` (the session's home holds others)."""
+    for path in (home / "memo").glob("downloads-*.json"):
+        doc = json.loads(path.read_text())
+        if str(folder.resolve()) in doc["key"]["repo"]:
+            return doc["urls"]
+    return None
+
+
+def test_a_hint_the_entrypoint_no_longer_asks_for_is_dropped(tmp_path: Path, safehub_home: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """The download memo keeps exactly the staged URLs the entrypoint was served
+    (result.json's downloads_used): a URL it asked for once and no longer needs is
+    fetched and staged by the next load only, not by every load after it."""
+    import io
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from github_server import FakeGitHub
+
+    torch.manual_seed(0)
+    raw = io.BytesIO()
+    torch.save(torch.nn.Linear(2, 2).state_dict(), raw)
+    with FakeGitHub() as gh:
+        for key, value in gh.env().items():
+            monkeypatch.setenv(key, value)
+        release = gh.add_repo("alice", "weights")
+        url = gh.url + release.release_asset("v1", "w.pt", raw.getvalue())
+        old = gh.url + release.release_asset("v1", "old.pt", raw.getvalue())
+        folder = tmp_path / "repo"
+        folder.mkdir()
+        (folder / "hubconf.py").write_text(STALE_HUBCONF.replace("URL", repr(old)))
+        _load(folder, "net", tag=1)  # asks for old.pt: remembered
+        assert _memo_urls(safehub_home, folder) == [old]
+        (folder / "hubconf.py").write_text(STALE_HUBCONF.replace("URL", repr(url)))  # now it wants w.pt
+        with caplog.at_level(logging.INFO, logger="safehub"):
+            second = _load(folder, "net", tag=2)  # old.pt staged from the hint, w.pt asked for
+            asked = [r for r in caplog.records if "the entrypoint asked for" in r.getMessage()]
+        assert len(asked) == 1
+        assert sorted(d["url"] for d in second.safehub_info.downloads) == sorted([old, url])
+        assert _memo_urls(safehub_home, folder) == [url], "only what the entrypoint was served"
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="safehub"):
+            third = _load(folder, "net", tag=3)
+            asked = [r for r in caplog.records if "the entrypoint asked for" in r.getMessage()]
+        assert asked == [] and [d["url"] for d in third.safehub_info.downloads] == [url]
+
+
+def test_a_runner_naming_a_url_the_host_did_not_stage_is_refused() -> None:
+    from safehub._channel import downloads_used
+    from safehub._errors import UnsafeSpecError
+
+    staged = {"https://example.com/a.pt": "a.pt"}
+    ok = {"protocol": 1, "status": "ok", "downloads_used": ["https://example.com/a.pt"] * 2}
+    assert downloads_used(ok, staged) == ["https://example.com/a.pt"]  # type: ignore[arg-type]
+    assert downloads_used({"protocol": 1, "status": "ok"}, staged) is None  # type: ignore[typeddict-item]
+    for bad in (["https://example.com/b.pt"], "https://example.com/a.pt", [7], ["https://example.com/a.pt"] * 17):
+        with pytest.raises(UnsafeSpecError, match="downloads_used"):
+            downloads_used({"protocol": 1, "status": "ok", "downloads_used": bad}, staged)  # type: ignore[typeddict-item]

@@ -31,6 +31,7 @@ from ._checkpoint import load_safetensors_checked, read_converted_checkpoint
 from ._limits import ChannelLimits
 from ._listing import read_listing
 from ._result import (
+    downloads_used,
     needs_download_urls,
     raise_for_runner_error,
     raise_runner_warnings,
@@ -46,6 +47,7 @@ __all__ = [
     "raise_runner_warnings",
     "check_device",
     "needs_download_urls",
+    "downloads_used",
     "read_summary",
     "read_listing",
     "stderr_tail",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ __all__ = [
     "raise_for_runner_error",
     "raise_runner_warnings",
     "needs_download_urls",
+    "downloads_used",
     "read_summary",
     "stderr_tail",
     "MAX_RESULT_JSON_BYTES",
@@ -118,6 +119,23 @@ def needs_download_urls(result: Result) -> list[str]:
             f"the entrypoint asked for {len(urls)} downloads, more than the {MAX_DOWNLOAD_URLS} allowed",
         )
     return list(dict.fromkeys(urls))
+
+
+def downloads_used(result: Result, staged: Iterable[str]) -> list[str] | None:
+    """The staged URLs a load's entrypoint was served (for the download memo), or None
+    when the result does not say (a runner from before the field). Each must be one the
+    host staged; anything else is refused."""
+    raw: Any = result.get("downloads_used")
+    if raw is None:
+        return None
+    allowed = set(staged)
+    if not isinstance(raw, list) or len(raw) > MAX_DOWNLOAD_URLS or not all(
+        isinstance(u, str) and u in allowed for u in raw
+    ):
+        raise UnsafeSpecError(
+            f"the runner's downloads_used is not a list of at most {MAX_DOWNLOAD_URLS} URLs the host staged"
+        )
+    return list(dict.fromkeys(raw))
 
 
 def raise_runner_warnings(result: Result, *, repo: str) -> None:

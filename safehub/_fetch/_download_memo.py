@@ -1,5 +1,7 @@
-"""The URLs an entrypoint asked the broker for last time, remembered per repo
-snapshot and entrypoint: ``<hub>/memo/downloads-<key>.json``.
+"""The URLs an entrypoint used last time, remembered per repo snapshot and
+entrypoint: ``<hub>/memo/downloads-<key>.json``. "Used": the staged URLs its runner
+was served (``result.json``'s ``downloads_used``, each checked to be one the host
+staged), so a URL it no longer asks for is dropped after one load.
 
 Without it, a load whose entrypoint downloads its checkpoint runs the sandbox
 twice: once until the entrypoint asks for the file (the sandbox has no network),
