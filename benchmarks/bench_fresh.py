@@ -1,6 +1,6 @@
 """A fresh process that loads a model: safehub vs torch.hub, side by side in one run.
 
-Run by hand:  python benchmarks/bench_fresh.py [--repeat 5] [--json] [--widths 64,96] [--baseline CHECKOUT]
+Run by hand:  python benchmarks/bench_fresh.py [--repeat 5] [--json] [--widths 64,96] [--baseline CHECKOUT] [--diagnostics]
 
 Each figure is a new ``python`` process that imports the library and loads a
 ResNet-shaped model from a local hub repo (weights in the repo as a checkpoint).
@@ -42,11 +42,17 @@ def resnet18(pretrained=True, width=64, tag=0):
     return m.eval()
 '''
 
-FRESH_TORCH_HUB = ("import sys, torch; "
-                   "torch.hub.load(sys.argv[1], 'resnet18', source='local', trust_repo=True, width=int(sys.argv[2]))")
-FRESH_SAFEHUB = ("import sys, json, safehub; "
+# Each script also prints its own wall and CPU seconds from its first line to its last
+# (interpreter start and exit excluded; the same on both sides): a second view of the
+# same runs, far less noisy on this VM than whole-process wall time (--diagnostics).
+_CLOCK = "import time; _w, _c = time.perf_counter(), time.process_time(); "
+_SPENT = "'in_script_s': time.perf_counter() - _w, 'cpu_s': time.process_time() - _c"
+FRESH_TORCH_HUB = (_CLOCK + "import sys, json, torch; "
+                   "torch.hub.load(sys.argv[1], 'resnet18', source='local', trust_repo=True, width=int(sys.argv[2])); "
+                   "print(json.dumps({" + _SPENT + "}))")
+FRESH_SAFEHUB = (_CLOCK + "import sys, json, safehub; "
                  "m = safehub.load(sys.argv[1], 'resnet18', source='local', verbose=False, width=int(sys.argv[2]), "
-                 "tag=int(sys.argv[3])); print(json.dumps(m.safehub_info.timings))")
+                 "tag=int(sys.argv[3])); print(json.dumps({'timings': m.safehub_info.timings, " + _SPENT + "}))")
 
 
 def make_sized_repo(root: Path, widths: list[int]) -> Path:
@@ -109,6 +115,8 @@ def main() -> None:
     parser.add_argument("--widths", default="64,96", help="ResNet base widths (64: 11.7 M params, 96: 26 M)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--no-worker-off", action="store_true", help="skip the SAFEHUB_WORKER=0 runs")
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="also report each side's seconds inside its script (wall and CPU), and their paired ratios")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:VAR=VALUE",
                         help="one more safehub variant in each round, with an environment variable set "
                              "(an A/B in the same run, e.g. inline_store:SAFEHUB_CACHE_WRITER=0)")
@@ -154,6 +162,7 @@ def main() -> None:
                         argv.append(str(tag))
                     runs[name].append(timed_run(argv, {**env, **extra}, root))
             entry: dict[str, object] = {}
+            spent = {name: [json.loads(out.strip().splitlines()[-1]) for _, out in values] for name, values in runs.items()}
             for name, values in runs.items():
                 ordered = sorted(values)
                 median_s, stdout = ordered[len(ordered) // 2]
@@ -164,7 +173,15 @@ def main() -> None:
                     # per-round ratios cancels the machine's drift between rounds.
                     paired = [v / t for (v, _), (t, _) in zip(values, runs["torch_hub"])]
                     entry[f"paired_ratio_{name}_vs_torch_hub"] = round(statistics.median(paired), 2)
-                    entry[f"{name}_parts"] = json.loads(stdout.strip().splitlines()[-1])
+                    entry[f"{name}_parts"] = json.loads(stdout.strip().splitlines()[-1])["timings"]
+                if args.diagnostics:
+                    for what in ("in_script_s", "cpu_s"):
+                        mine = [d[what] for d in spent[name]]
+                        entry[f"{name}_{what}"] = round(statistics.median(mine), 3)
+                        if name != "torch_hub":
+                            theirs = [d[what] for d in spent["torch_hub"]]
+                            entry[f"paired_ratio_{name}_{what}"] = round(
+                                statistics.median(a / b for a, b in zip(mine, theirs)), 3)
             report[f"width{width}"] = entry
     if args.json:
         print(json.dumps(report, indent=2))
