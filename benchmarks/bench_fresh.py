@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import print_report  # noqa: E402
 from bench_load import RESNET, make_repo  # noqa: E402  (the same model and repo as bench_load)
 
 # A tag keyword makes every safehub run a new call (no artifact-cache hit).
@@ -183,16 +184,7 @@ def main() -> None:
                             entry[f"paired_ratio_{name}_{what}"] = round(
                                 statistics.median(a / b for a, b in zip(mine, theirs)), 3)
             report[f"width{width}"] = entry
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        for key, value in report.items():
-            if isinstance(value, dict):
-                print(key)
-                for k, v in value.items():
-                    print(f"  {k:38s} {v}")
-            else:
-                print(f"{key:40s} {value}")
+    print_report(report, as_json=args.json, width=40)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import print_report  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -143,13 +146,7 @@ def main() -> None:
         os.environ["SAFEHUB_HOME"] = str(tmp / "home")
         report = {"env": bench_env(tmp), "sandbox": bench_sandbox(tmp), "fetch": bench_fetch(tmp),
                   "channel": bench_channel(tmp), "export": bench_export(tmp)}
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        for part, values in report.items():
-            print(part)
-            for key, value in values.items():
-                print(f"  {key:28s} {value}")
+    print_report(report, as_json=args.json, width=30)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
+from _report import print_report  # noqa: E402
 from bench_fresh import make_sized_repo, settle  # noqa: E402
 
 DOWNLOAD_HUBCONF = '''
@@ -151,13 +152,7 @@ def main() -> None:
             report["deferred"][f"{name}_first_call_s"] = round(statistics.median(v["first_call_s"] for v in values), 3)
             report["deferred"][f"{name}_export_job_s"] = round(statistics.median(v["export_s"] for v in values), 3)
             report["deferred"][f"{name}_cache_hits"] = f"{sum(v['hit'] for v in values)}/{len(values)}"
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        for section, values in report.items():
-            print(section)
-            for k, v in values.items():
-                print(f"  {k:42s} {v}")
+    print_report(report, as_json=args.json, width=44)
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ def _broker_fetch(urls: list[str], *, repo: RepoCheckout, hub_dir: Path, verbose
     return dict(found)
 
 
-def _remember_downloads(done: Any, staged: dict[str, Any], hinted: set[str], *, repo: RepoCheckout, hub_dir: Path,
+def _remember_downloads(done: Job, staged: dict[str, Any], hinted: set[str], *, repo: RepoCheckout, hub_dir: Path,
                         entrypoint: str) -> None:
     """Keep what the next load of ``entrypoint`` should stage ahead: the staged URLs its
     entrypoint was served this time (so a hint it no longer asks for is dropped), or,

@@ -45,6 +45,28 @@ def safehub_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def fake_github(monkeypatch: pytest.MonkeyPatch):
+    """A loopback GitHub (tests/github_server.py) that safehub's fetcher and download
+    broker are pointed at for the test."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from github_server import FakeGitHub
+
+    with FakeGitHub() as gh:
+        for key, value in gh.env().items():
+            monkeypatch.setenv(key, value)
+        yield gh
+
+
+def checkpoint_bytes(state: dict) -> bytes:
+    """``state`` as ``torch.save`` writes it, for a release asset."""
+    import io
+
+    raw = io.BytesIO()
+    torch.save(state, raw)
+    return raw.getvalue()
+
+
+@pytest.fixture
 def repo_copy(tmp_path: Path):
     """Copy a fixture repo to a fresh folder (tests that compare with torch.hub, which
     imports the repo in-process, must not leave state in the shared fixture folder)."""

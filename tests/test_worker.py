@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import checkpoint_bytes
 
 import safehub
 from safehub import Limits
@@ -293,38 +294,29 @@ def tamper():
 '''
 
 
-def test_a_worker_job_gets_copies_of_its_downloads_not_links(tmp_path: Path, safehub_home: Path,
-                                                             monkeypatch: pytest.MonkeyPatch,
+def test_a_worker_job_gets_copies_of_its_downloads_not_links(tmp_path: Path, safehub_home: Path, fake_github,
                                                              caplog: pytest.LogCaptureFixture) -> None:
     """A worker job's in/ is writable by its child: the checkpoint the broker fetched
     reaches it as a copy, so a job that writes it (as the caller's uid it can) changes
     its own copy and never the host's checkpoint cache. The second load stages it
     before its first sandbox run (safehub/_fetch/_download_memo.py)."""
     import hashlib
-    import io
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from github_server import FakeGitHub
 
     torch.manual_seed(0)
     state = {"weight": torch.randn(2, 2), "bias": torch.randn(2)}
-    raw = io.BytesIO()
-    torch.save(state, raw)
-    with FakeGitHub() as gh:
-        for key, value in gh.env().items():
-            monkeypatch.setenv(key, value)
-        url = gh.url + gh.add_repo("alice", "weights").release_asset("v1", "w.pt", raw.getvalue())
-        folder = tmp_path / "repo"
-        folder.mkdir()
-        folder.chmod(0o755)
-        (folder / "hubconf.py").write_text(TAMPER_HUBCONF.replace("URL", repr(url)))
-        with caplog.at_level(logging.INFO, logger="safehub"):
-            first = _load(folder, "tamper")
-            asked_first = [r for r in caplog.records if "the entrypoint asked for" in r.getMessage()]
-            caplog.clear()
-            second = _load(folder, "tamper")  # the first may have started the worker: this one runs in it
-            asked_second = [r for r in caplog.records if "the entrypoint asked for" in r.getMessage()]
+    raw = checkpoint_bytes(state)
+    gh = fake_github
+    url = gh.url + gh.add_repo("alice", "weights").release_asset("v1", "w.pt", raw)
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    folder.chmod(0o755)
+    (folder / "hubconf.py").write_text(TAMPER_HUBCONF.replace("URL", repr(url)))
+    with caplog.at_level(logging.INFO, logger="safehub"):
+        first = _load(folder, "tamper")
+        asked_first = [r for r in caplog.records if "the entrypoint asked for" in r.getMessage()]
+        caplog.clear()
+        second = _load(folder, "tamper")  # the first may have started the worker: this one runs in it
+        asked_second = [r for r in caplog.records if "the entrypoint asked for" in r.getMessage()]
     assert len(asked_first) == 1, "the first load's entrypoint asked for its checkpoint (a second sandbox run)"
     assert asked_second == [], "the second load staged it ahead (the download memo): one sandbox run"
     assert _worker(second)["used"] is True, "a job that stages downloads now runs in the worker"
@@ -335,7 +327,7 @@ def test_a_worker_job_gets_copies_of_its_downloads_not_links(tmp_path: Path, saf
     assert cached, "the broker's checkpoint cache holds the file"
     for path in cached:
         assert path.stat().st_nlink == 1, "no job folder holds a link to the cached checkpoint"
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == hashlib.sha256(raw.getvalue()).hexdigest()
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == hashlib.sha256(raw).hexdigest()
     if os.geteuid() != 0:  # as the caller's uid the child could write in/: it wrote its copies
         assert second.bias[0].item() > 0
     assert first is not second
@@ -362,44 +354,33 @@ def _memo_urls(home: Path, folder: Path) -> list[str] | None:
     return None
 
 
-def test_a_hint_the_entrypoint_no_longer_asks_for_is_dropped(tmp_path: Path, safehub_home: Path,
-                                                              monkeypatch: pytest.MonkeyPatch,
+def test_a_hint_the_entrypoint_no_longer_asks_for_is_dropped(tmp_path: Path, safehub_home: Path, fake_github,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     """The download memo keeps exactly the staged URLs the entrypoint was served
     (result.json's downloads_used): a URL it asked for once and no longer needs is
     fetched and staged by the next load only, not by every load after it."""
-    import io
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from github_server import FakeGitHub
-
     torch.manual_seed(0)
-    raw = io.BytesIO()
-    torch.save(torch.nn.Linear(2, 2).state_dict(), raw)
-    with FakeGitHub() as gh:
-        for key, value in gh.env().items():
-            monkeypatch.setenv(key, value)
-        release = gh.add_repo("alice", "weights")
-        url = gh.url + release.release_asset("v1", "w.pt", raw.getvalue())
-        old = gh.url + release.release_asset("v1", "old.pt", raw.getvalue())
-        folder = tmp_path / "repo"
-        folder.mkdir()
-        (folder / "hubconf.py").write_text(STALE_HUBCONF.replace("URL", repr(old)))
-        _load(folder, "net", tag=1)  # asks for old.pt: remembered
-        assert _memo_urls(safehub_home, folder) == [old]
-        (folder / "hubconf.py").write_text(STALE_HUBCONF.replace("URL", repr(url)))  # now it wants w.pt
-        with caplog.at_level(logging.INFO, logger="safehub"):
-            second = _load(folder, "net", tag=2)  # old.pt staged from the hint, w.pt asked for
-            asked = [r for r in caplog.records if "the entrypoint asked for" in r.getMessage()]
-        assert len(asked) == 1
-        assert sorted(d["url"] for d in second.safehub_info.downloads) == sorted([old, url])
-        assert _memo_urls(safehub_home, folder) == [url], "only what the entrypoint was served"
-        caplog.clear()
-        with caplog.at_level(logging.INFO, logger="safehub"):
-            third = _load(folder, "net", tag=3)
-            asked = [r for r in caplog.records if "the entrypoint asked for" in r.getMessage()]
-        assert asked == [] and [d["url"] for d in third.safehub_info.downloads] == [url]
+    raw = checkpoint_bytes(torch.nn.Linear(2, 2).state_dict())
+    release = fake_github.add_repo("alice", "weights")
+    url = fake_github.url + release.release_asset("v1", "w.pt", raw)
+    old = fake_github.url + release.release_asset("v1", "old.pt", raw)
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    (folder / "hubconf.py").write_text(STALE_HUBCONF.replace("URL", repr(old)))
+    _load(folder, "net", tag=1)  # asks for old.pt: remembered
+    assert _memo_urls(safehub_home, folder) == [old]
+    (folder / "hubconf.py").write_text(STALE_HUBCONF.replace("URL", repr(url)))  # now it wants w.pt
+    with caplog.at_level(logging.INFO, logger="safehub"):
+        second = _load(folder, "net", tag=2)  # old.pt staged from the hint, w.pt asked for
+        asked = [r for r in caplog.records if "the entrypoint asked for" in r.getMessage()]
+    assert len(asked) == 1
+    assert sorted(d["url"] for d in second.safehub_info.downloads) == sorted([old, url])
+    assert _memo_urls(safehub_home, folder) == [url], "only what the entrypoint was served"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="safehub"):
+        third = _load(folder, "net", tag=3)
+        asked = [r for r in caplog.records if "the entrypoint asked for" in r.getMessage()]
+    assert asked == [] and [d["url"] for d in third.safehub_info.downloads] == [url]
 
 
 def test_a_runner_naming_a_url_the_host_did_not_stage_is_refused() -> None:
