@@ -130,8 +130,9 @@ def main() -> None:
     # Bytecode as a wheel install (and scripts/setup.sh) leaves it; torch's is there too.
     # Without it each safehub process compiles its modules again (~0.1 s).
     here = Path(__file__).resolve().parent.parent
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(here / "safehub"), str(here / "runners")],
-                   check=True, capture_output=True)
+    for checkout in [here] + ([Path(args.baseline).resolve()] if args.baseline else []):
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(checkout / "safehub"), str(checkout / "runners")],
+                       check=True, capture_output=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         env = {**os.environ, "SAFEHUB_HOME": str(root / "home")}
