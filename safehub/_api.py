@@ -260,6 +260,9 @@ def load(
     same random init). ``force_reload=True`` bypasses the cache and refreshes it.
     """
     load_started = time.perf_counter()
+    from . import _host_torch
+
+    _host_torch.start()  # torch's libraries load now, its import once a sandbox runs (a thread; see there)
     from ._contract import EXPORT_MODES
     from ._fetch import RepoRequest
     from ._fetch._downloads import DownloadBudget
@@ -284,9 +287,6 @@ def load(
     hub.require(model)
     guard.check_entrypoint(model)
     hub.check_call(model, args, kwargs)  # milliseconds, before any env build or sandbox run
-    from . import _host_torch
-
-    _host_torch.start()  # the host's import torch overlaps the sandbox (a thread, once one runs; see there)
     timings["fetch_and_static_checks"] = time.perf_counter() - mark
     if example_inputs is not None and not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)

@@ -57,3 +57,19 @@ def test_errors_carry_their_exit_code_and_json():
     assert "missing_entry" in err["message"]
     proc = run_cli("load", str(REPOS / "spine"), "missing_entry", check=False)
     assert proc.returncode == 6 and "Cannot find callable missing_entry" in proc.stderr
+
+
+@pytest.mark.slow  # a fresh interpreter loads the demo repo in a sandbox
+def test_a_torch_folder_in_the_working_directory_is_never_imported(tmp_path):
+    """`python -m safehub` puts the working directory first on sys.path: run in an
+    untrusted checkout, its `torch/` would be the host's `import torch`. The command
+    takes it off (safehub/__main__.py)."""
+    planted = tmp_path / "torch"
+    planted.mkdir()
+    marker = tmp_path / "ran"
+    (planted / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise SystemExit(99)\n")
+    proc = subprocess.run([sys.executable, "-m", "safehub", "load", str(DEMO), "tinynet", "-k", "num_classes=6",
+                           "--json"], capture_output=True, text=True, timeout=600, env=dict(os.environ), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not marker.exists(), "the working directory's torch/ ran in the host"
+    assert json.loads(proc.stdout)["entrypoint"] == "tinynet"

@@ -270,3 +270,62 @@ def test_doctor_says_what_is_missing():
     assert "bubblewrap is not installed" in report["bwrap"]["problem"]
     text = format_report(report)
     assert "PROBLEM" in text and "apt install bubblewrap" in text
+
+
+def test_the_sandbox_uid_is_one_no_process_runs_as(monkeypatch) -> None:
+    """pick_sandbox_uid reads every process's uids from /proc: a uid in use, here a
+    real process's saved uid, is never handed out."""
+    import subprocess
+
+    from safehub._sandbox import _userns
+
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root to start a process under another uid (CI runs as root)")
+    taken = _userns.UID_BASE + 4242
+    proc = subprocess.Popen(["sleep", "30"], user=taken, group=taken)
+    try:
+        assert taken in _userns._uids_in_use()
+        draws = iter([4242, 4242, 7])  # the taken uid twice, then a free one
+        monkeypatch.setattr(_userns.secrets, "randbelow", lambda span: next(draws))
+        assert _userns.pick_sandbox_uid() == _userns.UID_BASE + 7
+        monkeypatch.setattr(_userns.secrets, "randbelow", lambda span: 4242)
+        with pytest.raises(SandboxUnavailableError, match="unused uid"):
+            _userns.pick_sandbox_uid()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_kill_uid_takes_every_process_of_that_uid_and_no_other() -> None:
+    """kill_uid (the end of every root bwrap run) finds a uid's processes in /proc,
+    a daemon that left the tree included, and kills only those."""
+    import subprocess
+    import time
+
+    from safehub._sandbox import _userns
+    from safehub._sandbox._kill import _alive, kill_uid
+    from safehub._sandbox._proc import all_uids
+
+    def living(uid: int) -> list[int]:
+        return [pid for pid, ids in all_uids().items() if uid in ids and _alive(pid)]
+
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root to start processes under other uids (CI runs as root)")
+    uid, other = _userns.UID_BASE + 5151, _userns.UID_BASE + 5152
+    # A leader and a double-forked daemon under `uid`; a bystander under `other`.
+    leader = subprocess.Popen(["sh", "-c", "(setsid sleep 60 &) ; sleep 60"], user=uid, group=uid)
+    bystander = subprocess.Popen(["sleep", "60"], user=other, group=other)
+    try:
+        deadline = time.monotonic() + 10
+        while len(living(uid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(living(uid)) == 3  # sh, its sleep, the daemon
+        assert kill_uid(uid) >= 3
+        leader.wait(timeout=10)
+        assert living(uid) == []
+        assert bystander.poll() is None  # another uid's process is untouched
+        assert kill_uid(uid) == 0
+    finally:
+        for proc in (leader, bystander):
+            proc.kill()
+            proc.wait()

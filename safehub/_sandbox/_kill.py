@@ -61,27 +61,33 @@ def _alive(pid: int) -> bool:
 def kill_uid(uid: int, rounds: int = 50) -> int:
     """SIGKILL every process whose real, effective or saved uid is ``uid`` until
     none is left; return how many were found. Used with a uid that belongs to
-    one sandbox only, so this takes its whole tree, daemons included."""
+    one sandbox only, so this takes its whole tree, daemons included.
+
+    Each process is signalled through a pidfd opened before its uid is read again,
+    so a pid that is reused between the scan and the kill is never signalled."""
     import time
 
-    import psutil
+    from ._proc import all_uids, uids
 
     seen: set[int] = set()
     for _ in range(rounds):
-        found = []
-        for proc in psutil.process_iter(["uids"]):
-            uids = proc.info.get("uids")
-            if uids is not None and uid in (uids.real, uids.effective, uids.saved):
-                found.append(proc)
-        found = [p for p in found if _alive(p.pid)]
+        found = [pid for pid, ids in all_uids().items() if uid in ids and _alive(pid)]
         if not found:
             return len(seen)
-        for proc in found:
-            seen.add(proc.pid)
+        for pid in found:
+            seen.add(pid)
             try:
-                proc.kill()
-            except psutil.Error:
+                fd = os.pidfd_open(pid)
+            except OSError:  # gone already
+                continue
+            try:
+                ids = uids(pid)  # the pidfd pins this process: still the one found?
+                if ids is not None and uid in ids:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+            except OSError:
                 pass
+            finally:
+                os.close(fd)
         time.sleep(0.01)
     from .._errors import SandboxError
 

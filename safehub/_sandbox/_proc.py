@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["ProcessGone", "NoChildrenFile", "children", "create_time", "is_zombie", "rss_bytes", "cpu_seconds"]
+__all__ = ["ProcessGone", "NoChildrenFile", "children", "create_time", "is_zombie", "rss_bytes", "cpu_seconds",
+           "uids", "all_uids"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -128,3 +129,27 @@ def rss_bytes(pid: int) -> int | None:
     except OSError:
         return None
     return int(data.split()[1]) * _PAGE
+
+
+def uids(pid: int) -> tuple[int, int, int] | None:
+    """The real, effective and saved uid of ``pid`` (None once it is gone)."""
+    try:
+        data = _read(f"/proc/{int(pid)}/status")
+    except OSError:
+        return None
+    for line in data.splitlines():
+        if line.startswith(b"Uid:"):
+            real, effective, saved = (int(word) for word in line.split()[1:4])
+            return real, effective, saved
+    return None
+
+
+def all_uids() -> dict[int, tuple[int, int, int]]:
+    """:func:`uids` of every process on the machine, by pid (a snapshot)."""
+    found = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            ids = uids(int(name))
+            if ids is not None:
+                found[int(name)] = ids
+    return found
