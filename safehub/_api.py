@@ -7,20 +7,23 @@ or reuse the repo's venv -> run the runner in a sandbox -> validate what came ba
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._config import hub_path
 from ._errors import EntrypointNotFoundError, SafehubError
-from ._hubconf import Hubconf, read_hubconf
-from ._records import record
-from ._status import status
+
+# `import safehub` imports this module and little else: what a load needs (logging,
+# dataclasses, the fetcher, the hubconf reader...) it imports after it has started
+# loading torch's native libraries on a thread (safehub/_host_torch.py), so that
+# their import overlaps that load instead of coming before it.
 
 if TYPE_CHECKING:
+    import logging
+
+    from ._hubconf import Hubconf
+    from ._load_info import LoadInfo
     from ._env import PythonEnv
     from ._fetch import RepoCheckout, RepoRequest
     from ._fetch._downloads import DownloadBudget
@@ -28,47 +31,23 @@ if TYPE_CHECKING:
     from ._jobs import Job, JobRequest
     from ._sandbox import SandboxBackend
 
-__all__ = ["load", "list_entrypoints", "entrypoint_help", "LoadInfo"]
+__all__ = ["load", "list_entrypoints", "entrypoint_help"]
 
-logger = logging.getLogger("safehub")
+
+def _logger() -> logging.Logger:
+    import logging
+
+    return logging.getLogger("safehub")
 
 MAX_DOWNLOAD_ROUNDS = 2
-
-
-@record(frozen=True)
-class LoadInfo:
-    """What a load used; attached to the returned module as ``safehub_info``."""
-
-    repo: str
-    source: str
-    sha: str | None
-    entrypoint: str
-    backend: str
-    limits: dict[str, Any]
-    env_key: str
-    env_backend: str
-    summary: dict[str, Any]
-    sandbox_details: dict[str, Any]
-    dependencies: dict[str, Any]  # mode, installed "name==version" and the sha256 of each RECORD
-    # Files the host fetched for the entrypoint: url, bytes, sha256, cached, seconds.
-    downloads: tuple[dict[str, Any], ...] = ()
-    # Seconds per part of the load: measured here, plus "runner_*" as the runner reported
-    # them (whitelisted and bounded by read_summary), and "cache_store" when the load
-    # was written to the artifact cache. See _timings.
-    timings: dict[str, float] = dataclasses.field(default_factory=dict)
-    # The organisation policy files and lockfiles this load was checked against (docs/policy.md).
-    policy: dict[str, Any] = dataclasses.field(default_factory=dict)
-    # The artifact cache: hit, key, and why a load was not stored (see _artifact_cache).
-    cache: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def _prepare(request: RepoRequest, guard: LoadGuard) -> tuple[RepoCheckout, Hubconf, Path]:
     """Fetch (or find) the repo through its source and read its hubconf statically.
     The organisation policy and lockfiles (``guard``) judge the request before any network."""
+    from ._config import hub_path
     from ._fetch import fetch_repo
+    from ._hubconf import read_hubconf
 
     hub_dir = hub_path()
     repo = fetch_repo(guard.check_request(request), hub_dir=hub_dir)
@@ -141,7 +120,7 @@ def _hinted_downloads(job: JobRequest, *, repo: RepoCheckout, hub_dir: Path, ver
     try:
         found = _broker_fetch(urls, repo=repo, hub_dir=hub_dir, verbose=verbose, budget=budget, guard=guard)
     except SafehubError as exc:
-        logger.info("the files this entrypoint asked for last time are not staged ahead (%s)", exc)
+        _logger().info("the files this entrypoint asked for last time are not staged ahead (%s)", exc)
         return {}
     finally:
         timings["downloads"] = timings.get("downloads", 0.0) + time.perf_counter() - started
@@ -168,6 +147,10 @@ def _run(
     files the entrypoint asks for (at most MAX_DOWNLOAD_ROUNDS times). ``budget`` is
     one deadline and one disk budget for the sandbox runs and the downloads between
     them; the caller discards it on failure. ``observe``: see ``run_job`` (every round)."""
+    import dataclasses
+
+    from ._status import status
+
     from ._guard import LoadGuard
     from ._jobs import run_job
     from ._sandbox import get_backend
@@ -201,7 +184,7 @@ def _run(
         done.cleanup()
         if _round == MAX_DOWNLOAD_ROUNDS:
             break
-        logger.info("the entrypoint asked for %d file(s); downloading them on the host", len(needed))
+        _logger().info("the entrypoint asked for %d file(s); downloading them on the host", len(needed))
         fetch_started = time.perf_counter()
         downloads.update(_broker_fetch(needed, repo=repo, hub_dir=hub_dir, verbose=verbose, budget=budget, guard=guard))
         timings["downloads"] = timings.get("downloads", 0.0) + time.perf_counter() - fetch_started
@@ -268,6 +251,8 @@ def load(
     from ._fetch._downloads import DownloadBudget
     from ._guard import LoadGuard
     from ._jobs import JobRequest
+    from ._load_info import LoadInfo
+    from ._status import status
 
     from ._channel import check_device
 
@@ -401,6 +386,9 @@ def _from_cache(obj: Any, *, repo: RepoCheckout, model: str, python_env: PythonE
     """Finish a load answered by the artifact cache (validated like a sandbox's output).
     Its deferred modules export from ``request`` (the load's job) when the cache has
     no graph for a call."""
+    from ._load_info import LoadInfo
+    from ._status import status
+
     from ._artifact import _modules, note_load
     from ._artifact_cache import ARTIFACT_DIR
     from ._channel._origin import origin_of
@@ -473,7 +461,7 @@ def _record(hub_dir: Path, info: LoadInfo) -> None:
         with open(hub_dir / "history.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"time": time.time(), **info.as_dict()}, default=str) + "\n")
     except OSError as exc:  # the model is loaded; a read-only cache must not fail the load
-        logger.warning("could not record the load in %s: %s", hub_dir / "history.jsonl", exc)
+        _logger().warning("could not record the load in %s: %s", hub_dir / "history.jsonl", exc)
 
 
 def list_entrypoints(
@@ -518,7 +506,7 @@ def _sandbox_listing(
     from ._fetch._downloads import DownloadBudget
     from ._jobs import JobRequest
 
-    logger.info("hubconf of %s cannot be listed statically (%s); asking the sandbox",
+    _logger().info("hubconf of %s cannot be listed statically (%s); asking the sandbox",
                 repo.display_name, "; ".join(hub.reasons) or "imported names")
     budget = DownloadBudget()
     with budget.discard_on_error():

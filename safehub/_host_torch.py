@@ -105,9 +105,14 @@ _EXIT_WAIT_S = 60.0  # far beyond a dlopen's quarter of a second; never a hang
 # Extension modules (each a shared library) that a load's main thread imports after
 # start(). The loader holds one lock for the whole of the preload's dlopen, and the
 # main thread's dlopen of any other library would wait for it (holding the GIL): so
-# these are imported before the thread starts, a few milliseconds in all.
+# these are imported before the thread starts, a few milliseconds in all (most of
+# them are what `import safehub` imported before it became lazy).
 # tests/test_host_torch.py runs a fresh load and names any missing here.
-_MAIN_THREAD_EXTENSIONS = ("_contextvars", "_csv", "_datetime", "_pickle", "_socket", "_ssl", "_uuid", "array", "mmap")
+_MAIN_THREAD_EXTENSIONS = (
+    "_bisect", "_blake2", "_bz2", "_contextvars", "_csv", "_datetime", "_hashlib", "_heapq",
+    "_lzma", "_opcode", "_pickle", "_posixsubprocess", "_random", "_sha512", "_socket", "_ssl",
+    "_uuid", "array", "binascii", "fcntl", "math", "mmap", "select", "zlib",
+)
 
 
 def _import_extensions() -> None:

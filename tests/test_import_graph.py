@@ -114,7 +114,7 @@ LAYERS = {
     "safehub._status": 0.75,
     "safehub._fetch": 1.5, "safehub._hubconf": 1, "safehub._env": 1, "safehub._sandbox": 1, "safehub._channel": 1,
     "safehub._artifact_format": 1.5, "safehub._jobs": 2, "safehub._doctor": 2, "safehub._artifact": 2,
-    "safehub._api": 3, "safehub._checkpoints": 3, "safehub._artifact_cli": 3.5,
+    "safehub._api": 3, "safehub._load_info": 2.5, "safehub._checkpoints": 3, "safehub._artifact_cli": 3.5,
     "safehub._audit": 3.5,
     "safehub": 4, "safehub._cli_text": 4.5, "safehub._cli": 5, "safehub.__main__": 6,
     "safehub._summary": 0.5, "safehub._namespace": 0.5, "safehub._deferred": 0.75, "safehub._deferred_jobs": 2.5,
