@@ -296,9 +296,12 @@ def test_the_sandbox_uid_is_one_no_process_runs_as(monkeypatch) -> None:
         proc.wait()
 
 
-def test_kill_uid_takes_every_process_of_that_uid_and_no_other() -> None:
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "no-pidfd"])
+def test_kill_uid_takes_every_process_of_that_uid_and_no_other(pidfd: bool, monkeypatch) -> None:
     """kill_uid (the end of every root bwrap run) finds a uid's processes in /proc,
-    a daemon that left the tree included, and kills only those."""
+    a daemon that left the tree included, and kills only those. "no-pidfd" mocks a
+    kernel before 5.3 (this one has pidfd_open): a plain kill after the uid check."""
+    import errno
     import subprocess
     import time
 
@@ -320,6 +323,11 @@ def test_kill_uid_takes_every_process_of_that_uid_and_no_other() -> None:
         while len(living(uid)) < 3 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert len(living(uid)) == 3  # sh, its sleep, the daemon
+        if not pidfd:
+            def no_pidfd(pid: int, flags: int = 0) -> int:
+                raise OSError(errno.ENOSYS, "pidfd_open: not on this kernel")
+
+            monkeypatch.setattr(os, "pidfd_open", no_pidfd)
         assert kill_uid(uid) >= 3
         leader.wait(timeout=10)
         assert living(uid) == []

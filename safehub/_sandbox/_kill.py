@@ -58,6 +58,34 @@ def _alive(pid: int) -> bool:
     return state not in (b"Z", b"X")
 
 
+def _kill_if_uid(pid: int, uid: int) -> None:
+    """SIGKILL ``pid`` if it still runs as ``uid``: through a pidfd opened before the
+    uid is read again, so a pid reused in between is never signalled (a kernel
+    without pidfds, before 5.3: a plain kill right after the check)."""
+    from ._proc import uids
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:  # gone already
+        return
+    except OSError:  # no pidfd_open here
+        ids = uids(pid)
+        if ids is not None and uid in ids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return
+    try:
+        ids = uids(pid)  # the pidfd pins this process: still the one found?
+        if ids is not None and uid in ids:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def kill_uid(uid: int, rounds: int = 50) -> int:
     """SIGKILL every process whose real, effective or saved uid is ``uid`` until
     none is left; return how many were found. Used with a uid that belongs to
@@ -67,7 +95,7 @@ def kill_uid(uid: int, rounds: int = 50) -> int:
     so a pid that is reused between the scan and the kill is never signalled."""
     import time
 
-    from ._proc import all_uids, uids
+    from ._proc import all_uids
 
     seen: set[int] = set()
     for _ in range(rounds):
@@ -76,18 +104,7 @@ def kill_uid(uid: int, rounds: int = 50) -> int:
             return len(seen)
         for pid in found:
             seen.add(pid)
-            try:
-                fd = os.pidfd_open(pid)
-            except OSError:  # gone already
-                continue
-            try:
-                ids = uids(pid)  # the pidfd pins this process: still the one found?
-                if ids is not None and uid in ids:
-                    signal.pidfd_send_signal(fd, signal.SIGKILL)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+            _kill_if_uid(pid, uid)
         time.sleep(0.01)
     from .._errors import SandboxError
 
