@@ -308,6 +308,12 @@ def load(
         return _from_cache(hit[0], repo=repo, model=model, python_env=python_env, cache=cache, request=request,
                            sandbox=sandbox, export=export, hub_dir=hub_dir, verbose=verbose, timings=timings,
                            started=load_started)
+    # What checks and builds the sandbox's output, less what needs torch: imported while
+    # the thread still loads torch's native libraries, not after its import.
+    from . import _namespace, _summary  # noqa: F401
+    from ._artifact import note_load
+    from ._channel import _build, _leaves, _weights  # noqa: F401
+
     budget = DownloadBudget(run_limits)
     with budget.discard_on_error():  # a failed load keeps none of the files it fetched
         job, python_env = _run(
@@ -363,7 +369,7 @@ def load(
         modes = sorted({str(m.get("mode")) for m in info.summary.get("modules", {}).values() if m.get("mode")})
         status("rebuilt %s here from the sandbox's export (%s)", model, ", ".join(modes) or "no graphs", verbose=verbose)
         _attach_info(obj, info)
-        from ._artifact import note_load  # provenance for safehub.save
+        # (note_load: provenance for safehub.save, imported above)
 
         note_load(obj, info, repo_path=repo.path, args=args, kwargs=kwargs, export=export)
         mark = time.perf_counter()
