@@ -149,11 +149,10 @@ def _run(
     them; the caller discards it on failure. ``observe``: see ``run_job`` (every round)."""
     import dataclasses
 
-    from ._status import status
-
     from ._guard import LoadGuard
     from ._jobs import run_job
     from ._sandbox import get_backend
+    from ._status import status
 
     timings = {} if timings is None else timings
     guard = guard or LoadGuard.for_call()
@@ -392,14 +391,13 @@ def _from_cache(obj: Any, *, repo: RepoCheckout, model: str, python_env: PythonE
     """Finish a load answered by the artifact cache (validated like a sandbox's output).
     Its deferred modules export from ``request`` (the load's job) when the cache has
     no graph for a call."""
-    from ._load_info import LoadInfo
-    from ._status import status
-
     from ._artifact import _modules, note_load
     from ._artifact_cache import ARTIFACT_DIR
     from ._channel._origin import origin_of
     from ._contract import WEIGHTS_FILE
     from ._deferred_jobs import attach_cached_jobs
+    from ._load_info import LoadInfo
+    from ._status import status
 
     modules: dict[str, Any] = {o.mid: {"mode": o.mspec.mode, "graphs": list(o.mspec.graphs)}
                                for o in map(origin_of, _modules(obj)) if o is not None}

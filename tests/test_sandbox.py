@@ -337,3 +337,26 @@ def test_kill_uid_takes_every_process_of_that_uid_and_no_other(pidfd: bool, monk
         for proc in (leader, bystander):
             proc.kill()
             proc.wait()
+
+
+def test_a_process_name_cannot_fake_its_uid_in_proc_status() -> None:
+    """Red team (round 8): _proc.uids reads the first "Uid:" line of /proc/<pid>/status,
+    whose "Name:" line comes first and is the process's own choice (prctl PR_SET_NAME).
+    A name holding a newline and a fake Uid line must not be read as its uid: the
+    kernel escapes the newline."""
+    import subprocess
+
+    from safehub._sandbox._proc import uids
+
+    script = ("import ctypes, sys, time\n"
+              "ctypes.CDLL(None).prctl(15, b'x\\nUid:\\t7 7 7 7', 0, 0, 0)\n"  # PR_SET_NAME (15 bytes kept)
+              "print('ready', flush=True); time.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        name = Path(f"/proc/{proc.pid}/comm").read_bytes()
+        assert name.startswith(b"x\nUid:"), name  # the name really holds the fake line
+        assert uids(proc.pid) == (os.getuid(), os.geteuid(), os.getuid())
+    finally:
+        proc.kill()
+        proc.wait()

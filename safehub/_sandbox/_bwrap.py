@@ -37,8 +37,8 @@ from .._errors import SandboxUnavailableError
 from ._base import GPU_DEVICES, MAX_CAPTURE_BYTES, SandboxBackend, SandboxRequest, SandboxResult
 from ._capture import TailPipe
 from ._keyring import fresh_session_keyring
-from ._limits import Watchdog, confine_rlimits, killed_by_signal
-from ._proc import NoChildrenFile, children
+from ._limits import Watchdog, confine_rlimits, killed_by_signal, tree_pids
+from ._proc import ProcessGone
 from ._binds import ancestors, normalise_hidden, normalise_request, within
 from ._seccomp import build, enabled, warn_if_off
 from ._seccomp import problem as seccomp_problem
@@ -56,22 +56,6 @@ INSTALL_HINT = (
     "namespaces (Ubuntu >= 23.10: an AppArmor profile for bwrap, or "
     "sysctl kernel.apparmor_restrict_unprivileged_userns=0); or use sandbox='landlock'"
 )
-
-
-def _direct_children(pid: int) -> list[int]:
-    """``pid``'s children from /proc (psutil only on a kernel without the children
-    files: importing it costs ~20 ms of a fresh process's load)."""
-    try:
-        return children(pid, recursive=False)
-    except NoChildrenFile:
-        import psutil
-
-        try:
-            return sorted(p.pid for p in psutil.Process(pid).children())
-        except psutil.Error:
-            return []
-    except OSError:  # ProcessGone: bwrap has exited
-        return []
 
 
 class _Prepared(NamedTuple):
@@ -240,7 +224,10 @@ class BwrapBackend(SandboxBackend):
 
         def sandbox_init() -> int | None:
             if not pid1:
-                kids = _direct_children(proc.pid)
+                try:
+                    kids = tree_pids(proc.pid, recursive=False)  # (no psutil import: ~20 ms)
+                except ProcessGone:
+                    kids = []
                 if kids:
                     pid1.append(kids[0])
                     watchdog.exclude.add(kids[0])

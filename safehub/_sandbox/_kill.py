@@ -89,10 +89,8 @@ def _kill_if_uid(pid: int, uid: int) -> None:
 def kill_uid(uid: int, rounds: int = 50) -> int:
     """SIGKILL every process whose real, effective or saved uid is ``uid`` until
     none is left; return how many were found. Used with a uid that belongs to
-    one sandbox only, so this takes its whole tree, daemons included.
-
-    Each process is signalled through a pidfd opened before its uid is read again,
-    so a pid that is reused between the scan and the kill is never signalled."""
+    one sandbox only, so this takes its whole tree, daemons included (each through
+    _kill_if_uid: a pid reused since the scan is never signalled)."""
     import time
 
     from ._proc import all_uids

@@ -242,17 +242,18 @@ class Watchdog:
         return None
 
 
-def tree_pids(root_pid: int) -> list[int]:
-    """Pids of every descendant of ``root_pid`` (read from /proc; through psutil on
-    a kernel without the children files). Raises ProcessGone once it has exited."""
+def tree_pids(root_pid: int, *, recursive: bool = True) -> list[int]:
+    """Pids of every descendant of ``root_pid`` (its children only, without
+    ``recursive``), parents first; read from /proc, through psutil on a kernel
+    without the children files. Raises ProcessGone once it has exited."""
     try:
-        return children(root_pid)
+        return children(root_pid, recursive=recursive)
     except NoChildrenFile:
         pass
     import psutil
 
     try:
-        return [p.pid for p in psutil.Process(root_pid).children(recursive=True)]
+        return [p.pid for p in psutil.Process(root_pid).children(recursive=recursive)]
     except psutil.Error:
         raise ProcessGone(f"process {root_pid} is gone") from None
 
