@@ -1,6 +1,11 @@
-"""Weights along the whole path a load moves them, both ways safehub has, against
+"""Weights along the whole path a load moves them, every way safehub has, against
 memcpy, in one run:
 
+* **huge tmpfs** (bubblewrap and its warm worker, where the host could mount one):
+  as the memfd below, but the file is on the host's own tmpfs mounted with
+  ``huge=within_size`` in a user namespace (safehub/_channel/_huge_tmpfs.py), so its
+  pages are 2 MiB whatever ``shmem_enabled`` says; the host proves no writer is left
+  (a write lease) instead of sealing. Timed the same two ways.
 * **memfd** (bubblewrap, the warm worker, landlock, process): the runner writes
   the safetensors bytes into a memfd the host created (ftruncate + pwrite,
   runners/_safetensors_write.py), the host seals it, checks the header and maps
@@ -33,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "runners"))
 
@@ -40,6 +46,7 @@ import torch  # noqa: E402
 
 from _safetensors_write import write_safetensors, write_safetensors_fd  # noqa: E402
 
+from safehub._channel import _huge_tmpfs  # noqa: E402
 from safehub._channel._limits import ChannelLimits  # noqa: E402
 from safehub._channel._memfd import WeightsMemfd, shmem_huge_setting  # noqa: E402
 from safehub._channel._weights import load_tensors, read_header  # noqa: E402
@@ -80,7 +87,7 @@ def main() -> None:
     measure_memcpy()
 
     # memfd: the runner's write, then the host's seal + header + map.
-    def memfd_write(w: WeightsMemfd) -> None:
+    def memfd_write(w: Any) -> None:  # a WeightsMemfd or a WeightsTmpfile: the same calls
         write_safetensors_fd(w.fd, sd)
 
     def memfd_written() -> WeightsMemfd:
@@ -88,22 +95,40 @@ def main() -> None:
         write_safetensors_fd(w.fd, sd)
         return w
 
-    def memfd_map(w: WeightsMemfd) -> dict:
+    def memfd_map(w: Any) -> dict:
         fd = w.sealed_fd(limits)
         return load_tensors(fd, read_header(fd, limits), None, mapped=True)
 
-    def memfd_both(w: WeightsMemfd) -> dict:
+    def memfd_both(w: Any) -> dict:
         write_safetensors_fd(w.fd, sd)
         return memfd_map(w)
 
-    def memfd_both_touched(w: WeightsMemfd) -> dict:
+    def memfd_both_touched(w: Any) -> dict:
         out = memfd_both(w)
         for t in out.values():  # one read per 4 KiB page: every page mapped in
             t.view(-1)[:: 1024].sum()
         return out
 
-    def close(w: WeightsMemfd, _result: object) -> None:
+    def close(w: Any, _result: object) -> None:
         w.close()
+
+    def tmpfile() -> Any:
+        w = _huge_tmpfs.weights_tmpfile()
+        if w is None:
+            sys.exit(f"no huge-page tmpfs here: {_huge_tmpfs.status()}")
+        return w
+
+    def tmpfile_written() -> Any:
+        w = tmpfile()
+        write_safetensors_fd(w.fd, sd)
+        return w
+
+    _huge_tmpfs.mount_fd()  # the helper runs once per process: not a per-load cost
+    h_write = timed(memfd_write, args.repeat, setup=tmpfile, teardown=close)
+    h_map = timed(memfd_map, args.repeat, setup=tmpfile_written, teardown=close)
+    h_both = timed(memfd_both, args.repeat, setup=tmpfile, teardown=close)
+    h_touched = timed(memfd_both_touched, args.repeat, setup=tmpfile, teardown=close)
+    measure_memcpy()
 
     m_write = timed(memfd_write, args.repeat, setup=WeightsMemfd, teardown=close)
     m_map = timed(memfd_map, args.repeat, setup=memfd_written, teardown=close)
@@ -130,12 +155,14 @@ def main() -> None:
           f"between, after: {', '.join(f'{gb / m:.1f}' for m in memcpys)} GB/s); shmem_enabled={shmem_huge_setting() or 'unknown'}; "
           f"load average {os.getloadavg()[0]:.2f}")
     rows = (
+        ("huge tmpfs: runner write", h_write), ("huge tmpfs: host proof + check + map", h_map),
+        ("huge tmpfs: whole path", h_both), ("huge tmpfs: whole path + first touch", h_touched),
         ("memfd: runner write", m_write), ("memfd: host seal + check + map", m_map),
         ("memfd: whole path", m_both), ("memfd: whole path + first touch", m_touched),
         ("file: runner write", f_write), ("file: host check + read", f_read), ("file: whole path", f_both),
     )
     for name, s in rows:
-        print(f"{name:32s} {s:.3f} s ({gb / s:6.2f} GB/s, {memcpy / s:4.0%} of memcpy)")
+        print(f"{name:38s} {s:.3f} s ({gb / s:6.2f} GB/s, {memcpy / s:4.0%} of memcpy)")
 
 
 if __name__ == "__main__":

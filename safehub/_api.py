@@ -311,6 +311,9 @@ def load(
     # the thread still loads torch's native libraries, not after its import.
     from . import _namespace, _summary  # noqa: F401
     from ._artifact import note_load
+    from ._channel import _huge_tmpfs
+
+    _huge_tmpfs.prepare()  # the weights' huge-page tmpfs, mounted by a helper on the other core meanwhile
     from ._channel import _build, _leaves, _weights  # noqa: F401
 
     budget = DownloadBudget(run_limits)

@@ -193,17 +193,21 @@ def _worker_report(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _weights_report() -> dict[str, Any]:
-    """How weights come back (safehub/_channel/_memfd.py) and the shmem huge-page
-    setting that decides how fast."""
+    """How weights come back (safehub/_channel/_huge_tmpfs.py, _memfd.py) and what
+    decides how fast: 2 MiB pages or 4 KiB ones."""
+    from ._channel import _huge_tmpfs
     from ._channel._memfd import SHMEM_ENABLED, shmem_huge_setting
 
     setting = shmem_huge_setting()
+    huge = _huge_tmpfs.status()
     note = None
-    if setting in ("never", "deny", None):
-        note = (f"weights move through 4 KiB pages; root can set {SHMEM_ENABLED} to within_size for "
-                "2 MiB pages (4-5x faster on the 2-core test machine: benchmarks/bench_weights_path.py)")
-    return {"channel": "sealed memfd (bwrap, landlock, process); file otherwise", "shmem_enabled": setting,
-            "note": note}
+    if not huge["huge_tmpfs"] and setting in ("never", "deny", None):
+        note = (f"weights move through 4 KiB pages: no huge-page tmpfs ({huge['why_not']}), and memfds follow "
+                f"{SHMEM_ENABLED}; root can set it to within_size for 2 MiB pages (4-5x faster on the 2-core "
+                "test machine: benchmarks/bench_weights_path.py)")
+    bwrap = "a file on safehub's own huge-page tmpfs" if huge["huge_tmpfs"] else "sealed memfd"
+    return {"channel": f"{bwrap} (bwrap and its warm worker); sealed memfd (landlock, process); file otherwise",
+            "huge_tmpfs": huge, "shmem_enabled": setting, "note": note}
 
 
 def doctor_report(env: Mapping[str, str] | None = None) -> dict[str, Any]:

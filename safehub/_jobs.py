@@ -12,10 +12,13 @@ byte the runner wrote is read by ``safehub/_channel``. Job folder::
     <job>/home, <job>/tmp   scratch HOME and TMPDIR, thrown away afterwards
 
 A ``load`` or ``export`` job on a backend that passes descriptors (bubblewrap, the
-warm worker, landlock, process) returns its weights in a memfd the host created
-(``Job.weights``, safehub/_channel/_memfd.py) instead of out/weights.safetensors:
-the host seals it once the sandbox has ended and maps it copy-on-write. The host
-decides per job, and then reads the weights only from where it decided.
+warm worker, landlock, process) returns its weights in memory the host created
+(``Job.weights``) instead of out/weights.safetensors: a file on the host's
+huge-page tmpfs when every process of the sandbox ends with it (bubblewrap and its
+warm worker: safehub/_channel/_huge_tmpfs.py), else a memfd (_memfd.py). Once the
+sandbox has ended the host makes it unwritable (proves no writer is left, or seals
+it) and maps it copy-on-write. The host decides per job, and then reads the
+weights only from where it decided.
 
 Each job folder is owned by this process (safehub/_owned.py): a crash leaves it
 behind, and the next run_job in any process sweeps it.
@@ -257,19 +260,28 @@ def run_job(
 
 
 def _weights_memfd(job: JobRequest, backend: SandboxBackend) -> Any:
-    """A fresh memfd for the job's weights when its backend passes descriptors to
-    the runner (see the module docstring), else None: out/weights.safetensors."""
+    """Where the job's weights go when its backend passes descriptors to the runner
+    (see the module docstring): a file on the host's huge-page tmpfs when every
+    process of the sandbox ends with it, else (or where there is no such tmpfs) a
+    fresh memfd; None for other backends: out/weights.safetensors."""
     if job.action not in ("load", "export") or not getattr(backend, "passes_fds", False):
         return None
+    if getattr(backend, "ends_every_process", False):
+        from ._channel._huge_tmpfs import weights_tmpfile
+
+        tmpfile = weights_tmpfile()
+        if tmpfile is not None:
+            return tmpfile
     from ._channel._memfd import WeightsMemfd
 
     return WeightsMemfd()
 
 
 def _note_channel(job: JobRequest, sandbox_result: SandboxResult, weights: Any) -> None:
-    """Which way the weights came back, for safehub_info's sandbox details."""
+    """Which way the weights came back ("huge-tmpfs", "memfd", "file"), for
+    safehub_info's sandbox details."""
     if job.action in ("load", "export"):
-        sandbox_result.details["weights_channel"] = "memfd" if weights is not None else "file"
+        sandbox_result.details["weights_channel"] = weights.channel if weights is not None else "file"
 
 
 _PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes)

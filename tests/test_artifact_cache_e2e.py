@@ -36,7 +36,7 @@ def cached(monkeypatch: pytest.MonkeyPatch, repo_copy) -> Path:
 def test_a_sandboxed_load_is_stored_and_answered_without_a_sandbox(cached: Path) -> None:
     first = safehub.load(str(cached), "mobilenet", source="local", verbose=False)
     assert first.safehub_info.cache["stored"] is True and first.safehub_info.backend != "artifact-cache"
-    assert first.safehub_info.sandbox_details["weights_channel"] == "memfd"
+    assert first.safehub_info.sandbox_details["weights_channel"] in ("huge-tmpfs", "memfd")  # sealed/proven either way
     assert first.safehub_info.cache["background"] is True  # a writer process copies the sealed memfd
     timings = first.safehub_info.timings  # storing is part of the load, and of its total
     assert 0 < timings["cache_store"] < timings["total"] and timings["total"] >= timings["sandbox"] + timings["cache_store"]

@@ -334,7 +334,9 @@ def test_an_empty_memfd_never_falls_back_to_the_file(tmp_path: Path) -> None:
         w.close()
 
 
-def test_doctor_reports_the_shmem_huge_page_setting(tmp_path: Path) -> None:
+def test_doctor_reports_the_channel_and_the_shmem_huge_page_setting(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safehub._channel import _huge_tmpfs
     from safehub._channel._memfd import shmem_huge_setting
     from safehub._doctor import _weights_report
 
@@ -342,6 +344,14 @@ def test_doctor_reports_the_shmem_huge_page_setting(tmp_path: Path) -> None:
     fake.write_text("always [within_size] advise never deny force\n")
     assert shmem_huge_setting(str(fake)) == "within_size"
     assert shmem_huge_setting(str(tmp_path / "missing")) is None
+    monkeypatch.delenv(_huge_tmpfs.ENV_FLAG, raising=False)
     report = _weights_report()
     assert report["shmem_enabled"] == shmem_huge_setting()
+    assert report["huge_tmpfs"] == _huge_tmpfs.status()
+    assert report["channel"].startswith(
+        "a file on safehub's own huge-page tmpfs" if report["huge_tmpfs"]["huge_tmpfs"] else "sealed memfd")
+    assert report["note"] is None or not report["huge_tmpfs"]["huge_tmpfs"]
+    monkeypatch.setenv(_huge_tmpfs.ENV_FLAG, "0")  # turned off: 4 KiB pages unless root set shmem_enabled
+    report = _weights_report()
+    assert report["channel"].startswith("sealed memfd") and report["huge_tmpfs"]["why_not"] == "SAFEHUB_HUGE_TMPFS=0"
     assert (report["note"] is None) == (report["shmem_enabled"] not in ("never", "deny", None))

@@ -1,8 +1,10 @@
 """A real bubblewrap load and a real warm-worker load bring their weights back
-through the host's sealed memfd (safehub/_channel/_memfd.py): safehub_info says
-so, nothing is written to out/weights.safetensors, the values (in every element
-size, so the runner's alignment is exercised) are right, and no descriptor is
-left open. The memfd itself is attacked in tests/test_weights_memfd.py."""
+through the host's huge-page tmpfs file (safehub/_channel/_huge_tmpfs.py) and, with
+it turned off, through the sealed memfd (safehub/_channel/_memfd.py): safehub_info
+says which, nothing is written to out/weights.safetensors, the values (in every
+element size, so the runner's alignment is exercised) are right, and no descriptor
+or mapping is left. Both are attacked without a sandbox in
+tests/test_weights_memfd.py and tests/test_weights_huge_tmpfs.py."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch
 
 import safehub
 from safehub import Limits, _jobs
+from safehub._channel import _huge_tmpfs
 from safehub._errors import WeightsSealError
 
 pytestmark = pytest.mark.slow
@@ -73,7 +76,42 @@ HUBCONF = textwrap.dedent('''
         with torch.no_grad():
             out.weight.fill_(float(mapped))  # the host checks the daemon really held the mapping
         return out
+
+
+    def reach_out(hub=""):
+        """From its weights file's descriptor, try for the host's mount (another job's
+        file), a name, or seals: the weight says how many attempts worked."""
+        import fcntl, os
+        fd = int(os.environ["SAFEHUB_WEIGHTS_FD"])
+        tries = [lambda: os.open("..", os.O_RDONLY, dir_fd=fd),
+                 lambda: os.open("x", os.O_CREAT | os.O_RDWR, 0o600, dir_fd=fd),
+                 lambda: os.listdir(f"/proc/self/fd/{fd}/.."),
+                 lambda: os.link(f"/proc/self/fd/{fd}", "/tmp/kept", follow_symlinks=True),
+                 lambda: fcntl.fcntl(fd, 1033, 1)]
+        worked = 0
+        for attempt in tries:
+            try:
+                attempt()
+                worked += 1
+            except OSError:
+                pass
+        out = nn.Linear(2, 2)
+        with torch.no_grad():
+            out.weight.fill_(float(worked))
+        return out
 ''')
+
+
+@pytest.fixture(params=["huge-tmpfs", "memfd"])
+def channel(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The weights channel a bubblewrap job gets: the huge-page tmpfs file (the default
+    where it can be mounted, as here), or the memfd with it turned off."""
+    if request.param == "memfd":
+        monkeypatch.setenv(_huge_tmpfs.ENV_FLAG, "0")
+    else:
+        monkeypatch.delenv(_huge_tmpfs.ENV_FLAG, raising=False)
+        assert _huge_tmpfs.status() == {"huge_tmpfs": True}, _huge_tmpfs.status()
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +148,18 @@ def _opened_since(before: dict[str, str]) -> dict[str, str]:
     return {fd: target for fd, target in _fds().items() if before.get(fd) != target}
 
 
-def test_bwrap_and_the_warm_worker_return_weights_through_the_memfd(
-        repo: Path, safehub_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _mapped_from_tmpfs() -> list[str]:
+    """Mappings in this process of files on the huge-page tmpfs (its device)."""
+    mount = _huge_tmpfs.mount_fd()
+    if mount is None:
+        return []
+    dev = os.fstat(mount).st_dev
+    tag = f"{os.major(dev):02x}:{os.minor(dev):02x}"
+    return [line for line in Path("/proc/self/maps").read_text().splitlines() if line.split()[3] == tag]
+
+
+def test_bwrap_and_the_warm_worker_return_weights_through_the_host_s_memory(
+        repo: Path, safehub_home: Path, monkeypatch: pytest.MonkeyPatch, channel: str) -> None:
     seen: list[list[str]] = []
     finish = _jobs._finish
 
@@ -129,11 +177,11 @@ def test_bwrap_and_the_warm_worker_return_weights_through_the_memfd(
     cold = load(warm_worker=False)
     assert cold.safehub_info.backend == "bwrap"
     details = cold.safehub_info.sandbox_details
-    assert details["weights_channel"] == "memfd" and details["worker"]["used"] is False
+    assert details["weights_channel"] == channel and details["worker"]["used"] is False
     fds = _fds()
     warm = load()
     details = warm.safehub_info.sandbox_details
-    assert details["weights_channel"] == "memfd" and details["worker"]["used"] is True
+    assert details["weights_channel"] == channel and details["worker"]["used"] is True
     assert seen == [["result.json", "spec.json"]] * 2  # no weights.safetensors in out/, either way
     for model in (cold, warm):
         state = model.state_dict()
@@ -145,22 +193,27 @@ def test_bwrap_and_the_warm_worker_return_weights_through_the_memfd(
     assert not torch.equal(cold.lin.weight, _expected()["lin.weight"])
     del cold, warm, model, state
     gc.collect()
-    assert _opened_since(fds) == {}  # the worker load left no descriptor open (the memfd, its sockets)
+    assert _opened_since(fds) == {}  # the worker load left no descriptor open (its weights, its sockets)
     assert "safehub-weights" not in Path("/proc/self/maps").read_text()
+    assert _mapped_from_tmpfs() == []
 
 
 @pytest.mark.parametrize("warm_worker", [False, True], ids=["bwrap", "worker"])
-def test_a_job_cannot_keep_the_memfd_writable_or_unsealable(repo: Path, warm_worker: bool) -> None:
-    """The host seals only once every process of the job is gone: a lingering
-    daemon's writable mapping is gone with it (the load succeeds, its memfd sealed);
-    a job that sealed the memfd itself fails the load."""
+def test_a_job_cannot_keep_its_weights_writable_or_unsealable(repo: Path, warm_worker: bool, channel: str) -> None:
+    """The host seals the memfd, or proves the tmpfs file has no writer, only once
+    every process of the job is gone: a lingering daemon's writable mapping is gone
+    with it (the load succeeds). A job that sealed the memfd itself fails the load;
+    from the tmpfs file's descriptor a job reaches nothing else."""
     def load(entry: str) -> Any:
         return safehub.load(str(repo), entry, source="local", verbose=False, force_reload=True,
                             limits=Limits(timeout_s=120, warm_worker=warm_worker))
 
     model = load("linger")
     assert torch.equal(model.weight, torch.ones(2, 2))  # the daemon had the memfd mapped
-    assert model.safehub_info.sandbox_details["weights_channel"] == "memfd"
+    assert model.safehub_info.sandbox_details["weights_channel"] == channel
     assert model.safehub_info.sandbox_details["worker"]["used"] is warm_worker
-    with pytest.raises(WeightsSealError, match="F_SEAL_SEAL"):
-        load("seal_it")
+    if channel == "memfd":
+        with pytest.raises(WeightsSealError, match="F_SEAL_SEAL"):
+            load("seal_it")
+    else:
+        assert torch.equal(load("reach_out").weight, torch.zeros(2, 2))

@@ -35,7 +35,7 @@ import os
 from .._errors import SpecTooLargeError, UnsafeSpecError, WeightsSealError
 from ._limits import ChannelLimits
 
-__all__ = ["WeightsMemfd", "seal_weights", "shmem_huge_setting", "F_SEAL_SEAL", "F_SEAL_SHRINK", "F_SEAL_GROW",
+__all__ = ["WeightsMemfd", "checked_weights_size", "seal_weights", "shmem_huge_setting", "F_SEAL_SEAL", "F_SEAL_SHRINK", "F_SEAL_GROW",
            "F_SEAL_WRITE"]
 
 SHMEM_ENABLED = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
@@ -75,9 +75,25 @@ def seal_weights(fd: int) -> None:
         raise WeightsSealError(f"the weights memfd shows seals {seals:#x} after sealing", hint=_HINT)
 
 
+def checked_weights_size(fd: int, limits: ChannelLimits, what: str = "memfd") -> int:
+    """The size of a job's weights (memfd or huge-page tmpfs file, no longer
+    writable), or raise: over the cap, or empty."""
+    size = os.fstat(fd).st_size
+    if size > limits.weights_bytes:
+        raise SpecTooLargeError(
+            f"the sandbox wrote {size} bytes of weights, over the {limits.weights_bytes}-byte cap",
+            hint="raise the cap with the matching safehub limit if this model is really that large")
+    if size == 0:
+        raise UnsafeSpecError(f"the sandbox wrote no weights into the job's {what}",
+                              hint="the runner died before finishing; see the captured stderr above")
+    return size
+
+
 class WeightsMemfd:
     """The memfd one job's weights go into. Owned by the host's Job: ``close()``
     (idempotent) in its cleanup. Tensors mapped from it outlive the descriptor."""
+
+    channel = "memfd"
 
     def __init__(self) -> None:
         self.fd = os.memfd_create("safehub-weights", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
@@ -91,14 +107,7 @@ class WeightsMemfd:
         if not self._sealed:
             seal_weights(self.fd)
             self._sealed = True
-        size = os.fstat(self.fd).st_size
-        if size > limits.weights_bytes:
-            raise SpecTooLargeError(
-                f"the sandbox wrote {size} bytes of weights, over the {limits.weights_bytes}-byte cap",
-                hint="raise the cap with the matching safehub limit if this model is really that large")
-        if size == 0:
-            raise UnsafeSpecError("the sandbox wrote no weights into the job's memfd",
-                                  hint="the runner died before finishing; see the captured stderr above")
+        checked_weights_size(self.fd, limits)
         return self.fd
 
     def close(self) -> None:

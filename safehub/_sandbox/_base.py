@@ -52,7 +52,8 @@ class SandboxRequest:
     # site-packages inside its prefix); read-only paths inside them are shown again.
     hidden_paths: Sequence[Path] = ()
     # Descriptors the command inherits at the same number (only for a backend whose
-    # ``passes_fds`` is true): the job's weights memfd (safehub/_channel/_memfd.py).
+    # ``passes_fds`` is true): the job's weights memfd or huge-page tmpfs file
+    # (safehub/_channel/_memfd.py, _huge_tmpfs.py).
     pass_fds: Sequence[int] = ()
 
 
@@ -75,6 +76,10 @@ class SandboxBackend(abc.ABC):
     name: str = "abstract"
     # Whether ``SandboxRequest.pass_fds`` reach the command (else the host uses files).
     passes_fds: bool = False
+    # Whether every process of the sandbox has ended when ``run`` returns, whatever
+    # the job did (a pid namespace): then the weights may come back in a file on the
+    # host's huge-page tmpfs (safehub/_channel/_huge_tmpfs.py), else a sealed memfd.
+    ends_every_process: bool = False
 
     @abc.abstractmethod
     def check(self) -> str | None:

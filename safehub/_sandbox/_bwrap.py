@@ -87,6 +87,7 @@ def _seccomp_files(on: bool) -> tuple[str, ...]:
 class BwrapBackend(SandboxBackend):
     name = "bwrap"
     passes_fds = True
+    ends_every_process = True  # --unshare-pid: the kernel kills the namespace with its pid 1
 
     def __init__(self, bwrap: str | None = None, env: Mapping[str, str] | None = None) -> None:
         env = os.environ if env is None else env

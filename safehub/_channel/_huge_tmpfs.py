@@ -1,0 +1,284 @@
+"""Weights in 2 MiB pages without root: a file on a tmpfs of the host's own.
+
+A memfd's pages follow the machine's ``shmem_enabled``, which only root sets and
+which is ``never`` by default: the runner's writes then allocate 4 KiB pages, and
+that allocation bounds them (about 2 GB/s, 16-18% of memcpy, on the 2-core test
+machine). A tmpfs mounted with ``huge=within_size`` gets 2 MiB pages whatever that
+setting (about 9 GB/s there, 85-90%), and since Linux 5.2 a user namespace may
+mount one. So, once per host process, ``_huge_tmpfs_helper.py`` (trusted, standard
+library only) enters a user and mount namespace, creates a detached tmpfs there and
+passes its descriptor back; the host keeps it for the life of the process. Nothing
+is mounted anywhere anyone can see, and the files are ``O_TMPFILE``: unnamed, gone
+with their last descriptor (a crash leaves nothing behind).
+
+Per job (``WeightsTmpfile``), for a backend in whose sandbox every process has ended
+when ``run`` returns (bubblewrap's pid namespace, and the warm worker inside it):
+
+* the host creates an unnamed file there and opens it a second time, read-only
+  (a second open file description, via /proc/self/fd);
+* the runner gets the read-write one and writes the safetensors bytes into it as
+  into a memfd (ftruncate + pwrite);
+* once the sandbox has ended the host closes its read-write descriptor and proves
+  no writer is left anywhere: the kernel grants a write lease (``F_SETLEASE``,
+  ``F_WRLCK``) only while the file's open-for-write count is zero beyond the
+  caller's own. Every descriptor and every writable shared mapping of the file
+  holds an open-for-write file, so a stray process that kept one (or a mapping)
+  makes the lease fail: :class:`~safehub._errors.WeightsSealError`, nothing built.
+  Once proven, nobody can write again: the file has no name, the mount is
+  reachable only through the host's descriptor, and the host holds the file only
+  read-only. That is the guarantee a memfd's seals give (_memfd.py), reached
+  another way, because a tmpfs file cannot be sealed.
+
+Backends without a pid namespace (landlock, process), a failed mount (no user
+namespaces, an old kernel, leases turned off), ``shmem_enabled`` already giving
+memfds huge pages, or ``SAFEHUB_HUGE_TMPFS=0`` keep the sealed memfd: the helper's
+failure is logged once and never fails a load.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import fcntl
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .._config import env_flag
+from .._errors import WeightsSealError
+from ._limits import ChannelLimits
+from ._memfd import checked_weights_size, shmem_huge_setting
+
+__all__ = ["ENV_FLAG", "WeightsTmpfile", "prepare", "mount_fd", "status", "weights_tmpfile"]
+
+logger = logging.getLogger("safehub")
+
+ENV_FLAG = "SAFEHUB_HUGE_TMPFS"
+HELPER = Path(__file__).with_name("_huge_tmpfs_helper.py")
+HELPER_TIMEOUT_S = 10.0
+# Another thread's fork between its clone and exec holds every descriptor for a moment
+# (close-on-exec ones included): the lease is retried for about this long before the
+# load fails. A process that really kept the file holds it far longer.
+LEASE_RETRY_S = 0.2
+_HINT = "the repo is hostile or broken; nothing it returned was built"
+
+
+class _Mount:
+    """The process's tmpfs: the helper while it runs, then its descriptor or why not."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sock: socket.socket | None = None
+        self.fd: int | None = None
+        self.why_not: str | None = None
+        self.pid = os.getpid()
+
+
+_lock = threading.Lock()
+_mount: _Mount | None = None
+
+
+def _disabled() -> str | None:
+    if not sys.platform.startswith("linux"):
+        return "not Linux"
+    if not env_flag(ENV_FLAG, default=True):
+        return f"{ENV_FLAG}=0"
+    if shmem_huge_setting() in ("always", "within_size", "force"):
+        return "memfds already get 2 MiB pages (shmem_enabled), and their seals are the simpler proof"
+    return None
+
+
+def _current() -> _Mount:
+    """This process's mount state, the helper started if needed (call under _lock)."""
+    global _mount
+    if _mount is not None and _mount.pid != os.getpid():  # a forked child: the parent's helper is not ours
+        _mount = None
+    if _mount is None:
+        _mount = _Mount()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            _mount.proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(HELPER), str(theirs.fileno())], pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={})
+        except OSError as exc:
+            ours.close()
+            _mount.why_not = f"could not start the helper ({exc.strerror})"
+        else:
+            _mount.sock = ours
+        finally:
+            theirs.close()
+    return _mount
+
+
+def prepare() -> None:
+    """Start the helper now (it takes 20-40 ms, on another core) so that the mount is
+    ready when a job needs it. Does nothing once started, or where turned off."""
+    if _disabled() is None:
+        with _lock:
+            _current()
+
+
+def mount_fd() -> int | None:
+    """The process's huge-page tmpfs (a mount descriptor), or None where it cannot be
+    had (why: ``status()``). Waits for the helper the first time. The switches
+    (``_disabled``) are read on every call; the helper runs once per process."""
+    if _disabled() is not None:
+        return None
+    with _lock:
+        m = _current()
+        if m.sock is not None:
+            _collect(m)
+        return m.fd
+
+
+def _collect(m: _Mount) -> None:
+    assert m.sock is not None and m.proc is not None
+    sock, proc = m.sock, m.proc
+    m.sock = None
+    fds = array.array("i")
+    try:
+        sock.settimeout(HELPER_TIMEOUT_S)
+        msg, ancdata, _flags, _addr = sock.recvmsg(16, socket.CMSG_SPACE(fds.itemsize))
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    except OSError as exc:
+        msg = b""
+        m.why_not = f"the helper did not answer ({exc})"
+    finally:
+        sock.close()
+    try:
+        _, err = proc.communicate(timeout=HELPER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    if msg == b"ok" and len(fds) == 1 and proc.returncode == 0:
+        m.fd = fds[0]
+        why = _probe(m.fd)
+        if why is None:
+            return
+        os.close(m.fd)
+        m.fd = None
+        m.why_not = why
+    else:
+        for fd in fds:
+            os.close(fd)
+        m.why_not = m.why_not or (f"the helper failed (exit {proc.returncode}): "
+                                  f"{err.decode('utf-8', 'replace').strip()[:200]}")
+    logger.debug("weights stay in a memfd (4 KiB pages unless root set shmem_enabled): no tmpfs of huge pages: %s",
+                 m.why_not)
+
+
+def _probe(mount: int) -> str | None:
+    """None when a file can be made there and a write lease taken on it (the proof
+    every job relies on), else why not."""
+    try:
+        w = WeightsTmpfile(mount)
+    except OSError as exc:
+        return f"cannot create a file on it ({exc.strerror})"
+    try:
+        os.close(w.fd)
+        w.fd = -1
+        fcntl.fcntl(w.read_fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        fcntl.fcntl(w.read_fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    except OSError as exc:
+        return f"no write lease on its files ({exc.strerror}; fs.leases-enable?)"
+    finally:
+        w.close()
+    return None
+
+
+def status() -> dict[str, Any]:
+    """For ``safehub doctor``: whether weights get 2 MiB pages this way, or why not."""
+    why = _disabled()
+    if why is None and mount_fd() is None:
+        with _lock:
+            why = _current().why_not
+    return {"huge_tmpfs": why is None, **({"why_not": why} if why is not None else {})}
+
+
+def weights_tmpfile() -> WeightsTmpfile | None:
+    """A new file for one job's weights on the process's tmpfs, or None (use a memfd)."""
+    mount = mount_fd()
+    if mount is None:
+        return None
+    try:
+        return WeightsTmpfile(mount)
+    except OSError as exc:  # e.g. out of memory for an inode: the memfd may still work
+        logger.debug("no weights file on the huge-page tmpfs (%s); a memfd instead", exc.strerror)
+        return None
+
+
+class WeightsTmpfile:
+    """One job's weights file (see the module docstring). ``fd`` (read-write) goes to
+    the sandbox; ``sealed_fd`` proves no writer is left and returns the host's
+    read-only descriptor. Owned by the host's Job: ``close()`` (idempotent)."""
+
+    channel = "huge-tmpfs"
+
+    def __init__(self, mount: int) -> None:
+        # O_EXCL: never linkable into any folder, even by whoever holds the descriptor.
+        self.fd = os.open(".", os.O_TMPFILE | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=mount)
+        try:
+            # A second open file description: the lease counts opens, and the sandbox's
+            # copies of ``fd`` share its description with the host's.
+            self.read_fd = os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            os.close(self.fd)
+            raise
+        self._proven = False
+
+    def sealed_fd(self, limits: ChannelLimits) -> int:
+        """The read-only descriptor, once no process can write the file any more, its
+        size checked against the weights cap. Call only after every process of the
+        sandbox has ended. Raises before anything is mapped."""
+        if self.read_fd < 0:
+            raise WeightsSealError("the job's weights file was already closed", hint=_HINT)
+        if not self._proven:
+            if self.fd >= 0:
+                fd, self.fd = self.fd, -1
+                os.close(fd)
+            _prove_no_writer(self.read_fd)
+            self._proven = True
+        checked_weights_size(self.read_fd, limits, what="weights file")
+        return self.read_fd
+
+    def close(self) -> None:
+        for name in ("fd", "read_fd"):
+            fd = getattr(self, name, -1)
+            if fd >= 0:
+                setattr(self, name, -1)
+                os.close(fd)
+
+    def __del__(self) -> None:  # a Job that was never cleaned up must not leak the memory
+        try:
+            self.close()
+        except OSError:
+            pass
+
+
+def _prove_no_writer(fd: int) -> None:
+    deadline = time.monotonic() + LEASE_RETRY_S
+    delay = 0.001
+    while True:
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:
+                raise WeightsSealError(f"could not prove the weights file has no writer left ({exc.strerror})",
+                                       hint=_HINT) from None
+            if time.monotonic() >= deadline:
+                raise WeightsSealError(
+                    "the weights file is still open for writing, or mapped writable, by another process (a sandbox "
+                    "process that outlived the job?), so its bytes could change under the model", hint=_HINT) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        else:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+            return

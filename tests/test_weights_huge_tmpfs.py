@@ -1,0 +1,207 @@
+"""The weights file on the host's huge-page tmpfs (safehub/_channel/_huge_tmpfs.py),
+attacked without a sandbox, with real processes: the helper's mount really gives
+2 MiB pages; the host's "no writer left" proof refuses while any other process
+can still write the file (its descriptor, a reopened descriptor, a writable shared
+mapping alone) and holds once that process is gone; a descriptor to the file leads
+nowhere else on the mount; which backends get it, and what happens without it.
+Real bubblewrap and warm-worker loads through it are in
+tests/test_weights_memfd_e2e.py (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "hostile"))
+import specgen  # noqa: E402,F401  (puts runners/ on sys.path)
+from _safetensors_write import write_safetensors_fd  # noqa: E402
+
+from safehub import _jobs  # noqa: E402
+from safehub._channel import ChannelLimits, _huge_tmpfs  # noqa: E402
+from safehub._channel._huge_tmpfs import WeightsTmpfile  # noqa: E402
+from safehub._channel._memfd import WeightsMemfd  # noqa: E402
+from safehub._channel._weights import load_tensors, read_header  # noqa: E402
+from safehub._errors import WeightsSealError  # noqa: E402
+from safehub._sandbox._bwrap import BwrapBackend  # noqa: E402
+from safehub._sandbox._landlock import LandlockBackend  # noqa: E402
+from safehub._sandbox._process import ProcessBackend  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(_huge_tmpfs.ENV_FLAG, raising=False)
+
+
+def _tmpfile() -> WeightsTmpfile:
+    w = _huge_tmpfs.weights_tmpfile()
+    assert w is not None, (
+        f"no huge-page tmpfs on this machine: {_huge_tmpfs.status()}. It needs unprivileged user namespaces "
+        "and Linux >= 5.2; CI's machine has both, so this is a regression there")
+    return w
+
+
+def test_this_machine_has_the_mount() -> None:
+    assert _huge_tmpfs.status() == {"huge_tmpfs": True}, _huge_tmpfs.status()
+
+
+def test_the_mount_gives_2_mib_pages_mapped_whole() -> None:
+    """8 MiB written and mapped as a load does: the host's private mapping is made of
+    2 MiB pages (ShmemPmdMapped in its smaps), which is the point of the mount."""
+    w = _tmpfile()
+    try:
+        n = 8 << 20
+        write_safetensors_fd(w.fd, {"x": torch.ones(n // 4)})
+        fd = w.sealed_fd(ChannelLimits())
+        tensors = load_tensors(fd, read_header(fd, ChannelLimits()), None, mapped=True)
+        assert float(tensors["x"][:: 1024].sum()) == n // 4 // 1024  # every page read once
+        start = tensors["x"].untyped_storage().data_ptr()
+        pmd_kb = None
+        lines = Path("/proc/self/smaps").read_text().splitlines()
+        for i, line in enumerate(lines):
+            lo, _, hi = line.partition(" ")[0].partition("-")
+            if hi and int(lo, 16) <= start < int(hi, 16):
+                pmd_kb = next(int(x.split()[1]) for x in lines[i + 1:] if x.startswith("ShmemPmdMapped:"))
+                break
+        assert pmd_kb is not None, "the weights' mapping is not in /proc/self/smaps"
+        assert pmd_kb >= 2048, (f"the weights are mapped in 4 KiB pages only (ShmemPmdMapped {pmd_kb} kB): no free "
+                                "2 MiB page (see /proc/buddyinfo), or the mount lost huge=within_size")
+        del tensors
+    finally:
+        w.close()
+
+
+HOLDER = textwrap.dedent('''
+    import mmap, os, sys
+    fd, how = int(sys.argv[1]), sys.argv[2]
+    if how == "reopened":  # a new open file description of its own, the inherited one closed
+        mine = os.open(f"/proc/self/fd/{fd}", os.O_RDWR)
+        os.close(fd)
+    elif how == "mapping":  # only a writable shared mapping is left, no descriptor
+        m = mmap.mmap(fd, 4096, flags=mmap.MAP_SHARED)
+        os.close(fd)
+    print("ready", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+    if how == "mapping":
+        m[:5] = b"later"  # what the proof must prevent: bytes changed under the model
+''')
+
+
+@pytest.mark.parametrize("how", ["descriptor", "reopened", "mapping"])
+def test_no_writer_left_is_proven_only_once_every_writer_is_gone(how: str) -> None:
+    w = _tmpfile()
+    try:
+        os.ftruncate(w.fd, 4096)
+        os.pwrite(w.fd, b"x" * 4096, 0)
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(w.fd), how], pass_fds=(w.fd,),
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == b"ready\n"
+            with pytest.raises(WeightsSealError, match="still open for writing, or mapped writable"):
+                w.sealed_fd(ChannelLimits())
+            assert w.fd == -1  # the host's own read-write descriptor is gone already
+        finally:
+            holder.kill()
+            holder.wait()
+        fd = w.sealed_fd(ChannelLimits())  # the holder has ended: now proven
+        assert os.pread(fd, 5, 0) == b"xxxxx"
+        with pytest.raises(OSError):  # and the host's descriptor writes nothing
+            os.pwrite(fd, b"y", 0)
+    finally:
+        w.close()
+
+
+def test_the_sandbox_s_descriptor_leads_nowhere_else_on_the_mount(tmp_path: Path) -> None:
+    """All a job gets is its file's read-write descriptor: no name, no directory, no
+    way up to the mount and another job's file."""
+    other, w = _tmpfile(), _tmpfile()
+    try:
+        probe = textwrap.dedent('''
+            import json, os, sys
+            fd = int(sys.argv[1])
+            tries = {
+                "openat ..": lambda: os.open("..", os.O_RDONLY, dir_fd=fd),
+                "openat new": lambda: os.open("x", os.O_CREAT | os.O_RDWR, 0o600, dir_fd=fd),
+                "proc ..": lambda: os.listdir(f"/proc/self/fd/{fd}/.."),
+                "link it": lambda: os.link(f"/proc/self/fd/{fd}", "/tmp/kept", follow_symlinks=True),
+                "seal it": lambda: __import__("fcntl").fcntl(fd, 1033, 1),
+            }
+            worked = []
+            for name, attempt in tries.items():
+                try:
+                    attempt()
+                    worked.append(name)
+                except OSError:
+                    pass
+            print(json.dumps({"link": os.readlink(f"/proc/self/fd/{fd}"), "worked": worked}))
+        ''')
+        out = json.loads(subprocess.run([sys.executable, "-c", probe, str(w.fd)], pass_fds=(w.fd,),
+                                        capture_output=True, text=True, timeout=60, check=True).stdout)
+        assert out["worked"] == [], out
+        assert out["link"].endswith("(deleted)"), out  # unnamed (O_TMPFILE)
+    finally:
+        w.close()
+        other.close()
+
+
+def test_only_a_backend_that_ends_every_process_gets_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    job = _jobs.JobRequest(action="load", repo_dir=None, entrypoint="m")
+    for backend, kind in ((BwrapBackend(), WeightsTmpfile), (LandlockBackend(), WeightsMemfd),
+                          (ProcessBackend(), WeightsMemfd)):
+        w = _jobs._weights_memfd(job, backend)
+        try:
+            assert type(w) is kind, backend.name
+        finally:
+            w.close()
+    monkeypatch.setenv(_huge_tmpfs.ENV_FLAG, "0")
+    w = _jobs._weights_memfd(job, BwrapBackend())
+    assert type(w) is WeightsMemfd
+    w.close()
+    assert _huge_tmpfs.status() == {"huge_tmpfs": False, "why_not": f"{_huge_tmpfs.ENV_FLAG}=0"}
+
+
+def test_a_failed_helper_means_a_memfd_and_says_why(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    broken = tmp_path / "helper.py"
+    broken.write_text("import sys; sys.stderr.write('unshare(CLONE_NEWUSER | CLONE_NEWNS): Operation not permitted\\n');"
+                      " sys.exit(2)\n")
+    monkeypatch.setattr(_huge_tmpfs, "HELPER", broken)
+    monkeypatch.setattr(_huge_tmpfs, "_mount", None)  # this process's mount, made again with the broken helper
+    assert _huge_tmpfs.weights_tmpfile() is None
+    status = _huge_tmpfs.status()
+    assert status["huge_tmpfs"] is False and "Operation not permitted" in status["why_not"], status
+    w = _jobs._weights_memfd(_jobs.JobRequest(action="load", repo_dir=None, entrypoint="m"), BwrapBackend())
+    assert type(w) is WeightsMemfd
+    w.close()
+
+
+def test_memfds_with_huge_pages_already_keep_the_memfd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root set shmem_enabled: a memfd is as fast, and its seals are the simpler proof."""
+    monkeypatch.setattr(_huge_tmpfs, "shmem_huge_setting", lambda: "within_size")
+    assert _huge_tmpfs.weights_tmpfile() is None
+    assert "shmem_enabled" in _huge_tmpfs.status()["why_not"]
+
+
+def test_the_runner_writes_into_it_as_into_a_memfd() -> None:
+    """runners/_safetensors_write.weights_fd accepts it (F_GET_SEALS answers on every
+    shmem file), and the bytes come back mapped, copy-on-write."""
+    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); import _safetensors_write as w; "
+            "import torch; fd = w.weights_fd(); w.write_safetensors_fd(fd, {'a': torch.arange(6.0)})")
+    w = _tmpfile()
+    try:
+        env = {**os.environ, "SAFEHUB_WEIGHTS_FD": str(w.fd)}
+        subprocess.run([sys.executable, "-c", code, str(Path(_huge_tmpfs.__file__).parents[2] / "runners")],
+                       pass_fds=(w.fd,), env=env, check=True, timeout=120)
+        fd = w.sealed_fd(ChannelLimits())
+        tensors = load_tensors(fd, read_header(fd, ChannelLimits()), None, mapped=True)
+        assert torch.equal(tensors["a"], torch.arange(6.0))
+        tensors["a"].add_(1)  # the model's own pages
+        again = load_tensors(fd, read_header(fd, ChannelLimits()), None, mapped=True)
+        assert torch.equal(again["a"], torch.arange(6.0))
+    finally:
+        w.close()
