@@ -36,7 +36,9 @@ from safehub._sandbox._process import ProcessBackend  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _on(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(_huge_tmpfs.ENV_FLAG, raising=False)
+    """Used wherever it can be mounted: this VM's balloon reports free pages, which
+    turns it off by default (test_a_vm_that_reports_free_pages_keeps_the_memfd)."""
+    monkeypatch.setenv(_huge_tmpfs.ENV_FLAG, "1")
 
 
 def _tmpfile() -> WeightsTmpfile:
@@ -205,3 +207,38 @@ def test_the_runner_writes_into_it_as_into_a_memfd() -> None:
         assert torch.equal(again["a"], torch.arange(6.0))
     finally:
         w.close()
+
+
+def _virtio(root: Path, name: str, device: str, features: str) -> None:
+    (root / name).mkdir(parents=True)
+    (root / name / "device").write_text(device + "\n")
+    (root / name / "features").write_text(features + "\n")
+
+
+def test_free_page_reporting_is_read_from_the_balloon_s_feature_bits(tmp_path: Path) -> None:
+    bits = "0" * 64
+    with_reporting = bits[:5] + "1" + bits[6:]
+    _virtio(tmp_path / "a", "virtio0", "0x0001", with_reporting)  # a network card: bit 5 means something else
+    _virtio(tmp_path / "a", "virtio1", "0x0005", bits)  # a balloon without reporting
+    assert _huge_tmpfs.reports_free_pages(str(tmp_path / "a")) is False
+    _virtio(tmp_path / "b", "virtio3", "0x0005", with_reporting)
+    assert _huge_tmpfs.reports_free_pages(str(tmp_path / "b")) is True
+    assert _huge_tmpfs.reports_free_pages(str(tmp_path / "missing")) is False
+
+
+@pytest.mark.parametrize("setting, reports, used", [
+    ("", True, False), ("", False, True), ("1", True, True), ("0", False, False)])
+def test_a_vm_that_reports_free_pages_keeps_the_memfd(
+        monkeypatch: pytest.MonkeyPatch, setting: str, reports: bool, used: bool) -> None:
+    """Unset: automatic, off where free pages are reported; 1 and 0 decide."""
+    monkeypatch.setenv(_huge_tmpfs.ENV_FLAG, setting)
+    monkeypatch.setattr(_huge_tmpfs, "reports_free_pages", lambda: reports)
+    w = _jobs._weights_memfd(_jobs.JobRequest(action="load", repo_dir=None, entrypoint="m"), BwrapBackend())
+    try:
+        assert type(w) is (WeightsTmpfile if used else WeightsMemfd)
+    finally:
+        w.close()
+    status = _huge_tmpfs.status()
+    assert status["huge_tmpfs"] is used
+    if not used:
+        assert ("free page reporting" in status["why_not"]) == (setting == ""), status

@@ -344,7 +344,7 @@ def test_doctor_reports_the_channel_and_the_shmem_huge_page_setting(
     fake.write_text("always [within_size] advise never deny force\n")
     assert shmem_huge_setting(str(fake)) == "within_size"
     assert shmem_huge_setting(str(tmp_path / "missing")) is None
-    monkeypatch.delenv(_huge_tmpfs.ENV_FLAG, raising=False)
+    monkeypatch.setenv(_huge_tmpfs.ENV_FLAG, "1")
     report = _weights_report()
     assert report["shmem_enabled"] == shmem_huge_setting()
     assert report["huge_tmpfs"] == _huge_tmpfs.status()

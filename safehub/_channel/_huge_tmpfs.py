@@ -32,7 +32,10 @@ when ``run`` returns (bubblewrap's pid namespace, and the warm worker inside it)
 Backends without a pid namespace (landlock, process), a failed mount (no user
 namespaces, an old kernel, leases turned off), ``shmem_enabled`` already giving
 memfds huge pages, or ``SAFEHUB_HUGE_TMPFS=0`` keep the sealed memfd: the helper's
-failure is logged once and never fails a load.
+failure is logged once and never fails a load. So does a VM whose balloon reports
+free pages to its hypervisor (``reports_free_pages``), unless
+``SAFEHUB_HUGE_TMPFS=1``: there a 2 MiB page is fast only when reused at once, and
+ten times slower than 4 KiB pages a few seconds later, which is how loads come.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from __future__ import annotations
 import array
 import errno
 import fcntl
+import functools
 import logging
 import os
 import socket
@@ -55,11 +59,14 @@ from .._errors import WeightsSealError
 from ._limits import ChannelLimits
 from ._memfd import checked_weights_size, shmem_huge_setting
 
-__all__ = ["ENV_FLAG", "WeightsTmpfile", "prepare", "mount_fd", "status", "weights_tmpfile"]
+__all__ = ["ENV_FLAG", "WeightsTmpfile", "prepare", "mount_fd", "reports_free_pages", "status", "weights_tmpfile"]
 
 logger = logging.getLogger("safehub")
 
 ENV_FLAG = "SAFEHUB_HUGE_TMPFS"
+VIRTIO_DEVICES = "/sys/bus/virtio/devices"
+VIRTIO_ID_BALLOON = "0x0005"
+VIRTIO_BALLOON_F_REPORTING = 5
 HELPER = Path(__file__).with_name("_huge_tmpfs_helper.py")
 HELPER_TIMEOUT_S = 10.0
 # Another thread's fork between its clone and exec holds every descriptor for a moment
@@ -85,13 +92,49 @@ _mount: _Mount | None = None
 
 
 def _disabled() -> str | None:
+    """Why not to use the tmpfs here, or None. ``SAFEHUB_HUGE_TMPFS``: unset for
+    automatic, 0 for never, 1 for wherever it can be mounted."""
     if not sys.platform.startswith("linux"):
         return "not Linux"
-    if not env_flag(ENV_FLAG, default=True):
+    raw = os.environ.get(ENV_FLAG, "").strip()
+    if raw and not env_flag(ENV_FLAG):
         return f"{ENV_FLAG}=0"
     if shmem_huge_setting() in ("always", "within_size", "force"):
         return "memfds already get 2 MiB pages (shmem_enabled), and their seals are the simpler proof"
+    if not raw and reports_free_pages():
+        return (f"this VM reports free memory to its hypervisor (a virtio balloon with free page reporting), so a "
+                f"2 MiB page freed a few seconds ago is slow to use again: {ENV_FLAG}=1 to use it anyway")
     return None
+
+
+@functools.cache
+def reports_free_pages(root: str = VIRTIO_DEVICES) -> bool:
+    """Whether a virtio balloon here has free page reporting (Firecracker, QEMU's
+    ``free-page-reporting=on``): the guest hands every free 2 MiB block back to the
+    hypervisor about two seconds after it was freed, and the first touch of such a
+    block later faults in the hypervisor, page by page. Measured on the 2-core test
+    machine (Firecracker): 2 MiB pages taken 5 s after the last were freed fill at
+    0.1-0.2 GB/s, against 9 GB/s reused at once, and 2 GB/s for 4 KiB pages (which
+    mostly come from blocks too small to be reported); a fresh load of 47 MB of
+    weights spent 0.5 s more in the runner (benchmarks/bench_weights_path.py
+    --idle-s, bench_fresh.py)."""
+    try:
+        devices = os.listdir(root)
+    except OSError:
+        return False
+    for name in devices:
+        try:
+            with open(os.path.join(root, name, "device"), encoding="ascii") as f:
+                device = f.read().strip()
+            if device != VIRTIO_ID_BALLOON:
+                continue
+            with open(os.path.join(root, name, "features"), encoding="ascii") as f:
+                features = f.read().strip()  # one character per feature bit, bit 0 first
+        except OSError:
+            continue
+        if features[VIRTIO_BALLOON_F_REPORTING:VIRTIO_BALLOON_F_REPORTING + 1] == "1":
+            return True
+    return False
 
 
 def _current() -> _Mount:
