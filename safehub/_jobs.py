@@ -282,6 +282,8 @@ def _note_channel(job: JobRequest, sandbox_result: SandboxResult, weights: Any) 
     safehub_info's sandbox details."""
     if job.action in ("load", "export"):
         sandbox_result.details["weights_channel"] = weights.channel if weights is not None else "file"
+        if getattr(weights, "warm_spare", False):
+            sandbox_result.details["weights_warm_spare"] = True
 
 
 _PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes)

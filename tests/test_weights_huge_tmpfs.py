@@ -24,7 +24,7 @@ import specgen  # noqa: E402,F401  (puts runners/ on sys.path)
 from _safetensors_write import write_safetensors_fd  # noqa: E402
 
 from safehub import _jobs  # noqa: E402
-from safehub._channel import ChannelLimits, _huge_tmpfs  # noqa: E402
+from safehub._channel import ChannelLimits, _huge_tmpfs, _weights_pool  # noqa: E402
 from safehub._channel._huge_tmpfs import WeightsTmpfile  # noqa: E402
 from safehub._channel._memfd import WeightsMemfd  # noqa: E402
 from safehub._channel._weights import load_tensors, read_header  # noqa: E402
@@ -242,3 +242,58 @@ def test_a_vm_that_reports_free_pages_keeps_the_memfd(
     assert status["huge_tmpfs"] is used
     if not used:
         assert ("free page reporting" in status["why_not"]) == (setting == ""), status
+
+
+def test_the_weights_pool_hands_out_a_warm_spare_then_makes_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SAFEHUB_WEIGHTS_POOL_MB: the first job finds no spare; once its weights are
+    written one is made, their size in whole 2 MiB pages (at most the cap); the next
+    job gets it, every page already there; the runner's ftruncate cuts it to the
+    weights' size, and the proof holds as for any file; then another spare is made."""
+    monkeypatch.setenv(_weights_pool.ENV, "64")
+    _weights_pool.discard()
+    jobs = []
+
+    def written(w: WeightsTmpfile, floats: int) -> int:
+        write_safetensors_fd(w.fd, {"a": torch.arange(float(floats))})
+        fd = w.sealed_fd(ChannelLimits())
+        tensors = load_tensors(fd, read_header(fd, ChannelLimits()), None, mapped=True)
+        assert torch.equal(tensors["a"], torch.arange(float(floats)))
+        return fd
+
+    try:
+        first = _tmpfile()
+        jobs.append(first)
+        assert os.fstat(first.fd).st_size == 0 and not first.warm_spare  # a new file: no spare yet
+        written(first, (3 << 20) // 4)  # 3 MiB and a header
+        assert _weights_pool.wait_ready(60), "the pool made no spare in 60 s"
+        spare = _tmpfile()
+        jobs.append(spare)
+        st = os.fstat(spare.fd)
+        assert spare.warm_spare and st.st_size == 4 << 20 and st.st_blocks * 512 >= 4 << 20  # allocated, not sparse
+        fd = written(spare, 10)
+        assert os.fstat(fd).st_size < 4096  # cut to the weights' size
+        assert _weights_pool.wait_ready(60)
+        again = _tmpfile()
+        jobs.append(again)
+        assert again.warm_spare and os.fstat(again.fd).st_size == 2 << 20  # sized after the last job
+        assert os.fstat(again.fd).st_ino != os.fstat(fd).st_ino  # never a file another job had
+        monkeypatch.setenv(_weights_pool.ENV, "2")
+        written(again, (5 << 20) // 4)
+        assert _weights_pool.wait_ready(60)
+        capped = _tmpfile()
+        jobs.append(capped)
+        assert capped.warm_spare and os.fstat(capped.fd).st_size == 2 << 20  # at most the cap
+    finally:
+        for w in jobs:
+            w.close()
+        _weights_pool.discard()
+
+
+def test_with_a_pool_the_tmpfs_is_used_even_where_free_pages_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(_huge_tmpfs.ENV_FLAG)
+    monkeypatch.setattr(_huge_tmpfs, "reports_free_pages", lambda: True)
+    assert _huge_tmpfs.status()["huge_tmpfs"] is False
+    monkeypatch.setenv(_weights_pool.ENV, "2")
+    assert _huge_tmpfs.status() == {"huge_tmpfs": True}
+    monkeypatch.setenv(_weights_pool.ENV, "lots")  # not a number: no pool, and a warning
+    assert _weights_pool.pool_bytes() == 0

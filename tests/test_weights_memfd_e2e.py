@@ -19,7 +19,7 @@ import torch
 
 import safehub
 from safehub import Limits, _jobs
-from safehub._channel import _huge_tmpfs
+from safehub._channel import _huge_tmpfs, _weights_pool
 from safehub._errors import WeightsSealError
 
 pytestmark = pytest.mark.slow
@@ -238,3 +238,28 @@ def test_a_job_cannot_keep_its_weights_writable_or_unsealable(repo: Path, warm_w
             load("seal_it")
     else:
         assert torch.equal(load("reach_out").weight, torch.zeros(2, 2))
+
+
+def test_a_load_takes_the_weights_pool_s_warm_spare(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SAFEHUB_WEIGHTS_POOL_MB on, through a real warm worker: the first load makes
+    the spare, the next one's weights go into it, and come back right."""
+    monkeypatch.delenv(_huge_tmpfs.ENV_FLAG, raising=False)  # the pool alone turns the tmpfs on, even here
+    monkeypatch.setenv(_weights_pool.ENV, "4")
+    _weights_pool.discard()
+    try:
+        def load() -> Any:
+            return safehub.load(str(repo), "mixed", source="local", verbose=False, force_reload=True,
+                                limits=Limits(timeout_s=120))
+
+        first = load()
+        assert first.safehub_info.sandbox_details["weights_channel"] == "huge-tmpfs"
+        assert "weights_warm_spare" not in first.safehub_info.sandbox_details
+        assert _weights_pool.wait_ready(60)
+        second = load()
+        assert second.safehub_info.sandbox_details["weights_channel"] == "huge-tmpfs"
+        assert second.safehub_info.sandbox_details["weights_warm_spare"] is True
+        state = second.state_dict()
+        for key, value in _expected().items():
+            assert state[key].dtype == value.dtype and torch.equal(state[key], value), key
+    finally:
+        _weights_pool.discard()

@@ -58,6 +58,7 @@ from .._config import env_flag
 from .._errors import WeightsSealError
 from ._limits import ChannelLimits
 from ._memfd import checked_weights_size, shmem_huge_setting
+from ._weights_pool import note_size, pool_bytes, take
 
 __all__ = ["ENV_FLAG", "WeightsTmpfile", "prepare", "mount_fd", "reports_free_pages", "status", "weights_tmpfile"]
 
@@ -101,7 +102,7 @@ def _disabled() -> str | None:
         return f"{ENV_FLAG}=0"
     if shmem_huge_setting() in ("always", "within_size", "force"):
         return "memfds already get 2 MiB pages (shmem_enabled), and their seals are the simpler proof"
-    if not raw and reports_free_pages():
+    if not raw and reports_free_pages() and not pool_bytes():  # a warm spare is the way round it
         return (f"this VM reports free memory to its hypervisor (a virtio balloon with free page reporting), so a "
                 f"2 MiB page freed a few seconds ago is slow to use again: {ENV_FLAG}=1 to use it anyway")
     return None
@@ -247,10 +248,14 @@ def status() -> dict[str, Any]:
 
 
 def weights_tmpfile() -> WeightsTmpfile | None:
-    """A new file for one job's weights on the process's tmpfs, or None (use a memfd)."""
+    """A new file for one job's weights on the process's tmpfs (the weights pool's
+    warm spare when there is one: _weights_pool.py), or None (use a memfd)."""
     mount = mount_fd()
     if mount is None:
         return None
+    spare = take()
+    if spare is not None:
+        return spare
     try:
         return WeightsTmpfile(mount)
     except OSError as exc:  # e.g. out of memory for an inode: the memfd may still work
@@ -264,9 +269,11 @@ class WeightsTmpfile:
     read-only descriptor. Owned by the host's Job: ``close()`` (idempotent)."""
 
     channel = "huge-tmpfs"
+    warm_spare = False  # True for the weights pool's spare (_weights_pool.py)
 
     def __init__(self, mount: int) -> None:
         # O_EXCL: never linkable into any folder, even by whoever holds the descriptor.
+        self._mount = mount
         self.fd = os.open(".", os.O_TMPFILE | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=mount)
         try:
             # A second open file description: the lease counts opens, and the sandbox's
@@ -283,13 +290,16 @@ class WeightsTmpfile:
         sandbox has ended. Raises before anything is mapped."""
         if self.read_fd < 0:
             raise WeightsSealError("the job's weights file was already closed", hint=_HINT)
-        if not self._proven:
+        first = not self._proven
+        if first:
             if self.fd >= 0:
                 fd, self.fd = self.fd, -1
                 os.close(fd)
             _prove_no_writer(self.read_fd)
             self._proven = True
-        checked_weights_size(self.read_fd, limits, what="weights file")
+        size = checked_weights_size(self.read_fd, limits, what="weights file")
+        if first:
+            note_size(self._mount, size)  # the weights pool's next spare, if it is on
         return self.read_fd
 
     def close(self) -> None:
