@@ -10,7 +10,8 @@ process (``ArtifactCache.store_in_background``) hands it three descriptors:
 * the job document, in a memfd: the entry's paths, the validated ``spec.json``
   bytes, the provenance record (all but the files' hashes) and the key record;
 * the sealed weights memfd the model was built from (sealed: its bytes can never
-  change, _channel/_memfd.py). The host validated exactly these bytes, and the
+  change, _channel/_memfd.py), or the huge-page tmpfs file, read-only once proven
+  to have no writer left (_channel/_huge_tmpfs.py). The host validated exactly these bytes, and the
   model was built from them untouched, so they are the entry's weights file;
 * the entry's lock (``flock``), taken before the load returned. A lookup of the
   key that finds no entry waits for that lock (``ArtifactCache.load``), so a load

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import subprocess
 import sys
 import textwrap
@@ -297,3 +298,33 @@ def test_with_a_pool_the_tmpfs_is_used_even_where_free_pages_are_reported(monkey
     assert _huge_tmpfs.status() == {"huge_tmpfs": True}
     monkeypatch.setenv(_weights_pool.ENV, "lots")  # not a number: no pool, and a warning
     assert _weights_pool.pool_bytes() == 0
+
+
+def test_a_child_forked_from_the_host_does_not_keep_a_job_s_file_writable() -> None:
+    """A fork while a job runs (multiprocessing, a DataLoader's workers) copies the
+    job's read-write descriptor; the child closes its copies at once, so the parent's
+    proof holds while the child lives."""
+    w = _tmpfile()
+    try:
+        os.pwrite(w.fd, b"weights", 0)
+        r, wr = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: say whether it still has the descriptor, then linger
+            try:
+                os.fstat(w.fd if w.fd >= 0 else 10**6)
+                os.write(wr, b"kept")
+            except OSError:
+                os.write(wr, b"closed")
+            time.sleep(30)
+            os._exit(0)
+        try:
+            os.close(wr)
+            assert os.read(r, 16) == b"closed"
+            fd = w.sealed_fd(ChannelLimits())  # the child is alive, and no writer is left
+            assert os.pread(fd, 7, 0) == b"weights"
+        finally:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            os.close(r)
+    finally:
+        w.close()

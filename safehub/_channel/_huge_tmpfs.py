@@ -51,6 +51,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -263,10 +264,30 @@ def weights_tmpfile() -> WeightsTmpfile | None:
         return None
 
 
+_live: weakref.WeakSet[WeightsTmpfile] = weakref.WeakSet()
+
+
+def _close_in_child() -> None:
+    """After ``os.fork`` (multiprocessing, a DataLoader's workers), in the child: a
+    copy of a job's read-write descriptor there would keep the file open for writing,
+    and the parent's proof would fail while the child lives. The child never uses
+    them, so it closes them all (the weights pool's spare included)."""
+    for w in list(_live):
+        try:
+            w.close()
+        except OSError:
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
+
+
 class WeightsTmpfile:
     """One job's weights file (see the module docstring). ``fd`` (read-write) goes to
     the sandbox; ``sealed_fd`` proves no writer is left and returns the host's
-    read-only descriptor. Owned by the host's Job: ``close()`` (idempotent)."""
+    read-only descriptor. Owned by the host's Job: ``close()`` (idempotent). A child
+    forked from the host closes its copies at once (``_close_in_child``)."""
 
     channel = "huge-tmpfs"
     warm_spare = False  # True for the weights pool's spare (_weights_pool.py)
@@ -283,6 +304,7 @@ class WeightsTmpfile:
             os.close(self.fd)
             raise
         self._proven = False
+        _live.add(self)
 
     def sealed_fd(self, limits: ChannelLimits) -> int:
         """The read-only descriptor, once no process can write the file any more, its

@@ -5,7 +5,8 @@ JSON, dtypes, shapes, offsets that tile the data section exactly), on the
 already-opened descriptor (no second lookup by path), whether it is a file the
 sandbox wrote or the job's sealed weights memfd (_memfd.py). Loading then:
 
-* from a sealed memfd: ``map_tensors``, every tensor a view of one MAP_PRIVATE
+* from a sealed memfd, or a huge-page tmpfs file proven to have no writer left
+  (_huge_tmpfs.py): ``map_tensors``, every tensor a view of one MAP_PRIVATE
   mapping (no copy; the model's writes are copy-on-write);
 * from a file: ``_read_tensors``, ``preadv`` into fresh memory the host owns (a
   file of the sandbox's is never mapped: a later write or truncation of it would
@@ -249,8 +250,9 @@ def _read_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any, dtypes:
 def map_tensors(fd: int, entries: dict[str, HeaderEntry], device: Any, dtypes: dict, torch: Any,
                 digest: Any = None) -> dict[str, Any]:
     """Every tensor as a view of one ``MAP_PRIVATE`` mapping of ``fd`` (no copy):
-    a memfd ``seal_weights`` sealed (its size and bytes are fixed, so nothing
-    under the model can change), or an artifact-cache entry's weights file (see
+    a memfd ``seal_weights`` sealed or a tmpfs file ``WeightsTmpfile`` proved
+    unwritable (its size and bytes are fixed, so nothing under the model can
+    change), or an artifact-cache entry's weights file (see
     ``load_tensors``). The private mapping makes the model's own writes
     copy-on-write (never into the file).
 

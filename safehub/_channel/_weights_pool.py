@@ -9,7 +9,7 @@ host keeps one spare file on its huge-page tmpfs, the size of the last job's wei
 (whole 2 MiB pages, at most N MiB), every page allocated and written once (zeros),
 and the next job's weights go into it: the runner's ftruncate cuts it to the
 weights' size (freeing the rest) and its writes land in pages that are there already
-(54-67% of memcpy with loads 5 s apart on that VM, where a new file gets 1% and a
+(54-74% of memcpy with loads 5 s apart on that VM, where a new file gets 1% and a
 memfd 13-14%: benchmarks/bench_weights_path.py --idle-s 5).
 
 The spare is made on a thread at the lowest CPU priority (nice 19), started once a
