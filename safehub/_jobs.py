@@ -191,6 +191,7 @@ def run_job(
                 limits=job.limits, python_env=python_env, repo_dir=job.repo_dir, backend=backend,
                 hub_dir=hub_dir, layout=lambda root, confine: _layout(job, root, confine=confine, copy_files=True),
                 environment=sandbox_environment, weights_fd=weights.fd if weights is not None else None,
+                after_send=getattr(weights, "drop_writer", None),
             )
         except BaseException:
             if weights is not None:
@@ -244,6 +245,7 @@ def run_job(
             runner_dir=rdir,
             hidden_paths=python_env.hidden_paths,
             pass_fds=(weights.fd,) if weights is not None else (),
+            after_spawn=getattr(weights, "drop_writer", None),
         )
         # What the runner applies to itself before repo code (rlimits, Landlock).
         _layout(job, root, confine=backend.confine_config(sandbox_request))

@@ -316,11 +316,13 @@ def run_in_worker(
     layout: Callable[[Path, dict[str, object]], None],
     environment: Callable[[Path], dict[str, str]],
     weights_fd: int | None = None,
+    after_send: Callable[[], None] | None = None,
 ) -> tuple[Path, SandboxResult] | None:
     """Run one job in the warm worker for this env and repo (starting it if none
     runs). ``layout(root, confine)`` writes the job folder; ``environment(root)``
-    is the job's whole environment. ``weights_fd``: the job's weights memfd, sent
-    with the job message (SCM_RIGHTS); the caller keeps and closes its own copy.
+    is the job's whole environment. ``weights_fd``: the job's weights memfd or
+    tmpfs file, sent with the job message (SCM_RIGHTS); the caller closes its own
+    copy (``after_send`` is called once it is sent, for a caller done with it).
     Returns the job folder
     and the run's result, or None when the worker cannot take the job before it
     starts (busy, or it died before forking): the caller then runs it cold."""
@@ -336,7 +338,8 @@ def run_in_worker(
             logger.info("the warm worker for %s is busy; running this job cold", repo_dir)
             return None
         return _run_locked(wdir, limits=limits, python_env=python_env, repo_dir=repo_dir,
-                           backend=backend, layout=layout, environment=environment, weights_fd=weights_fd)
+                           backend=backend, layout=layout, environment=environment, weights_fd=weights_fd,
+                           after_send=after_send)
     finally:
         os.close(lock)  # releases the lock
 
@@ -363,7 +366,8 @@ def _ready(wdir: Path, jobs: Path, *, python_env: PythonEnv, repo_dir: Path, bac
 def _run_locked(wdir: Path, *, limits: Limits, python_env: PythonEnv, repo_dir: Path, backend: SandboxBackend,
                 layout: Callable[[Path, dict[str, object]], None],
                 environment: Callable[[Path], dict[str, str]],
-                weights_fd: int | None = None) -> tuple[Path, SandboxResult] | None:
+                weights_fd: int | None = None,
+                after_send: Callable[[], None] | None = None) -> tuple[Path, SandboxResult] | None:
     jobs = wdir / "jobs"
     try:
         ready = _ready(wdir, jobs, python_env=python_env, repo_dir=repo_dir, backend=backend,
@@ -403,6 +407,8 @@ def _run_locked(wdir: Path, *, limits: Limits, python_env: PythonEnv, repo_dir: 
         buf = bytearray()
         try:
             _send_message(conn, json.dumps(message).encode() + b"\n", weights_fd)
+            if after_send is not None:  # the descriptor is in the message now: the host may drop its copy
+                after_send()
             reply = _read_line(conn, buf, START_TIMEOUT_S if fresh else 30.0)
         except (OSError, ValueError):
             reply = None

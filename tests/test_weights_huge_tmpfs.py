@@ -300,31 +300,66 @@ def test_with_a_pool_the_tmpfs_is_used_even_where_free_pages_are_reported(monkey
     assert _weights_pool.pool_bytes() == 0
 
 
-def test_a_child_forked_from_the_host_does_not_keep_a_job_s_file_writable() -> None:
+def _fork_lingering() -> int:
+    pid = os.fork()
+    if pid == 0:  # holds whatever descriptors it inherited, until killed
+        time.sleep(60)
+        os._exit(0)
+    return pid
+
+
+@pytest.mark.parametrize("fork", ["after the handover", "before it"])
+def test_a_child_forked_from_the_host_during_a_job(fork: str) -> None:
     """A fork while a job runs (multiprocessing, a DataLoader's workers) copies the
-    job's read-write descriptor; the child closes its copies at once, so the parent's
-    proof holds while the child lives."""
+    host's descriptors. The host drops its read-write one once the sandbox has its
+    copy (drop_writer, right after the spawn), so a later fork holds none and the
+    proof holds while the child lives; a fork in the moment before still holds it,
+    and the load fails closed, saying what may have happened."""
     w = _tmpfile()
+    children = []
     try:
-        os.pwrite(w.fd, b"weights", 0)
-        r, wr = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: say whether it still has the descriptor, then linger
-            try:
-                os.fstat(w.fd if w.fd >= 0 else 10**6)
-                os.write(wr, b"kept")
-            except OSError:
-                os.write(wr, b"closed")
-            time.sleep(30)
-            os._exit(0)
-        try:
-            os.close(wr)
-            assert os.read(r, 16) == b"closed"
-            fd = w.sealed_fd(ChannelLimits())  # the child is alive, and no writer is left
-            assert os.pread(fd, 7, 0) == b"weights"
-        finally:
+        if fork == "before it":
+            children.append(_fork_lingering())
+        writer = subprocess.Popen([sys.executable, "-c", f"import os; os.pwrite({w.fd}, b'weights', 0)"],
+                                  pass_fds=(w.fd,))
+        w.drop_writer()  # as the bwrap backend's after_spawn does
+        if fork == "after the handover":
+            children.append(_fork_lingering())
+        assert writer.wait(60) == 0
+        if fork == "before it":
+            with pytest.raises(WeightsSealError, match="forked while it started the job"):
+                w.sealed_fd(ChannelLimits())
+        else:
+            assert os.pread(w.sealed_fd(ChannelLimits()), 7, 0) == b"weights"
+    finally:
+        for pid in children:
             os.kill(pid, 9)
             os.waitpid(pid, 0)
-            os.close(r)
-    finally:
         w.close()
+
+
+def test_a_spare_waiting_in_the_pool_has_no_writer_a_fork_could_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(_weights_pool.ENV, "4")
+    _weights_pool.discard()
+    children = []
+    jobs = []
+    try:
+        first = _tmpfile()
+        jobs.append(first)
+        write_safetensors_fd(first.fd, {"a": torch.zeros(10)})
+        first.sealed_fd(ChannelLimits())
+        assert _weights_pool.wait_ready(60)
+        children.append(_fork_lingering())  # a fork while the spare waits
+        spare = _tmpfile()
+        jobs.append(spare)
+        assert spare.warm_spare and spare.fd >= 0  # a read-write descriptor again, for its job
+        write_safetensors_fd(spare.fd, {"a": torch.ones(10)})
+        fd = spare.sealed_fd(ChannelLimits())
+        assert torch.equal(load_tensors(fd, read_header(fd, ChannelLimits()), None, mapped=True)["a"], torch.ones(10))
+    finally:
+        for pid in children:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        for w in jobs:
+            w.close()
+        _weights_pool.discard()

@@ -51,7 +51,6 @@ import subprocess
 import sys
 import threading
 import time
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -255,8 +254,12 @@ def weights_tmpfile() -> WeightsTmpfile | None:
     if mount is None:
         return None
     spare = take()
-    if spare is not None:
-        return spare
+    if isinstance(spare, WeightsTmpfile):
+        try:
+            spare.reopen_writer()
+            return spare
+        except OSError:
+            spare.close()
     try:
         return WeightsTmpfile(mount)
     except OSError as exc:  # e.g. out of memory for an inode: the memfd may still work
@@ -264,30 +267,17 @@ def weights_tmpfile() -> WeightsTmpfile | None:
         return None
 
 
-_live: weakref.WeakSet[WeightsTmpfile] = weakref.WeakSet()
-
-
-def _close_in_child() -> None:
-    """After ``os.fork`` (multiprocessing, a DataLoader's workers), in the child: a
-    copy of a job's read-write descriptor there would keep the file open for writing,
-    and the parent's proof would fail while the child lives. The child never uses
-    them, so it closes them all (the weights pool's spare included)."""
-    for w in list(_live):
-        try:
-            w.close()
-        except OSError:
-            pass
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_in_child)
-
-
 class WeightsTmpfile:
     """One job's weights file (see the module docstring). ``fd`` (read-write) goes to
     the sandbox; ``sealed_fd`` proves no writer is left and returns the host's
-    read-only descriptor. Owned by the host's Job: ``close()`` (idempotent). A child
-    forked from the host closes its copies at once (``_close_in_child``)."""
+    read-only descriptor. Owned by the host's Job: ``close()`` (idempotent).
+
+    The host holds the read-write descriptor only until the sandbox has its copy
+    (``drop_writer``, called right after the spawn or the send to the warm worker):
+    a child forked from the host (multiprocessing, a DataLoader's workers) while the
+    host still held it would keep the file open for writing for as long as it
+    lives, and the proof would fail. A fork in that window (milliseconds) fails the
+    load, closed; the error says so."""
 
     channel = "huge-tmpfs"
     warm_spare = False  # True for the weights pool's spare (_weights_pool.py)
@@ -304,7 +294,18 @@ class WeightsTmpfile:
             os.close(self.fd)
             raise
         self._proven = False
-        _live.add(self)
+
+    def drop_writer(self) -> None:
+        """Close the host's read-write descriptor (the sandbox has its own copy, or
+        the file waits in the weights pool). Idempotent."""
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def reopen_writer(self) -> None:
+        """A read-write descriptor again, for the job the weights pool hands this to."""
+        if self.fd < 0:
+            self.fd = os.open(f"/proc/self/fd/{self.read_fd}", os.O_RDWR | os.O_CLOEXEC)
 
     def sealed_fd(self, limits: ChannelLimits) -> int:
         """The read-only descriptor, once no process can write the file any more, its
@@ -314,14 +315,13 @@ class WeightsTmpfile:
             raise WeightsSealError("the job's weights file was already closed", hint=_HINT)
         first = not self._proven
         if first:
-            if self.fd >= 0:
-                fd, self.fd = self.fd, -1
-                os.close(fd)
+            self.drop_writer()
             _prove_no_writer(self.read_fd)
             self._proven = True
         size = checked_weights_size(self.read_fd, limits, what="weights file")
         if first:
-            note_size(self._mount, size)  # the weights pool's next spare, if it is on
+            mount = self._mount
+            note_size(size, lambda: WeightsTmpfile(mount))  # the weights pool's next spare, if it is on
         return self.read_fd
 
     def close(self) -> None:
@@ -351,7 +351,10 @@ def _prove_no_writer(fd: int) -> None:
             if time.monotonic() >= deadline:
                 raise WeightsSealError(
                     "the weights file is still open for writing, or mapped writable, by another process (a sandbox "
-                    "process that outlived the job?), so its bytes could change under the model", hint=_HINT) from None
+                    "process that outlived the job? or a child this process forked while it started the job), so "
+                    "its bytes could change under the model",
+                    hint=f"{_HINT}; if this process forks (multiprocessing) while loading, load again, or set "
+                         f"{ENV_FLAG}=0") from None
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
         else:

@@ -29,10 +29,21 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
-if TYPE_CHECKING:  # _huge_tmpfs imports this module; the class is imported where a spare is made
-    from ._huge_tmpfs import WeightsTmpfile
+
+class Spare(Protocol):
+    """What the pool needs of a file (a ``_huge_tmpfs.WeightsTmpfile``, which imports
+    this module: the pool is handed a maker, never imports its caller)."""
+
+    fd: int
+    read_fd: int
+    warm_spare: bool
+
+    def drop_writer(self) -> None: ...
+
+    def close(self) -> None: ...
 
 __all__ = ["ENV", "discard", "note_size", "pool_bytes", "take", "wait_ready"]
 
@@ -57,7 +68,7 @@ def pool_bytes() -> int:
 class _Pool:
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.spare: WeightsTmpfile | None = None
+        self.spare: Spare | None = None
         self.filling: threading.Thread | None = None
         self.ready = threading.Event()
         self.pid = os.getpid()
@@ -73,7 +84,7 @@ def _current() -> _Pool:
     return _pool
 
 
-def take() -> WeightsTmpfile | None:
+def take() -> Spare | None:
     """The ready spare, or None: no pool, or none ready (a job running meanwhile)."""
     cap = pool_bytes()
     if cap == 0:
@@ -82,15 +93,16 @@ def take() -> WeightsTmpfile | None:
     with pool.lock:
         spare, pool.spare = pool.spare, None
         pool.ready.clear()
-    if spare is not None and os.fstat(spare.fd).st_size > cap:  # the setting was lowered meanwhile
+    if spare is not None and os.fstat(spare.read_fd).st_size > cap:  # the setting was lowered meanwhile
         spare.close()
         spare = None
     return spare
 
 
-def note_size(mount: int, nbytes: int) -> None:
+def note_size(nbytes: int, make: Callable[[], Spare]) -> None:
     """A job's weights were ``nbytes``: unless a spare is ready or being made, start
-    one that size (rounded up to whole 2 MiB pages), at most the pool's cap. Called
+    one that size (rounded up to whole 2 MiB pages), at most the pool's cap, with
+    ``make`` (a new empty file on the huge-page tmpfs). Called
     once a job has written its weights, so the spare is made while the host checks
     and builds them, and the next job finds it."""
     cap = pool_bytes()
@@ -101,7 +113,7 @@ def note_size(mount: int, nbytes: int) -> None:
     with pool.lock:
         if pool.spare is not None or pool.filling is not None:
             return
-        pool.filling = threading.Thread(target=_fill, args=(pool, mount, size), name="safehub-weights-pool",
+        pool.filling = threading.Thread(target=_fill, args=(pool, make, size), name="safehub-weights-pool",
                                         daemon=True)
         pool.filling.start()
 
@@ -125,20 +137,19 @@ def discard(timeout: float = 60.0) -> None:
         spare.close()
 
 
-def _fill(pool: _Pool, mount: int, size: int) -> None:
-    from ._huge_tmpfs import WeightsTmpfile
-
+def _fill(pool: _Pool, make: Callable[[], Spare], size: int) -> None:
     spare = None
     try:
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread only, on Linux
         except OSError:
             pass
-        spare = WeightsTmpfile(mount)
+        spare = make()
         os.ftruncate(spare.fd, size)  # first: huge=within_size gives 2 MiB pages inside the size
         zeros = bytes(min(_CHUNK, size))
         for offset in range(0, size, len(zeros)):
             os.pwrite(spare.fd, zeros[: size - offset], offset)
+        spare.drop_writer()  # while it waits, no descriptor a fork of the host could copy writes it
     except OSError as exc:
         logger.debug("no spare for the weights pool (%s)", exc.strerror)
         if spare is not None:

@@ -15,7 +15,7 @@ Backends never interpret what the command wrote: that is the return channel's jo
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import field
 from pathlib import Path
 
@@ -55,6 +55,10 @@ class SandboxRequest:
     # ``passes_fds`` is true): the job's weights memfd or huge-page tmpfs file
     # (safehub/_channel/_memfd.py, _huge_tmpfs.py).
     pass_fds: Sequence[int] = ()
+    # Called once the command holds its ``pass_fds`` (right after the spawn), for a
+    # host that has no more use for its own copies (the weights' read-write
+    # descriptor of a huge-page tmpfs file: safehub/_channel/_huge_tmpfs.py).
+    after_spawn: Callable[[], None] | None = None
 
 
 @record

@@ -203,6 +203,8 @@ class BwrapBackend(SandboxBackend):
                 pass_fds=(*fds, *request.pass_fds), close_fds=True, start_new_session=True, env={},
                 preexec_fn=fresh_session_keyring(strict=not self.seccomp),
             )
+            if request.after_spawn is not None:
+                request.after_spawn()
         except subprocess.SubprocessError as exc:  # the fresh session keyring (preexec_fn)
             out.close()
             err.close()
