@@ -57,7 +57,7 @@ from typing import Any
 from .._config import env_flag
 from .._errors import WeightsSealError
 from ._limits import ChannelLimits
-from ._memfd import checked_weights_size, shmem_huge_setting
+from ._memfd import ClosedWhenCollected, checked_weights_size, shmem_huge_setting
 from ._weights_pool import note_size, pool_bytes, take
 
 __all__ = ["ENV_FLAG", "WeightsTmpfile", "prepare", "mount_fd", "reports_free_pages", "status", "weights_tmpfile"]
@@ -267,7 +267,7 @@ def weights_tmpfile() -> WeightsTmpfile | None:
         return None
 
 
-class WeightsTmpfile:
+class WeightsTmpfile(ClosedWhenCollected):
     """One job's weights file (see the module docstring). ``fd`` (read-write) goes to
     the sandbox; ``sealed_fd`` proves no writer is left and returns the host's
     read-only descriptor. Owned by the host's Job: ``close()`` (idempotent).
@@ -330,12 +330,6 @@ class WeightsTmpfile:
             if fd >= 0:
                 setattr(self, name, -1)
                 os.close(fd)
-
-    def __del__(self) -> None:  # a Job that was never cleaned up must not leak the memory
-        try:
-            self.close()
-        except OSError:
-            pass
 
 
 def _prove_no_writer(fd: int) -> None:

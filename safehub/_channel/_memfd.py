@@ -35,7 +35,7 @@ import os
 from .._errors import SpecTooLargeError, UnsafeSpecError, WeightsSealError
 from ._limits import ChannelLimits
 
-__all__ = ["WeightsMemfd", "checked_weights_size", "seal_weights", "shmem_huge_setting", "F_SEAL_SEAL", "F_SEAL_SHRINK", "F_SEAL_GROW",
+__all__ = ["ClosedWhenCollected", "WeightsMemfd", "checked_weights_size", "seal_weights", "shmem_huge_setting", "F_SEAL_SEAL", "F_SEAL_SHRINK", "F_SEAL_GROW",
            "F_SEAL_WRITE"]
 
 SHMEM_ENABLED = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
@@ -89,7 +89,21 @@ def checked_weights_size(fd: int, limits: ChannelLimits, what: str = "memfd") ->
     return size
 
 
-class WeightsMemfd:
+class ClosedWhenCollected:
+    """A job's weights memory: ``close()`` also runs when the object is collected, so
+    a Job that was never cleaned up does not leak the memory."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except OSError:
+            pass
+
+
+class WeightsMemfd(ClosedWhenCollected):
     """The memfd one job's weights go into. Owned by the host's Job: ``close()``
     (idempotent) in its cleanup. Tensors mapped from it outlive the descriptor."""
 
@@ -114,12 +128,6 @@ class WeightsMemfd:
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             os.close(fd)
-
-    def __del__(self) -> None:  # a Job that was never cleaned up must not leak the memory
-        try:
-            self.close()
-        except OSError:
-            pass
 
 
 def shmem_huge_setting(path: str = SHMEM_ENABLED) -> str | None:
