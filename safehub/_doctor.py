@@ -206,6 +206,8 @@ def _weights_report() -> dict[str, Any]:
                 f"{SHMEM_ENABLED}; root can set it to within_size for 2 MiB pages (4-5x faster on the 2-core "
                 "test machine: benchmarks/bench_weights_path.py)")
     bwrap = "a file on safehub's own huge-page tmpfs" if huge["huge_tmpfs"] else "sealed memfd"
+    if huge.get("weights_pool_mb"):
+        bwrap += f", or the weights pool's warm spare there (up to {huge['weights_pool_mb']} MiB held)"
     return {"channel": f"{bwrap} (bwrap and its warm worker); sealed memfd (landlock, process); file otherwise",
             "huge_tmpfs": huge, "shmem_enabled": setting, "note": note}
 

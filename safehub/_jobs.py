@@ -286,6 +286,10 @@ def _note_channel(job: JobRequest, sandbox_result: SandboxResult, weights: Any) 
         sandbox_result.details["weights_channel"] = weights.channel if weights is not None else "file"
         if getattr(weights, "warm_spare", False):
             sandbox_result.details["weights_warm_spare"] = True
+        if weights is not None:  # the sandbox has ended: the weights pool (if on) sizes its next spare
+            from ._channel._huge_tmpfs import note_job_weights
+
+            note_job_weights(weights.size())
 
 
 _PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes)

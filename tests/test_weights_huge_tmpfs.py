@@ -256,6 +256,7 @@ def test_the_weights_pool_hands_out_a_warm_spare_then_makes_another(monkeypatch:
 
     def written(w: WeightsTmpfile, floats: int) -> int:
         write_safetensors_fd(w.fd, {"a": torch.arange(float(floats))})
+        _huge_tmpfs.note_job_weights(w.size())  # as _jobs does once the sandbox has ended
         fd = w.sealed_fd(ChannelLimits())
         tensors = load_tensors(fd, read_header(fd, ChannelLimits()), None, mapped=True)
         assert torch.equal(tensors["a"], torch.arange(float(floats)))
@@ -290,12 +291,29 @@ def test_the_weights_pool_hands_out_a_warm_spare_then_makes_another(monkeypatch:
         _weights_pool.discard()
 
 
-def test_with_a_pool_the_tmpfs_is_used_even_where_free_pages_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_where_free_pages_are_reported_a_pool_s_spares_are_the_only_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """There a new file is cold (slower than a memfd) and a warm spare is not: with
+    the pool on, a job gets the spare when one is ready, else a memfd."""
     monkeypatch.delenv(_huge_tmpfs.ENV_FLAG)
     monkeypatch.setattr(_huge_tmpfs, "reports_free_pages", lambda: True)
     assert _huge_tmpfs.status()["huge_tmpfs"] is False
     monkeypatch.setenv(_weights_pool.ENV, "2")
-    assert _huge_tmpfs.status() == {"huge_tmpfs": True}
+    _weights_pool.discard()
+    status = _huge_tmpfs.status()
+    assert status["huge_tmpfs"] is False and status["weights_pool_mb"] == 2 and "free page reporting" in status["why_not"]
+    job = _jobs.JobRequest(action="load", repo_dir=None, entrypoint="m")
+    memfd = _jobs._weights_memfd(job, BwrapBackend())
+    assert type(memfd) is WeightsMemfd  # no spare yet: not a cold new file
+    try:
+        os.pwrite(memfd.fd, b"x" * 100, 0)
+        _huge_tmpfs.note_job_weights(memfd.size())  # a memfd job's size seeds the pool too
+        assert _weights_pool.wait_ready(60)
+        spare = _jobs._weights_memfd(job, BwrapBackend())
+        assert type(spare) is WeightsTmpfile and spare.warm_spare
+        spare.close()
+    finally:
+        memfd.close()
+        _weights_pool.discard()
     monkeypatch.setenv(_weights_pool.ENV, "lots")  # not a number: no pool, and a warning
     assert _weights_pool.pool_bytes() == 0
 
@@ -347,6 +365,7 @@ def test_a_spare_waiting_in_the_pool_has_no_writer_a_fork_could_copy(monkeypatch
         first = _tmpfile()
         jobs.append(first)
         write_safetensors_fd(first.fd, {"a": torch.zeros(10)})
+        _huge_tmpfs.note_job_weights(first.size())
         first.sealed_fd(ChannelLimits())
         assert _weights_pool.wait_ready(60)
         children.append(_fork_lingering())  # a fork while the spare waits

@@ -251,8 +251,9 @@ def test_a_load_takes_the_weights_pool_s_warm_spare(repo: Path, monkeypatch: pyt
             return safehub.load(str(repo), "mixed", source="local", verbose=False, force_reload=True,
                                 limits=Limits(timeout_s=120))
 
-        first = load()
-        assert first.safehub_info.sandbox_details["weights_channel"] == "huge-tmpfs"
+        first = load()  # no spare yet: a new file, or where those are cold (this VM), a memfd
+        assert first.safehub_info.sandbox_details["weights_channel"] == (
+            "memfd" if _huge_tmpfs.reports_free_pages() else "huge-tmpfs")
         assert "weights_warm_spare" not in first.safehub_info.sandbox_details
         assert _weights_pool.wait_ready(60)
         second = load()

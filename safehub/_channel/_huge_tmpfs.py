@@ -60,7 +60,8 @@ from ._limits import ChannelLimits
 from ._memfd import ClosedWhenCollected, checked_weights_size, shmem_huge_setting
 from ._weights_pool import note_size, pool_bytes, take
 
-__all__ = ["ENV_FLAG", "WeightsTmpfile", "prepare", "mount_fd", "reports_free_pages", "status", "weights_tmpfile"]
+__all__ = ["ENV_FLAG", "WeightsTmpfile", "prepare", "mount_fd", "note_job_weights", "reports_free_pages", "status",
+           "weights_tmpfile"]
 
 logger = logging.getLogger("safehub")
 
@@ -93,8 +94,8 @@ _mount: _Mount | None = None
 
 
 def _disabled() -> str | None:
-    """Why not to use the tmpfs here, or None. ``SAFEHUB_HUGE_TMPFS``: unset for
-    automatic, 0 for never, 1 for wherever it can be mounted."""
+    """Why not to have the tmpfs here at all, or None. ``SAFEHUB_HUGE_TMPFS``: unset
+    for automatic, 0 for never, 1 for wherever it can be mounted."""
     if not sys.platform.startswith("linux"):
         return "not Linux"
     raw = os.environ.get(ENV_FLAG, "").strip()
@@ -102,7 +103,15 @@ def _disabled() -> str | None:
         return f"{ENV_FLAG}=0"
     if shmem_huge_setting() in ("always", "within_size", "force"):
         return "memfds already get 2 MiB pages (shmem_enabled), and their seals are the simpler proof"
-    if not raw and reports_free_pages() and not pool_bytes():  # a warm spare is the way round it
+    if not pool_bytes():  # the weights pool's warm spares are the way round the next reason
+        return _no_new_files()
+    return None
+
+
+def _no_new_files() -> str | None:
+    """Why a job gets no new file there (a memfd instead; the weights pool's warm
+    spare still), or None."""
+    if not os.environ.get(ENV_FLAG, "").strip() and reports_free_pages():
         return (f"this VM reports free memory to its hypervisor (a virtio balloon with free page reporting), so a "
                 f"2 MiB page freed a few seconds ago is slow to use again: {ENV_FLAG}=1 to use it anyway")
     return None
@@ -239,12 +248,27 @@ def _probe(mount: int) -> str | None:
 
 
 def status() -> dict[str, Any]:
-    """For ``safehub doctor``: whether weights get 2 MiB pages this way, or why not."""
+    """For ``safehub doctor``: whether jobs' weights get new files here (2 MiB pages),
+    or why not; and the weights pool's cap when it is on (its spares are files here
+    even where new ones are not)."""
     why = _disabled()
     if why is None and mount_fd() is None:
         with _lock:
             why = _current().why_not
-    return {"huge_tmpfs": why is None, **({"why_not": why} if why is not None else {})}
+    pool = pool_bytes() >> 20
+    if why is None:
+        why = _no_new_files()
+    return {"huge_tmpfs": why is None, **({"why_not": why} if why is not None else {}),
+            **({"weights_pool_mb": pool} if pool else {})}
+
+
+def note_job_weights(nbytes: int) -> None:
+    """A job's weights (any channel) were ``nbytes``: the weights pool, when on, makes
+    its next spare that size (_weights_pool.note_size)."""
+    if pool_bytes():
+        mount = mount_fd()
+        if mount is not None:
+            note_size(nbytes, lambda: WeightsTmpfile(mount))
 
 
 def weights_tmpfile() -> WeightsTmpfile | None:
@@ -260,6 +284,8 @@ def weights_tmpfile() -> WeightsTmpfile | None:
             return spare
         except OSError:
             spare.close()
+    if _no_new_files() is not None:
+        return None
     try:
         return WeightsTmpfile(mount)
     except OSError as exc:  # e.g. out of memory for an inode: the memfd may still work
@@ -284,7 +310,6 @@ class WeightsTmpfile(ClosedWhenCollected):
 
     def __init__(self, mount: int) -> None:
         # O_EXCL: never linkable into any folder, even by whoever holds the descriptor.
-        self._mount = mount
         self.fd = os.open(".", os.O_TMPFILE | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=mount)
         try:
             # A second open file description: the lease counts opens, and the sandbox's
@@ -294,6 +319,10 @@ class WeightsTmpfile(ClosedWhenCollected):
             os.close(self.fd)
             raise
         self._proven = False
+
+    def size(self) -> int:
+        """The file's size now (before any proof: for the weights pool's sizing only)."""
+        return os.fstat(self.read_fd).st_size
 
     def drop_writer(self) -> None:
         """Close the host's read-write descriptor (the sandbox has its own copy, or
@@ -313,15 +342,11 @@ class WeightsTmpfile(ClosedWhenCollected):
         sandbox has ended. Raises before anything is mapped."""
         if self.read_fd < 0:
             raise WeightsSealError("the job's weights file was already closed", hint=_HINT)
-        first = not self._proven
-        if first:
+        if not self._proven:
             self.drop_writer()
             _prove_no_writer(self.read_fd)
             self._proven = True
-        size = checked_weights_size(self.read_fd, limits, what="weights file")
-        if first:
-            mount = self._mount
-            note_size(size, lambda: WeightsTmpfile(mount))  # the weights pool's next spare, if it is on
+        checked_weights_size(self.read_fd, limits, what="weights file")
         return self.read_fd
 
     def close(self) -> None:

@@ -124,6 +124,10 @@ class WeightsMemfd(ClosedWhenCollected):
         checked_weights_size(self.fd, limits)
         return self.fd
 
+    def size(self) -> int:
+        """The memfd's size now (before sealing: for the weights pool's sizing only)."""
+        return os.fstat(self.fd).st_size
+
     def close(self) -> None:
         if self.fd >= 0:
             fd, self.fd = self.fd, -1

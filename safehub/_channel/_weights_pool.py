@@ -16,8 +16,11 @@ The spare is made on a thread at the lowest CPU priority (nice 19), started once
 job has written its weights (while the host checks and builds them), so it uses a
 core nothing else wants. Costs, stated: up to N MiB of memory held for as long as
 the process lives, and the time to fill them (about 2.5 s for 256 MiB on that VM,
-hypervisor faults mostly). A fresh process gains nothing (its first job finds no
-spare). Off by default.
+hypervisor faults mostly). A job that finds no spare (a fresh process's first, or
+one while the spare is being made) gets what it would without the pool: a new file
+on the tmpfs, or, where new 2 MiB pages are cold (that VM), a memfd. Any job's
+weights size the next spare (``_huge_tmpfs.note_job_weights``, from _jobs once the
+sandbox has ended). Off by default.
 
 The spare is a ``WeightsTmpfile`` like any other: created by the host for the job it
 will serve, never seen by another; the proof that no writer is left applies as for
@@ -103,8 +106,8 @@ def note_size(nbytes: int, make: Callable[[], Spare]) -> None:
     """A job's weights were ``nbytes``: unless a spare is ready or being made, start
     one that size (rounded up to whole 2 MiB pages), at most the pool's cap, with
     ``make`` (a new empty file on the huge-page tmpfs). Called
-    once a job has written its weights, so the spare is made while the host checks
-    and builds them, and the next job finds it."""
+    once a job's sandbox has ended, so the spare is made while the host checks and
+    builds its weights, and the next job finds it."""
     cap = pool_bytes()
     if cap == 0 or nbytes <= 0:
         return
