@@ -193,21 +193,31 @@ def _worker_report(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _weights_report() -> dict[str, Any]:
-    """How weights come back (safehub/_channel/_huge_tmpfs.py, _memfd.py) and what
-    decides how fast: 2 MiB pages or 4 KiB ones."""
-    from ._channel import _huge_tmpfs
+    """How weights come back (safehub/_channel/_huge_tmpfs.py, _weights_pool.py,
+    _memfd.py) and what decides how fast: pages allocated while loading, 4 KiB or
+    2 MiB, or the weights pool's warm spare."""
+    from ._channel import _huge_tmpfs, _weights_pool
     from ._channel._memfd import SHMEM_ENABLED, shmem_huge_setting
 
     setting = shmem_huge_setting()
     huge = _huge_tmpfs.status()
+    pool_mb = huge.get("weights_pool_mb")
     note = None
-    if not huge["huge_tmpfs"] and setting in ("never", "deny", None):
+    if pool_mb:
+        note = (f"loads after the first take the weights pool's warm spare (up to {pool_mb} MiB held for the life "
+                "of the process)")
+    elif not huge["huge_tmpfs"] and _huge_tmpfs.reports_free_pages():
+        note = ("weights move through 4 KiB pages (11-14% of memcpy on the 2-core test machine); on a VM that "
+                "reports free pages, 2 MiB pages are fast only when already allocated: in a long-running process, "
+                f"{_weights_pool.ENV}=N keeps a warm spare of up to N MiB "
+                "for the next load (54-74% there; benchmarks/bench_weights_path.py --idle-s 5)")
+    elif not huge["huge_tmpfs"] and setting in ("never", "deny", None):
         note = (f"weights move through 4 KiB pages: no huge-page tmpfs ({huge['why_not']}), and memfds follow "
                 f"{SHMEM_ENABLED}; root can set it to within_size for 2 MiB pages (4-5x faster on the 2-core "
                 "test machine: benchmarks/bench_weights_path.py)")
     bwrap = "a file on safehub's own huge-page tmpfs" if huge["huge_tmpfs"] else "sealed memfd"
-    if huge.get("weights_pool_mb"):
-        bwrap += f", or the weights pool's warm spare there (up to {huge['weights_pool_mb']} MiB held)"
+    if pool_mb:
+        bwrap += ", or the weights pool's warm spare on safehub's huge-page tmpfs"
     return {"channel": f"{bwrap} (bwrap and its warm worker); sealed memfd (landlock, process); file otherwise",
             "huge_tmpfs": huge, "shmem_enabled": setting, "note": note}
 

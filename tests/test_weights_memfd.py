@@ -355,3 +355,10 @@ def test_doctor_reports_the_channel_and_the_shmem_huge_page_setting(
     report = _weights_report()
     assert report["channel"].startswith("sealed memfd") and report["huge_tmpfs"]["why_not"] == "SAFEHUB_HUGE_TMPFS=0"
     assert (report["note"] is None) == (report["shmem_enabled"] not in ("never", "deny", None))
+    monkeypatch.delenv(_huge_tmpfs.ENV_FLAG)  # automatic, on a VM that reports free pages: the pool is the hint
+    monkeypatch.setattr(_huge_tmpfs, "reports_free_pages", lambda: True)
+    report = _weights_report()
+    assert report["channel"].startswith("sealed memfd") and "SAFEHUB_WEIGHTS_POOL_MB=N" in report["note"]
+    monkeypatch.setenv("SAFEHUB_WEIGHTS_POOL_MB", "64")
+    report = _weights_report()
+    assert "warm spare" in report["channel"] and "up to 64 MiB held" in report["note"]
