@@ -17,9 +17,10 @@ when ``run`` returns (bubblewrap's pid namespace, and the warm worker inside it)
 * the host creates an unnamed file there and opens it a second time, read-only
   (a second open file description, via /proc/self/fd);
 * the runner gets the read-write one and writes the safetensors bytes into it as
-  into a memfd (ftruncate + pwrite);
-* once the sandbox has ended the host closes its read-write descriptor and proves
-  no writer is left anywhere: the kernel grants a write lease (``F_SETLEASE``,
+  into a memfd (ftruncate + pwrite); the host closes its own read-write descriptor
+  as soon as the sandbox has its copy (``drop_writer``: a fork of the host later
+  then copies none);
+* once the sandbox has ended the host proves no writer is left anywhere: the kernel grants a write lease (``F_SETLEASE``,
   ``F_WRLCK``) only while the file's open-for-write count is zero beyond the
   caller's own. Every descriptor and every writable shared mapping of the file
   holds an open-for-write file, so a stray process that kept one (or a mapping)
@@ -36,6 +37,8 @@ failure is logged once and never fails a load. So does a VM whose balloon report
 free pages to its hypervisor (``reports_free_pages``), unless
 ``SAFEHUB_HUGE_TMPFS=1``: there a 2 MiB page is fast only when reused at once, and
 ten times slower than 4 KiB pages a few seconds later, which is how loads come.
+There the weights pool's warm spares (``SAFEHUB_WEIGHTS_POOL_MB``, _weights_pool.py)
+are the only files a job gets here, since their pages are allocated beforehand.
 """
 
 from __future__ import annotations

@@ -10,11 +10,11 @@ host keeps one spare file on its huge-page tmpfs, the size of the last job's wei
 and the next job's weights go into it: the runner's ftruncate cuts it to the
 weights' size (freeing the rest) and its writes land in pages that are there already
 (54-74% of memcpy with loads 5 s apart on that VM, where a new file gets 1% and a
-memfd 13-14%: benchmarks/bench_weights_path.py --idle-s 5).
+memfd 11-14%: benchmarks/bench_weights_path.py --idle-s 5).
 
 The spare is made on a thread at the lowest CPU priority (nice 19), started once a
-job has written its weights (while the host checks and builds them), so it uses a
-core nothing else wants. Costs, stated: up to N MiB of memory held for as long as
+job's sandbox has ended (while the host checks and builds its weights), so it uses
+a core nothing else wants. Costs, stated: up to N MiB of memory held for as long as
 the process lives, and the time to fill them (about 2.5 s for 256 MiB on that VM,
 hypervisor faults mostly). A job that finds no spare (a fresh process's first, or
 one while the spare is being made) gets what it would without the pool: a new file
@@ -35,6 +35,15 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+__all__ = ["ENV", "Spare", "discard", "note_size", "pool_bytes", "take", "wait_ready"]
+
+logger = logging.getLogger("safehub")
+
+ENV = "SAFEHUB_WEIGHTS_POOL_MB"
+_CHUNK = 8 << 20
+_HUGE = 2 << 20
+_warned: set[str] = set()
+
 
 class Spare(Protocol):
     """What the pool needs of a file (a ``_huge_tmpfs.WeightsTmpfile``, which imports
@@ -48,14 +57,6 @@ class Spare(Protocol):
 
     def close(self) -> None: ...
 
-__all__ = ["ENV", "discard", "note_size", "pool_bytes", "take", "wait_ready"]
-
-logger = logging.getLogger("safehub")
-
-ENV = "SAFEHUB_WEIGHTS_POOL_MB"
-_CHUNK = 8 << 20
-_HUGE = 2 << 20
-
 
 def pool_bytes() -> int:
     """The spare's size from ``SAFEHUB_WEIGHTS_POOL_MB`` (0: no pool)."""
@@ -63,7 +64,9 @@ def pool_bytes() -> int:
     if not raw:
         return 0
     if not raw.isdigit():
-        logger.warning("%s=%r is not a whole number of MiB: no weights pool", ENV, raw)
+        if raw not in _warned:  # once, not at every load
+            _warned.add(raw)
+            logger.warning("%s=%r is not a whole number of MiB: no weights pool", ENV, raw)
         return 0
     return int(raw) << 20
 
