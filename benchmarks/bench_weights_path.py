@@ -152,11 +152,11 @@ def main() -> None:
     os.environ[_weights_pool.ENV] = str(args.mib + 1)  # the header fits too
     seed = tmpfile()
     memfd_both(seed)  # a first job: its weights' size sizes the first spare
-    _huge_tmpfs.note_job_weights(seed.size())
+    _huge_tmpfs.note_job_weights(seed)
     seed.close()
 
     def close_noted(w: Any, _result: object) -> None:  # as _jobs does once a job's sandbox has ended
-        _huge_tmpfs.note_job_weights(w.size())
+        _huge_tmpfs.note_job_weights(w)
         w.close()
 
     p_both = timed(memfd_both, args.repeat, setup=spare, teardown=close_noted)

@@ -289,7 +289,7 @@ def _note_channel(job: JobRequest, sandbox_result: SandboxResult, weights: Any) 
         if weights is not None:  # the sandbox has ended: the weights pool (if on) sizes its next spare
             from ._channel._huge_tmpfs import note_job_weights
 
-            note_job_weights(weights.size())
+            note_job_weights(weights)
 
 
 _PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes)

@@ -256,7 +256,7 @@ def test_the_weights_pool_hands_out_a_warm_spare_then_makes_another(monkeypatch:
 
     def written(w: WeightsTmpfile, floats: int) -> int:
         write_safetensors_fd(w.fd, {"a": torch.arange(float(floats))})
-        _huge_tmpfs.note_job_weights(w.size())  # as _jobs does once the sandbox has ended
+        _huge_tmpfs.note_job_weights(w)  # as _jobs does once the sandbox has ended
         fd = w.sealed_fd(ChannelLimits())
         tensors = load_tensors(fd, read_header(fd, ChannelLimits()), None, mapped=True)
         assert torch.equal(tensors["a"], torch.arange(float(floats)))
@@ -306,7 +306,7 @@ def test_where_free_pages_are_reported_a_pool_s_spares_are_the_only_files(monkey
     assert type(memfd) is WeightsMemfd  # no spare yet: not a cold new file
     try:
         os.pwrite(memfd.fd, b"x" * 100, 0)
-        _huge_tmpfs.note_job_weights(memfd.size())  # a memfd job's size seeds the pool too
+        _huge_tmpfs.note_job_weights(memfd)  # a memfd job's size seeds the pool too
         assert _weights_pool.wait_ready(60)
         spare = _jobs._weights_memfd(job, BwrapBackend())
         assert type(spare) is WeightsTmpfile and spare.warm_spare
@@ -365,7 +365,7 @@ def test_a_spare_waiting_in_the_pool_has_no_writer_a_fork_could_copy(monkeypatch
         first = _tmpfile()
         jobs.append(first)
         write_safetensors_fd(first.fd, {"a": torch.zeros(10)})
-        _huge_tmpfs.note_job_weights(first.size())
+        _huge_tmpfs.note_job_weights(first)
         first.sealed_fd(ChannelLimits())
         assert _weights_pool.wait_ready(60)
         children.append(_fork_lingering())  # a fork while the spare waits

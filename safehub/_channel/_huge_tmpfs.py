@@ -239,10 +239,8 @@ def _probe(mount: int) -> str | None:
     except OSError as exc:
         return f"cannot create a file on it ({exc.strerror})"
     try:
-        os.close(w.fd)
-        w.fd = -1
-        fcntl.fcntl(w.read_fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
-        fcntl.fcntl(w.read_fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        w.drop_writer()
+        _lease_once(w.read_fd)
     except OSError as exc:
         return f"no write lease on its files ({exc.strerror}; fs.leases-enable?)"
     finally:
@@ -265,13 +263,13 @@ def status() -> dict[str, Any]:
             **({"weights_pool_mb": pool} if pool else {})}
 
 
-def note_job_weights(nbytes: int) -> None:
-    """A job's weights (any channel) were ``nbytes``: the weights pool, when on, makes
-    its next spare that size (_weights_pool.note_size)."""
+def note_job_weights(weights: Any) -> None:
+    """A job's weights (a WeightsTmpfile or WeightsMemfd) are written: the weights
+    pool, when on, makes its next spare their size (_weights_pool.note_size)."""
     if pool_bytes():
         mount = mount_fd()
         if mount is not None:
-            note_size(nbytes, lambda: WeightsTmpfile(mount))
+            note_size(weights.size(), lambda: WeightsTmpfile(mount))
 
 
 def weights_tmpfile() -> WeightsTmpfile | None:
@@ -360,12 +358,19 @@ class WeightsTmpfile(ClosedWhenCollected):
                 os.close(fd)
 
 
+def _lease_once(fd: int) -> None:
+    """Take a write lease on ``fd`` and drop it at once, or raise OSError (EAGAIN:
+    another open file description of the file is open for writing)."""
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+
+
 def _prove_no_writer(fd: int) -> None:
     deadline = time.monotonic() + LEASE_RETRY_S
     delay = 0.001
     while True:
         try:
-            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+            _lease_once(fd)
         except OSError as exc:
             if exc.errno != errno.EAGAIN:
                 raise WeightsSealError(f"could not prove the weights file has no writer left ({exc.strerror})",
@@ -380,5 +385,4 @@ def _prove_no_writer(fd: int) -> None:
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
         else:
-            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
             return

@@ -35,8 +35,8 @@ import os
 from .._errors import SpecTooLargeError, UnsafeSpecError, WeightsSealError
 from ._limits import ChannelLimits
 
-__all__ = ["ClosedWhenCollected", "WeightsMemfd", "checked_weights_size", "seal_weights", "shmem_huge_setting", "F_SEAL_SEAL", "F_SEAL_SHRINK", "F_SEAL_GROW",
-           "F_SEAL_WRITE"]
+__all__ = ["ClosedWhenCollected", "WeightsMemfd", "checked_weights_size", "seal_weights", "shmem_huge_setting",
+           "F_SEAL_SEAL", "F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_WRITE"]
 
 SHMEM_ENABLED = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
 
