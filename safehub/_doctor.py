@@ -204,13 +204,15 @@ def _weights_report() -> dict[str, Any]:
     pool_mb = huge.get("weights_pool_mb")
     note = None
     if pool_mb:
-        note = (f"loads after the first take the weights pool's warm spare (up to {pool_mb} MiB held for the life "
-                "of the process)")
-    elif not huge["huge_tmpfs"] and _huge_tmpfs.reports_free_pages():
+        when = "its first" if os.environ.get(_weights_pool.ENV, "").strip() else "a process's second"
+        note = (f"from {when} job on, loads take the weights pool's warm spare: up to {pool_mb} MiB held while it "
+                f"waits, freed after {_weights_pool.IDLE_S:g} s with no load ({_weights_pool.ENV}=N sets the cap, "
+                "0 turns it off)")
+    elif not huge["huge_tmpfs"] and _huge_tmpfs.reports_free_pages() and not _weights_pool.pool_bytes():
         note = ("weights move through 4 KiB pages (11-14% of memcpy on the 2-core test machine); on a VM that "
-                "reports free pages, 2 MiB pages are fast only when already allocated: in a long-running process, "
-                f"{_weights_pool.ENV}=N keeps a warm spare of up to N MiB "
-                "for the next load (54-74% there; benchmarks/bench_weights_path.py --idle-s 5)")
+                "reports free pages, 2 MiB pages are fast only when already allocated: the weights pool keeps a "
+                f"warm spare for the next load (54-74% there; benchmarks/bench_weights_path.py --idle-s 5) unless "
+                f"{_weights_pool.ENV}=0, as here")
     elif not huge["huge_tmpfs"] and setting in ("never", "deny", None):
         note = (f"weights move through 4 KiB pages: no huge-page tmpfs ({huge['why_not']}), and memfds follow "
                 f"{SHMEM_ENABLED}; root can set it to within_size for 2 MiB pages (4-5x faster on the 2-core "

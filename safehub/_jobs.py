@@ -204,7 +204,7 @@ def run_job(
                 weights.close()
         else:
             root, sandbox_result = ran
-            _note_channel(job, sandbox_result, weights)
+            _note_channel(job, backend, sandbox_result, weights)
             try:
                 return _finish(job, root, sandbox_result, observe=observe, weights=weights)
             except BaseException:
@@ -252,7 +252,7 @@ def run_job(
         logger.debug("running %s job for %s in the %s sandbox", job.action, job.repo_dir, backend.name)
         sandbox_result = backend.run(sandbox_request)
         sandbox_result.details.setdefault("worker", {"used": False, **({"why_not": why_not} if why_not else {})})
-        _note_channel(job, sandbox_result, weights)
+        _note_channel(job, backend, sandbox_result, weights)
         return _finish(job, root, sandbox_result, owned=owned, observe=observe, weights=weights)
     except BaseException:
         if weights is not None:
@@ -279,14 +279,16 @@ def _weights_memfd(job: JobRequest, backend: SandboxBackend) -> Any:
     return WeightsMemfd()
 
 
-def _note_channel(job: JobRequest, sandbox_result: SandboxResult, weights: Any) -> None:
+def _note_channel(job: JobRequest, backend: SandboxBackend, sandbox_result: SandboxResult, weights: Any) -> None:
     """Which way the weights came back ("huge-tmpfs", "memfd", "file"), for
-    safehub_info's sandbox details."""
+    safehub_info's sandbox details; and their size, to the weights pool, for a
+    backend whose jobs can take its spares."""
     if job.action in ("load", "export"):
         sandbox_result.details["weights_channel"] = weights.channel if weights is not None else "file"
         if getattr(weights, "warm_spare", False):
             sandbox_result.details["weights_warm_spare"] = True
-        if weights is not None:  # the sandbox has ended: the weights pool (if on) sizes its next spare
+        if weights is not None and getattr(backend, "ends_every_process", False):
+            # The sandbox has ended: the weights pool (if on) sizes its next spare.
             from ._channel._huge_tmpfs import note_job_weights
 
             note_job_weights(weights)

@@ -110,7 +110,7 @@ def test_the_graph_is_built_from_real_edges():
 
 # docs/architecture.md, "Layers": a module imports only from lower layers.
 LAYERS = {
-    "safehub._contract": 0, "safehub._errors": 0, "safehub._config": 0.5, "safehub._fsutil": 0.5, "safehub._owned": 0.6, "safehub._basesite": 0.5, "safehub._resources": 0.5,
+    "safehub._contract": 0, "safehub._errors": 0, "safehub._config": 0.5, "safehub._fsutil": 0.5, "safehub._owned": 0.6, "safehub._basesite": 0.5, "safehub._resources": 0.5, "safehub._cgroupfs": 0.5,
     "safehub._status": 0.75,
     "safehub._fetch": 1.5, "safehub._hubconf": 1, "safehub._env": 1, "safehub._sandbox": 1, "safehub._channel": 1,
     "safehub._artifact_format": 1.5, "safehub._jobs": 2, "safehub._doctor": 2, "safehub._artifact": 2,

@@ -15,6 +15,7 @@ import time
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,16 +31,22 @@ from safehub._channel._huge_tmpfs import WeightsTmpfile  # noqa: E402
 from safehub._channel._memfd import WeightsMemfd  # noqa: E402
 from safehub._channel._weights import load_tensors, read_header  # noqa: E402
 from safehub._errors import WeightsSealError  # noqa: E402
+from safehub._sandbox._limits import Limits  # noqa: E402
+from safehub._sandbox._base import SandboxResult  # noqa: E402
 from safehub._sandbox._bwrap import BwrapBackend  # noqa: E402
 from safehub._sandbox._landlock import LandlockBackend  # noqa: E402
 from safehub._sandbox._process import ProcessBackend  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _on(monkeypatch: pytest.MonkeyPatch) -> None:
+def _on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Used wherever it can be mounted: this VM's balloon reports free pages, which
-    turns it off by default (test_a_vm_that_reports_free_pages_keeps_the_memfd)."""
+    turns it off by default (test_a_vm_that_reports_free_pages_keeps_the_memfd).
+    Each test starts and ends with an empty weights pool (no spare another made)."""
     monkeypatch.setenv(_huge_tmpfs.ENV_FLAG, "1")
+    _weights_pool.discard()
+    yield
+    _weights_pool.discard()
 
 
 def _tmpfile() -> WeightsTmpfile:
@@ -51,7 +58,8 @@ def _tmpfile() -> WeightsTmpfile:
 
 
 def test_this_machine_has_the_mount() -> None:
-    assert _huge_tmpfs.status() == {"huge_tmpfs": True}, _huge_tmpfs.status()
+    assert _huge_tmpfs.status() == {"huge_tmpfs": True, "weights_pool_mb": _weights_pool.pool_bytes() >> 20}, (
+        _huge_tmpfs.status())
 
 
 def test_the_mount_gives_2_mib_pages_mapped_whole() -> None:
@@ -316,6 +324,150 @@ def test_where_free_pages_are_reported_a_pool_s_spares_are_the_only_files(monkey
         _weights_pool.discard()
     monkeypatch.setenv(_weights_pool.ENV, "lots")  # not a number: no pool, and a warning
     assert _weights_pool.pool_bytes() == 0
+
+
+def _mem_total() -> int:
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) << 10
+    raise AssertionError("no MemTotal in /proc/meminfo")
+
+
+def test_by_default_the_pool_holds_at_most_1_gib_or_a_sixteenth_of_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(_weights_pool.ENV, raising=False)
+    expected = min(1 << 30, _mem_total() // 16) // (2 << 20) * (2 << 20)
+    assert _weights_pool.pool_bytes() == expected > 0
+    assert _huge_tmpfs.status()["weights_pool_mb"] == expected >> 20
+    monkeypatch.setenv(_weights_pool.ENV, "0")
+    assert _weights_pool.pool_bytes() == 0 and "weights_pool_mb" not in _huge_tmpfs.status()
+
+
+def test_a_cgroup_s_memory_limit_lowers_the_default_cap(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """In a container the machine's memory is not what the process may use: the
+    lowest memory limit on its cgroup or above (v2 memory.max, v1
+    memory.limit_in_bytes) counts instead, where lower."""
+    from safehub import _cgroupfs as _cgroup
+
+    v2 = tmp_path / "unified"
+    (v2 / "slice" / "job").mkdir(parents=True)
+    (v2 / "slice" / "job" / "memory.max").write_text("max\n")  # no limit here...
+    (v2 / "slice" / "memory.max").write_text(f"{8 << 30}\n")  # ...but 8 GiB above
+    (v2 / "memory.max").write_text("junk\n")
+    v1 = tmp_path / "memory"
+    (v1 / "x").mkdir(parents=True)
+    (v1 / "x" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    (v1 / "memory.limit_in_bytes").write_text(f"{6 << 30}\n")
+    for outside in ("memory.max", "memory.limit_in_bytes"):  # above the mounts: not a cgroup, never read
+        (tmp_path / outside).write_text(f"{1 << 30}\n")
+    own = {"v2": "/slice/job", "memory": "/x"}
+    assert _cgroup.memory_limit([(str(v2), "cgroup2", ["rw"])], own) == 8 << 30
+    assert _cgroup.memory_limit([(str(v2), "cgroup2", ["rw"]), (str(v1), "cgroup", ["rw", "memory"])], own) == 6 << 30
+    assert _cgroup.memory_limit([(str(v1), "cgroup", ["rw", "pids"])], own) is None  # not the memory hierarchy
+    assert _cgroup.memory_limit([(str(v2), "cgroup2", ["rw"])], {"v2": "/elsewhere"}) is None
+    real = _cgroup.memory_limit()
+    assert real is None or real > 0
+
+    monkeypatch.delenv(_weights_pool.ENV, raising=False)
+    monkeypatch.setattr(_cgroup, "memory_limit", lambda: 8 << 30)
+    _weights_pool._default_bytes.cache_clear()
+    try:
+        assert _weights_pool.pool_bytes() == min(512 << 20, _mem_total() // 16 // (2 << 20) * (2 << 20))
+    finally:
+        _weights_pool._default_bytes.cache_clear()
+
+
+def test_by_default_the_first_spare_waits_for_a_process_s_second_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset, a process that runs one job never makes a spare (a script that loads
+    one model pays nothing); its second job's weights size the first; set, the
+    first job's do. Only jobs on a backend that takes the files count."""
+    monkeypatch.delenv(_weights_pool.ENV, raising=False)
+    job = _jobs.JobRequest(action="load", repo_dir=None, entrypoint="m")
+    result = SandboxResult(returncode=0, stdout=b"", stderr=b"", backend="bwrap", limits=Limits())
+    files = []
+    try:
+        for backend in (LandlockBackend(), ProcessBackend(), LandlockBackend()):  # they never take the spares
+            files.append(_jobs._weights_memfd(job, backend))
+            os.pwrite(files[-1].fd, b"x" * 100, 0)
+            _jobs._note_channel(job, backend, result, files[-1])
+        first = _jobs._weights_memfd(job, BwrapBackend())
+        files.append(first)
+        os.pwrite(first.fd, b"x" * 100, 0)
+        _jobs._note_channel(job, BwrapBackend(), result, first)
+        assert not _weights_pool.wait_ready(1.0), "a spare after a process's first job, with the pool unset"
+        second = _jobs._weights_memfd(job, BwrapBackend())
+        files.append(second)
+        assert not second.warm_spare
+        os.pwrite(second.fd, b"x" * 100, 0)
+        _jobs._note_channel(job, BwrapBackend(), result, second)
+        assert _weights_pool.wait_ready(60), "no spare after a process's second job"
+        third = _jobs._weights_memfd(job, BwrapBackend())
+        files.append(third)
+        assert third.warm_spare and os.fstat(third.fd).st_size == 2 << 20
+        _weights_pool.discard()  # as a new process
+        monkeypatch.setenv(_weights_pool.ENV, "4")
+        _jobs._note_channel(job, BwrapBackend(), result, first)
+        assert _weights_pool.wait_ready(60), "set, the first job's weights make a spare"
+    finally:
+        for w in files:
+            w.close()
+
+
+def test_a_one_load_process_starts_no_helper_where_new_files_are_cold(tmp_path: Path) -> None:
+    """Where free pages are reported (this VM; forced here so that the test means
+    the same on any machine), a process's first job gets a memfd, and with the pool
+    at its default nothing else happens: no mount helper, no pool thread. Its second
+    job's spare mounts the tmpfs, on the pool's thread."""
+    script = tmp_path / "one_load.py"
+    script.write_text(textwrap.dedent('''
+        import json, os, threading
+        from safehub import _jobs
+        from safehub._channel import _huge_tmpfs, _weights_pool
+        from safehub._sandbox._base import SandboxResult
+        from safehub._sandbox._bwrap import BwrapBackend
+        from safehub._sandbox._limits import Limits
+        _huge_tmpfs.reports_free_pages = lambda: True
+        job = _jobs.JobRequest(action="load", repo_dir=None, entrypoint="m")
+        result = SandboxResult(returncode=0, stdout=b"", stderr=b"", backend="bwrap", limits=Limits())
+        _huge_tmpfs.prepare()
+        w = _jobs._weights_memfd(job, BwrapBackend())
+        os.pwrite(w.fd, b"x" * 100, 0)
+        _jobs._note_channel(job, BwrapBackend(), result, w)
+        after_one = {"channel": w.channel, "mount": _huge_tmpfs._mount is not None,
+                     "threads": sorted(t.name for t in threading.enumerate() if t.name.startswith("safehub"))}
+        _jobs._note_channel(job, BwrapBackend(), result, w)
+        ready = _weights_pool.wait_ready(60)
+        print(json.dumps({"after_one": after_one, "ready": ready, "mount": _huge_tmpfs._mount is not None}))
+    '''))
+    env = {k: v for k, v in os.environ.items() if k not in (_huge_tmpfs.ENV_FLAG, _weights_pool.ENV)}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["after_one"] == {"channel": "memfd", "mount": False, "threads": []}, got
+    assert got["ready"] is True and got["mount"] is True, got
+
+
+def test_a_spare_no_job_takes_is_freed_after_the_idle_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(_weights_pool.ENV, "4")
+    monkeypatch.setattr(_weights_pool, "IDLE_S", 0.3)
+    w = _tmpfile()
+    try:
+        write_safetensors_fd(w.fd, {"a": torch.zeros(1000)})
+        _huge_tmpfs.note_job_weights(w)
+        assert _weights_pool.wait_ready(60)
+        spare = _weights_pool._current().spare
+        assert spare is not None and spare.read_fd >= 0
+        deadline = time.monotonic() + 30
+        while _weights_pool._current().spare is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _weights_pool._current().spare is None, "the idle spare was kept"
+        assert spare.read_fd < 0 and spare.fd < 0  # closed: its memory is freed
+        assert _weights_pool.take() is None
+        _huge_tmpfs.note_job_weights(w)  # the next job makes another
+        assert _weights_pool.wait_ready(60)
+    finally:
+        w.close()
 
 
 def _fork_lingering() -> int:

@@ -350,15 +350,19 @@ def test_doctor_reports_the_channel_and_the_shmem_huge_page_setting(
     assert report["huge_tmpfs"] == _huge_tmpfs.status()
     assert report["channel"].startswith(
         "a file on safehub's own huge-page tmpfs" if report["huge_tmpfs"]["huge_tmpfs"] else "sealed memfd")
-    assert report["note"] is None or not report["huge_tmpfs"]["huge_tmpfs"]
-    monkeypatch.setenv(_huge_tmpfs.ENV_FLAG, "0")  # turned off: 4 KiB pages unless root set shmem_enabled
+    assert "warm spare" in report["channel"] and "from a process's second job on" in report["note"]  # the default pool
+    monkeypatch.setenv(_huge_tmpfs.ENV_FLAG, "0")  # turned off: 4 KiB pages unless root set shmem_enabled; no pool
     report = _weights_report()
     assert report["channel"].startswith("sealed memfd") and report["huge_tmpfs"]["why_not"] == "SAFEHUB_HUGE_TMPFS=0"
+    assert "warm spare" not in report["channel"]
     assert (report["note"] is None) == (report["shmem_enabled"] not in ("never", "deny", None))
-    monkeypatch.delenv(_huge_tmpfs.ENV_FLAG)  # automatic, on a VM that reports free pages: the pool is the hint
+    monkeypatch.delenv(_huge_tmpfs.ENV_FLAG)  # automatic, on a VM that reports free pages: only the pool's spares
     monkeypatch.setattr(_huge_tmpfs, "reports_free_pages", lambda: True)
     report = _weights_report()
-    assert report["channel"].startswith("sealed memfd") and "SAFEHUB_WEIGHTS_POOL_MB=N" in report["note"]
+    assert report["channel"].startswith("sealed memfd, or the weights pool's warm spare")
+    monkeypatch.setenv("SAFEHUB_WEIGHTS_POOL_MB", "0")  # the pool off there: it is the hint
+    report = _weights_report()
+    assert report["channel"].startswith("sealed memfd (") and "SAFEHUB_WEIGHTS_POOL_MB=0, as here" in report["note"]
     monkeypatch.setenv("SAFEHUB_WEIGHTS_POOL_MB", "64")
     report = _weights_report()
-    assert "warm spare" in report["channel"] and "up to 64 MiB held" in report["note"]
+    assert "warm spare" in report["channel"] and "up to 64 MiB held" in report["note"] and "its first job" in report["note"]

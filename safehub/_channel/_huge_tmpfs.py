@@ -37,8 +37,10 @@ failure is logged once and never fails a load. So does a VM whose balloon report
 free pages to its hypervisor (``reports_free_pages``), unless
 ``SAFEHUB_HUGE_TMPFS=1``: there a 2 MiB page is fast only when reused at once, and
 ten times slower than 4 KiB pages a few seconds later, which is how loads come.
-There the weights pool's warm spares (``SAFEHUB_WEIGHTS_POOL_MB``, _weights_pool.py)
-are the only files a job gets here, since their pages are allocated beforehand.
+There the weights pool's warm spares (_weights_pool.py: by default from a process's
+second job on) are the only files a job gets here, since their pages are allocated
+beforehand, and the helper runs only when the first spare is made, on the pool's
+thread: a process that loads once never starts it.
 """
 
 from __future__ import annotations
@@ -174,8 +176,9 @@ def _current() -> _Mount:
 
 def prepare() -> None:
     """Start the helper now (it takes 20-40 ms, on another core) so that the mount is
-    ready when a job needs it. Does nothing once started, or where turned off."""
-    if _disabled() is None:
+    ready when a job needs it. Does nothing once started, where turned off, or where
+    jobs get no new files there (only the pool's spares, whose thread mounts it)."""
+    if _disabled() is None and _no_new_files() is None:
         with _lock:
             _current()
 
@@ -256,7 +259,7 @@ def status() -> dict[str, Any]:
     if why is None and mount_fd() is None:
         with _lock:
             why = _current().why_not
-    pool = pool_bytes() >> 20
+    pool = pool_bytes() >> 20 if why is None else 0  # no mount, no spares
     if why is None:
         why = _no_new_files()
     return {"huge_tmpfs": why is None, **({"why_not": why} if why is not None else {}),
@@ -266,17 +269,22 @@ def status() -> dict[str, Any]:
 def note_job_weights(weights: Any) -> None:
     """A job's weights (a WeightsTmpfile or WeightsMemfd) are written: the weights
     pool, when on, makes its next spare their size (_weights_pool.note_size)."""
-    if pool_bytes():
-        mount = mount_fd()
-        if mount is not None:
-            note_size(weights.size(), lambda: WeightsTmpfile(mount))
+    if pool_bytes() and _disabled() is None:
+        note_size(weights.size(), _new_spare)
+
+
+def _new_spare() -> WeightsTmpfile:
+    """A new file for the weights pool (on its thread: the first mounts the tmpfs)."""
+    mount = mount_fd()
+    if mount is None:
+        raise OSError(errno.ENODEV, "no huge-page tmpfs")
+    return WeightsTmpfile(mount)
 
 
 def weights_tmpfile() -> WeightsTmpfile | None:
     """A new file for one job's weights on the process's tmpfs (the weights pool's
     warm spare when there is one: _weights_pool.py), or None (use a memfd)."""
-    mount = mount_fd()
-    if mount is None:
+    if _disabled() is not None:
         return None
     spare = take()
     if isinstance(spare, WeightsTmpfile):
@@ -285,7 +293,10 @@ def weights_tmpfile() -> WeightsTmpfile | None:
             return spare
         except OSError:
             spare.close()
-    if _no_new_files() is not None:
+    if _no_new_files() is not None:  # checked before mounting: a first job here never waits for the helper
+        return None
+    mount = mount_fd()
+    if mount is None:
         return None
     try:
         return WeightsTmpfile(mount)

@@ -1,26 +1,35 @@
-"""A warm spare for the next load's weights, in a long-running process (opt-in).
+"""A warm spare for the next load's weights, in a long-running process.
 
 Where the weights' pages come from bounds how fast they move: allocating 4 KiB
 shared-memory pages runs at about 2 GB/s on the 2-core test machine, and on a VM
 whose balloon reports free memory to its hypervisor (that machine) a 2 MiB page
 freed seconds ago is slower still (0.1 GB/s: _huge_tmpfs.reports_free_pages). Pages
-already allocated and touched are neither. So with ``SAFEHUB_WEIGHTS_POOL_MB=N`` the
-host keeps one spare file on its huge-page tmpfs, the size of the last job's weights
-(whole 2 MiB pages, at most N MiB), every page allocated and written once (zeros),
-and the next job's weights go into it: the runner's ftruncate cuts it to the
-weights' size (freeing the rest) and its writes land in pages that are there already
-(54-74% of memcpy with loads 5 s apart on that VM, where a new file gets 1% and a
-memfd 11-14%: benchmarks/bench_weights_path.py --idle-s 5).
+already allocated and touched are neither. So the host keeps one spare file on its
+huge-page tmpfs, the size of the last job's weights (whole 2 MiB pages, at most the
+cap), every page allocated and written once (zeros), and the next job's weights go
+into it: the runner's ftruncate cuts it to the weights' size (freeing the rest) and
+its writes land in pages that are there already (54-74% of memcpy with loads 5 s
+apart on that VM, where a new file gets 1% and a memfd 11-14%:
+benchmarks/bench_weights_path.py --idle-s 5).
+
+When: ``SAFEHUB_WEIGHTS_POOL_MB`` unset (the default), from a process's second job
+on: a process that has run two is taken to be a long-running one, and a script that
+loads one model pays nothing (no spare, no thread, no mount). ``=N`` keeps one from
+the first job on, of at most N MiB; ``=0`` never. The default cap is 1 GiB, or a
+sixteenth of the memory the process may use where that is less (the machine's, or
+its cgroup's limit: a container's). A spare no job has taken for
+``IDLE_S`` seconds (300, as long as the warm worker waits) is freed; the next job
+makes another.
 
 The spare is made on a thread at the lowest CPU priority (nice 19), started once a
 job's sandbox has ended (while the host checks and builds its weights), so it uses
-a core nothing else wants. Costs, stated: up to N MiB of memory held for as long as
-the process lives, and the time to fill them (about 2.5 s for 256 MiB on that VM,
-hypervisor faults mostly). A job that finds no spare (a fresh process's first, or
-one while the spare is being made) gets what it would without the pool: a new file
-on the tmpfs, or, where new 2 MiB pages are cold (that VM), a memfd. Any job's
-weights size the next spare (``_huge_tmpfs.note_job_weights``, from _jobs once the
-sandbox has ended). Off by default.
+a core nothing else wants. Costs, stated: up to the cap in memory while a spare
+waits, and the time to fill it (about 2.5 s for 256 MiB on that VM, hypervisor
+faults mostly). A job that finds no spare (a process's first jobs, or one while the
+spare is being made) gets what it would without the pool: a new file on the tmpfs,
+or, where new 2 MiB pages are cold (that VM), a memfd. Any job's weights size the
+next spare (``_huge_tmpfs.note_job_weights``, from _jobs once the sandbox has ended,
+for backends that take such files).
 
 The spare is a ``WeightsTmpfile`` like any other: created by the host for the job it
 will serve, never seen by another; the proof that no writer is left applies as for
@@ -29,17 +38,21 @@ any (_huge_tmpfs.py).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["ENV", "Spare", "discard", "note_size", "pool_bytes", "take", "wait_ready"]
+__all__ = ["DEFAULT_CAP_MIB", "ENV", "IDLE_S", "Spare", "discard", "note_size", "pool_bytes", "take", "wait_ready"]
 
 logger = logging.getLogger("safehub")
 
 ENV = "SAFEHUB_WEIGHTS_POOL_MB"
+DEFAULT_CAP_MIB = 1024
+DEFAULT_AFTER_JOBS = 2  # unset: the first spare is made once a process has run this many jobs
+IDLE_S = 300.0  # a spare no job took for this long is freed
 _CHUNK = 8 << 20
 _HUGE = 2 << 20
 _warned: set[str] = set()
@@ -59,16 +72,35 @@ class Spare(Protocol):
 
 
 def pool_bytes() -> int:
-    """The spare's size from ``SAFEHUB_WEIGHTS_POOL_MB`` (0: no pool)."""
+    """The cap on a spare's size: ``SAFEHUB_WEIGHTS_POOL_MB`` MiB, the default cap
+    when unset, 0 for no pool."""
     raw = os.environ.get(ENV, "").strip()
     if not raw:
-        return 0
+        return _default_bytes()
     if not raw.isdigit():
         if raw not in _warned:  # once, not at every load
             _warned.add(raw)
             logger.warning("%s=%r is not a whole number of MiB: no weights pool", ENV, raw)
         return 0
     return int(raw) << 20
+
+
+@functools.cache
+def _default_bytes() -> int:
+    """1 GiB, or a sixteenth of this process's memory where that is less (the
+    machine's, or its cgroup's limit where lower: a container's), in whole 2 MiB pages."""
+    from .._cgroupfs import memory_limit
+
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # not reported: no default pool
+        return 0
+    total = min(total, memory_limit() or total)
+    return min(DEFAULT_CAP_MIB << 20, total // 16) // _HUGE * _HUGE
+
+
+def _jobs_before_first_spare() -> int:
+    return DEFAULT_AFTER_JOBS if not os.environ.get(ENV, "").strip() else 1
 
 
 class _Pool:
@@ -78,6 +110,7 @@ class _Pool:
         self.filling: threading.Thread | None = None
         self.ready = threading.Event()
         self.pid = os.getpid()
+        self.jobs = 0  # jobs noted in this process
 
 
 _pool = _Pool()
@@ -110,14 +143,16 @@ def note_size(nbytes: int, make: Callable[[], Spare]) -> None:
     one that size (rounded up to whole 2 MiB pages), at most the pool's cap, with
     ``make`` (a new empty file on the huge-page tmpfs). Called
     once a job's sandbox has ended, so the spare is made while the host checks and
-    builds its weights, and the next job finds it."""
+    builds its weights, and the next job finds it. With the pool's default setting,
+    not before the process's second job (see the module docstring)."""
     cap = pool_bytes()
     if cap == 0 or nbytes <= 0:
         return
     size = min(cap, -(-nbytes // _HUGE) * _HUGE)
     pool = _current()
     with pool.lock:
-        if pool.spare is not None or pool.filling is not None:
+        pool.jobs += 1
+        if pool.spare is not None or pool.filling is not None or pool.jobs < _jobs_before_first_spare():
             return
         pool.filling = threading.Thread(target=_fill, args=(pool, make, size), name="safehub-weights-pool",
                                         daemon=True)
@@ -130,7 +165,8 @@ def wait_ready(timeout: float) -> bool:
 
 
 def discard(timeout: float = 60.0) -> None:
-    """Close the spare, once a fill in progress has ended (its memory is freed)."""
+    """Close the spare, once a fill in progress has ended (its memory is freed), and
+    forget the jobs counted: the pool is as in a new process (for tests and benchmarks)."""
     pool = _current()
     with pool.lock:
         filling = pool.filling
@@ -139,6 +175,7 @@ def discard(timeout: float = 60.0) -> None:
     with pool.lock:
         spare, pool.spare = pool.spare, None
         pool.ready.clear()
+        pool.jobs = 0
     if spare is not None:
         spare.close()
 
@@ -169,3 +206,22 @@ def _fill(pool: _Pool, make: Callable[[], Spare], size: int) -> None:
                 pool.spare.close()
             pool.spare = spare
             pool.ready.set()
+            _expire_later(pool, spare)
+
+
+def _expire_later(pool: _Pool, spare: Spare) -> None:
+    """Free ``spare`` once it has waited ``IDLE_S`` seconds with no job taking it
+    (a job that takes it meanwhile makes the timer a no-op)."""
+    def expire() -> None:
+        with pool.lock:
+            if pool.spare is not spare:
+                return
+            pool.spare = None
+            pool.ready.clear()
+        logger.debug("weights pool: no job took the spare in %g s; freed", IDLE_S)
+        spare.close()
+
+    timer = threading.Timer(IDLE_S, expire)
+    timer.name = "safehub-weights-pool-idle"
+    timer.daemon = True
+    timer.start()

@@ -18,44 +18,17 @@ import signal
 import time
 from pathlib import Path
 
+from .._cgroupfs import mounts, own_paths
+
 __all__ = ["PidsCgroup"]
-
-
-def _mounts() -> list[tuple[str, str, list[str]]]:
-    found = []
-    try:
-        with open("/proc/self/mounts", encoding="utf-8") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) >= 4:
-                    found.append((fields[1], fields[2], fields[3].split(",")))
-    except OSError:
-        pass
-    return found
-
-
-def _own_paths() -> dict[str, str]:
-    """This process's cgroup per hierarchy: {"v2": path, "pids": path (v1)}."""
-    out: dict[str, str] = {}
-    try:
-        with open("/proc/self/cgroup", encoding="utf-8") as f:
-            for line in f:
-                _, controllers, path = line.rstrip("\n").split(":", 2)
-                if controllers == "":
-                    out["v2"] = path
-                elif "pids" in controllers.split(","):
-                    out["pids"] = path
-    except (OSError, ValueError):
-        pass
-    return out
 
 
 def _candidates() -> list[tuple[str, Path]]:
     """Where a job cgroup may go, nearest first: below our own cgroup (so any
     limit on us also binds the job), then at the hierarchy's root."""
-    own = _own_paths()
+    own = own_paths()
     out: list[tuple[str, Path]] = []
-    for mountpoint, fstype, options in _mounts():
+    for mountpoint, fstype, options in mounts():
         if fstype == "cgroup2":
             root = Path(mountpoint)
             for parent in (root / own.get("v2", "/").lstrip("/"), root):
