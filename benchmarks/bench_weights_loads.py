@@ -3,7 +3,7 @@
 with the pool at its default against ``SAFEHUB_WEIGHTS_POOL_MB=0``, and
 torch.hub.load of the same model in the same run.
 
-Run by hand:  python benchmarks/bench_weights_loads.py [--repeat 3] [--depths 10,20] [--idle-s 5] [--json]
+Run by hand:  python benchmarks/bench_weights_loads.py [--repeat 3] [--depths 10,20] [--idle-s 5] [--parts] [--json]
 
 The models are bench_artifact.py's ViT-shaped networks (10 blocks: 17.9 M
 parameters, 72 MB of float32 weights; 20 blocks: 35.6 M, 143 MB). Each round
@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--depths", default="10,20")
     parser.add_argument("--idle-s", type=float, default=5.0)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--parts", action="store_true", help="also the median of every part of safehub_info.timings")
     args = parser.parse_args()
     depths = tuple(int(d) for d in args.depths.split(","))
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,6 +75,7 @@ def main() -> None:
             hub = statistics.median(hub_times)
             seen: dict[str, dict[str, list[float]]] = {name: {"runner_export": [], "total": [], "warm_spare": []}
                                                         for name in SETTINGS}
+            parts: dict[str, dict[str, list[float]]] = {name: {} for name in SETTINGS}
             for round_ in range(args.repeat):
                 order = list(SETTINGS) if round_ % 2 == 0 else list(reversed(SETTINGS))
                 for name in order:
@@ -92,6 +94,8 @@ def main() -> None:
                             seen[name]["runner_export"].append(info.timings["runner_export"])
                             seen[name]["total"].append(info.timings["total"])
                             seen[name]["warm_spare"].append(float(bool(info.sandbox_details.get("weights_warm_spare"))))
+                            for part, value in info.timings.items():
+                                parts[name].setdefault(part, []).append(value)
                         del model
             os.environ.pop(_weights_pool.ENV, None)
             _weights_pool.discard()
@@ -103,6 +107,8 @@ def main() -> None:
                 section[f"{name}: runner_export"] = f"{statistics.median(figures['runner_export']):.3f} s"
                 section[f"{name}: total"] = f"{total:.3f} s ({total / hub:.2f}x torch.hub)"
                 section[f"{name}: warm_spare"] = f"{int(sum(figures['warm_spare']))}/{len(figures['warm_spare'])}"
+                if args.parts:
+                    section[f"{name}: parts"] = {k: round(statistics.median(v), 4) for k, v in parts[name].items()}
             report[f"vit depth {depth}"] = section
         _stop_workers()
         print_report(report, as_json=args.json, width=44)

@@ -158,11 +158,11 @@ def main() -> None:
     for _ in range(2):
         seed = tmpfile()
         memfd_both(seed)  # the process's first jobs: the second's weights size the first spare
-        _huge_tmpfs.note_job_weights(seed)
+        _huge_tmpfs.note_job_weights(seed.size())
         seed.close()
 
-    def close_noted(w: Any, _result: object) -> None:  # as _jobs does once a job's sandbox has ended
-        _huge_tmpfs.note_job_weights(w)
+    def close_noted(w: Any, _result: object) -> None:  # as Job.cleanup does once the host is done with a job
+        _huge_tmpfs.note_job_weights(w.size())
         w.close()
 
     p_both = timed(memfd_both, args.repeat, setup=spare, teardown=close_noted)

@@ -204,10 +204,10 @@ def _weights_report() -> dict[str, Any]:
     pool_mb = huge.get("weights_pool_mb")
     note = None
     if pool_mb:
-        when = "its first" if os.environ.get(_weights_pool.ENV, "").strip() else "a process's second"
-        note = (f"from {when} job on, loads take the weights pool's warm spare: up to {pool_mb} MiB held while it "
-                f"waits, freed after {_weights_pool.IDLE_S:g} s with no load ({_weights_pool.ENV}=N sets the cap, "
-                "0 turns it off)")
+        when = "second" if os.environ.get(_weights_pool.ENV, "").strip() else "third"
+        note = (f"from a process's {when} bwrap job on, loads take the weights pool's warm spare: up to {pool_mb} MiB "
+                f"held while it waits, freed after {_weights_pool.IDLE_S:g} s with no load ({_weights_pool.ENV}=N "
+                "sets the cap, 0 turns it off)")
     elif not huge["huge_tmpfs"] and _huge_tmpfs.reports_free_pages() and not _weights_pool.pool_bytes():
         note = ("weights move through 4 KiB pages (11-14% of memcpy on the 2-core test machine); on a VM that "
                 "reports free pages, 2 MiB pages are fast only when already allocated: the weights pool keeps a "

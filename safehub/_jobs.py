@@ -92,6 +92,9 @@ class Job:
     # The job's weights memfd (safehub._channel._memfd.WeightsMemfd), or None: the
     # weights are out/weights.safetensors. Pass it to rebuild_from_output(weights=).
     weights: Any = None
+    # Whether the weights' size goes to the weights pool once the host is done with
+    # the job (its backend's jobs take the pool's files: _note_channel).
+    sizes_pool: bool = False
     out_dir: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -106,7 +109,13 @@ class Job:
     def cleanup(self) -> None:
         # Never raises: the job folder holds what the sandbox left (deep chains,
         # locked folders, FIFOs), and a model already built must not be lost to it.
+        size = 0
         if self.weights is not None:
+            if self.sizes_pool:
+                try:
+                    size = self.weights.size()
+                except OSError:  # already closed
+                    pass
             self.weights.close()  # tensors mapped from it keep their pages
         try:
             if self.owned is not None:
@@ -115,6 +124,12 @@ class Job:
                 remove_tree(self.root)
         except Exception:  # noqa: BLE001 - logged; a leftover folder beats a lost model
             logger.warning("could not remove the job folder %s", self.root, exc_info=True)
+        if size:
+            # Last, the model built, the cache store handed to its writer and the folder
+            # gone: the spare's fill (hypervisor faults on a reporting VM) overlaps none of it.
+            from ._channel._huge_tmpfs import note_job_weights
+
+            note_job_weights(size)
 
     def __enter__(self) -> "Job":
         return self
@@ -204,9 +219,9 @@ def run_job(
                 weights.close()
         else:
             root, sandbox_result = ran
-            _note_channel(job, backend, sandbox_result, weights)
+            sizes_pool = _note_channel(job, backend, sandbox_result, weights)
             try:
-                return _finish(job, root, sandbox_result, observe=observe, weights=weights)
+                return _finish(job, root, sandbox_result, observe=observe, weights=weights, sizes_pool=sizes_pool)
             except BaseException:
                 remove_tree(root)
                 if weights is not None:
@@ -252,8 +267,8 @@ def run_job(
         logger.debug("running %s job for %s in the %s sandbox", job.action, job.repo_dir, backend.name)
         sandbox_result = backend.run(sandbox_request)
         sandbox_result.details.setdefault("worker", {"used": False, **({"why_not": why_not} if why_not else {})})
-        _note_channel(job, backend, sandbox_result, weights)
-        return _finish(job, root, sandbox_result, owned=owned, observe=observe, weights=weights)
+        sizes_pool = _note_channel(job, backend, sandbox_result, weights)
+        return _finish(job, root, sandbox_result, owned=owned, observe=observe, weights=weights, sizes_pool=sizes_pool)
     except BaseException:
         if weights is not None:
             weights.close()
@@ -279,19 +294,16 @@ def _weights_memfd(job: JobRequest, backend: SandboxBackend) -> Any:
     return WeightsMemfd()
 
 
-def _note_channel(job: JobRequest, backend: SandboxBackend, sandbox_result: SandboxResult, weights: Any) -> None:
+def _note_channel(job: JobRequest, backend: SandboxBackend, sandbox_result: SandboxResult, weights: Any) -> bool:
     """Which way the weights came back ("huge-tmpfs", "memfd", "file"), for
-    safehub_info's sandbox details; and their size, to the weights pool, for a
-    backend whose jobs can take its spares."""
-    if job.action in ("load", "export"):
-        sandbox_result.details["weights_channel"] = weights.channel if weights is not None else "file"
-        if getattr(weights, "warm_spare", False):
-            sandbox_result.details["weights_warm_spare"] = True
-        if weights is not None and getattr(backend, "ends_every_process", False):
-            # The sandbox has ended: the weights pool (if on) sizes its next spare.
-            from ._channel._huge_tmpfs import note_job_weights
-
-            note_job_weights(weights)
+    safehub_info's sandbox details. True when their size should go to the weights
+    pool (Job.sizes_pool): a backend whose jobs take its spares."""
+    if job.action not in ("load", "export"):
+        return False
+    sandbox_result.details["weights_channel"] = weights.channel if weights is not None else "file"
+    if getattr(weights, "warm_spare", False):
+        sandbox_result.details["weights_warm_spare"] = True
+    return weights is not None and bool(getattr(backend, "ends_every_process", False))
 
 
 _PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes)
@@ -363,7 +375,7 @@ def _layout(job: JobRequest, root: Path, *, confine: dict[str, object], copy_fil
 
 
 def _finish(job: JobRequest, root: Path, sandbox_result: SandboxResult, owned: Any = None,
-            observe: Observer | None = None, weights: Any = None) -> Job:
+            observe: Observer | None = None, weights: Any = None, sizes_pool: bool = False) -> Job:
     """Check how the run ended and read its result.json (the caller removes
     ``root`` on error)."""
     if observe is not None:
@@ -373,7 +385,7 @@ def _finish(job: JobRequest, root: Path, sandbox_result: SandboxResult, owned: A
     if not needs_download_urls(result):  # the retry's run reports them, once
         raise_runner_warnings(result, repo=str(job.repo_dir or job.checkpoint or "the job"))
     raise_for_runner_error(result, entrypoint=job.entrypoint, repo=str(job.repo_dir), import_hint=missing_module_hint)
-    done = Job(root=root, result=result, sandbox=sandbox_result, owned=owned, weights=weights)
+    done = Job(root=root, result=result, sandbox=sandbox_result, owned=owned, weights=weights, sizes_pool=sizes_pool)
     done.needs_download()  # validates the URLs now: a bad report fails here, and the folder goes
     return done
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -264,7 +265,7 @@ def test_the_weights_pool_hands_out_a_warm_spare_then_makes_another(monkeypatch:
 
     def written(w: WeightsTmpfile, floats: int) -> int:
         write_safetensors_fd(w.fd, {"a": torch.arange(float(floats))})
-        _huge_tmpfs.note_job_weights(w)  # as _jobs does once the sandbox has ended
+        _huge_tmpfs.note_job_weights(w.size())  # as Job.cleanup does
         fd = w.sealed_fd(ChannelLimits())
         tensors = load_tensors(fd, read_header(fd, ChannelLimits()), None, mapped=True)
         assert torch.equal(tensors["a"], torch.arange(float(floats)))
@@ -314,7 +315,7 @@ def test_where_free_pages_are_reported_a_pool_s_spares_are_the_only_files(monkey
     assert type(memfd) is WeightsMemfd  # no spare yet: not a cold new file
     try:
         os.pwrite(memfd.fd, b"x" * 100, 0)
-        _huge_tmpfs.note_job_weights(memfd)  # a memfd job's size seeds the pool too
+        _huge_tmpfs.note_job_weights(memfd.size())  # a memfd job's size seeds the pool too
         assert _weights_pool.wait_ready(60)
         spare = _jobs._weights_memfd(job, BwrapBackend())
         assert type(spare) is WeightsTmpfile and spare.warm_spare
@@ -377,40 +378,48 @@ def test_a_cgroup_s_memory_limit_lowers_the_default_cap(monkeypatch: pytest.Monk
         _weights_pool._default_bytes.cache_clear()
 
 
-def test_by_default_the_first_spare_waits_for_a_process_s_second_job(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unset, a process that runs one job never makes a spare (a script that loads
-    one model pays nothing); its second job's weights size the first; set, the
-    first job's do. Only jobs on a backend that takes the files count."""
-    monkeypatch.delenv(_weights_pool.ENV, raising=False)
+def _job_done(root: Path, backend: Any, nbytes: int = 100) -> Any:
+    """One job as _jobs runs it, less the sandbox: its weights file from the backend's
+    channel, ``nbytes`` written into it, the channel noted once the sandbox has
+    ended, then the host done with it (Job.cleanup: where the pool hears its size).
+    Returns the weights object (closed)."""
     job = _jobs.JobRequest(action="load", repo_dir=None, entrypoint="m")
-    result = SandboxResult(returncode=0, stdout=b"", stderr=b"", backend="bwrap", limits=Limits())
-    files = []
+    result = SandboxResult(returncode=0, stdout=b"", stderr=b"", backend=backend.name, limits=Limits())
+    weights = _jobs._weights_memfd(job, backend)
+    os.pwrite(weights.fd, b"x" * nbytes, 0)
+    root.mkdir()
+    done = _jobs.Job(root=root, result={}, sandbox=result, weights=weights,
+                     sizes_pool=_jobs._note_channel(job, backend, result, weights))
+    done.cleanup()
+    assert not root.exists() and weights.fd < 0
+    return weights
+
+
+def test_by_default_the_first_spare_waits_for_a_process_s_second_job(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Unset, a process that runs one job never makes a spare (a script that loads
+    one model pays nothing); its second job's weights size the first, once the host
+    is done with that job; set, the first job's do. Only jobs on a backend that
+    takes the files count."""
+    monkeypatch.delenv(_weights_pool.ENV, raising=False)
+    for i, backend in enumerate((LandlockBackend(), ProcessBackend(), LandlockBackend())):  # never take spares
+        _job_done(tmp_path / f"other{i}", backend)
+    first = _job_done(tmp_path / "first", BwrapBackend())
+    assert not first.warm_spare
+    assert not _weights_pool.wait_ready(1.0), "a spare after a process's first job, with the pool unset"
+    second = _job_done(tmp_path / "second", BwrapBackend(), nbytes=3 << 20)
+    assert not second.warm_spare
+    assert _weights_pool.wait_ready(60), "no spare after a process's second job"
+    third = _huge_tmpfs.weights_tmpfile()
     try:
-        for backend in (LandlockBackend(), ProcessBackend(), LandlockBackend()):  # they never take the spares
-            files.append(_jobs._weights_memfd(job, backend))
-            os.pwrite(files[-1].fd, b"x" * 100, 0)
-            _jobs._note_channel(job, backend, result, files[-1])
-        first = _jobs._weights_memfd(job, BwrapBackend())
-        files.append(first)
-        os.pwrite(first.fd, b"x" * 100, 0)
-        _jobs._note_channel(job, BwrapBackend(), result, first)
-        assert not _weights_pool.wait_ready(1.0), "a spare after a process's first job, with the pool unset"
-        second = _jobs._weights_memfd(job, BwrapBackend())
-        files.append(second)
-        assert not second.warm_spare
-        os.pwrite(second.fd, b"x" * 100, 0)
-        _jobs._note_channel(job, BwrapBackend(), result, second)
-        assert _weights_pool.wait_ready(60), "no spare after a process's second job"
-        third = _jobs._weights_memfd(job, BwrapBackend())
-        files.append(third)
-        assert third.warm_spare and os.fstat(third.fd).st_size == 2 << 20
-        _weights_pool.discard()  # as a new process
-        monkeypatch.setenv(_weights_pool.ENV, "4")
-        _jobs._note_channel(job, BwrapBackend(), result, first)
-        assert _weights_pool.wait_ready(60), "set, the first job's weights make a spare"
+        assert third is not None and third.warm_spare and os.fstat(third.fd).st_size == 4 << 20  # sized after it
     finally:
-        for w in files:
-            w.close()
+        if third is not None:
+            third.close()
+    _weights_pool.discard()  # as a new process
+    monkeypatch.setenv(_weights_pool.ENV, "4")
+    _job_done(tmp_path / "set", BwrapBackend())
+    assert _weights_pool.wait_ready(60), "set, the first job's weights make a spare"
 
 
 def test_a_one_load_process_starts_no_helper_where_new_files_are_cold(tmp_path: Path) -> None:
@@ -420,7 +429,8 @@ def test_a_one_load_process_starts_no_helper_where_new_files_are_cold(tmp_path: 
     job's spare mounts the tmpfs, on the pool's thread."""
     script = tmp_path / "one_load.py"
     script.write_text(textwrap.dedent('''
-        import json, os, threading
+        import json, os, sys, threading
+        from pathlib import Path
         from safehub import _jobs
         from safehub._channel import _huge_tmpfs, _weights_pool
         from safehub._sandbox._base import SandboxResult
@@ -430,17 +440,24 @@ def test_a_one_load_process_starts_no_helper_where_new_files_are_cold(tmp_path: 
         job = _jobs.JobRequest(action="load", repo_dir=None, entrypoint="m")
         result = SandboxResult(returncode=0, stdout=b"", stderr=b"", backend="bwrap", limits=Limits())
         _huge_tmpfs.prepare()
-        w = _jobs._weights_memfd(job, BwrapBackend())
-        os.pwrite(w.fd, b"x" * 100, 0)
-        _jobs._note_channel(job, BwrapBackend(), result, w)
+        def job_done(root):
+            w = _jobs._weights_memfd(job, BwrapBackend())
+            os.pwrite(w.fd, b"x" * 100, 0)
+            os.mkdir(root)
+            done = _jobs.Job(root=Path(root), result={}, sandbox=result, weights=w,
+                             sizes_pool=_jobs._note_channel(job, BwrapBackend(), result, w))
+            done.cleanup()
+            return w
+        w = job_done(sys.argv[1] + "/one")
         after_one = {"channel": w.channel, "mount": _huge_tmpfs._mount is not None,
                      "threads": sorted(t.name for t in threading.enumerate() if t.name.startswith("safehub"))}
-        _jobs._note_channel(job, BwrapBackend(), result, w)
+        job_done(sys.argv[1] + "/two")
         ready = _weights_pool.wait_ready(60)
         print(json.dumps({"after_one": after_one, "ready": ready, "mount": _huge_tmpfs._mount is not None}))
     '''))
     env = {k: v for k, v in os.environ.items() if k not in (_huge_tmpfs.ENV_FLAG, _weights_pool.ENV)}
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120,
+    out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, env=env,
+                         timeout=120,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
@@ -454,7 +471,7 @@ def test_a_spare_no_job_takes_is_freed_after_the_idle_time(monkeypatch: pytest.M
     w = _tmpfile()
     try:
         write_safetensors_fd(w.fd, {"a": torch.zeros(1000)})
-        _huge_tmpfs.note_job_weights(w)
+        _huge_tmpfs.note_job_weights(w.size())
         assert _weights_pool.wait_ready(60)
         spare = _weights_pool._current().spare
         assert spare is not None and spare.read_fd >= 0
@@ -464,7 +481,7 @@ def test_a_spare_no_job_takes_is_freed_after_the_idle_time(monkeypatch: pytest.M
         assert _weights_pool._current().spare is None, "the idle spare was kept"
         assert spare.read_fd < 0 and spare.fd < 0  # closed: its memory is freed
         assert _weights_pool.take() is None
-        _huge_tmpfs.note_job_weights(w)  # the next job makes another
+        _huge_tmpfs.note_job_weights(w.size())  # the next job makes another
         assert _weights_pool.wait_ready(60)
     finally:
         w.close()
@@ -517,7 +534,7 @@ def test_a_spare_waiting_in_the_pool_has_no_writer_a_fork_could_copy(monkeypatch
         first = _tmpfile()
         jobs.append(first)
         write_safetensors_fd(first.fd, {"a": torch.zeros(10)})
-        _huge_tmpfs.note_job_weights(first)
+        _huge_tmpfs.note_job_weights(first.size())
         first.sealed_fd(ChannelLimits())
         assert _weights_pool.wait_ready(60)
         children.append(_fork_lingering())  # a fork while the spare waits

@@ -350,7 +350,7 @@ def test_doctor_reports_the_channel_and_the_shmem_huge_page_setting(
     assert report["huge_tmpfs"] == _huge_tmpfs.status()
     assert report["channel"].startswith(
         "a file on safehub's own huge-page tmpfs" if report["huge_tmpfs"]["huge_tmpfs"] else "sealed memfd")
-    assert "warm spare" in report["channel"] and "from a process's second job on" in report["note"]  # the default pool
+    assert "warm spare" in report["channel"] and "from a process's third bwrap job on" in report["note"]  # the default pool
     monkeypatch.setenv(_huge_tmpfs.ENV_FLAG, "0")  # turned off: 4 KiB pages unless root set shmem_enabled; no pool
     report = _weights_report()
     assert report["channel"].startswith("sealed memfd") and report["huge_tmpfs"]["why_not"] == "SAFEHUB_HUGE_TMPFS=0"
@@ -365,4 +365,4 @@ def test_doctor_reports_the_channel_and_the_shmem_huge_page_setting(
     assert report["channel"].startswith("sealed memfd (") and "SAFEHUB_WEIGHTS_POOL_MB=0, as here" in report["note"]
     monkeypatch.setenv("SAFEHUB_WEIGHTS_POOL_MB", "64")
     report = _weights_report()
-    assert "warm spare" in report["channel"] and "up to 64 MiB held" in report["note"] and "its first job" in report["note"]
+    assert "warm spare" in report["channel"] and "up to 64 MiB held" in report["note"] and "process's second bwrap job" in report["note"]

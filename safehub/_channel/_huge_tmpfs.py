@@ -266,11 +266,11 @@ def status() -> dict[str, Any]:
             **({"weights_pool_mb": pool} if pool else {})}
 
 
-def note_job_weights(weights: Any) -> None:
-    """A job's weights (a WeightsTmpfile or WeightsMemfd) are written: the weights
-    pool, when on, makes its next spare their size (_weights_pool.note_size)."""
+def note_job_weights(nbytes: int) -> None:
+    """The host is done with a job whose weights were ``nbytes`` (Job.cleanup): the
+    weights pool, when on, makes its next spare that size (_weights_pool.note_size)."""
     if pool_bytes() and _disabled() is None:
-        note_size(weights.size(), _new_spare)
+        note_size(nbytes, _new_spare)
 
 
 def _new_spare() -> WeightsTmpfile:

@@ -21,15 +21,19 @@ its cgroup's limit: a container's). A spare no job has taken for
 ``IDLE_S`` seconds (300, as long as the warm worker waits) is freed; the next job
 makes another.
 
-The spare is made on a thread at the lowest CPU priority (nice 19), started once a
-job's sandbox has ended (while the host checks and builds its weights), so it uses
-a core nothing else wants. Costs, stated: up to the cap in memory while a spare
+The spare is made on a thread at the lowest CPU priority (nice 19), started once
+the host is done with a job (its model built, its cache store handed to the
+writer, its folder removed: the end of Job.cleanup), so the fill overlaps none of a
+load's own work: started while the host checked and built the model, or before the
+job folder was removed, it made those parts 10-90 ms slower on the 2-core VM
+(benchmarks/bench_weights_loads.py --parts: ``cache_store``, which includes the
+folder's removal). Costs, stated: up to the cap in memory while a spare
 waits, and the time to fill it (about 2.5 s for 256 MiB on that VM, hypervisor
 faults mostly). A job that finds no spare (a process's first jobs, or one while the
 spare is being made) gets what it would without the pool: a new file on the tmpfs,
 or, where new 2 MiB pages are cold (that VM), a memfd. Any job's weights size the
-next spare (``_huge_tmpfs.note_job_weights``, from _jobs once the sandbox has ended,
-for backends that take such files).
+next spare (``_huge_tmpfs.note_job_weights``, from Job.cleanup, for backends that
+take such files), whether or not the load passed its checks.
 
 The spare is a ``WeightsTmpfile`` like any other: created by the host for the job it
 will serve, never seen by another; the proof that no writer is left applies as for
@@ -141,10 +145,9 @@ def take() -> Spare | None:
 def note_size(nbytes: int, make: Callable[[], Spare]) -> None:
     """A job's weights were ``nbytes``: unless a spare is ready or being made, start
     one that size (rounded up to whole 2 MiB pages), at most the pool's cap, with
-    ``make`` (a new empty file on the huge-page tmpfs). Called
-    once a job's sandbox has ended, so the spare is made while the host checks and
-    builds its weights, and the next job finds it. With the pool's default setting,
-    not before the process's second job (see the module docstring)."""
+    ``make`` (a new empty file on the huge-page tmpfs). Called once the host is
+    done with a job, so that the next job finds it. With the pool's default
+    setting, not before the process's second job (see the module docstring)."""
     cap = pool_bytes()
     if cap == 0 or nbytes <= 0:
         return
