@@ -15,6 +15,7 @@ import time
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from typing import Any
 from pathlib import Path
@@ -483,6 +484,19 @@ def test_a_spare_no_job_takes_is_freed_after_the_idle_time(monkeypatch: pytest.M
         assert _weights_pool.take() is None
         _huge_tmpfs.note_job_weights(w.size())  # the next job makes another
         assert _weights_pool.wait_ready(60)
+        monkeypatch.setattr(_weights_pool, "IDLE_S", 300.0)
+        for _ in range(5):  # a spare taken cancels its timer: one idle thread at most, however many loads
+            taken = _weights_pool.take()
+            assert taken is not None
+            taken.close()
+            _huge_tmpfs.note_job_weights(w.size())
+            assert _weights_pool.wait_ready(60)
+        idle = [t for t in threading.enumerate() if t.name == "safehub-weights-pool-idle" and t.is_alive()]
+        deadline = time.monotonic() + 10
+        while len(idle) > 1 and time.monotonic() < deadline:  # a cancelled timer's thread ends at once
+            time.sleep(0.05)
+            idle = [t for t in idle if t.is_alive()]
+        assert len(idle) == 1, idle
     finally:
         w.close()
 

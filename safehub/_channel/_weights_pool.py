@@ -115,6 +115,7 @@ class _Pool:
         self.ready = threading.Event()
         self.pid = os.getpid()
         self.jobs = 0  # jobs noted in this process
+        self.timer: threading.Timer | None = None  # frees the waiting spare once idle too long
 
 
 _pool = _Pool()
@@ -136,6 +137,7 @@ def take() -> Spare | None:
     with pool.lock:
         spare, pool.spare = pool.spare, None
         pool.ready.clear()
+        _cancel_timer(pool)
     if spare is not None and os.fstat(spare.read_fd).st_size > cap:  # the setting was lowered meanwhile
         spare.close()
         spare = None
@@ -179,6 +181,7 @@ def discard(timeout: float = 60.0) -> None:
         spare, pool.spare = pool.spare, None
         pool.ready.clear()
         pool.jobs = 0
+        _cancel_timer(pool)
     if spare is not None:
         spare.close()
 
@@ -213,18 +216,27 @@ def _fill(pool: _Pool, make: Callable[[], Spare], size: int) -> None:
 
 
 def _expire_later(pool: _Pool, spare: Spare) -> None:
-    """Free ``spare`` once it has waited ``IDLE_S`` seconds with no job taking it
-    (a job that takes it meanwhile makes the timer a no-op)."""
+    """Free ``spare`` once it has waited ``IDLE_S`` seconds with no job taking it.
+    One timer thread at a time (call under pool.lock): taking the spare cancels it,
+    so a process that loads every second does not gather a thread per load."""
     def expire() -> None:
         with pool.lock:
             if pool.spare is not spare:
                 return
             pool.spare = None
             pool.ready.clear()
+            pool.timer = None
         logger.debug("weights pool: no job took the spare in %g s; freed", IDLE_S)
         spare.close()
 
-    timer = threading.Timer(IDLE_S, expire)
-    timer.name = "safehub-weights-pool-idle"
-    timer.daemon = True
-    timer.start()
+    _cancel_timer(pool)
+    pool.timer = threading.Timer(IDLE_S, expire)
+    pool.timer.name = "safehub-weights-pool-idle"
+    pool.timer.daemon = True
+    pool.timer.start()
+
+
+def _cancel_timer(pool: _Pool) -> None:
+    if pool.timer is not None:
+        pool.timer.cancel()
+        pool.timer = None
