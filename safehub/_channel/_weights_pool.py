@@ -211,8 +211,8 @@ def _fill(pool: _Pool, make: Callable[[], Spare], size: int) -> None:
             if pool.spare is not None:
                 pool.spare.close()
             pool.spare = spare
+            _expire_later(pool, spare)  # before ready: whoever sees the spare sees its timer
             pool.ready.set()
-            _expire_later(pool, spare)
 
 
 def _expire_later(pool: _Pool, spare: Spare) -> None:
