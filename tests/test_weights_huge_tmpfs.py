@@ -501,6 +501,26 @@ def test_a_spare_no_job_takes_is_freed_after_the_idle_time(monkeypatch: pytest.M
         w.close()
 
 
+def test_a_job_that_starts_during_a_fill_stops_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loads back to back: the next job's start (its take) stops the spare's fill,
+    which would only slow that job down (hypervisor faults on a reporting VM); the
+    partial spare is freed, and the next job's end starts another."""
+    monkeypatch.setenv(_weights_pool.ENV, "1024")
+    _huge_tmpfs.mount_fd()  # the helper's first run is not what this times
+    _huge_tmpfs.note_job_weights(1 << 30)  # a 1 GiB spare: a fill of tens of ms at the very least
+    assert _weights_pool.take() is None  # a job starts at once: no spare yet, and the fill stops
+    pool = _weights_pool._current()
+    filling = pool.filling
+    if filling is not None:
+        filling.join(60)
+    assert pool.filling is None and pool.spare is None and not pool.ready.is_set(), "the fill ran to the end"
+    _huge_tmpfs.note_job_weights(2 << 20)  # that job's end: a new spare, filled in full
+    assert _weights_pool.wait_ready(60)
+    spare = _weights_pool.take()
+    assert spare is not None and os.fstat(spare.read_fd).st_size == 2 << 20
+    spare.close()
+
+
 def _fork_lingering() -> int:
     pid = os.fork()
     if pid == 0:  # holds whatever descriptors it inherited, until killed

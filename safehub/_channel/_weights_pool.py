@@ -27,7 +27,9 @@ writer, its folder removed: the end of Job.cleanup), so the fill overlaps none o
 load's own work: started while the host checked and built the model, or before the
 job folder was removed, it made those parts 10-90 ms slower on the 2-core VM
 (benchmarks/bench_weights_loads.py --parts: ``cache_store``, which includes the
-folder's removal). Costs, stated: up to the cap in memory while a spare
+folder's removal). For the same reason a job that starts while a spare is being
+filled stops the fill (the partial spare is freed): loads back to back get no
+spares and pay for none; loads far enough apart for a fill get one. Costs, stated: up to the cap in memory while a spare
 waits, and the time to fill it (about 2.5 s for 256 MiB on that VM, hypervisor
 faults mostly). A job that finds no spare (a process's first jobs, or one while the
 spare is being made) gets what it would without the pool: a new file on the tmpfs,
@@ -42,6 +44,7 @@ any (_huge_tmpfs.py).
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -57,7 +60,7 @@ ENV = "SAFEHUB_WEIGHTS_POOL_MB"
 DEFAULT_CAP_MIB = 1024
 DEFAULT_AFTER_JOBS = 2  # unset: the first spare is made once a process has run this many jobs
 IDLE_S = 300.0  # a spare no job took for this long is freed
-_CHUNK = 8 << 20
+_CHUNK = 2 << 20  # one huge page per write: an abort waits for at most one
 _HUGE = 2 << 20
 _warned: set[str] = set()
 
@@ -116,6 +119,7 @@ class _Pool:
         self.pid = os.getpid()
         self.jobs = 0  # jobs noted in this process
         self.timer: threading.Timer | None = None  # frees the waiting spare once idle too long
+        self.abort = threading.Event()  # a job started while the spare was being filled: stop
 
 
 _pool = _Pool()
@@ -138,6 +142,8 @@ def take() -> Spare | None:
         spare, pool.spare = pool.spare, None
         pool.ready.clear()
         _cancel_timer(pool)
+        if pool.filling is not None:  # loads back to back: the fill would only slow this one down
+            pool.abort.set()
     if spare is not None and os.fstat(spare.read_fd).st_size > cap:  # the setting was lowered meanwhile
         spare.close()
         spare = None
@@ -159,6 +165,7 @@ def note_size(nbytes: int, make: Callable[[], Spare]) -> None:
         pool.jobs += 1
         if pool.spare is not None or pool.filling is not None or pool.jobs < _jobs_before_first_spare():
             return
+        pool.abort.clear()
         pool.filling = threading.Thread(target=_fill, args=(pool, make, size), name="safehub-weights-pool",
                                         daemon=True)
         pool.filling.start()
@@ -175,6 +182,8 @@ def discard(timeout: float = 60.0) -> None:
     pool = _current()
     with pool.lock:
         filling = pool.filling
+        if filling is not None:
+            pool.abort.set()
     if filling is not None:
         filling.join(timeout)
     with pool.lock:
@@ -197,6 +206,8 @@ def _fill(pool: _Pool, make: Callable[[], Spare], size: int) -> None:
         os.ftruncate(spare.fd, size)  # first: huge=within_size gives 2 MiB pages inside the size
         zeros = bytes(min(_CHUNK, size))
         for offset in range(0, size, len(zeros)):
+            if pool.abort.is_set():  # checked per 2 MiB page: a job waits on at most one
+                raise InterruptedError(errno.ECANCELED, "a job started while it was being filled")
             os.pwrite(spare.fd, zeros[: size - offset], offset)
         spare.drop_writer()  # while it waits, no descriptor a fork of the host could copy writes it
     except OSError as exc:
