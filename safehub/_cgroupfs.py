@@ -23,7 +23,7 @@ def mounts() -> list[tuple[str, str, list[str]]]:
     return found
 
 
-def own_paths(controller: str = "pids") -> dict[str, str]:
+def own_paths(controller: str) -> dict[str, str]:
     """This process's cgroup per hierarchy: {"v2": path, controller: path (v1)}."""
     out: dict[str, str] = {}
     try:

@@ -204,7 +204,7 @@ def _weights_report() -> dict[str, Any]:
     pool_mb = huge.get("weights_pool_mb")
     note = None
     if pool_mb:
-        when = "second" if os.environ.get(_weights_pool.ENV, "").strip() else "third"
+        when = {1: "second", 2: "third"}[_weights_pool.jobs_before_first_spare()]  # the job after the first spare's
         note = (f"from a process's {when} bwrap job on, loads take the weights pool's warm spare: up to {pool_mb} MiB "
                 f"held while it waits, freed after {_weights_pool.IDLE_S:g} s with no load ({_weights_pool.ENV}=N "
                 "sets the cap, 0 turns it off)")

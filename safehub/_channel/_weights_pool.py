@@ -52,7 +52,8 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["DEFAULT_CAP_MIB", "ENV", "IDLE_S", "Spare", "discard", "note_size", "pool_bytes", "take", "wait_ready"]
+__all__ = ["DEFAULT_CAP_MIB", "ENV", "IDLE_S", "Spare", "discard", "jobs_before_first_spare", "note_size", "pool_bytes",
+           "take", "wait_ready"]
 
 logger = logging.getLogger("safehub")
 
@@ -60,8 +61,7 @@ ENV = "SAFEHUB_WEIGHTS_POOL_MB"
 DEFAULT_CAP_MIB = 1024
 DEFAULT_AFTER_JOBS = 2  # unset: the first spare is made once a process has run this many jobs
 IDLE_S = 300.0  # a spare no job took for this long is freed
-_CHUNK = 2 << 20  # one huge page per write: an abort waits for at most one
-_HUGE = 2 << 20
+_HUGE = 2 << 20  # spares are whole 2 MiB pages, filled one per write: an abort waits for at most one
 _warned: set[str] = set()
 
 
@@ -106,7 +106,9 @@ def _default_bytes() -> int:
     return min(DEFAULT_CAP_MIB << 20, total // 16) // _HUGE * _HUGE
 
 
-def _jobs_before_first_spare() -> int:
+def jobs_before_first_spare() -> int:
+    """How many jobs a process runs before its first spare is made: DEFAULT_AFTER_JOBS
+    with the pool's setting unset, 1 when set."""
     return DEFAULT_AFTER_JOBS if not os.environ.get(ENV, "").strip() else 1
 
 
@@ -163,7 +165,7 @@ def note_size(nbytes: int, make: Callable[[], Spare]) -> None:
     pool = _current()
     with pool.lock:
         pool.jobs += 1
-        if pool.spare is not None or pool.filling is not None or pool.jobs < _jobs_before_first_spare():
+        if pool.spare is not None or pool.filling is not None or pool.jobs < jobs_before_first_spare():
             return
         pool.abort.clear()
         pool.filling = threading.Thread(target=_fill, args=(pool, make, size), name="safehub-weights-pool",
@@ -204,8 +206,8 @@ def _fill(pool: _Pool, make: Callable[[], Spare], size: int) -> None:
             pass
         spare = make()
         os.ftruncate(spare.fd, size)  # first: huge=within_size gives 2 MiB pages inside the size
-        zeros = bytes(min(_CHUNK, size))
-        for offset in range(0, size, len(zeros)):
+        zeros = memoryview(bytes(_HUGE))  # sliced without a copy: a cap of odd MiB ends mid-page
+        for offset in range(0, size, _HUGE):
             if pool.abort.is_set():  # checked per 2 MiB page: a job waits on at most one
                 raise InterruptedError(errno.ECANCELED, "a job started while it was being filled")
             os.pwrite(spare.fd, zeros[: size - offset], offset)

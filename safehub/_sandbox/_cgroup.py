@@ -26,7 +26,7 @@ __all__ = ["PidsCgroup"]
 def _candidates() -> list[tuple[str, Path]]:
     """Where a job cgroup may go, nearest first: below our own cgroup (so any
     limit on us also binds the job), then at the hierarchy's root."""
-    own = own_paths()
+    own = own_paths("pids")
     out: list[tuple[str, Path]] = []
     for mountpoint, fstype, options in mounts():
         if fstype == "cgroup2":
